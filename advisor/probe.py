@@ -1,0 +1,469 @@
+"""Stage 3 of the data path: the gradient probe.
+
+For every target layer L (y = W x) the probe accumulates the full-weight gradient of the mean
+token loss over the probe's rows,
+
+    G_L = (1 / N) * sum_t delta_t x_t^T,   delta_t = d loss_sum / d y_t,   shape [out, in],
+
+from a forward hook (x, the layer input) and a hook on the layer output's gradient (delta).
+No weight gradient is ever asked of autograd, so frozen and quantized weights work, and no
+weight is updated. Rows are split into two halves by batch (even / odd batches); the two half
+gradients G_A and G_B give a sampling-noise estimate: their scaled difference has the same noise
+as G but no signal, so directions of G above its largest singular value are signal.
+
+The model is restored exactly (parameters, buffers, requires_grad flags, .grad, train/eval
+mode of every module, hooks) when the probe returns, raises or is interrupted.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from advisor import spectrum
+from advisor.data import ProbeBatch, make_batches
+from advisor.layers import block_depth, find_target_layers, layer_shape, layer_types
+from advisor.loading import TASK_SEQ_CLS, load_model, model_task
+
+METHODS = ("auto", "exact", "sketch")
+DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of accumulators before "auto" switches to sketching
+NOISE_TARGET = 0.2  # converged when sampling noise carries at most this share of ||G||_F^2
+OVERLAP_RANK_CAP = 32  # split-half overlap compares at most this many top directions
+NOISE_VALUES_KEPT = 32
+_TEST_VECTORS = 10  # Gaussian test vectors of the sketch's a-posteriori error estimate
+
+
+@dataclass
+class LayerStats:
+    """Spectrum of one layer's probe gradient G (shape [out, in]) and its noise diagnostics."""
+
+    name: str
+    layer_type: str
+    depth: int | None
+    shape: tuple[int, int]
+    tokens: int  # non-padding tokens that went through the layer
+    singular_values: list[float]  # of G, descending: all (exact) or the sketch's top ones
+    effective_rank: float
+    stable_rank: float
+    energy_rank_90: int
+    energy_rank_95: int
+    energy_rank_99: int
+    participation_ratio: float
+    frobenius_norm: float
+    noise_singular_values: list[float]  # top ones of the split-half noise estimate
+    noise_fraction: float  # share of ||G||_F^2 that is sampling noise, in [0, 1]
+    signal_rank: int  # singular values of G above the largest noise singular value
+    signal_effective_rank: float  # entropy rank of the signal directions, noise edge removed
+    effective_rank_half: float  # mean effective rank of the two half-sample gradients
+    rank_growth: float  # effective_rank / effective_rank_half: ~1 once the sample suffices
+    subspace_overlap: float  # split-half agreement of the top directions, in [0, 1]
+    converged: bool  # noise_fraction <= NOISE_TARGET
+    samples_needed: int | None  # rows for noise_fraction <= NOISE_TARGET (None: noise only)
+    sketch_error: float | None = None  # relative Frobenius error of the sketch (sketch mode)
+
+
+@dataclass
+class ProbeResult:
+    """What the probe measured: per-layer statistics plus the probe's settings."""
+
+    model: str
+    task: str
+    method: str
+    num_rows: int
+    tokens: int
+    loss_tokens: int
+    batch_size: int
+    max_length: int
+    seed: int
+    seconds: float  # the whole probe, loading excluded
+    spectra_seconds: float  # of which: the spectral analysis after the data pass
+    layers: dict[str, LayerStats] = field(default_factory=dict)
+
+    def by_type(self) -> dict[str, dict]:
+        """Layer-type aggregates (``q_proj``, ``mlp.down_proj``, ...), in first-seen order."""
+        return _aggregate(self.layers.values(), key=lambda s: s.layer_type)
+
+    def by_depth(self) -> dict[int, dict]:
+        """Per-block aggregates keyed by block index (layers outside blocks are left out)."""
+        return _aggregate((s for s in self.layers.values() if s.depth is not None), key=lambda s: s.depth)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ProbeResult":
+        layers = {name: LayerStats(**{**s, "shape": tuple(s["shape"])}) for name, s in data["layers"].items()}
+        return cls(**{**data, "layers": layers})
+
+    def save(self, path: str | Path) -> None:
+        import json
+
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ProbeResult":
+        import json
+
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _aggregate(stats, key) -> dict:
+    groups: dict = {}
+    for s in stats:
+        groups.setdefault(key(s), []).append(s)
+    summary = {}
+    for group, members in groups.items():
+        mean = lambda attr: sum(getattr(m, attr) for m in members) / len(members)  # noqa: E731
+        summary[group] = {
+            "layers": len(members),
+            "effective_rank": mean("effective_rank"),
+            "stable_rank": mean("stable_rank"),
+            "energy_rank_90": mean("energy_rank_90"),
+            "signal_rank": mean("signal_rank"),
+            "signal_effective_rank": mean("signal_effective_rank"),
+            "noise_fraction": mean("noise_fraction"),
+            "rank_growth": mean("rank_growth"),
+            "subspace_overlap": mean("subspace_overlap"),
+            "converged": sum(m.converged for m in members) / len(members),
+        }
+    return summary
+
+
+# --------------------------------------------------------------------------- accumulators
+@dataclass
+class _Spectrum:
+    """Spectrum of one combination of the two half gradients."""
+
+    singular_values: torch.Tensor  # descending, float64
+    vectors: torch.Tensor  # top singular vectors, [dim, k]
+    energy: float  # ||matrix||_F^2 (estimated in sketch mode)
+    error: float | None = None  # sketch mode: estimated ||matrix - approximation||_F
+
+
+class _ExactAccumulator:
+    """Two fp32 half sums G_A, G_B of delta x^T, each [out, in]."""
+
+    def __init__(self, shape: tuple[int, int], device: torch.device):
+        self.halves = torch.zeros(2, *shape, dtype=torch.float32, device=device)
+
+    @staticmethod
+    def nbytes(shape: tuple[int, int], sketch_size: int) -> int:
+        return 2 * shape[0] * shape[1] * 4
+
+    def add(self, half: int, delta: torch.Tensor, x: torch.Tensor) -> None:
+        """delta [T, out], x [T, in], both float32."""
+        self.halves[half].addmm_(delta.T, x)
+
+    def spectrum(self, c_a: float, c_b: float, k: int) -> _Spectrum:
+        matrix = c_a * self.halves[0] + c_b * self.halves[1]
+        sv, vectors = spectrum.singular_values_and_vectors(matrix, k)
+        return _Spectrum(sv, vectors, float((sv**2).sum()))
+
+
+class _SketchAccumulator:
+    """Two-sided randomized sketches of G_A and G_B (Tropp et al. 2017), never forming G.
+
+    Per half: Y = G Omega [out, s], W = Psi G [l, in], Z = G Phi [out, p] with Gaussian test
+    matrices Omega [in, s], Psi [l, out] (l = 2s + 1) and Phi [in, p]. Memory per layer is
+    O((out + in) s) instead of O(out * in).
+    """
+
+    def __init__(self, shape: tuple[int, int], device: torch.device, sketch_size: int, seed: int):
+        out_dim, in_dim = shape
+        self.s = min(sketch_size, out_dim, in_dim)
+        self.l = min(2 * self.s + 1, out_dim)
+        self.omega = _gaussian((in_dim, self.s), seed, 1, device)
+        self.psi = _gaussian((self.l, out_dim), seed, 2, device)
+        self.phi = _gaussian((in_dim, _TEST_VECTORS), seed, 3, device)
+        self.y = torch.zeros(2, out_dim, self.s, device=device)
+        self.w = torch.zeros(2, self.l, in_dim, device=device)
+        self.z = torch.zeros(2, out_dim, _TEST_VECTORS, device=device)
+
+    @staticmethod
+    def nbytes(shape: tuple[int, int], sketch_size: int) -> int:
+        out_dim, in_dim = shape
+        s = min(sketch_size, out_dim, in_dim)
+        l = min(2 * s + 1, out_dim)
+        return 4 * (2 * (out_dim * s + l * in_dim + out_dim * _TEST_VECTORS) + in_dim * (s + _TEST_VECTORS) + l * out_dim)
+
+    def add(self, half: int, delta: torch.Tensor, x: torch.Tensor) -> None:
+        """delta [T, out], x [T, in], both float32."""
+        self.y[half].addmm_(delta.T, x @ self.omega)
+        self.w[half].addmm_((delta @ self.psi.T).T, x)
+        self.z[half].addmm_(delta.T, x @ self.phi)
+
+    def spectrum(self, c_a: float, c_b: float, k: int) -> _Spectrum:
+        y, w, z = (c_a * t[0] + c_b * t[1] for t in (self.y, self.w, self.z))
+        q, _ = torch.linalg.qr(y.double())
+        x = torch.linalg.lstsq(self.psi.double() @ q, w.double()).solution  # [s, in]
+        _, sv, vh = torch.linalg.svd(x, full_matrices=False)
+        z = z.double()
+        residual = z - q @ (x @ self.phi.double())
+        energy = float(z.pow(2).sum()) / _TEST_VECTORS
+        error = math.sqrt(float(residual.pow(2).sum()) / _TEST_VECTORS)
+        return _Spectrum(sv, vh[:k].T, energy, error)
+
+
+def _gaussian(shape, seed: int, role: int, device) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 7919 + role * 104729 + shape[0] * 31 + shape[1])
+    return torch.randn(shape, generator=generator).to(device)
+
+
+# --------------------------------------------------------------------------- the probe
+def probe(
+    model: nn.Module | str | None = None,
+    dataset=None,
+    *,
+    tokenizer=None,
+    target_modules=None,
+    task: str | None = None,
+    num_samples: int = 64,
+    batch_size: int = 8,
+    max_length: int = 256,
+    method: str = "auto",
+    sketch_size: int = 128,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    seed: int = 0,
+    progress: bool = True,
+) -> ProbeResult:
+    """Measure the spectrum of every target layer's loss gradient on a sample of ``dataset``.
+
+    ``model``: an ``nn.Module`` or any source :func:`advisor.loading.load_model` accepts (None:
+    the embedded SmolLM2). ``dataset``: any source :func:`advisor.data.make_batches` accepts
+    (None: the embedded standard-library code data). ``num_samples`` rows are drawn from
+    ``seed``; sequences are cut to ``max_length`` tokens. ``method``: "exact" keeps two fp32
+    [out, in] accumulators per layer; "sketch" keeps randomized sketches of size
+    ``sketch_size``; "auto" is exact while the accumulators fit ``memory_budget`` bytes.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
+    if sketch_size < 1:
+        raise ValueError(f"sketch_size must be positive, got {sketch_size}")
+    if not isinstance(model, nn.Module):
+        model, tokenizer = load_model(model, tokenizer=tokenizer, task=task, seed=seed)
+    elif tokenizer is None:
+        _, tokenizer = load_model(model)
+    started = time.perf_counter()
+    task = task or model_task(model)
+    targets = find_target_layers(model, target_modules)
+    batches = make_batches(
+        dataset, tokenizer, task=task, num_samples=num_samples, batch_size=batch_size,
+        max_length=max_length, seed=seed,
+    )
+    batches = _at_least_two_batches(batches)
+
+    shapes = {name: layer_shape(module) for name, module in targets.items()}
+    method = _choose_method(method, shapes, sketch_size, memory_budget)
+    accumulators: dict[str, _ExactAccumulator | _SketchAccumulator] = {}
+    loss_tokens = [0, 0]
+    tokens = 0
+    current_half = [0]
+
+    def make_accumulator(name: str, device: torch.device):
+        if method == "exact":
+            return _ExactAccumulator(shapes[name], device)
+        return _SketchAccumulator(shapes[name], device, sketch_size, seed)
+
+    def forward_hook(name: str, in_dim: int, out_dim: int):
+        def hook(module, args, output):
+            if not (torch.is_grad_enabled() and isinstance(output, torch.Tensor) and output.requires_grad):
+                return  # e.g. the no-grad first pass of activation checkpointing
+            x = args[0].detach()
+
+            def on_output_grad(delta: torch.Tensor) -> None:
+                accumulator = accumulators.get(name)
+                if accumulator is None:
+                    accumulator = accumulators[name] = make_accumulator(name, x.device)
+                accumulator.add(
+                    current_half[0], delta.reshape(-1, out_dim).float(), x.reshape(-1, in_dim).float()
+                )
+
+            output.register_hook(on_output_grad)
+
+        return hook
+
+    embeddings = model.get_input_embeddings()
+    embedding_outputs: list[torch.Tensor] = []
+
+    def embedding_hook(module, args, output):
+        # with every weight frozen, gradients reach the layers only through this leaf
+        output.requires_grad_(True)
+        embedding_outputs.append(output)
+
+    accepts_use_cache = "use_cache" in inspect.signature(model.forward).parameters
+    with _restored_afterwards(model):
+        handles = [embeddings.register_forward_hook(embedding_hook)]
+        for name, module in targets.items():
+            out_dim, in_dim = shapes[name]
+            handles.append(module.register_forward_hook(forward_hook(name, in_dim, out_dim)))
+        try:
+            device = embeddings.weight.device
+            for index, batch in enumerate(tqdm(batches, desc="probe", unit="batch", disable=not progress)):
+                current_half[0] = index % 2
+                embedding_outputs.clear()
+                kwargs = {"use_cache": False} if accepts_use_cache else {}
+                with torch.enable_grad():
+                    output = model(
+                        input_ids=batch.input_ids.to(device),
+                        attention_mask=batch.attention_mask.to(device),
+                        **kwargs,
+                    )
+                    loss, count = _summed_loss(output.logits, batch.labels.to(device), task)
+                    if count == 0:
+                        continue
+                    torch.autograd.grad(loss, embedding_outputs)
+                loss_tokens[current_half[0]] += count
+                tokens += int(batch.attention_mask.sum())
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    if min(loss_tokens) == 0:
+        raise ValueError("the probe needs loss tokens in at least two batches; give it more rows")
+    num_rows = sum(batch.num_rows for batch in batches)
+    types = layer_types(targets)
+    spectra_started = time.perf_counter()
+    layers = {
+        name: _layer_stats(name, types[name], accumulators[name], shapes[name], loss_tokens, tokens, num_rows)
+        for name in tqdm(targets, desc="spectra", unit="layer", disable=not progress)
+        if name in accumulators
+    }
+    return ProbeResult(
+        model=_model_name(model),
+        task=task,
+        method=method,
+        num_rows=num_rows,
+        tokens=tokens,
+        loss_tokens=sum(loss_tokens),
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        seconds=time.perf_counter() - started,
+        spectra_seconds=time.perf_counter() - spectra_started,
+        layers=layers,
+    )
+
+
+def _summed_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[torch.Tensor, int]:
+    """Sum of per-token (causal LM) or per-row (classification) losses, and their count."""
+    if task == TASK_SEQ_CLS:
+        if logits.shape[-1] == 1:  # regression head
+            return F.mse_loss(logits.squeeze(-1).float(), labels.float(), reduction="sum"), labels.numel()
+        return F.cross_entropy(logits.float(), labels, reduction="sum"), labels.numel()
+    shifted_labels = labels[:, 1:]
+    loss = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), shifted_labels.flatten(), ignore_index=-100, reduction="sum"
+    )
+    return loss, int((shifted_labels != -100).sum())
+
+
+def _at_least_two_batches(batches: list[ProbeBatch]) -> list[ProbeBatch]:
+    """The split-half noise estimate needs two batches: split a lone batch by rows."""
+    if len(batches) >= 2:
+        return batches
+    (batch,) = batches
+    if batch.num_rows < 2:
+        raise ValueError("the probe needs at least 2 rows (it compares two halves of the sample)")
+    cut = batch.num_rows // 2
+    return [
+        ProbeBatch(batch.input_ids[part], batch.attention_mask[part], batch.labels[part], len(range(batch.num_rows)[part]))
+        for part in (slice(0, cut), slice(cut, None))
+    ]
+
+
+def _choose_method(method: str, shapes: dict, sketch_size: int, memory_budget: int) -> str:
+    if method != "auto":
+        return method
+    exact_bytes = sum(_ExactAccumulator.nbytes(shape, sketch_size) for shape in shapes.values())
+    return "exact" if exact_bytes <= memory_budget else "sketch"
+
+
+def _layer_stats(name, layer_type, accumulator, shape, loss_tokens, tokens, num_rows) -> LayerStats:
+    n_a, n_b = loss_tokens
+    n = n_a + n_b
+    k = min(OVERLAP_RANK_CAP, *shape)
+    full = accumulator.spectrum(1 / n, 1 / n, 0)
+    half_a = accumulator.spectrum(1 / n_a, 0.0, k)
+    half_b = accumulator.spectrum(0.0, 1 / n_b, k)
+    # (G_A/n_A - G_B/n_B) * sqrt(n_A n_B)/n has the noise of G/n and no signal
+    noise_scale = math.sqrt(n_a * n_b) / n
+    noise = accumulator.spectrum(noise_scale / n_a, -noise_scale / n_b, 0)
+
+    sv = full.singular_values
+    noise_edge = float(noise.singular_values[0]) if noise.singular_values.numel() else 0.0
+    noise_fraction = min(1.0, noise.energy / full.energy) if full.energy > 0 else 1.0
+    overlap_rank = max(1, min(spectrum.energy_rank(sv, 0.9), k))
+    erank = spectrum.effective_rank(sv)
+    erank_half = (spectrum.effective_rank(half_a.singular_values) + spectrum.effective_rank(half_b.singular_values)) / 2
+    return LayerStats(
+        name=name,
+        layer_type=layer_type,
+        depth=block_depth(name),
+        shape=tuple(shape),
+        tokens=tokens,
+        singular_values=_rounded(sv),
+        effective_rank=erank,
+        stable_rank=spectrum.stable_rank(sv),
+        energy_rank_90=spectrum.energy_rank(sv, 0.90),
+        energy_rank_95=spectrum.energy_rank(sv, 0.95),
+        energy_rank_99=spectrum.energy_rank(sv, 0.99),
+        participation_ratio=spectrum.participation_ratio(sv),
+        frobenius_norm=math.sqrt(full.energy),
+        noise_singular_values=_rounded(noise.singular_values[:NOISE_VALUES_KEPT]),
+        noise_fraction=noise_fraction,
+        signal_rank=int((sv > noise_edge).sum()),
+        signal_effective_rank=spectrum.effective_rank(spectrum.signal_spectrum(sv, noise_edge)),
+        effective_rank_half=erank_half,
+        rank_growth=erank / erank_half if erank_half > 0 else float("nan"),
+        subspace_overlap=spectrum.subspace_overlap(half_a.vectors[:, :overlap_rank], half_b.vectors[:, :overlap_rank]),
+        converged=noise_fraction <= NOISE_TARGET,
+        samples_needed=_samples_needed(noise_fraction, num_rows),
+        sketch_error=None if full.error is None else full.error / math.sqrt(full.energy) if full.energy > 0 else None,
+    )
+
+
+def _samples_needed(noise_fraction: float, num_rows: int) -> int | None:
+    """Rows at which noise would carry NOISE_TARGET of the energy, noise/signal falling as 1/rows."""
+    if noise_fraction >= 0.99:
+        return None
+    ratio = noise_fraction / (1 - noise_fraction)
+    target_ratio = NOISE_TARGET / (1 - NOISE_TARGET)
+    return max(num_rows, math.ceil(num_rows * ratio / target_ratio))
+
+
+def _rounded(values: torch.Tensor) -> list[float]:
+    return [float(f"{v:.7g}") for v in values.tolist()]
+
+
+def _model_name(model: nn.Module) -> str:
+    name = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "name_or_path", "")
+    return str(name) or type(model).__name__
+
+
+@contextmanager
+def _restored_afterwards(model: nn.Module):
+    """Freeze every parameter and switch to eval mode; put flags, .grad and modes back after."""
+    modes = [(module, module.training) for module in model.modules()]
+    parameters = list(model.parameters())
+    flags = [p.requires_grad for p in parameters]
+    grads = [p.grad for p in parameters]
+    try:
+        model.eval()
+        for p in parameters:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        for p, flag, grad in zip(parameters, flags, grads):
+            p.requires_grad_(flag)
+            p.grad = grad

@@ -1,0 +1,93 @@
+"""Spectral statistics of a gradient matrix: how many directions it really uses.
+
+All functions take singular values ``sv`` as a 1-D tensor sorted in descending order and
+return plain Python numbers. The measures (see ../shared/DESIGN.md):
+
+- entropy effective rank exp(-sum p ln p), p = sigma / sum sigma (Roy & Vetterli 2007);
+- stable rank sum sigma^2 / sigma_1^2;
+- energy rank k_tau = min k with sum_{i<=k} sigma_i^2 >= tau * sum sigma^2;
+- participation ratio (sum sigma^2)^2 / sum sigma^4.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+ENERGY_LEVELS = (0.90, 0.95, 0.99)
+
+
+def singular_values_and_vectors(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All singular values (descending, float64) and the top-``k`` singular vectors.
+
+    ``matrix`` is [m, n]; the vectors are those of the smaller side (right singular vectors,
+    [n, k], when n <= m; left ones, [m, k], otherwise), which is all a comparison of two
+    matrices of the same shape needs; ``k=0`` skips them (about 2x faster). Computed from the
+    eigen-decomposition of the smaller Gram matrix in float64: 2-3x faster than an SVD on CPU
+    and accurate to ~1e-8 sigma_1.
+    """
+    a = matrix.to(torch.float64)
+    gram = a.T @ a if a.shape[1] <= a.shape[0] else a @ a.T
+    if k == 0:
+        eigenvalues = torch.linalg.eigvalsh(gram).flip(0)
+        return eigenvalues.clamp_min(0).sqrt(), gram.new_zeros(gram.shape[0], 0)
+    eigenvalues, vectors = torch.linalg.eigh(gram)
+    return eigenvalues.flip(0).clamp_min(0).sqrt(), vectors.flip(1)[:, :k]
+
+
+def effective_rank(sv: torch.Tensor) -> float:
+    """Entropy effective rank exp(H(p)), p = sigma / sum sigma; 0 for a zero matrix."""
+    total = float(sv.sum())
+    if total <= 0:
+        return 0.0
+    p = sv[sv > 0].to(torch.float64) / total
+    return math.exp(float(-(p * p.log()).sum()))
+
+
+def stable_rank(sv: torch.Tensor) -> float:
+    """sum sigma^2 / sigma_1^2; 0 for a zero matrix."""
+    if sv.numel() == 0 or float(sv[0]) <= 0:
+        return 0.0
+    sv = sv.to(torch.float64)
+    return float((sv**2).sum() / sv[0] ** 2)
+
+
+def energy_rank(sv: torch.Tensor, tau: float) -> int:
+    """Smallest k whose top-k singular values carry a share ``tau`` of sum sigma^2."""
+    energy = sv.to(torch.float64) ** 2
+    total = float(energy.sum())
+    if total <= 0:
+        return 0
+    cumulative = torch.cumsum(energy, 0) / total
+    return min(int(torch.searchsorted(cumulative, torch.tensor(tau - 1e-12, dtype=torch.float64))) + 1, sv.numel())
+
+
+def participation_ratio(sv: torch.Tensor) -> float:
+    """(sum sigma^2)^2 / sum sigma^4; 0 for a zero matrix."""
+    energy = sv.to(torch.float64) ** 2
+    denominator = float((energy**2).sum())
+    return float(energy.sum()) ** 2 / denominator if denominator > 0 else 0.0
+
+
+def signal_spectrum(sv: torch.Tensor, noise_edge: float) -> torch.Tensor:
+    """Singular values standing above a noise edge, shrunk by it: sqrt(sigma^2 - edge^2).
+
+    ``noise_edge`` is the largest singular value of a pure-noise matrix with the same noise
+    level (the probe's split-half difference); directions below it cannot be told from noise.
+    """
+    sv = sv.to(torch.float64)
+    above = sv[sv > noise_edge]
+    return (above**2 - noise_edge**2).clamp_min(0).sqrt()
+
+
+def subspace_overlap(v1: torch.Tensor, v2: torch.Tensor) -> float:
+    """Mean squared cosine between two subspaces: ||V1^T V2||_F^2 / k, in [0, 1].
+
+    ``v1`` and ``v2`` are [n, k] with orthonormal columns; 1 means the same subspace, k/n is
+    what two random k-dimensional subspaces of R^n give.
+    """
+    k = min(v1.shape[1], v2.shape[1])
+    if k == 0:
+        return 0.0
+    return float((v1[:, :k].T @ v2[:, :k]).pow(2).sum() / k)

@@ -1,0 +1,59 @@
+"""Tiny random models built from configs (no download), shared by the tests."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+VOCAB = 128
+
+
+def tiny_llama(seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    return LlamaForCausalLM(config)
+
+
+def tiny_gpt2(seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)
+    return GPT2LMHeadModel(config)
+
+
+def tiny_bert(seed: int = 0, num_labels: int = 3):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=64, num_labels=num_labels,
+    )
+    return BertForSequenceClassification(config)
+
+
+def token_rows(num_rows: int, length: int, seed: int = 0, with_class_labels: bool = False):
+    """Pre-tokenized rows of equal length (no padding); optional class labels in 0..2."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, VOCAB, (num_rows, length), generator=generator)
+    rows = [{"input_ids": row.tolist()} for row in ids]
+    if with_class_labels:
+        for i, row in enumerate(rows):
+            row["labels"] = i % 3
+    return rows
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """The real embedded SmolLM2-135M-Instruct and its tokenizer (converted once, cached)."""
+    from advisor.loading import load_model
+
+    return load_model(None)
