@@ -1,0 +1,141 @@
+"""The ``lora-advisor`` command line.
+
+Exit codes: 0 success; 2 bad input (last stderr line ``error: ...``, no traceback);
+1 internal failure. Output directories appear whole or not at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXAMPLES = """\
+examples:
+  lora-advisor advise                          # embedded SmolLM2 + standard-library code data
+  lora-advisor advise --model ./my-llama --data train.jsonl --out advice
+  lora-advisor advise --data chats.jsonl --samples 128 --max-length 512 --json
+  lora-advisor probe --model ./minilm --task seq-cls --data news.csv --out probe.json
+"""
+
+
+def _common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", help="checkpoint directory, .gguf file or cached hub id (default: embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--data", help=".jsonl/.json/.csv/.parquet/.txt file (default: embedded standard-library code pairs)")
+    parser.add_argument("--task", choices=("causal-lm", "seq-cls"), help="default: causal-lm")
+    parser.add_argument("--samples", type=int, default=64, help="rows drawn for the probe (default: 64)")
+    parser.add_argument("--batch-size", type=int, default=8, help="rows per probe batch (default: 8)")
+    parser.add_argument("--max-length", type=int, default=256, help="tokens kept per row (default: 256)")
+    parser.add_argument("--method", choices=("auto", "exact", "sketch"), default="auto", help="gradient accumulator (default: auto)")
+    parser.add_argument("--target-modules", nargs="+", help="module names or suffixes to probe (default: all linear layers in the blocks)")
+    parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off by default)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    parser.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lora-advisor",
+        description="Measure each layer's gradient spectrum on your data and advise LoRA ranks and alpha.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    advise = commands.add_parser(
+        "advise", help="probe, then write a PEFT adapter_config.json with per-layer ranks",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common_arguments(advise)
+    advise.add_argument("--min-rank", type=int, default=2, help="smallest advised rank (default: 2)")
+    advise.add_argument("--max-rank", type=int, default=64, help="largest advised rank (default: 64)")
+    advise.add_argument("--out", default="advice", help="output directory (default: ./advice)")
+    probe = commands.add_parser(
+        "probe", help="measure gradient spectra only and save them as JSON",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _common_arguments(probe)
+    probe.add_argument("--out", help="write the ProbeResult JSON to this file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, UnicodeDecodeError) as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 1
+    except Exception as error:  # an internal failure: keep the traceback for a bug report
+        import traceback
+
+        traceback.print_exc()
+        print(f"error: internal failure: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args) -> int:
+    from advisor.files import atomic_directory
+    from advisor.loading import load_model
+    from advisor.report import LEGEND, layer_type_table, probe_summary
+
+    for flag, value in (("--samples", args.samples), ("--batch-size", args.batch_size), ("--max-length", args.max_length)):
+        if value <= 0:
+            raise ValueError(f"{flag} must be positive, got {value}")
+    data = args.data
+    if data is not None and not os.path.exists(data):
+        raise ValueError(f"data file not found: {data}")
+    num_labels = None
+    if args.task == "seq-cls":
+        from advisor.data import label_names_of, load_rows
+
+        names = label_names_of(load_rows(data))
+        num_labels = len(names) if names else None
+    model, tokenizer = load_model(args.model, task=args.task, num_labels=num_labels,
+                                  trust_remote_code=args.trust_remote_code, seed=args.seed)
+    options = dict(
+        tokenizer=tokenizer, target_modules=args.target_modules, task=args.task,
+        num_samples=args.samples, batch_size=args.batch_size, max_length=args.max_length,
+        method=args.method, seed=args.seed, progress=True,
+    )
+    if args.command == "probe":
+        from advisor.probe import probe
+
+        result = probe(model, data, **options)
+        if args.out:
+            result.save(args.out)
+        if args.json:
+            print(json.dumps(result.to_dict()))
+        else:
+            print(probe_summary(result))
+            print(layer_type_table(result))
+            print(LEGEND)
+        return 0
+
+    from advisor.recommend import CALIBRATION_LABEL, advise
+
+    config, result, ranks = advise(model, data, min_rank=args.min_rank, max_rank=args.max_rank,
+                                   return_probe=True, **options)
+    with atomic_directory(args.out) as staging:
+        config.save_pretrained(staging)
+        result.save(staging / "probe.json")
+    if args.json:
+        print(json.dumps({"advice": CALIBRATION_LABEL, "ranks": ranks, "adapter_config": config.to_dict(),
+                          "probe": result.to_dict()}, default=list))
+        return 0
+    print(probe_summary(result))
+    print(layer_type_table(result, ranks))
+    print(LEGEND)
+    print(f"\nadvice ({CALIBRATION_LABEL})")
+    print(f"wrote {os.path.join(args.out, 'adapter_config.json')} (r={config.r}, lora_alpha={config.lora_alpha}, "
+          f"{len(config.rank_pattern)} layers in rank_pattern) and probe.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
