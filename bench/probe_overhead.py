@@ -1,0 +1,121 @@
+"""Probe cost against a plain forward + backward over the same batches, on the embedded default.
+
+Time: both are run in this one process, interleaved (plain, probe, plain, probe, ...), and the
+ratio of the fastest repetitions is reported, so machine noise hits both alike. The plain pass
+is what a training step's gradient computation costs: the model as loaded (every weight
+requires grad), mean token loss, ``loss.backward()``, gradients dropped.
+Memory: each mode runs once in a fresh child process that reports its peak resident memory
+(ru_maxrss) and its resident memory just before the pass; the difference is the pass's cost.
+
+    python bench/probe_overhead.py [--samples 64] [--batch-size 8] [--max-length 256] [--repeats 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+import torch.nn.functional as F
+
+from advisor.data import make_batches
+from advisor.loading import load_model
+from advisor.probe import probe
+
+
+def plain_forward_backward(model, batches) -> None:
+    """Ordinary training-style gradients over the batches (mean token loss per batch)."""
+    model.eval()
+    for batch in batches:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        labels = batch.labels[:, 1:]
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), labels.flatten(), ignore_index=-100)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+
+
+def run_probe(model, tokenizer, args) -> float:
+    result = probe(model, None, tokenizer=tokenizer, num_samples=args.samples, batch_size=args.batch_size,
+                   max_length=args.max_length, seed=0, progress=False)
+    return result.spectra_seconds
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def child(mode: str, args) -> None:
+    model, tokenizer = load_model(None)
+    batches = make_batches(None, tokenizer, num_samples=args.samples, batch_size=args.batch_size,
+                           max_length=args.max_length, seed=0)
+    before = rss_mb()
+    if mode == "plain":
+        plain_forward_backward(model, batches)
+    else:
+        run_probe(model, tokenizer, args)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"mode": mode, "rss_before_mb": before, "peak_mb": peak}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--child", choices=("plain", "probe"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args)
+        return
+
+    model, tokenizer = load_model(None)
+    batches = make_batches(None, tokenizer, num_samples=args.samples, batch_size=args.batch_size,
+                           max_length=args.max_length, seed=0)
+    tokens = sum(int(b.attention_mask.sum()) for b in batches)
+    plain_times, probe_times, spectra_times = [], [], []
+    for _ in range(args.repeats):
+        started = time.perf_counter()
+        plain_forward_backward(model, batches)
+        plain_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        spectra_times.append(run_probe(model, tokenizer, args))
+        probe_times.append(time.perf_counter() - started)
+
+    memory = {}
+    for mode in ("plain", "probe"):
+        command = [sys.executable, __file__, "--child", mode, "--samples", str(args.samples),
+                   "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+        memory[mode] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+
+    plain, full = min(plain_times), min(probe_times)
+    spectra = spectra_times[probe_times.index(full)]
+    report = {
+        "model": "SmolLM2-135M-Instruct (fp32, CPU)",
+        "rows": args.samples, "batch_size": args.batch_size, "max_length": args.max_length, "tokens": tokens,
+        "threads": torch.get_num_threads(),
+        "plain_forward_backward_s": round(plain, 2),
+        "probe_s": round(full, 2),
+        "probe_spectra_s": round(spectra, 2),
+        "time_ratio": round(full / plain, 3),
+        "time_ratio_without_spectra": round((full - spectra) / plain, 3),
+        "plain_peak_mb": round(memory["plain"]["peak_mb"]),
+        "probe_peak_mb": round(memory["probe"]["peak_mb"]),
+        "plain_pass_mb": round(memory["plain"]["peak_mb"] - memory["plain"]["rss_before_mb"]),
+        "probe_pass_mb": round(memory["probe"]["peak_mb"] - memory["probe"]["rss_before_mb"]),
+        "memory_ratio": round(memory["probe"]["peak_mb"] / memory["plain"]["peak_mb"], 3),
+        "command": "python " + " ".join(sys.argv),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
