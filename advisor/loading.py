@@ -140,12 +140,12 @@ def _from_pretrained(source: str, dtype, task, num_labels, trust_remote_code):
         kwargs["num_labels"] = num_labels
     try:
         return _auto_class(task).from_pretrained(source, **kwargs)
-    except OSError as error:  # missing or corrupt weights, or an id absent from the offline cache
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot load model {source!r}: {first_line}") from error
-    except (ValueError, RuntimeError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise ValueError(f"cannot load model {source!r}: {first_line}") from error
+    except Exception as error:  # missing, corrupt or unsupported weights; an id not in the offline cache
+        raise ValueError(f"cannot load model {source!r}: {_first_line(error)}") from error
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _load_gguf(path: Path, dtype, task, num_labels):
@@ -157,8 +157,8 @@ def _load_gguf(path: Path, dtype, task, num_labels):
     try:
         model = _auto_class(task).from_pretrained(path.parent, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
-        raise ValueError(f"cannot load GGUF model {path}: {str(error).strip().splitlines()[0]}") from error
+    except Exception as error:  # a corrupt or unsupported GGUF file
+        raise ValueError(f"cannot load GGUF model {path}: {_first_line(error)}") from error
     return model, tokenizer
 
 

@@ -57,3 +57,26 @@ def smollm2():
     from advisor.loading import load_model
 
     return load_model(None)
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    from advisor.loading import default_model_dir, load_tokenizer
+
+    return load_tokenizer(default_model_dir())
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer):
+    """A tiny random Llama saved as a checkpoint directory with SmolLM2's tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(smollm2_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    smollm2_tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,70 @@
+"""The lora-advisor command line: outputs PEFT can load, exit codes, and clean failures."""
+
+import json
+
+import pytest
+from peft import LoraConfig
+
+from advisor.cli import main
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_advise_writes_a_config_peft_loads(tmp_path, capsys, tiny_checkpoint):
+    out = tmp_path / "advice"
+    code, stdout, _ = run_cli(capsys, "advise", "--model", str(tiny_checkpoint), "--samples", "8",
+                              "--max-length", "64", "--out", str(out))
+    assert code == 0
+    assert "q_proj" in stdout and "uncalibrated" in stdout
+    config = LoraConfig.from_pretrained(out)
+    probe = json.loads((out / "probe.json").read_text())
+    assert sorted(config.target_modules) == sorted(probe["layers"])
+    assert set(config.rank_pattern) == set(config.alpha_pattern)
+
+
+def test_probe_json_output(tmp_path, capsys, tiny_checkpoint):
+    data = tmp_path / "rows.jsonl"
+    data.write_text("\n".join(json.dumps({"prompt": f"Question {i}?", "completion": f" Answer {i}."}) for i in range(6)))
+    code, stdout, _ = run_cli(capsys, "probe", "--model", str(tiny_checkpoint), "--data", str(data),
+                              "--samples", "6", "--batch-size", "2", "--json")
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["num_rows"] == 6 and len(result["layers"]) == 14
+
+
+@pytest.mark.parametrize(
+    "file_name, content, extra, message",
+    [
+        ("missing.jsonl", None, [], "data file not found"),
+        ("empty.jsonl", b"", [], "data file is empty"),
+        ("blob.txt", b"\x00\x01\xff\xfe" * 50, [], "not UTF-8"),
+        ("rows.jsonl", b'{"id": 1, "score": 2}\n', [], "no usable text field"),
+        (None, None, ["--target-modules", "query"], "match no linear layer"),
+        (None, None, ["--samples", "0"], "--samples must be positive"),
+    ],
+    ids=["missing", "empty", "binary", "no-text", "bad-targets", "zero-samples"],
+)
+def test_bad_input_exits_2_with_one_error_line_and_no_output(
+    tmp_path, capsys, tiny_checkpoint, file_name, content, extra, message
+):
+    out = tmp_path / "advice"
+    argv = ["advise", "--model", str(tiny_checkpoint), "--samples", "4", "--out", str(out), *extra]
+    if file_name is not None:
+        if content is not None:
+            (tmp_path / file_name).write_bytes(content)
+        argv += ["--data", str(tmp_path / file_name)]
+    code, _, stderr = run_cli(capsys, *argv)
+    assert code == 2
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and message in last
+    assert "Traceback" not in stderr
+    assert not out.exists()
+
+
+def test_missing_model_exits_2(tmp_path, capsys):
+    code, _, stderr = run_cli(capsys, "advise", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert code == 2 and "model path not found" in stderr.strip().splitlines()[-1]

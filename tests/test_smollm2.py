@@ -1,0 +1,65 @@
+"""Integration tests on the real embedded SmolLM2-135M-Instruct (fp32, CPU)."""
+
+import copy
+import json
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from advisor.cli import main
+from advisor.embedded_data import stdlib_code_rows
+from advisor.probe import probe
+from test_probe import assert_same_state, autograd_weight_gradients, model_state
+
+pytestmark = pytest.mark.slow
+
+
+def test_probe_equals_autograd_on_the_real_model(smollm2):
+    model, tokenizer = smollm2
+    # the code of four embedded rows cut to exactly 32 tokens: equal lengths, no padding
+    codes = (tokenizer(row["output"])["input_ids"] for row in stdlib_code_rows()[:20])
+    rows = [{"input_ids": ids[:32]} for ids in codes if len(ids) >= 32][:4]
+    assert len(rows) == 4
+    targets = ["model.layers.0.self_attn.q_proj", "model.layers.15.mlp.gate_proj", "model.layers.29.mlp.down_proj"]
+    result = probe(model, rows, target_modules=targets, num_samples=4, batch_size=2, method="exact", progress=False)
+    expected = autograd_weight_gradients(model, rows, "causal-lm")
+    for name in targets:
+        reference = torch.linalg.svdvals(expected[name].double())
+        measured = torch.tensor(result.layers[name].singular_values, dtype=torch.float64)
+        torch.testing.assert_close(measured / measured[0], reference / reference[0], atol=1e-4, rtol=0)
+
+
+def test_probe_on_the_embedded_data_leaves_the_model_as_it_was(smollm2):
+    model, tokenizer = smollm2
+    before = model_state(model)
+    result = probe(model, None, tokenizer=tokenizer, num_samples=8, batch_size=4, max_length=96, progress=False)
+    assert_same_state(before, model_state(model))
+    assert len(result.layers) == 30 * 7
+    assert list(result.by_type()) == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert sorted(result.by_depth()) == list(range(30))
+    for stats in result.layers.values():
+        assert len(stats.singular_values) == min(stats.shape)
+        assert 1 <= stats.effective_rank <= min(stats.shape)
+        assert stats.energy_rank_90 <= stats.energy_rank_95 <= stats.energy_rank_99
+        assert 0 <= stats.noise_fraction <= 1 and 0 <= stats.subspace_overlap <= 1 + 1e-9
+        # the gradient's rank cannot exceed the tokens that went through the layer
+        assert sum(v > 1e-6 * stats.singular_values[0] for v in stats.singular_values) <= result.tokens
+
+
+def test_advised_config_is_applied_by_peft_with_the_advised_ranks(smollm2, tmp_path, capsys):
+    model, _ = smollm2
+    out = tmp_path / "advice"
+    assert main(["advise", "--samples", "8", "--max-length", "64", "--out", str(out), "--json"]) == 0
+    ranks = json.loads(capsys.readouterr().out)["ranks"]
+    config = LoraConfig.from_pretrained(out)
+    peft_model = get_peft_model(copy.deepcopy(model), config)
+    adapted = {
+        name.removeprefix("base_model.model."): module
+        for name, module in peft_model.named_modules()
+        if hasattr(module, "lora_A") and "default" in module.lora_A
+    }
+    assert set(adapted) == set(ranks)
+    for name, module in adapted.items():
+        assert module.r["default"] == ranks[name]
+        assert module.scaling["default"] == pytest.approx(2.0)  # alpha = 2r
