@@ -18,22 +18,24 @@ import torch
 ENERGY_LEVELS = (0.90, 0.95, 0.99)
 
 
-def singular_values_and_vectors(matrix: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def singular_values_and_vectors(
+    matrix: torch.Tensor, k: int, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
     """All singular values (descending, float64) and the top-``k`` singular vectors.
 
     ``matrix`` is [m, n]; the vectors are those of the smaller side (right singular vectors,
     [n, k], when n <= m; left ones, [m, k], otherwise), which is all a comparison of two
     matrices of the same shape needs; ``k=0`` skips them (about 2x faster). Computed from the
-    eigen-decomposition of the smaller Gram matrix in float64: 2-3x faster than an SVD on CPU
-    and accurate to ~1e-8 sigma_1.
+    eigen-decomposition of the smaller Gram matrix: 2-3x faster than an SVD on CPU; in float64
+    accurate to ~1e-8 sigma_1, in float32 (another 2x faster) to ~3e-4 sigma_1.
     """
-    a = matrix.to(torch.float64)
+    a = matrix.to(dtype)
     gram = a.T @ a if a.shape[1] <= a.shape[0] else a @ a.T
     if k == 0:
         eigenvalues = torch.linalg.eigvalsh(gram).flip(0)
-        return eigenvalues.clamp_min(0).sqrt(), gram.new_zeros(gram.shape[0], 0)
+        return eigenvalues.clamp_min(0).sqrt().double(), gram.new_zeros(gram.shape[0], 0)
     eigenvalues, vectors = torch.linalg.eigh(gram)
-    return eigenvalues.flip(0).clamp_min(0).sqrt(), vectors.flip(1)[:, :k]
+    return eigenvalues.flip(0).clamp_min(0).sqrt().double(), vectors.flip(1)[:, :k]
 
 
 def effective_rank(sv: torch.Tensor) -> float:
