@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 
@@ -62,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # bitsandbytes warns on import that an optional hub-downloaded CPU kernel is missing
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         return _run(args)
     except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, UnicodeDecodeError) as error:
