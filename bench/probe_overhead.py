@@ -4,8 +4,9 @@ Time: both are run in this one process, interleaved (plain, probe, plain, probe,
 ratio of the fastest repetitions is reported, so machine noise hits both alike. The plain pass
 is what a training step's gradient computation costs: the model as loaded (every weight
 requires grad), mean token loss, ``loss.backward()``, gradients dropped.
-Memory: each mode runs once in a fresh child process that reports its peak resident memory
-(ru_maxrss) and its resident memory just before the pass; the difference is the pass's cost.
+Memory: each mode runs once in a fresh child process, where a thread samples the resident
+memory every 10 ms during the pass; reported are that peak and the resident memory just
+before the pass (model and batches loaded); their difference is what the pass costs.
 
     python bench/probe_overhead.py [--samples 64] [--batch-size 8] [--max-length 256] [--repeats 2]
 """
@@ -15,9 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import threading
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -52,17 +53,37 @@ def rss_mb() -> float:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+class PeakResidentMemory:
+    """Samples this process's resident memory every 10 ms inside the ``with`` block."""
+
+    def __enter__(self):
+        self.peak_mb = rss_mb()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.wait(0.01):
+            self.peak_mb = max(self.peak_mb, rss_mb())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, rss_mb())
+
+
 def child(mode: str, args) -> None:
     model, tokenizer = load_model(None)
     batches = make_batches(None, tokenizer, num_samples=args.samples, batch_size=args.batch_size,
                            max_length=args.max_length, seed=0)
     before = rss_mb()
-    if mode == "plain":
-        plain_forward_backward(model, batches)
-    else:
-        run_probe(model, tokenizer, args)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"mode": mode, "rss_before_mb": before, "peak_mb": peak}))
+    with PeakResidentMemory() as memory:
+        if mode == "plain":
+            plain_forward_backward(model, batches)
+        else:
+            run_probe(model, tokenizer, args)
+    print(json.dumps({"mode": mode, "rss_before_mb": before, "peak_mb": memory.peak_mb}))
 
 
 def main() -> None:
@@ -113,6 +134,7 @@ def main() -> None:
         "probe_pass_mb": round(memory["probe"]["peak_mb"] - memory["probe"]["rss_before_mb"]),
         "memory_ratio": round(memory["probe"]["peak_mb"] / memory["plain"]["peak_mb"], 3),
         "command": "python " + " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
     }
     print(json.dumps(report, indent=2))
 
