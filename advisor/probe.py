@@ -206,9 +206,10 @@ class _SketchAccumulator:
     def spectrum(self, c_a: float, c_b: float, k: int, precise: bool = True) -> _Spectrum:
         """Of c_a G_A + c_b G_B, from the sketches (always in float64: they are small)."""
         y, w, z = (c_a * t[0] + c_b * t[1] for t in (self.y, self.w, self.z))
-        q, _ = torch.linalg.qr(y.double())
-        x = torch.linalg.lstsq(self.psi.double() @ q, w.double()).solution  # [s, in]
-        _, sv, vh = torch.linalg.svd(x, full_matrices=False)
+        with spectrum.one_thread_on_cpu(y):
+            q, _ = torch.linalg.qr(y.double())
+            x = torch.linalg.lstsq(self.psi.double() @ q, w.double()).solution  # [s, in]
+            _, sv, vh = torch.linalg.svd(x, full_matrices=False)
         z = z.double()
         residual = z - q @ (x @ self.phi.double())
         energy = float(z.pow(2).sum()) / _TEST_VECTORS

@@ -60,3 +60,19 @@ def test_gguf_file_and_cached_default_give_the_same_model(smollm2):
     with torch.no_grad():
         torch.testing.assert_close(gguf_model(ids).logits, default_model(ids).logits)
     assert default_model.name_or_path.endswith(DEFAULT_MODEL)
+
+
+def test_hub_id_resolves_offline_from_the_local_cache(tmp_path, monkeypatch, tiny_checkpoint):
+    """A hub id is read from the Hugging Face cache layout, never downloaded."""
+    import shutil
+
+    snapshot = tmp_path / "hub" / "models--some-org--tiny-llama" / "snapshots" / "0123abcd"
+    shutil.copytree(tiny_checkpoint, snapshot)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0123abcd")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    model, tokenizer = load_model("some-org/tiny-llama")
+    assert type(model).__name__ == "LlamaForCausalLM" and tokenizer is not None
