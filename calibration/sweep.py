@@ -1,0 +1,488 @@
+"""The resumable LoRA sweep runner: named grids of real training runs, one JSON line per run.
+
+Usage (from the repository root, ``HF_HUB_OFFLINE=1``, one thread per process)::
+
+    python -m calibration.sweep --list
+    python -m calibration.sweep --grid encoder-rank [mpnet-rank ...] [--results FILE] [--limit N] [--shard K/N] [--dry-run]
+    python -m calibration.sweep --rerun RUN_ID      # reruns a stored run, prints its new record
+    python -m calibration.sweep --config JSON       # runs one RunConfig, prints its record
+
+``--grid`` runs each named grid's configs in their fixed order and appends one record
+(:func:`calibration.train.train_run`) per line to ``calibration/results/<grid>.jsonl``. The
+file is append-only and the runner is resumable: run_ids already in the file are skipped, a
+last line cut short by a kill is removed first, and every record is written by one
+``write`` + ``flush`` + ``fsync`` under an exclusive ``fcntl`` lock that also re-checks the
+run_id, so neither a kill at any moment nor two processes on the same file leave a corrupt or
+duplicate line. ``--shard K/N`` runs only the configs whose position i (0-based) has
+i % N == K: on this 2-core machine start ``--shard 0/2`` and ``--shard 1/2`` side by side
+(each process uses one thread). ``--rerun`` and ``--config`` print to stdout and touch no
+results file. A progress line per run goes to stderr.
+
+The grids (counts from ``--list``; hours from :data:`SECONDS_PER_STEP`, one process)
+========================================================================================
+
+Shared settings. Encoders (MiniLM, MPNet): batch 16, ``max_length`` 64, 256 eval rows (all of
+them when the split has fewer), warm-up 10 % of the steps, eval at the midpoint and the end.
+SmolLM2: batch 8, ``max_length`` 128, 64 eval rows. ``seed`` 0 and 1 vary the head and LoRA
+initialisation, dropout and data order over the same training rows (``data_seed`` 0), so the
+step-0 probe, which is the regression's input, is the same for both seeds of a cell.
+
+Rank and step size are confounded (``shared/DESIGN.md``): with alpha = 2r the update starts
+larger at higher r, so higher ranks can win by moving faster. The rank grids therefore use
+rsLoRA (scaling alpha / sqrt(r), which keeps the update's size independent of r under Adam)
+with one alpha per model, and a conventional alpha = 2r arm on a subset to measure the
+confound itself.
+
+- ``encoder-rank``: MiniLM on bbc-news, spam, health-tweets, debian-section, brown-genre;
+  uniform r in 1, 2, 4, 8, 16, 32, 64; rsLoRA, alpha = ENCODER_ALPHA; train sizes 250,
+  1000, 4000 (a size above the task's train split becomes the whole split: bbc-news 1905);
+  seeds 0, 1. Plus the alpha = 2r arm (no rsLoRA) on bbc-news and health-tweets at 1000 rows.
+- ``encoder-layer-type``: the five tasks at 1000 rows, seeds 0, 1: attention only (r 8, 32),
+  MLP only (r 8, 32), and mixed (attention 8 / MLP 32, attention 32 / MLP 8), rsLoRA. The
+  uniform r = 8 and 32 baselines are the identical configs (same run_id) of ``encoder-rank``.
+- ``encoder-alpha``: bbc-news, health-tweets, brown-genre at 1000 rows, seeds 0, 1, r in
+  2, 8, 32: alpha / r in 0.5, 1, 2, 4 at the fixed learning rate, and rsLoRA with alpha
+  ENCODER_ALPHA / 4 and 4 * ENCODER_ALPHA (ENCODER_ALPHA itself is in ``encoder-rank``).
+- ``smollm2-rank``: SmolLM2 on stdlib-code, wordnet-defs, shakespeare at 1000 rows, r in 1,
+  4, 16, 64, rsLoRA alpha = SMOLLM2_ALPHA, seeds 0, 1.
+- ``mpnet-rank``: MPNet (same encoder settings as MiniLM) on bbc-news, health-tweets,
+  debian-section at 1000 rows, r in 1, 4, 16, 64, rsLoRA alpha = ENCODER_ALPHA, seeds 0, 1.
+- ``encoder-lr`` and ``smollm2-lr``: the learning-rate / budget checks below, kept as grids
+  so their evidence is reproducible.
+
+Learning rate and step budget (the checks, ``encoder-lr`` / ``smollm2-lr``)
+===========================================================================
+
+See the LR-CHECK notes below the grid definitions (filled in from the check's results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import gc
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+from calibration.train import RunConfig  # noqa: E402  (after the thread settings)
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+# --------------------------------------------------------------------------- shared settings
+ENCODER_TASKS = ("bbc-news", "spam", "health-tweets", "debian-section", "brown-genre")
+SMOLLM2_TASKS = ("stdlib-code", "wordnet-defs", "shakespeare")
+MPNET_TASKS = ("bbc-news", "health-tweets", "debian-section")
+ENCODER_RANKS = (1, 2, 4, 8, 16, 32, 64)
+ENCODER_TRAIN_SIZES = (250, 1000, 4000)
+SEEDS = (0, 1)
+
+ENCODER_LR = 1e-3
+ENCODER_STEPS = 200
+ENCODER_ALPHA = 8.0  # rsLoRA: scaling 8 / sqrt(r) (= 2 at r = 16, the usual alpha = 2r there)
+ENCODER_COMMON = {"batch_size": 16, "max_length": 64, "eval_rows": 256}
+
+SMOLLM2_LR = 5e-4
+SMOLLM2_STEPS = 150
+SMOLLM2_ALPHA = 8.0
+SMOLLM2_COMMON = {"batch_size": 8, "max_length": 128, "eval_rows": 64}
+
+# measured seconds per optimizer step, one thread, this machine (see the module docstring)
+SECONDS_PER_STEP = {"minilm": 0.6, "mpnet": 2.0, "smollm2": 4.0}
+EVAL_SECONDS = {"minilm": 6.0, "mpnet": 20.0, "smollm2": 12.0}  # one evaluation
+LOAD_SECONDS = 3.0
+
+
+# train rows of a task's split (calibration/TASKS.md) where that is below a grid's train size:
+# the grid then trains on the whole split (a literal, so grids need no data to be listed)
+TRAIN_SPLIT_ROWS = {"bbc-news": 1905}
+
+
+def _encoder(task: str, train_size: int, seed: int, *, model: str = "minilm", lr: float = ENCODER_LR,
+             steps: int = ENCODER_STEPS, eval_every: int | None = None, **lora) -> RunConfig:
+    size = min(train_size, TRAIN_SPLIT_ROWS.get(task, train_size))
+    return RunConfig(
+        model=model, task=task, train_size=size, learning_rate=lr, steps=steps,
+        warmup_steps=max(1, steps // 10), eval_every=steps // 2 if eval_every is None else eval_every,
+        seed=seed, **ENCODER_COMMON, **lora,
+    )
+
+
+def _smollm2(task: str, train_size: int, seed: int, *, lr: float = SMOLLM2_LR, steps: int = SMOLLM2_STEPS,
+             eval_every: int | None = None, **lora) -> RunConfig:
+    return RunConfig(
+        model="smollm2", task=task, train_size=train_size, learning_rate=lr, steps=steps,
+        warmup_steps=max(1, steps // 10), eval_every=steps // 2 if eval_every is None else eval_every,
+        seed=seed, **SMOLLM2_COMMON, **lora,
+    )
+
+
+def _rslora(rank: int, alpha: float) -> dict:
+    return {"rank": rank, "alpha": alpha, "use_rslora": True}
+
+
+# --------------------------------------------------------------------------- the grids
+def grid_encoder_rank() -> list[RunConfig]:
+    configs = [
+        _encoder(task, size, seed, **_rslora(rank, ENCODER_ALPHA))
+        for task in ENCODER_TASKS
+        for size in ENCODER_TRAIN_SIZES
+        for rank in ENCODER_RANKS
+        for seed in SEEDS
+    ]
+    configs += [
+        _encoder(task, 1000, seed, rank=rank, alpha_over_r=2.0)
+        for task in ("bbc-news", "health-tweets")
+        for rank in ENCODER_RANKS
+        for seed in SEEDS
+    ]
+    return _unique(configs)
+
+
+def grid_encoder_layer_type() -> list[RunConfig]:
+    pairs = ((8, 0), (32, 0), (0, 8), (0, 32), (8, 32), (32, 8))
+    return _unique([
+        _encoder(task, 1000, seed, attention_rank=a, mlp_rank=m, alpha=ENCODER_ALPHA, use_rslora=True)
+        for task in ENCODER_TASKS
+        for a, m in pairs
+        for seed in SEEDS
+    ])
+
+
+def grid_encoder_alpha() -> list[RunConfig]:
+    configs = []
+    for task in ("bbc-news", "health-tweets", "brown-genre"):
+        for rank in (2, 8, 32):
+            for seed in SEEDS:
+                configs += [_encoder(task, 1000, seed, rank=rank, alpha_over_r=ratio) for ratio in (0.5, 1.0, 2.0, 4.0)]
+                configs += [_encoder(task, 1000, seed, **_rslora(rank, a)) for a in (ENCODER_ALPHA / 4, ENCODER_ALPHA * 4)]
+    return _unique(configs)
+
+
+def grid_smollm2_rank() -> list[RunConfig]:
+    return _unique([
+        _smollm2(task, 1000, seed, **_rslora(rank, SMOLLM2_ALPHA))
+        for task in SMOLLM2_TASKS
+        for rank in (1, 4, 16, 64)
+        for seed in SEEDS
+    ])
+
+
+def grid_mpnet_rank() -> list[RunConfig]:
+    """MPNet (the third model) on three encoder tasks at 1000 rows: r in 1, 4, 16, 64, rsLoRA."""
+    return _unique([
+        _encoder(task, 1000, seed, model="mpnet", **_rslora(rank, ENCODER_ALPHA))
+        for task in MPNET_TASKS
+        for rank in (1, 4, 16, 64)
+        for seed in SEEDS
+    ])
+
+
+def grid_encoder_lr() -> list[RunConfig]:
+    """The encoder LR / budget check: brown-genre, 1000 rows, long runs with an eval every 50 steps."""
+    return _unique([
+        _encoder("brown-genre", 1000, 0, lr=lr, steps=400, eval_every=50, **_rslora(rank, ENCODER_ALPHA))
+        for rank, lr in ((8, 3e-4), (8, 1e-3), (8, 3e-3), (1, 1e-3), (64, 1e-3))
+    ])
+
+
+def grid_smollm2_lr() -> list[RunConfig]:
+    """The SmolLM2 LR / budget check: wordnet-defs, 1000 rows, an eval every 50 steps."""
+    return _unique([
+        _smollm2("wordnet-defs", 1000, 0, lr=lr, steps=200, eval_every=50, **_rslora(8, SMOLLM2_ALPHA))
+        for lr in (2e-4, 5e-4, 1e-3)
+    ])
+
+
+GRIDS: dict[str, Callable[[], list[RunConfig]]] = {
+    "encoder-rank": grid_encoder_rank,
+    "encoder-layer-type": grid_encoder_layer_type,
+    "encoder-alpha": grid_encoder_alpha,
+    "smollm2-rank": grid_smollm2_rank,
+    "mpnet-rank": grid_mpnet_rank,
+    "encoder-lr": grid_encoder_lr,
+    "smollm2-lr": grid_smollm2_lr,
+}
+
+
+def _unique(configs: Iterable[RunConfig]) -> list[RunConfig]:
+    seen, unique = set(), []
+    for config in configs:
+        if config.run_id not in seen:
+            seen.add(config.run_id)
+            unique.append(config)
+    return unique
+
+
+def estimated_seconds(config: RunConfig) -> float:
+    """Rough wall time of one run on one thread of this machine (training + evaluations + loading)."""
+    evaluations = 1 + (0 if not config.eval_every else (config.steps - 1) // config.eval_every)
+    return LOAD_SECONDS + config.steps * SECONDS_PER_STEP[config.model] + evaluations * EVAL_SECONDS[config.model]
+
+
+# --------------------------------------------------------------------------- the results file
+class ResultsFile:
+    """An append-only JSONL file of run records, safe against kills and concurrent writers."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+
+    def _locked(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return _Lock(self.path)
+
+    def repair(self) -> int:
+        """Cut a last line that has no newline (a write killed midway); returns the bytes removed."""
+        with self._locked() as f:
+            return _cut_partial_tail(f)
+
+    def records(self) -> list[dict]:
+        """Every complete record (a last line without its newline is not a record yet)."""
+        if not self.path.exists():
+            return []
+        data = self.path.read_bytes()
+        end = data.rfind(b"\n") + 1
+        records = []
+        for number, line in enumerate(data[:end].splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError as error:
+                raise ValueError(f"{self.path}:{number}: not a JSON record ({error}); fix the file by hand") from error
+        return records
+
+    def run_ids(self) -> set[str]:
+        return {record["run_id"] for record in self.records()}
+
+    def append(self, record: dict) -> bool:
+        """Append ``record`` as one line unless its run_id is already there; True when written."""
+        line = (json.dumps(record, ensure_ascii=False, allow_nan=True) + "\n").encode("utf-8")
+        with self._locked() as f:
+            _cut_partial_tail(f)
+            if record["run_id"] in self.run_ids():
+                return False
+            f.seek(0, os.SEEK_END)
+            f.write(line)
+            f.flush()
+            os.fsync(f.fileno())
+        return True
+
+
+class _Lock:
+    """The results file opened for appending, under an exclusive ``fcntl.flock``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self):
+        self.file = open(self.path, "a+b")
+        fcntl.flock(self.file.fileno(), fcntl.LOCK_EX)
+        return self.file
+
+    def __exit__(self, *exc):
+        try:
+            self.file.flush()
+            fcntl.flock(self.file.fileno(), fcntl.LOCK_UN)
+        finally:
+            self.file.close()
+
+
+def _cut_partial_tail(f) -> int:
+    size = f.seek(0, os.SEEK_END)
+    if size == 0:
+        return 0
+    f.seek(max(0, size - 1))
+    if f.read(1) == b"\n":
+        return 0
+    # find the last newline; everything after it is a record cut short
+    block, position = 1 << 16, size
+    keep = 0
+    while position > 0:
+        start = max(0, position - block)
+        f.seek(start)
+        chunk = f.read(position - start)
+        index = chunk.rfind(b"\n")
+        if index >= 0:
+            keep = start + index + 1
+            break
+        position = start
+    os.ftruncate(f.fileno(), keep)
+    f.flush()
+    os.fsync(f.fileno())
+    return size - keep
+
+
+# --------------------------------------------------------------------------- running
+def run_grid(
+    configs: list[RunConfig],
+    results: ResultsFile,
+    *,
+    run: Callable[[RunConfig], dict] | None = None,
+    limit: int | None = None,
+    shard: tuple[int, int] = (0, 1),
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Run the configs not yet in ``results``, in order, appending each record as it finishes.
+
+    ``run`` defaults to :func:`calibration.train.train_run`; ``limit`` caps the new runs;
+    ``shard`` (k, n) keeps the configs at positions i with i % n == k. Returns counts.
+    """
+    say = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    if run is None:
+        from calibration.train import train_run
+
+        def run(config: RunConfig) -> dict:
+            return train_run(config, log=lambda message: say(f"    {config.run_id} {message}"))
+    cut = results.repair()
+    if cut:
+        say(f"{results.path}: removed a last line cut short ({cut} bytes)")
+    k, n = shard
+    mine = [(i, config) for i, config in enumerate(configs) if i % n == k]
+    done = results.run_ids()
+    todo = [(i, config) for i, config in mine if config.run_id not in done]
+    say(f"{results.path.name}: {len(configs)} runs in the grid, {len(mine)} in this shard, "
+        f"{len(mine) - len(todo)} already done, {len(todo)} to run" + (f" (limit {limit})" if limit is not None else ""))
+    counts = {"ran": 0, "skipped": len(mine) - len(todo), "duplicates": 0}
+    for i, config in todo:
+        if limit is not None and counts["ran"] >= limit:
+            break
+        started = time.perf_counter()
+        record = run(config)
+        gc.collect()  # the run's model and optimizer, before the next one is loaded
+        if record.get("run_id") != config.run_id:
+            raise ValueError(f"the run function returned run_id {record.get('run_id')!r} for {config.run_id}")
+        written = results.append(record)
+        counts["ran"] += 1
+        counts["duplicates"] += not written
+        accuracy = record.get("eval_accuracy")
+        say(
+            f"[{i + 1}/{len(configs)}] {config.run_id} {config.summary()}: eval_loss {record.get('eval_loss')}"
+            + (f" acc {accuracy}" if accuracy is not None else "")
+            + f" ({time.perf_counter() - started:.0f} s)" + ("" if written else " [already written by another process]")
+        )
+    return counts
+
+
+def find_config(run_id: str, paths: Iterable[Path]) -> RunConfig:
+    """The config of ``run_id`` from the first results file that has it."""
+    for path in paths:
+        for record in ResultsFile(path).records():
+            if record.get("run_id") == run_id:
+                config = RunConfig.from_dict(record["config"])
+                if config.run_id != run_id:
+                    raise ValueError(f"{path}: record {run_id} holds a config whose run_id is {config.run_id}")
+                return config
+    raise ValueError(f"run {run_id!r} is in no results file ({', '.join(str(p) for p in paths) or 'none found'})")
+
+
+def _print_plan(configs: list[RunConfig], results: ResultsFile, shard: tuple[int, int], limit: int | None) -> None:
+    """``--dry-run``: every run of this shard with its status, and the hours left."""
+    done = results.run_ids()
+    k, n = shard
+    mine = [(i, c) for i, c in enumerate(configs) if i % n == k]
+    todo = [c for _, c in mine if c.run_id not in done]
+    for i, config in mine:
+        status = "done" if config.run_id in done else "todo"
+        print(f"[{i + 1}/{len(configs)}] {config.run_id} {status} {config.summary()}")
+    hours = sum(map(estimated_seconds, todo[:limit] if limit is not None else todo)) / 3600
+    print(f"{results.path.name}: {len(mine)} runs in this shard, {len(mine) - len(todo)} done, "
+          f"{len(todo)} to run, ~{hours:.1f} h")
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes K/N, e.g. 0/2; got {text!r}") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise argparse.ArgumentTypeError(f"--shard {text}: need 0 <= K < N")
+    return k, n
+
+
+def _quiet_libraries() -> None:
+    import logging
+    import warnings
+
+    # bitsandbytes (imported by peft) warns on import that an optional hub-downloaded CPU kernel is missing
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    try:
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m calibration.sweep", description=__doc__.split("\n\n")[0])
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--grid", nargs="+", choices=sorted(GRIDS), metavar="GRID",
+                        help=f"run named grids, one after the other ({', '.join(GRIDS)})")
+    action.add_argument("--rerun", metavar="RUN_ID", help="rerun a stored run and print its new record")
+    action.add_argument("--config", metavar="JSON", help="run one RunConfig given as JSON and print its record")
+    action.add_argument("--list", action="store_true", help="list the grids with run counts and estimated hours")
+    parser.add_argument("--results", type=Path, help="results file (default calibration/results/<grid>.jsonl)")
+    parser.add_argument("--limit", type=int, help="run at most this many new runs")
+    parser.add_argument("--shard", type=_parse_shard, default=(0, 1), metavar="K/N", help="run positions i with i %% N == K")
+    parser.add_argument("--dry-run", action="store_true", help="print the runs and their status, train nothing")
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 0:
+        parser.error(f"--limit must be >= 0, got {args.limit}")
+
+    import torch
+
+    torch.set_num_threads(1)
+    _quiet_libraries()
+
+    if args.list:
+        for name, build in GRIDS.items():
+            configs = build()
+            hours = sum(map(estimated_seconds, configs)) / 3600
+            done = len(ResultsFile(RESULTS_DIR / f"{name}.jsonl").run_ids() & {c.run_id for c in configs})
+            print(f"{name:20s} {len(configs):4d} runs  {done:4d} done  ~{hours:5.1f} h on one thread")
+        return 0
+
+    if args.grid:
+        if args.results and len(args.grid) > 1:
+            parser.error("--results takes one grid")
+        for name in args.grid:
+            configs = GRIDS[name]()
+            results = ResultsFile(args.results or RESULTS_DIR / f"{name}.jsonl")
+            if args.dry_run:
+                _print_plan(configs, results, args.shard, args.limit)
+            else:
+                run_grid(configs, results, limit=args.limit, shard=args.shard)
+        return 0
+
+    from calibration.train import train_run
+
+    if args.rerun:
+        paths = [args.results] if args.results else sorted(RESULTS_DIR.glob("*.jsonl"))
+        try:
+            config = find_config(args.rerun, paths)
+        except ValueError as error:
+            parser.exit(2, f"error: {error}\n")
+    else:
+        try:
+            config = RunConfig.from_json(args.config)
+        except (ValueError, TypeError) as error:
+            parser.exit(2, f"error: bad --config: {error}\n")
+    print(f"{config.run_id} {config.summary()}", file=sys.stderr, flush=True)
+    record = train_run(config, log=lambda message: print(message, file=sys.stderr, flush=True))
+    print(json.dumps(record, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
