@@ -9,6 +9,7 @@ memory every 10 ms during the pass; reported are that peak and the resident memo
 before the pass (model and batches loaded); their difference is what the pass costs.
 
     python bench/probe_overhead.py [--samples 64] [--batch-size 8] [--max-length 256] [--repeats 2]
+        [--append bench/results/probe_overhead.jsonl --machine "what it ran on"]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -92,6 +94,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--append", type=Path, metavar="JSONL", help="also append the report as one line to this file")
+    parser.add_argument("--machine", default="", help="a note on the machine, stored with the report")
     parser.add_argument("--child", choices=("plain", "probe"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -135,8 +139,13 @@ def main() -> None:
         "memory_ratio": round(memory["probe"]["peak_mb"] / memory["plain"]["peak_mb"], 3),
         "command": "python " + " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d"),
+        "machine": args.machine,
     }
     print(json.dumps(report, indent=2))
+    if args.append:
+        args.append.parent.mkdir(parents=True, exist_ok=True)
+        with open(args.append, "a") as f:
+            f.write(json.dumps(report) + "\n")
 
 
 if __name__ == "__main__":
