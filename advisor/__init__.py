@@ -6,8 +6,18 @@ advise per-layer ranks and alpha.
     config = advisor.advise(model, dataset)  # peft.LoraConfig with rank_pattern/alpha_pattern
 """
 
-from advisor.probe import LayerStats, ProbeResult, probe
-from advisor.recommend import advise
-
 __all__ = ["LayerStats", "ProbeResult", "advise", "probe"]
 __version__ = "0.1.0"
+
+_EXPORTS = {"LayerStats": "advisor.probe", "ProbeResult": "advisor.probe", "probe": "advisor.probe",
+            "advise": "advisor.recommend"}
+
+
+def __getattr__(name: str):
+    """Import the heavy modules (torch, transformers, peft) on first use, not on ``import advisor``,
+    so that ``lora-advisor --help`` is quick and the CLI can quiet bitsandbytes before it loads."""
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'advisor' has no attribute {name!r}")
