@@ -12,11 +12,14 @@ import logging
 import os
 import sys
 
+from advisor.quantized import COMPUTE_DTYPES, QUANT_TYPES
+
 EXAMPLES = """\
 examples:
   lora-advisor advise                          # embedded SmolLM2 + standard-library code data
   lora-advisor advise --model ./my-llama --data train.jsonl --out advice
   lora-advisor advise --data chats.jsonl --samples 128 --max-length 512 --json
+  lora-advisor advise --model ./my-llama --load-in-4bit --data train.jsonl   # QLoRA: probe the NF4 base
   lora-advisor probe --model ./minilm --task seq-cls --data news.csv --out probe.json
 """
 
@@ -30,6 +33,13 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, default=256, help="tokens kept per row (default: 256)")
     parser.add_argument("--method", choices=("auto", "exact", "sketch"), default="auto", help="gradient accumulator (default: auto)")
     parser.add_argument("--target-modules", nargs="+", help="module names or suffixes to probe (default: all linear layers in the blocks)")
+    quantization = parser.add_argument_group("quantized base (QLoRA): quantize the checkpoint while loading it")
+    quantization.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes 4-bit, as QLoRA trains")
+    quantization.add_argument("--load-in-8bit", action="store_true", help="bitsandbytes 8-bit (LLM.int8)")
+    quantization.add_argument("--bnb-4bit-quant-type", choices=QUANT_TYPES, default="nf4", help="4-bit data type (default: nf4)")
+    quantization.add_argument("--bnb-4bit-double-quant", action="store_true", help="quantize the block scales too")
+    quantization.add_argument("--bnb-4bit-compute-dtype", choices=tuple(COMPUTE_DTYPES), default="float32",
+                              help="dtype of the 4-bit matmuls (default: float32)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off by default)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     parser.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
@@ -85,6 +95,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     from advisor.files import atomic_directory
     from advisor.loading import load_model
+    from advisor.quantized import quantization_from_options
     from advisor.report import LEGEND, layer_type_table, probe_summary
 
     for flag, value in (("--samples", args.samples), ("--batch-size", args.batch_size), ("--max-length", args.max_length)):
@@ -99,8 +110,12 @@ def _run(args) -> int:
 
         names = label_names_of(load_rows(data))
         num_labels = len(names) if names else None
+    quantization = quantization_from_options(
+        args.load_in_4bit, args.load_in_8bit, args.bnb_4bit_quant_type, args.bnb_4bit_double_quant,
+        args.bnb_4bit_compute_dtype,
+    )
     model, tokenizer = load_model(args.model, task=args.task, num_labels=num_labels,
-                                  trust_remote_code=args.trust_remote_code, seed=args.seed)
+                                  trust_remote_code=args.trust_remote_code, seed=args.seed, quantization=quantization)
     options = dict(
         tokenizer=tokenizer, target_modules=args.target_modules, task=args.task,
         num_samples=args.samples, batch_size=args.batch_size, max_length=args.max_length,

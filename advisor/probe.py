@@ -12,7 +12,9 @@ gradients G_A and G_B give a sampling-noise estimate: their scaled difference ha
 as G but no signal, so directions of G above its largest singular value are signal.
 
 The model is restored exactly (parameters, buffers, requires_grad flags, .grad, train/eval
-mode of every module, hooks) when the probe returns, raises or is interrupted.
+mode of every module, hooks, the layout of bitsandbytes 4-bit weights) when the probe
+returns, raises or is interrupted. 4-bit layers are probed through their differentiable
+kernels, guarded against two bitsandbytes CPU bugs (:mod:`advisor.quantized`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from advisor import spectrum
+from advisor import quantized, spectrum
 from advisor.data import ProbeBatch, make_batches
 from advisor.layers import block_depth, find_target_layers, layer_shape, layer_types
 from advisor.loading import TASK_SEQ_CLS, load_model, model_task
@@ -86,6 +88,7 @@ class ProbeResult:
     seed: int
     seconds: float  # the whole probe, loading excluded
     spectra_seconds: float  # of which: the spectral analysis after the data pass
+    quantization: str | None = None  # e.g. "4-bit NF4, compute float32" for a bitsandbytes base
     layers: dict[str, LayerStats] = field(default_factory=dict)
 
     def by_type(self) -> dict[str, dict]:
@@ -238,6 +241,11 @@ def probe(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     seed: int = 0,
     progress: bool = True,
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+    bnb_4bit_quant_type: str = "nf4",
+    bnb_4bit_use_double_quant: bool = False,
+    bnb_4bit_compute_dtype: str = "float32",
 ) -> ProbeResult:
     """Measure the spectrum of every target layer's loss gradient on a sample of ``dataset``.
 
@@ -247,15 +255,20 @@ def probe(
     ``seed``; sequences are cut to ``max_length`` tokens. ``method``: "exact" keeps two fp32
     [out, in] accumulators per layer; "sketch" keeps randomized sketches of size
     ``sketch_size``; "auto" is exact while the accumulators fit ``memory_budget`` bytes.
+    ``load_in_4bit`` / ``load_in_8bit`` and the ``bnb_4bit_*`` options (named as in
+    ``transformers.BitsAndBytesConfig``) quantize a checkpoint while loading it, as QLoRA does.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
     if sketch_size < 1:
         raise ValueError(f"sketch_size must be positive, got {sketch_size}")
+    quantization = quantized.quantization_from_options(
+        load_in_4bit, load_in_8bit, bnb_4bit_quant_type, bnb_4bit_use_double_quant, bnb_4bit_compute_dtype
+    )
     if not isinstance(model, nn.Module):
-        model, tokenizer = load_model(model, tokenizer=tokenizer, task=task, seed=seed)
-    elif tokenizer is None:
-        _, tokenizer = load_model(model)
+        model, tokenizer = load_model(model, tokenizer=tokenizer, task=task, seed=seed, quantization=quantization)
+    else:
+        model, tokenizer = load_model(model, tokenizer=tokenizer, quantization=quantization)
     started = time.perf_counter()
     task = task or model_task(model)
     targets = find_target_layers(model, target_modules)
@@ -263,19 +276,52 @@ def probe(
         dataset, tokenizer, task=task, num_samples=num_samples, batch_size=batch_size,
         max_length=max_length, seed=seed,
     )
-    batches = _at_least_two_batches(batches)
-
     shapes = {name: layer_shape(module) for name, module in targets.items()}
     method = _choose_method(method, shapes, sketch_size, memory_budget)
-    accumulators: dict[str, _ExactAccumulator | _SketchAccumulator] = {}
-    loss_tokens = [0, 0]
-    tokens = 0
-    current_half = [0]
 
     def make_accumulator(name: str, device: torch.device):
         if method == "exact":
             return _ExactAccumulator(shapes[name], device)
         return _SketchAccumulator(shapes[name], device, sketch_size, seed)
+
+    accumulators, loss_tokens, tokens = _accumulate(model, targets, batches, task, make_accumulator, progress)
+    num_rows = sum(batch.num_rows for batch in batches)
+    types = layer_types(targets)
+    spectra_started = time.perf_counter()
+    layers = {
+        name: _layer_stats(name, types[name], accumulators[name], shapes[name], loss_tokens, tokens, num_rows)
+        for name in tqdm(targets, desc="spectra", unit="layer", disable=not progress)
+        if name in accumulators
+    }
+    return ProbeResult(
+        model=_model_name(model),
+        task=task,
+        method=method,
+        num_rows=num_rows,
+        tokens=tokens,
+        loss_tokens=sum(loss_tokens),
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        seconds=time.perf_counter() - started,
+        spectra_seconds=time.perf_counter() - spectra_started,
+        quantization=quantized.describe(model),
+        layers=layers,
+    )
+
+
+def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task: str, make_accumulator, progress: bool):
+    """The data pass: per target layer, half sums of delta x^T over even and odd batches.
+
+    Returns (accumulators by layer name, loss tokens per half [2], tokens seen). The model is
+    left exactly as it was (see :func:`_restored_afterwards` and :func:`advisor.quantized.autograd_safe`).
+    """
+    batches = _at_least_two_batches(batches)
+    shapes = {name: layer_shape(module) for name, module in targets.items()}
+    accumulators: dict[str, _ExactAccumulator | _SketchAccumulator] = {}
+    loss_tokens = [0, 0]
+    tokens = 0
+    current_half = [0]
 
     def forward_hook(name: str, in_dim: int, out_dim: int):
         def hook(module, args, output):
@@ -304,7 +350,8 @@ def probe(
         embedding_outputs.append(output)
 
     accepts_use_cache = "use_cache" in inspect.signature(model.forward).parameters
-    with _restored_afterwards(model):
+    with _restored_afterwards(model), quantized.autograd_safe(model):
+        quantized.check_dequantization(model)
         handles = [embeddings.register_forward_hook(embedding_hook)]
         for name, module in targets.items():
             out_dim, in_dim = shapes[name]
@@ -333,28 +380,42 @@ def probe(
 
     if min(loss_tokens) == 0:
         raise ValueError("the probe needs loss tokens in at least two batches; give it more rows")
-    num_rows = sum(batch.num_rows for batch in batches)
-    types = layer_types(targets)
-    spectra_started = time.perf_counter()
-    layers = {
-        name: _layer_stats(name, types[name], accumulators[name], shapes[name], loss_tokens, tokens, num_rows)
-        for name in tqdm(targets, desc="spectra", unit="layer", disable=not progress)
-        if name in accumulators
-    }
-    return ProbeResult(
-        model=_model_name(model),
-        task=task,
-        method=method,
-        num_rows=num_rows,
-        tokens=tokens,
-        loss_tokens=sum(loss_tokens),
-        batch_size=batch_size,
-        max_length=max_length,
-        seed=seed,
-        seconds=time.perf_counter() - started,
-        spectra_seconds=time.perf_counter() - spectra_started,
-        layers=layers,
+    return accumulators, loss_tokens, tokens
+
+
+def gradients(
+    model: nn.Module,
+    dataset=None,
+    *,
+    tokenizer=None,
+    target_modules=None,
+    task: str | None = None,
+    num_samples: int = 64,
+    batch_size: int = 8,
+    max_length: int = 256,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """The exact gradient G_L [out, in] (float32) of the mean loss for every target layer.
+
+    The same rows, hooks and guarantees as :func:`probe` (the model is left untouched), for
+    studies that need G itself rather than its spectrum. Memory: one [out, in] float32
+    tensor per layer, twice during the pass.
+    """
+    if tokenizer is None:
+        _, tokenizer = load_model(model)
+    task = task or model_task(model)
+    targets = find_target_layers(model, target_modules)
+    batches = make_batches(
+        dataset, tokenizer, task=task, num_samples=num_samples, batch_size=batch_size,
+        max_length=max_length, seed=seed,
     )
+    shapes = {name: layer_shape(module) for name, module in targets.items()}
+    accumulators, loss_tokens, _ = _accumulate(
+        model, targets, batches, task, lambda name, device: _ExactAccumulator(shapes[name], device), progress
+    )
+    total = sum(loss_tokens)
+    return {name: accumulator.halves.sum(0) / total for name, accumulator in accumulators.items()}
 
 
 def _summed_loss(logits: torch.Tensor, labels: torch.Tensor, task: str) -> tuple[torch.Tensor, int]:

@@ -37,7 +37,7 @@ def layer_type_table(result: ProbeResult, ranks: dict[str, int] | None = None) -
 def probe_summary(result: ProbeResult) -> str:
     """One line: what was probed, how, and for how long."""
     return (
-        f"{result.model}: {len(result.layers)} layers, {result.num_rows} rows, {result.tokens} tokens "
+        f"{result.model}{f' ({result.quantization})' if result.quantization else ''}: {len(result.layers)} layers, {result.num_rows} rows, {result.tokens} tokens "
         f"({result.loss_tokens} with loss), method={result.method}, {result.seconds:.1f} s"
     )
 

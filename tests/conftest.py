@@ -4,8 +4,14 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import copy
+
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
+
+from advisor.layers import Conv1D, find_target_layers
 
 VOCAB = 128
 
@@ -51,6 +57,22 @@ def token_rows(num_rows: int, length: int, seed: int = 0, with_class_labels: boo
     return rows
 
 
+def autograd_weight_gradients(model: nn.Module, rows, task: str) -> dict[str, torch.Tensor]:
+    """Autograd's weight gradient [out, in] of the mean loss over ``rows`` (one batch)."""
+    reference = copy.deepcopy(model).eval()
+    ids = torch.tensor([row["input_ids"] for row in rows])
+    logits = reference(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    if task == "seq-cls":
+        loss = F.cross_entropy(logits, torch.tensor([row["labels"] for row in rows]))
+    else:
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
+    loss.backward()
+    gradients = {}
+    for name, module in find_target_layers(reference).items():
+        gradients[name] = module.weight.grad.T if isinstance(module, Conv1D) else module.weight.grad
+    return gradients
+
+
 @pytest.fixture(scope="session")
 def smollm2():
     """The real embedded SmolLM2-135M-Instruct and its tokenizer (converted once, cached)."""
@@ -66,17 +88,27 @@ def smollm2_tokenizer():
     return load_tokenizer(default_model_dir())
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer):
-    """A tiny random Llama saved as a checkpoint directory with SmolLM2's tokenizer."""
+def save_tiny_checkpoint(path, tokenizer, hidden_size: int = 32, intermediate_size: int = 64):
+    """A tiny random Llama saved as a checkpoint directory with ``tokenizer``."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=len(smollm2_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
     )
-    path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(path)
-    smollm2_tokenizer.save_pretrained(path)
+    tokenizer.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer):
+    """A tiny random Llama (widths 32 / 64) with SmolLM2's tokenizer."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"), smollm2_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_64(tmp_path_factory, smollm2_tokenizer):
+    """Like ``tiny_checkpoint`` with widths 64 / 128, multiples of bitsandbytes' 4-bit block."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama-64"), smollm2_tokenizer, 64, 128)

@@ -68,3 +68,20 @@ def test_bad_input_exits_2_with_one_error_line_and_no_output(
 def test_missing_model_exits_2(tmp_path, capsys):
     code, _, stderr = run_cli(capsys, "advise", "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
     assert code == 2 and "model path not found" in stderr.strip().splitlines()[-1]
+
+
+def test_load_in_4bit_probes_the_quantized_base(capsys, tiny_checkpoint_64):
+    code, stdout, _ = run_cli(capsys, "probe", "--model", str(tiny_checkpoint_64), "--load-in-4bit",
+                              "--bnb-4bit-quant-type", "fp4", "--samples", "8", "--json")
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["quantization"] == "4-bit FP4, compute float32" and len(result["layers"]) == 14
+
+
+def test_load_in_4bit_refuses_what_bitsandbytes_gets_wrong(tmp_path, capsys, tiny_checkpoint):
+    # the widths of 32 of this checkpoint are dequantized wrongly by bitsandbytes' CPU kernel
+    out = tmp_path / "advice"
+    code, _, stderr = run_cli(capsys, "advise", "--model", str(tiny_checkpoint), "--load-in-4bit",
+                              "--samples", "4", "--out", str(out))
+    last = stderr.strip().splitlines()[-1]
+    assert code == 2 and "dequantizes the 4-bit layer" in last and not out.exists()

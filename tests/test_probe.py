@@ -1,32 +1,14 @@
 """The probe's gradients against autograd, its sketch against exact, and model hygiene."""
 
-import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from advisor import spectrum
-from advisor.layers import Conv1D, find_target_layers
-from advisor.probe import ProbeResult, _ExactAccumulator, _SketchAccumulator, probe
-from conftest import tiny_bert, tiny_gpt2, tiny_llama, token_rows
-
-
-def autograd_weight_gradients(model: nn.Module, rows, task: str) -> dict[str, torch.Tensor]:
-    """Autograd's weight gradient [out, in] of the mean loss over ``rows`` (one batch)."""
-    reference = copy.deepcopy(model).eval()
-    ids = torch.tensor([row["input_ids"] for row in rows])
-    logits = reference(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
-    if task == "seq-cls":
-        loss = F.cross_entropy(logits, torch.tensor([row["labels"] for row in rows]))
-    else:
-        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), ids[:, 1:].flatten())
-    loss.backward()
-    gradients = {}
-    for name, module in find_target_layers(reference).items():
-        gradients[name] = module.weight.grad.T if isinstance(module, Conv1D) else module.weight.grad
-    return gradients
+from advisor.layers import find_target_layers
+from advisor.probe import ProbeResult, _ExactAccumulator, _SketchAccumulator, gradients, probe
+from conftest import autograd_weight_gradients, tiny_bert, tiny_gpt2, tiny_llama, token_rows
 
 
 @pytest.mark.parametrize(
@@ -49,6 +31,16 @@ def test_exact_singular_values_equal_autograd(build, task):
         torch.testing.assert_close(measured / measured[0], reference / reference[0], atol=1e-4, rtol=0)
         torch.testing.assert_close(measured, reference, rtol=1e-4, atol=1e-6 * float(reference[0]))
         assert stats.effective_rank == pytest.approx(spectrum.effective_rank(reference), rel=1e-4)
+
+
+def test_gradients_equal_autograd_weight_gradients():
+    model = tiny_llama()
+    rows = token_rows(8, 16)
+    measured = gradients(model, rows, num_samples=8, batch_size=4)
+    expected = autograd_weight_gradients(model, rows, "causal-lm")
+    assert measured.keys() == expected.keys()
+    for name, gradient in expected.items():
+        torch.testing.assert_close(measured[name], gradient, rtol=1e-4, atol=1e-6 * float(gradient.abs().max()))
 
 
 def test_default_targets_are_block_linears_only():
