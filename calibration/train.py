@@ -58,6 +58,8 @@ import torch.nn.functional as F
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from advisor.calibrated import layer_group  # noqa: E402  (the one definition of attention vs mlp)
+
 PROTOCOL = 1
 EVAL_BATCH_SIZE = 16
 LOSS_CURVE_EVERY = 10  # train_loss_curve: mean train loss of each window of this many steps
@@ -70,12 +72,6 @@ PROBE_SEED = 0  # probe row sample, and the seq-cls head of the probed model
 PROBE_VERSION = 1  # bump to recompute cached probes
 LAYER_GROUPS = ("attention", "mlp")
 _SCALAR_PROBE_FIELDS_LEFT_OUT = ("singular_values", "noise_singular_values")
-
-
-def layer_group(name: str) -> str:
-    """``"attention"`` when the module name contains ``attn`` or ``attention``, else ``"mlp"``."""
-    lowered = name.lower()
-    return "attention" if "attn" in lowered or "attention" in lowered else "mlp"
 
 
 # --------------------------------------------------------------------------- the config

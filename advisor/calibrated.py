@@ -1,0 +1,144 @@
+"""The calibrated regression: probe features in, advised log2 rank out, from a verified file.
+
+A calibration is two files in ``models/``: ``NAME.joblib`` (the fitted scikit-learn models) and
+``NAME.json`` (feature names, library versions, a hash of the training records, cross-validated
+scores and the ``sha256`` of the joblib file). Unpickling runs code, so :func:`load_calibration`
+computes the joblib file's sha256 and refuses to unpickle a file whose hash differs from the
+one its JSON states.
+
+Features are scale-free so that one regression can serve models of different widths:
+
+- cell features (one vector per probed model and dataset): means over the target layers of
+  effective rank / min(out, in), stable rank / min(out, in), signal effective rank (log2 of
+  1 + it), noise fraction, split-half subspace overlap and rank growth; the same means for the
+  attention and the MLP layers separately; log2 of the training-set size; log2 of the median
+  layer width; whether the base is quantized;
+- layer features: the same per-layer statistics, the layer group (attention = 1), relative depth
+  in [0, 1], log2 of out and in, log2 of the training-set size, quantized or not.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+LAYER_STATISTICS = ("erank_ratio", "stable_ratio", "log2_signal_erank", "noise_fraction", "subspace_overlap", "rank_growth")
+
+
+def layer_group(name: str) -> str:
+    """``"attention"`` when the module name contains ``attn`` or ``attention``, else ``"mlp"``."""
+    lowered = name.lower()
+    return "attention" if "attn" in lowered or "attention" in lowered else "mlp"
+
+
+def _statistics(stats: dict) -> dict[str, float]:
+    width = min(stats["shape"])
+    growth = stats.get("rank_growth")
+    return {
+        "erank_ratio": stats["effective_rank"] / width,
+        "stable_ratio": stats["stable_rank"] / width,
+        "log2_signal_erank": math.log2(1 + stats["signal_effective_rank"]),
+        "noise_fraction": stats["noise_fraction"],
+        "subspace_overlap": stats["subspace_overlap"],
+        "rank_growth": growth if growth is not None and math.isfinite(growth) else 1.0,
+    }
+
+
+def cell_features(layers: dict[str, dict], train_size: int, quantized: bool) -> dict[str, float]:
+    """One feature vector for a probed (model, dataset); ``layers`` maps names to LayerStats fields."""
+    per_layer = {name: _statistics(stats) for name, stats in layers.items()}
+    features = {}
+    for scope in ("all", "attention", "mlp"):
+        chosen = [v for name, v in per_layer.items() if scope == "all" or layer_group(name) == scope]
+        chosen = chosen or list(per_layer.values())  # a model without one group: use all layers
+        for key in LAYER_STATISTICS:
+            features[f"{scope}_{key}"] = sum(v[key] for v in chosen) / len(chosen)
+    widths = sorted(min(stats["shape"]) for stats in layers.values())
+    features["log2_train_size"] = math.log2(train_size)
+    features["log2_width"] = math.log2(widths[len(widths) // 2])
+    features["quantized"] = float(quantized)
+    return features
+
+
+def layer_features(layers: dict[str, dict], train_size: int, quantized: bool) -> dict[str, dict[str, float]]:
+    """One feature vector per layer (see the module docstring)."""
+    depths = [stats["depth"] for stats in layers.values() if stats.get("depth") is not None]
+    deepest = max(depths) if depths else 0
+    features = {}
+    for name, stats in layers.items():
+        row = _statistics(stats)
+        depth = stats.get("depth")
+        row["attention"] = float(layer_group(name) == "attention")
+        row["relative_depth"] = (depth / deepest) if depth is not None and deepest else 0.0
+        row["log2_out"] = math.log2(stats["shape"][0])
+        row["log2_in"] = math.log2(stats["shape"][1])
+        row["log2_train_size"] = math.log2(train_size)
+        row["quantized"] = float(quantized)
+        features[name] = row
+    return features
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class Calibration:
+    """A verified calibration: the fitted models and their metadata."""
+
+    name: str
+    metadata: dict
+    models: dict  # "cell": predicts log2 optimal uniform rank; "layer": log2 relative need
+
+    def predict_log2_rank(self, layers: dict[str, dict], train_size: int, quantized: bool) -> float:
+        features = cell_features(layers, train_size, quantized)
+        row = [[features[k] for k in self.metadata["cell_features"]]]
+        return float(self.models["cell"].predict(row)[0])
+
+    def predict_log2_relative_need(self, layers: dict[str, dict], train_size: int, quantized: bool) -> dict[str, float]:
+        features = layer_features(layers, train_size, quantized)
+        names = list(features)
+        rows = [[features[name][k] for k in self.metadata["layer_features"]] for name in names]
+        return dict(zip(names, map(float, self.models["layer"].predict(rows))))
+
+
+def load_calibration(path: str | Path | None = None) -> Calibration:
+    """Load ``NAME.json`` + ``NAME.joblib`` (a path to either, or None for the shipped default).
+
+    Raises ValueError for a missing file, a JSON that is not a calibration, or a joblib file
+    whose sha256 differs from the JSON's (it is then never unpickled).
+    """
+    if path is None:
+        candidates = sorted(MODELS_DIR.glob("*.json"))
+        if not candidates:
+            raise ValueError(f"no calibration in {MODELS_DIR}")
+        path = candidates[-1]
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    model_path = path.with_suffix(".joblib")
+    for required in (meta_path, model_path):
+        if not required.is_file():
+            raise ValueError(f"calibration file not found: {required}")
+    try:
+        metadata = json.loads(meta_path.read_text())
+        expected = metadata["sha256"]
+        metadata["cell_features"], metadata["layer_features"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{meta_path} is not a calibration description ({error})") from None
+    actual = sha256_of(model_path)
+    if actual != expected:
+        raise ValueError(
+            f"{model_path} is not a verified calibration: its sha256 {actual[:12]}... differs from "
+            f"{expected[:12]}... in {meta_path.name}; refusing to unpickle it"
+        )
+    import joblib
+
+    return Calibration(name=meta_path.stem, metadata=metadata, models=joblib.load(model_path))

@@ -1,0 +1,178 @@
+"""Fit the calibrated regression from the committed sweep results and save it to ``models/``.
+
+    python -m calibration.fit [--results calibration/results/*.jsonl] [--name NAME] [--dry-run]
+
+Labels come from :mod:`calibration.labels` (optimal uniform rank per cell, per-layer relative
+need); features from :mod:`advisor.calibrated` (scale-free probe statistics). Two models:
+
+- ``cell``: ridge regression (standardised features) of log2(optimal uniform rank);
+- ``layer``: ridge regression of log2(relative need) of each layer (its trained adapter's
+  effective rank over the cell's mean).
+
+Validation: leave-one-task-out and leave-one-model-out mean absolute error in log2 units
+(1.0 = a factor of 2 in rank), each beside its baseline: the constant (training-fold median)
+best rank for ``cell``, and "every layer the same" (log2 relative need 0) for ``layer``.
+Writes ``models/NAME.joblib`` and ``models/NAME.json`` (feature names, versions, sha256 of the
+joblib file, sha256 of the training records, the scores); ``--dry-run`` prints the scores only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+
+from advisor.calibrated import MODELS_DIR, cell_features, layer_features, sha256_of
+from calibration.labels import uniform_cells
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RIDGE_ALPHA = 1.0
+
+
+def read_records(paths) -> list[dict]:
+    records = []
+    for path in paths:
+        records += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    return records
+
+
+def training_table(records: list[dict]):
+    """(cell rows, layer rows): dicts with features, target, and the task / model for grouping."""
+    cell_rows, layer_rows = [], []
+    for cell in uniform_cells(records):
+        optimal = cell.optimal_rank
+        if optimal is None:
+            continue
+        layers = cell.probe()["layers"]
+        quantized = bool(cell.records[0]["config"].get("quantized", False))
+        cell_rows.append({"features": cell_features(layers, cell.train_size, quantized),
+                          "target": math.log2(optimal), "task": cell.task, "model": cell.model})
+        need = cell.relative_need()
+        per_layer = layer_features(layers, cell.train_size, quantized)
+        for name, value in need.items():
+            if name in per_layer and value > 0:
+                layer_rows.append({"features": per_layer[name], "target": math.log2(value),
+                                   "task": cell.task, "model": cell.model})
+    return cell_rows, layer_rows
+
+
+def _ridge():
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    return make_pipeline(StandardScaler(), Ridge(alpha=RIDGE_ALPHA))
+
+
+def _matrix(rows, names):
+    return [[row["features"][k] for k in names] for row in rows], [row["target"] for row in rows]
+
+
+def grouped_errors(rows: list[dict], names: list[str], group: str, baseline) -> dict | None:
+    """Leave-one-``group``-out MAE of the ridge model and of ``baseline(train_targets) -> value``."""
+    groups = sorted({row[group] for row in rows})
+    if len(groups) < 2:
+        return None
+    model_errors, baseline_errors, folds = [], [], {}
+    for held_out in groups:
+        train = [row for row in rows if row[group] != held_out]
+        test = [row for row in rows if row[group] == held_out]
+        x, y = _matrix(train, names)
+        x_test, y_test = _matrix(test, names)
+        predicted = _ridge().fit(x, y).predict(x_test)
+        constant = baseline(y)
+        fold_model = [abs(p - t) for p, t in zip(predicted, y_test)]
+        fold_base = [abs(constant - t) for t in y_test]
+        model_errors += fold_model
+        baseline_errors += fold_base
+        folds[held_out] = {"model_mae": round(sum(fold_model) / len(fold_model), 4),
+                           "baseline_mae": round(sum(fold_base) / len(fold_base), 4), "n": len(test)}
+    return {"model_mae": round(sum(model_errors) / len(model_errors), 4),
+            "baseline_mae": round(sum(baseline_errors) / len(baseline_errors), 4),
+            "n": len(model_errors), "folds": folds}
+
+
+def _median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def fit(records: list[dict]) -> tuple[dict, dict]:
+    """(models, metadata without the file hashes)."""
+    cell_rows, layer_rows = training_table(records)
+    if len(cell_rows) < 2:
+        raise ValueError(f"only {len(cell_rows)} labelled cells in the results: need at least 2 to fit")
+    cell_names = list(cell_rows[0]["features"])
+    layer_names = list(layer_rows[0]["features"]) if layer_rows else []
+    cv = {}
+    for group in ("task", "model"):
+        cv[f"cell_leave_one_{group}_out"] = grouped_errors(cell_rows, cell_names, group, _median)
+        if layer_rows:
+            cv[f"layer_leave_one_{group}_out"] = grouped_errors(layer_rows, layer_names, group, lambda y: 0.0)
+    models = {"cell": _ridge().fit(*_matrix(cell_rows, cell_names))}
+    if layer_rows:
+        models["layer"] = _ridge().fit(*_matrix(layer_rows, layer_names))
+    metadata = {
+        "cell_features": cell_names,
+        "layer_features": layer_names,
+        "targets": {"cell": "log2 optimal uniform rank", "layer": "log2 relative need (adapter erank / cell mean)"},
+        "model": f"StandardScaler + Ridge(alpha={RIDGE_ALPHA})",
+        "cells": len(cell_rows),
+        "layers": len(layer_rows),
+        "runs": len(records),
+        "tasks": sorted({row["task"] for row in cell_rows}),
+        "models_seen": sorted({row["model"] for row in cell_rows}),
+        "cv": cv,
+    }
+    return models, metadata
+
+
+def records_hash(records: list[dict]) -> str:
+    lines = sorted(json.dumps(r, sort_keys=True) for r in records)
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def save(models: dict, metadata: dict, records: list[dict], name: str, directory: Path = MODELS_DIR) -> Path:
+    import joblib
+    import sklearn
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    model_path = directory / f"{name}.joblib"
+    joblib.dump(models, model_path)
+    metadata = {
+        **metadata,
+        "name": name,
+        "versions": {"scikit-learn": sklearn.__version__, "joblib": joblib.__version__, "torch": torch.__version__},
+        "records_sha256": records_hash(records),
+        "sha256": sha256_of(model_path),
+    }
+    (directory / f"{name}.json").write_text(json.dumps(metadata, indent=1) + "\n")
+    return model_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m calibration.fit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", nargs="+", type=Path, help="results files (default: calibration/results/*.jsonl)")
+    parser.add_argument("--name", default="lora-rank-v1", help="file name in models/ (default: lora-rank-v1)")
+    parser.add_argument("--dry-run", action="store_true", help="print the scores, write nothing")
+    args = parser.parse_args(argv)
+    paths = args.results or sorted(p for p in RESULTS_DIR.glob("*.jsonl") if p.name != "quantization.jsonl")
+    records = read_records(paths)
+    try:
+        models, metadata = fit(records)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: metadata[k] for k in ("cells", "layers", "runs", "tasks", "models_seen", "cv")}, indent=1))
+    if not args.dry_run:
+        print(f"wrote {save(models, metadata, records, args.name)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""What the sweeps say a task needed: the labels the regression learns, defined once, here.
+
+A *cell* is one (model, task, train size, learning rate, steps, batch, max length, scale rule)
+trained at several uniform ranks, each with one or more seeds. The scale rule is rsLoRA with
+a fixed alpha, or a fixed alpha / r (see ``calibration/sweep.py``).
+
+- **Seed noise** of a cell: the pooled standard deviation of eval loss between seeds,
+  sqrt(mean over ranks with >= 2 seeds of the sample variance). A cell without two seeds at
+  any rank has no noise estimate and gives no label.
+- **Optimal uniform rank**: the smallest rank whose mean eval loss is within one seed-noise
+  of the best rank's mean eval loss ("within the seed-to-seed noise of the best").
+- **Per-layer need**: from the adapters of the cell's largest rank, each layer's entropy
+  effective rank of the trained B A (mean over seeds): how many directions the layer uses
+  when it is given room. ``relative_need`` divides by the cell's mean over layers.
+- **Best alpha**: among runs of one (model, task, train size, rank, learning rate) that differ
+  only in their scale, the PEFT scaling (alpha / r, or alpha / sqrt(r) with rsLoRA) with the
+  lowest mean eval loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+CELL_KEYS = ("model", "task", "train_size", "learning_rate", "steps", "batch_size", "max_length",
+             "alpha", "alpha_over_r", "use_rslora", "data_seed", "eval_rows")
+
+
+@dataclass
+class Cell:
+    """One cell of uniform-rank runs and its labels."""
+
+    key: tuple
+    losses: dict[int, list[float]]  # rank -> eval loss of each seed
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.key[0]
+
+    @property
+    def task(self) -> str:
+        return self.key[1]
+
+    @property
+    def train_size(self) -> int:
+        return self.key[2]
+
+    @property
+    def ranks(self) -> list[int]:
+        return sorted(self.losses)
+
+    def mean_loss(self, rank: int) -> float:
+        values = self.losses[rank]
+        return sum(values) / len(values)
+
+    @property
+    def seed_noise(self) -> float | None:
+        variances = [_sample_variance(v) for v in self.losses.values() if len(v) >= 2]
+        return math.sqrt(sum(variances) / len(variances)) if variances else None
+
+    @property
+    def best_rank(self) -> int:
+        return min(self.ranks, key=self.mean_loss)
+
+    @property
+    def optimal_rank(self) -> int | None:
+        """Smallest rank within one seed-noise of the best mean eval loss (None: no noise estimate)."""
+        noise = self.seed_noise
+        if noise is None:
+            return None
+        best = self.mean_loss(self.best_rank)
+        return min(r for r in self.ranks if self.mean_loss(r) <= best + noise)
+
+    def layer_need(self) -> dict[str, float]:
+        """Per layer: mean effective rank of the trained B A at the cell's largest rank."""
+        top = self.ranks[-1]
+        sums: dict[str, list[float]] = defaultdict(list)
+        for record in self.records:
+            if record["lora"]["r"] == top:
+                for layer in record["adapter_layers"]:
+                    sums[layer["name"]].append(layer["effective_rank_BA"])
+        return {name: sum(v) / len(v) for name, v in sums.items()}
+
+    def relative_need(self) -> dict[str, float]:
+        need = self.layer_need()
+        if not need:
+            return {}
+        mean = sum(need.values()) / len(need)
+        return {name: value / mean for name, value in need.items()}
+
+    def probe(self) -> dict:
+        """The step-0 probe shared by the cell's runs (same rows, so the same for every record)."""
+        return self.records[0]["probe"]
+
+
+def _sample_variance(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def uniform_cells(records: list[dict], min_ranks: int = 3) -> list[Cell]:
+    """Group uniform-rank records into cells with at least ``min_ranks`` ranks, in first-seen order."""
+    cells: dict[tuple, Cell] = {}
+    for record in records:
+        config = record["config"]
+        if config.get("rank") is None or record.get("eval_loss") is None or not math.isfinite(record["eval_loss"]):
+            continue
+        key = tuple(config.get(k) for k in CELL_KEYS)
+        cell = cells.setdefault(key, Cell(key=key, losses=defaultdict(list)))
+        cell.losses[config["rank"]].append(record["eval_loss"])
+        cell.records.append(record)
+    return [cell for cell in cells.values() if len(cell.losses) >= min_ranks]
+
+
+def best_scaling(records: list[dict]) -> list[dict]:
+    """Per (model, task, train size, rank, learning rate) with >= 2 scales: the best PEFT scaling.
+
+    Returns rows {model, task, train_size, rank, learning_rate, scales: {scaling: mean loss},
+    best_scaling}; ``scaling`` is what multiplies B A (alpha / r, or alpha / sqrt(r) with rsLoRA).
+    """
+    groups: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        config = record["config"]
+        if config.get("rank") is None or record.get("eval_loss") is None:
+            continue
+        key = (config["model"], config["task"], config["train_size"], config["rank"], config["learning_rate"],
+               config["steps"])
+        scaling = round(record["lora"]["scaling_by_group"]["attention"], 6)
+        groups[key][scaling].append(record["eval_loss"])
+    rows = []
+    for key, by_scale in groups.items():
+        if len(by_scale) < 2:
+            continue
+        means = {s: sum(v) / len(v) for s, v in sorted(by_scale.items())}
+        rows.append({
+            "model": key[0], "task": key[1], "train_size": key[2], "rank": key[3], "learning_rate": key[4],
+            "scales": means, "best_scaling": min(means, key=means.get),
+        })
+    return rows

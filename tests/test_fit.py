@@ -1,0 +1,119 @@
+"""Labels from sweep records, the regression's fit and files, and the verified loader."""
+
+import pickle
+
+import pytest
+
+from advisor.calibrated import cell_features, load_calibration
+from calibration.fit import fit, save
+from calibration.labels import best_scaling, uniform_cells
+
+
+def probe_layers(signal: float) -> dict:
+    """Probe features of a 2-block model whose signal effective rank is ``signal`` (scale-free rest)."""
+    layers = {}
+    for depth in range(2):
+        for name, shape in (("self_attn.q_proj", (64, 64)), ("mlp.down_proj", (64, 128))):
+            layers[f"model.layers.{depth}.{name}"] = {
+                "shape": list(shape), "depth": depth, "effective_rank": 10.0 + signal, "stable_rank": 2.0,
+                "signal_effective_rank": signal, "noise_fraction": 0.1, "subspace_overlap": 0.8, "rank_growth": 1.1,
+            }
+    return layers
+
+
+def record(task, rank, seed, loss, signal=2.0, train_size=1000, model="minilm", scaling=None, adapter_erank=None):
+    layers = probe_layers(signal)
+    return {
+        "run_id": f"{task}-{rank}-{seed}-{scaling}",
+        "config": {"model": model, "task": task, "train_size": train_size, "learning_rate": 1e-3, "steps": 200,
+                   "batch_size": 16, "max_length": 64, "alpha": 8.0, "alpha_over_r": None, "use_rslora": True,
+                   "data_seed": 0, "eval_rows": 256, "rank": rank, "seed": seed},
+        "eval_loss": loss,
+        "lora": {"r": rank, "scaling_by_group": {"attention": scaling if scaling is not None else 8 / rank**0.5}},
+        "probe": {"layers": layers},
+        "adapter_layers": [{"name": name, "effective_rank_BA": (adapter_erank or {}).get(name, 2.0)} for name in layers],
+    }
+
+
+def cell_records(task, losses_by_rank, **kwargs):
+    return [record(task, rank, seed, loss, **kwargs) for rank, losses in losses_by_rank.items()
+            for seed, loss in enumerate(losses)]
+
+
+def test_optimal_rank_is_the_smallest_within_seed_noise_of_the_best():
+    # seed pairs differ by 0.02 everywhere: pooled std 0.0141; best mean 0.855 (r=8); r=4 is 0.005 worse
+    records = cell_records("t", {1: [1.0, 1.02], 2: [0.9, 0.92], 4: [0.85, 0.87], 8: [0.845, 0.865]})
+    (cell,) = uniform_cells(records)
+    assert cell.seed_noise == pytest.approx(0.02 / 2**0.5)
+    assert cell.best_rank == 8 and cell.optimal_rank == 4
+
+
+def test_a_cell_without_two_seeds_has_no_label():
+    (cell,) = uniform_cells(cell_records("t", {1: [1.0], 2: [0.9], 4: [0.8]}))
+    assert cell.seed_noise is None and cell.optimal_rank is None
+
+
+def test_relative_need_comes_from_the_largest_rank_adapters():
+    names = list(probe_layers(2.0))
+    erank = {names[0]: 6.0, names[1]: 2.0, names[2]: 2.0, names[3]: 2.0}
+    records = cell_records("t", {1: [1.0, 1.0], 2: [0.9, 0.9]}) + cell_records("t", {8: [0.8, 0.8]}, adapter_erank=erank)
+    (cell,) = uniform_cells(records)
+    need = cell.relative_need()
+    assert need[names[0]] == pytest.approx(2.0) and need[names[1]] == pytest.approx(2 / 3)
+
+
+def test_best_scaling_per_rank():
+    records = [record("t", 8, seed, loss, scaling=s) for s, losses in ((0.5, (0.9, 0.92)), (2.0, (0.8, 0.82)))
+               for seed, loss in enumerate(losses)]
+    (row,) = best_scaling(records)
+    assert row["best_scaling"] == 2.0 and row["scales"] == {0.5: pytest.approx(0.91), 2.0: pytest.approx(0.81)}
+
+
+def synthetic_sweep():
+    """Cells on three tasks whose optimal rank grows with the probe's signal rank."""
+    records = []
+    for task, signal, best in (("a", 1.0, 2), ("b", 3.0, 8), ("c", 7.0, 32), ("d", 2.0, 4)):
+        losses = {r: [1.0 + 0.2 * max(0, (best - r) / best), 1.01 + 0.2 * max(0, (best - r) / best)]
+                  for r in (1, 2, 4, 8, 16, 32)}
+        records += cell_records(task, losses, signal=signal)
+    return records
+
+
+def test_fit_saves_files_the_verified_loader_reads(tmp_path):
+    records = synthetic_sweep()
+    models, metadata = fit(records)
+    assert metadata["cells"] == 4 and metadata["tasks"] == ["a", "b", "c", "d"]
+    loto = metadata["cv"]["cell_leave_one_task_out"]
+    assert loto["n"] == 4 and set(loto["folds"]) == {"a", "b", "c", "d"}
+    save(models, metadata, records, "test-calibration", tmp_path)
+    calibration = load_calibration(tmp_path / "test-calibration.json")
+    layers = probe_layers(7.0)
+    low = calibration.predict_log2_rank(probe_layers(1.0), 1000, False)
+    high = calibration.predict_log2_rank(layers, 1000, False)
+    assert high > low  # more gradient signal, higher advised rank
+    assert set(calibration.predict_log2_relative_need(layers, 1000, False)) == set(layers)
+    assert list(cell_features(layers, 1000, False)) == calibration.metadata["cell_features"]
+
+
+class _Tripwire:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (type(self.marker).touch, (self.marker,))
+
+
+def test_the_loader_never_unpickles_a_file_whose_hash_differs(tmp_path):
+    records = synthetic_sweep()
+    models, metadata = fit(records)
+    save(models, metadata, records, "cal", tmp_path)
+    marker = tmp_path / "unpickled"
+    (tmp_path / "cal.joblib").write_bytes(pickle.dumps(_Tripwire(marker)))
+    with pytest.raises(ValueError, match="not a verified calibration"):
+        load_calibration(tmp_path / "cal.joblib")
+    assert not marker.exists()
+    (tmp_path / "cal.json").write_text("{}")
+    with pytest.raises(ValueError, match="is not a calibration description"):
+        load_calibration(tmp_path / "cal.json")
+    with pytest.raises(ValueError, match="calibration file not found"):
+        load_calibration(tmp_path / "missing.json")
