@@ -40,6 +40,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     quantization.add_argument("--bnb-4bit-double-quant", action="store_true", help="quantize the block scales too")
     quantization.add_argument("--bnb-4bit-compute-dtype", choices=tuple(COMPUTE_DTYPES), default="float32",
                               help="dtype of the 4-bit matmuls (default: float32)")
+    quantization.add_argument("--compare-full-precision", action="store_true",
+                              help="also probe the same rows on the full-precision checkpoint and flag layers whose "
+                                   "4-bit gradient is mostly quantization (one more pass)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off by default)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     parser.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
@@ -96,7 +99,7 @@ def _run(args) -> int:
     from advisor.files import atomic_directory
     from advisor.loading import load_model
     from advisor.quantized import quantization_from_options
-    from advisor.report import LEGEND, layer_type_table, probe_summary
+    from advisor.report import LEGEND, QUANTIZATION_LEGEND, layer_type_table, probe_summary
 
     for flag, value in (("--samples", args.samples), ("--batch-size", args.batch_size), ("--max-length", args.max_length)):
         if value <= 0:
@@ -114,13 +117,24 @@ def _run(args) -> int:
         args.load_in_4bit, args.load_in_8bit, args.bnb_4bit_quant_type, args.bnb_4bit_double_quant,
         args.bnb_4bit_compute_dtype,
     )
-    model, tokenizer = load_model(args.model, task=args.task, num_labels=num_labels,
-                                  trust_remote_code=args.trust_remote_code, seed=args.seed, quantization=quantization)
     options = dict(
-        tokenizer=tokenizer, target_modules=args.target_modules, task=args.task,
-        num_samples=args.samples, batch_size=args.batch_size, max_length=args.max_length,
-        method=args.method, seed=args.seed, progress=True,
+        target_modules=args.target_modules, task=args.task, num_samples=args.samples, batch_size=args.batch_size,
+        max_length=args.max_length, method=args.method, seed=args.seed, progress=True,
     )
+    if args.compare_full_precision:
+        if quantization is None or args.task == "seq-cls":
+            raise ValueError("--compare-full-precision needs --load-in-4bit or --load-in-8bit and a causal LM")
+        model = args.model  # the probe loads the checkpoint twice: quantized, then in full precision
+        options.update(
+            compare_full_precision=True, load_in_4bit=args.load_in_4bit, load_in_8bit=args.load_in_8bit,
+            bnb_4bit_quant_type=args.bnb_4bit_quant_type, bnb_4bit_use_double_quant=args.bnb_4bit_double_quant,
+            bnb_4bit_compute_dtype=args.bnb_4bit_compute_dtype, method="exact" if args.method == "auto" else args.method,
+        )
+    else:
+        model, options["tokenizer"] = load_model(
+            args.model, task=args.task, num_labels=num_labels, trust_remote_code=args.trust_remote_code,
+            seed=args.seed, quantization=quantization,
+        )
     if args.command == "probe":
         from advisor.probe import probe
 
@@ -133,6 +147,8 @@ def _run(args) -> int:
             print(probe_summary(result))
             print(layer_type_table(result))
             print(LEGEND)
+            if args.compare_full_precision:
+                print(QUANTIZATION_LEGEND)
         return 0
 
     from advisor.recommend import CALIBRATION_LABEL, advise
@@ -149,6 +165,8 @@ def _run(args) -> int:
     print(probe_summary(result))
     print(layer_type_table(result, ranks))
     print(LEGEND)
+    if args.compare_full_precision:
+        print(QUANTIZATION_LEGEND)
     print(f"\nadvice ({CALIBRATION_LABEL})")
     print(f"wrote {os.path.join(args.out, 'adapter_config.json')} (r={config.r}, lora_alpha={config.lora_alpha}, "
           f"{len(config.rank_pattern)} layers in rank_pattern) and probe.json")

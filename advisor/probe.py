@@ -71,6 +71,9 @@ class LayerStats:
     converged: bool  # noise_fraction <= NOISE_TARGET
     samples_needed: int | None  # rows for noise_fraction <= NOISE_TARGET (None: noise only)
     sketch_error: float | None = None  # relative Frobenius error of the sketch (sketch mode)
+    # quantized base probed with compare_full_precision: ||G_q - G||^2 / ||G_q||^2, the share of
+    # this gradient that the full-precision model's gradient G does not have
+    quantization_share: float | None = None
 
 
 @dataclass
@@ -246,6 +249,7 @@ def probe(
     bnb_4bit_quant_type: str = "nf4",
     bnb_4bit_use_double_quant: bool = False,
     bnb_4bit_compute_dtype: str = "float32",
+    compare_full_precision: bool = False,
 ) -> ProbeResult:
     """Measure the spectrum of every target layer's loss gradient on a sample of ``dataset``.
 
@@ -257,6 +261,9 @@ def probe(
     ``sketch_size``; "auto" is exact while the accumulators fit ``memory_budget`` bytes.
     ``load_in_4bit`` / ``load_in_8bit`` and the ``bnb_4bit_*`` options (named as in
     ``transformers.BitsAndBytesConfig``) quantize a checkpoint while loading it, as QLoRA does.
+    ``compare_full_precision`` (with a quantized checkpoint and the exact method) also runs the
+    same rows through the full-precision checkpoint and sets each layer's
+    ``quantization_share``; it costs one more pass and the full-precision model's memory.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
@@ -265,6 +272,9 @@ def probe(
     quantization = quantized.quantization_from_options(
         load_in_4bit, load_in_8bit, bnb_4bit_quant_type, bnb_4bit_use_double_quant, bnb_4bit_compute_dtype
     )
+    if compare_full_precision and (quantization is None or isinstance(model, nn.Module)):
+        raise ValueError("compare_full_precision needs a checkpoint path and load_in_4bit or load_in_8bit")
+    source = model
     if not isinstance(model, nn.Module):
         model, tokenizer = load_model(model, tokenizer=tokenizer, task=task, seed=seed, quantization=quantization)
     else:
@@ -278,6 +288,8 @@ def probe(
     )
     shapes = {name: layer_shape(module) for name, module in targets.items()}
     method = _choose_method(method, shapes, sketch_size, memory_budget)
+    if compare_full_precision and method != "exact":
+        raise ValueError("compare_full_precision needs method='exact' (the sketch never forms G)")
 
     def make_accumulator(name: str, device: torch.device):
         if method == "exact":
@@ -293,6 +305,15 @@ def probe(
         for name in tqdm(targets, desc="spectra", unit="layer", disable=not progress)
         if name in accumulators
     }
+    if compare_full_precision:
+        full, _ = load_model(source, tokenizer=tokenizer, task=task, seed=seed)
+        full_gradients = gradients(
+            full, dataset, tokenizer=tokenizer, target_modules=target_modules, task=task, num_samples=num_samples,
+            batch_size=batch_size, max_length=max_length, seed=seed, progress=progress,
+        )
+        for name, stats in layers.items():
+            quantized_gradient = accumulators[name].halves.sum(0) / sum(loss_tokens)
+            stats.quantization_share = quantized.gradient_share_not_in(quantized_gradient, full_gradients[name])
     return ProbeResult(
         model=_model_name(model),
         task=task,

@@ -96,6 +96,16 @@ def _bnb():
     return bitsandbytes
 
 
+QUANTIZATION_SHARE_FLAG = 0.5  # a layer whose quantization share exceeds this is flagged
+
+
+def gradient_share_not_in(quantized_gradient: torch.Tensor, full_gradient: torch.Tensor) -> float:
+    """||G_q - G||^2 / ||G_q||^2: the share of the quantized base's gradient G_q [out, in] that the
+    full-precision gradient G lacks (0 = identical; measured for SmolLM2 in calibration/README.md)."""
+    difference = (quantized_gradient.double() - full_gradient.double()).square().sum()
+    return float(difference / quantized_gradient.double().square().sum().clamp_min(1e-300))
+
+
 def linear4bit_modules(model: nn.Module) -> dict[str, nn.Module]:
     """Every bitsandbytes ``Linear4bit`` of ``model``, by ``named_modules()`` name."""
     bnb = _bnb()

@@ -85,3 +85,9 @@ def test_load_in_4bit_refuses_what_bitsandbytes_gets_wrong(tmp_path, capsys, tin
                               "--samples", "4", "--out", str(out))
     last = stderr.strip().splitlines()[-1]
     assert code == 2 and "dequantizes the 4-bit layer" in last and not out.exists()
+
+
+def test_compare_full_precision_adds_the_quantization_share_column(capsys, tiny_checkpoint_64):
+    code, stdout, _ = run_cli(capsys, "probe", "--model", str(tiny_checkpoint_64), "--load-in-4bit",
+                              "--compare-full-precision", "--samples", "8")
+    assert code == 0 and "q-share (flagged)" in stdout and "q-share:" in stdout

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from advisor.loading import load_model
-from advisor.probe import probe
+from advisor.probe import gradients, probe
 from advisor.quantized import (
     Quantization,
     autograd_safe,
@@ -161,3 +161,19 @@ def test_quantization_options_are_checked(checkpoint):
         probe(checkpoint, token_rows(8, 16), load_in_4bit=True, bnb_4bit_quant_type="nf8", progress=False)
     with pytest.raises(ValueError, match="choose one of load_in_4bit and load_in_8bit"):
         probe(checkpoint, token_rows(8, 16), load_in_4bit=True, load_in_8bit=True, progress=False)
+
+
+def test_compare_full_precision_measures_what_quantization_adds_to_the_gradient(checkpoint):
+    rows = token_rows(8, 16)
+    settings = dict(num_samples=8, batch_size=4)
+    result = probe(str(checkpoint), rows, load_in_4bit=True, compare_full_precision=True, method="exact",
+                   progress=False, **settings)
+    quantized, _ = load_model(checkpoint, quantization=Quantization(bits=4))
+    full, _ = load_model(checkpoint)
+    on_4bit, on_fp32 = gradients(quantized, rows, **settings), gradients(full, rows, **settings)
+    for name, stats in result.layers.items():
+        expected = float((on_4bit[name] - on_fp32[name]).square().sum() / on_4bit[name].square().sum())
+        assert 0 < expected < 1
+        assert stats.quantization_share == pytest.approx(expected, rel=1e-3)
+    with pytest.raises(ValueError, match="needs a checkpoint path and load_in_4bit"):
+        probe(str(checkpoint), rows, compare_full_precision=True, progress=False, **settings)
