@@ -122,7 +122,8 @@ def plot(records: list[dict], path: Path) -> None:
     for i, record in enumerate(records):
         xs = [j + i * width for j in range(len(types))]
         by_type = record["by_type"]
-        axes[0].bar(xs, [by_type[t]["erank_change"] / by_type[t]["erank_fp32"] * 100 for t in types], width, label=record["task"])
+        axes[0].bar(xs, [by_type[t]["erank_change"] / by_type[t]["erank_fp32"] * 100 for t in types], width,
+                    label=f"{record['task']} ({record['samples']} rows)")
         axes[1].bar(xs, [by_type[t]["overlap_k"] for t in types], width)
         axes[2].bar(xs, [by_type[t]["repair_share"] for t in types], width)
     for ax, title in zip(axes, ("effective rank of G: 4-bit vs fp32 (% change)",
