@@ -82,6 +82,9 @@ SMOLLM2_TASKS = ("stdlib-code", "wordnet-defs", "shakespeare")
 MPNET_TASKS = ("bbc-news", "health-tweets", "debian-section")
 ENCODER_RANKS = (1, 2, 4, 8, 16, 32, 64)
 ENCODER_TRAIN_SIZES = (250, 1000, 4000)
+# cells in this order, every task at one size before the next size, so that complete cells
+# (all ranks, both seeds; shard 0/2 runs seed 0, shard 1/2 seed 1) span the tasks early
+ENCODER_SIZE_ORDER = (1000, 250, 4000)
 SEEDS = (0, 1)
 
 ENCODER_LR = 1e-3
@@ -132,8 +135,8 @@ def _rslora(rank: int, alpha: float) -> dict:
 def grid_encoder_rank() -> list[RunConfig]:
     configs = [
         _encoder(task, size, seed, **_rslora(rank, ENCODER_ALPHA))
+        for size in ENCODER_SIZE_ORDER
         for task in ENCODER_TASKS
-        for size in ENCODER_TRAIN_SIZES
         for rank in ENCODER_RANKS
         for seed in SEEDS
     ]
