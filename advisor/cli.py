@@ -20,7 +20,10 @@ examples:
   lora-advisor advise --model ./my-llama --data train.jsonl --out advice
   lora-advisor advise --data chats.jsonl --samples 128 --max-length 512 --json
   lora-advisor advise --model ./my-llama --load-in-4bit --data train.jsonl   # QLoRA: probe the NF4 base
+  lora-advisor advise --data train.jsonl --budget r=16 --alpha-mode rslora   # spend what uniform r=16 would
+  lora-advisor advise --data train.jsonl --compare my_adapter/adapter_config.json
   lora-advisor probe --model ./minilm --task seq-cls --data news.csv --out probe.json
+  lora-advisor report advice                   # redraw advice/report.html
 """
 
 
@@ -61,15 +64,28 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common_arguments(advise)
-    advise.add_argument("--min-rank", type=int, default=2, help="smallest advised rank (default: 2)")
-    advise.add_argument("--max-rank", type=int, default=64, help="largest advised rank (default: 64)")
-    advise.add_argument("--out", default="advice", help="output directory (default: ./advice)")
+    advice = advise.add_argument_group("advice")
+    advice.add_argument("--budget", help="trainable parameters to spend (e.g. 2M, 500k) or r=N for what uniform rank N "
+                                         "costs on the same layers (default: what the evidence supports)")
+    advice.add_argument("--train-size", type=int, help="rows you will train on (default: the rows of --data)")
+    advice.add_argument("--alpha-mode", choices=("scale", "rslora"), default="scale",
+                        help="scale: alpha = 2r; rslora: use_rslora with one alpha (default: scale)")
+    advice.add_argument("--min-rank", type=int, default=2, help="smallest advised rank (default: 2)")
+    advice.add_argument("--max-rank", type=int, default=64, help="largest advised rank (default: 64)")
+    advice.add_argument("--calibration", help="a calibration file from models/ (default: none; the uncalibrated rule)")
+    advice.add_argument("--compare", metavar="ADAPTER_CONFIG",
+                        help="your planned adapter_config.json (or its directory), shown beside the advice")
+    advise.add_argument("--out", default="advice",
+                        help="output directory (default: ./advice): adapter_config.json, advice.json, probe.json, "
+                             "axolotl.yaml, lora_config.py, report.html and its plots")
     probe = commands.add_parser(
         "probe", help="measure gradient spectra only and save them as JSON",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common_arguments(probe)
     probe.add_argument("--out", help="write the ProbeResult JSON to this file")
+    report = commands.add_parser("report", help="redraw report.html and its plots in an advise --out directory")
+    report.add_argument("directory", help="the --out directory of lora-advisor advise")
     return parser
 
 
@@ -96,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    if args.command == "report":
+        from advisor.report import write_html_report
+
+        print(f"wrote {write_html_report(args.directory)}")
+        return 0
     from advisor.files import atomic_directory
     from advisor.loading import load_model
     from advisor.quantized import quantization_from_options
@@ -151,27 +172,62 @@ def _run(args) -> int:
                 print(QUANTIZATION_LEGEND)
         return 0
 
-    from advisor.recommend import CALIBRATION_LABEL, advise
+    from advisor.recommend import advise, compare_with
+    from advisor.report import write_html_report
 
-    config, result, ranks = advise(model, data, min_rank=args.min_rank, max_rank=args.max_rank,
-                                   return_probe=True, **options)
+    planned = _planned_config(args.compare) if args.compare else None
+    advice = advise(model, data, budget=args.budget, train_size=args.train_size, alpha_mode=args.alpha_mode,
+                    min_rank=args.min_rank, max_rank=args.max_rank, calibration=args.calibration,
+                    return_advice=True, **options)
     with atomic_directory(args.out) as staging:
-        config.save_pretrained(staging)
-        result.save(staging / "probe.json")
+        advice.save(staging)
+        write_html_report(staging)
+    comparison = compare_with(advice, planned) if planned is not None else None
     if args.json:
-        print(json.dumps({"advice": CALIBRATION_LABEL, "ranks": ranks, "adapter_config": config.to_dict(),
-                          "probe": result.to_dict()}, default=list))
+        print(json.dumps({**advice.to_dict(), "comparison": comparison}))
         return 0
-    print(probe_summary(result))
-    print(layer_type_table(result, ranks))
+    print(probe_summary(advice.probe))
+    print(layer_type_table(advice.probe, advice.ranks))
     print(LEGEND)
     if args.compare_full_precision:
         print(QUANTIZATION_LEGEND)
-    print(f"\nadvice ({CALIBRATION_LABEL})")
-    print(f"wrote {os.path.join(args.out, 'adapter_config.json')} (r={config.r}, lora_alpha={config.lora_alpha}, "
-          f"{len(config.rank_pattern)} layers in rank_pattern) and probe.json")
+    print(f"\nadvice ({advice.calibration})")
+    for reason in advice.reasons:
+        print(f"- {reason}")
+    if comparison is not None:
+        print(_comparison_text(comparison))
+    config = advice.config
+    print(f"wrote {args.out}/: adapter_config.json (r={config.r}, lora_alpha={config.lora_alpha:g}, "
+          f"{len(config.rank_pattern)} layers in rank_pattern), advice.json, probe.json, axolotl.yaml, "
+          "lora_config.py, report.html")
     return 0
 
+
+def _planned_config(path: str):
+    """The user's LoraConfig from an adapter_config.json file or its directory."""
+    from peft import LoraConfig
+
+    location = path[: -len("adapter_config.json")] or "." if path.endswith("adapter_config.json") else path
+    if not os.path.exists(os.path.join(location, "adapter_config.json")):
+        raise ValueError(f"--compare: no adapter_config.json at {path}")
+    try:
+        return LoraConfig.from_pretrained(location)
+    except Exception as error:  # a JSON that is not a LoRA adapter config
+        raise ValueError(f"--compare: {path} is not a PEFT LoRA adapter config ({error})") from None
+
+
+def _comparison_text(comparison: dict) -> str:
+    lines = [f"\nyour config: {comparison['planned_params']:,} trainable parameters; the advice: "
+             f"{comparison['advised_params']:,}"]
+    for layer_type, entry in comparison["by_type"].items():
+        verdict = []
+        if entry["over_provisioned"]:
+            verdict.append(f"{entry['over_provisioned']} over-provisioned")
+        if entry["under_provisioned"]:
+            verdict.append(f"{entry['under_provisioned']} under-provisioned")
+        lines.append(f"  {layer_type}: your r {entry['planned_rank']} vs advised {entry['advised_rank']} "
+                     f"({entry['factor']:g}x){': ' + ', '.join(verdict) if verdict else ''} of {entry['layers']}")
+    return "\n".join(lines)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -92,6 +92,7 @@ class ProbeResult:
     seconds: float  # the whole probe, loading excluded
     spectra_seconds: float  # of which: the spectral analysis after the data pass
     quantization: str | None = None  # e.g. "4-bit NF4, compute float32" for a bitsandbytes base
+    model_parameters: int | None = None  # weights of the whole model (4-bit ones counted unpacked)
     layers: dict[str, LayerStats] = field(default_factory=dict)
 
     def by_type(self) -> dict[str, dict]:
@@ -327,6 +328,7 @@ def probe(
         seconds=time.perf_counter() - started,
         spectra_seconds=time.perf_counter() - spectra_started,
         quantization=quantized.describe(model),
+        model_parameters=_parameter_count(model),
         layers=layers,
     )
 
@@ -529,6 +531,15 @@ def _samples_needed(noise_fraction: float, num_rows: int) -> int | None:
 
 def _rounded(values: torch.Tensor) -> list[float]:
     return [float(f"{v:.7g}") for v in values.tolist()]
+
+
+def _parameter_count(model: nn.Module) -> int:
+    """Weights of ``model``; a bitsandbytes 4-bit weight stores two values per byte."""
+    count = 0
+    for parameter in model.parameters():
+        packed = type(parameter).__name__ == "Params4bit"
+        count += parameter.numel() * (2 * parameter.element_size() if packed else 1)
+    return count
 
 
 def _model_name(model: nn.Module) -> str:

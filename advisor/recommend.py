@@ -1,43 +1,180 @@
-"""Stage 5 of the data path: from measured spectra to LoRA ranks and alpha.
+"""Stage 5 of the data path: from measured spectra to per-layer LoRA ranks and alpha.
 
-UNCALIBRATED: until the regression fitted on real rank sweeps ships in ``models/``, ranks
-come from a fixed, documented rule:
+Each probed layer gets a *need*, a number of directions:
 
-    rank(layer) = smallest power of two >= the layer's signal effective rank,
-                  clipped to [min_rank, max_rank];
-    alpha(layer) = 2 * rank (the common "alpha = 2r" habit).
+- uncalibrated (no calibration file; the default until one ships in ``models/``): the layer's
+  signal effective rank, the entropy effective rank of the gradient directions above the
+  split-half noise edge (:mod:`advisor.probe`), so sampling noise is not counted;
+- calibrated (``calibration=``, a verified file of :mod:`advisor.calibrated`): 2 ** (the
+  regression's log2 optimal uniform rank + the layer's log2 relative need).
 
-The signal effective rank is the entropy effective rank of the gradient directions that stand
-above the split-half noise edge (see :mod:`advisor.probe`), so it does not count directions
-that are only sampling noise. The rule is a starting point, not evidence that it is right.
+Rounding: rank = 2 ** ceil(log2(c * need)), clipped to [min_rank, max_rank], with c = 1 when
+there is no budget. With a budget (trainable parameters; a layer of rank r costs
+r * (in + out)), c is the largest factor whose ranks fit it, so the budget is spent where the
+need is. Alpha: ``alpha_mode="scale"`` writes alpha = 2 r (PEFT scaling alpha / r = 2, the
+common habit); ``"rslora"`` writes ``use_rslora=True`` and alpha = 8 for every layer (scaling
+8 / sqrt(r), the setting of the calibration sweeps). Neither alpha rule is calibrated yet.
+
+The uncertainty interval of a rank: uncalibrated, the ranks of c * signal effective rank and of
+c * signal rank (the count of directions above the noise edge); calibrated, the rank at
+log2 need -/+ the regression's leave-one-task-out mean absolute error.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
+import statistics
 from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from peft import LoraConfig
 
+from advisor.calibrated import layer_group, load_calibration
 from advisor.loading import TASK_SEQ_CLS
 from advisor.probe import ProbeResult, probe
+from advisor.quantized import QUANTIZATION_SHARE_FLAG
 
-CALIBRATION_LABEL = "uncalibrated: rank = next power of two >= signal effective rank, alpha = 2r"
-
-
-def uncalibrated_ranks(result: ProbeResult, *, min_rank: int = 2, max_rank: int = 64) -> dict[str, int]:
-    """Advised rank per probed layer name (see the module docstring for the rule)."""
-    if not 1 <= min_rank <= max_rank:
-        raise ValueError(f"need 1 <= min_rank <= max_rank, got min_rank={min_rank}, max_rank={max_rank}")
-    ranks = {}
-    for name, stats in result.layers.items():
-        need = max(stats.signal_effective_rank, 1.0)
-        ranks[name] = min(max(2 ** math.ceil(math.log2(need)), min_rank), max_rank)
-    return ranks
+ALPHA_MODES = ("scale", "rslora")
+ALPHA_OVER_R = 2.0  # "scale" mode: alpha = 2 r
+RSLORA_ALPHA = 8.0  # "rslora" mode: one alpha for every layer, scaling alpha / sqrt(r)
+UNIFORM_BASELINES = (4, 8, 16, 32)
+UNCALIBRATED_LABEL = "uncalibrated: rank = next power of two >= signal effective rank"
 
 
-def lora_config(result: ProbeResult, ranks: dict[str, int], alphas: dict[str, float]) -> LoraConfig:
+@dataclass
+class LayerAdvice:
+    """The advice for one layer; ``params`` = rank * (in + out), the adapter's trainable weights."""
+
+    name: str
+    layer_type: str
+    depth: int | None
+    shape: tuple[int, int]  # (out, in)
+    need: float  # directions the layer needs (see the module docstring)
+    rank: int
+    alpha: float
+    rank_low: int
+    rank_high: int
+    params: int
+
+
+@dataclass
+class Advice:
+    """Advised ranks and alpha with the evidence behind them; ``config`` is what PEFT reads."""
+
+    config: LoraConfig
+    layers: dict[str, LayerAdvice]
+    calibration: str
+    alpha_mode: str
+    budget: int | None
+    trainable_params: int
+    uniform_params: dict[int, int]  # trainable parameters of uniform r over the same layers
+    model_parameters: int | None
+    train_size: int
+    reasons: list[str]
+    probe: ProbeResult
+    loss_curve: dict | None = None  # predicted eval loss against uniform rank, when calibrated
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ranks(self) -> dict[str, int]:
+        return {name: layer.rank for name, layer in self.layers.items()}
+
+    def to_dict(self) -> dict:
+        return {
+            "calibration": self.calibration,
+            "alpha_mode": self.alpha_mode,
+            "budget": self.budget,
+            "trainable_params": self.trainable_params,
+            "uniform_params": {str(r): p for r, p in self.uniform_params.items()},
+            "model_parameters": self.model_parameters,
+            "train_size": self.train_size,
+            "reasons": self.reasons,
+            "warnings": self.warnings,
+            "loss_curve": self.loss_curve,
+            "layers": {name: {**asdict(layer), "shape": list(layer.shape)} for name, layer in self.layers.items()},
+            "adapter_config": json.loads(json.dumps(self.config.to_dict(), default=list)),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    def save(self, directory: str | Path) -> None:
+        """Write adapter_config.json, advice.json, probe.json, axolotl.yaml and lora_config.py."""
+        from advisor import exports
+
+        directory = Path(directory)
+        self.config.save_pretrained(directory)
+        (directory / "advice.json").write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        self.probe.save(directory / "probe.json")
+        (directory / "axolotl.yaml").write_text(exports.axolotl_yaml(self.config))
+        (directory / "lora_config.py").write_text(exports.python_snippet(self.config))
+
+
+def parse_budget(budget, shapes: dict[str, tuple[int, int]]) -> int | None:
+    """Trainable parameters from ``budget``: None; a positive number; "1.5M" / "200k"; or
+    "r=16" / "uniform r=16" / "same as uniform r=16" (what uniform rank 16 costs on these layers)."""
+    if budget is None:
+        return None
+    if isinstance(budget, bool):
+        raise ValueError(f"budget must be a number of parameters or 'r=N', got {budget!r}")
+    if isinstance(budget, (int, float)):
+        value = budget
+    else:
+        text = str(budget).strip().lower()
+        uniform = re.fullmatch(r"(?:same as )?(?:uniform[ -]?)?r\s*=?\s*(\d+)", text)
+        if uniform:
+            rank = int(uniform.group(1))
+            if rank < 1:
+                raise ValueError(f"budget {budget!r}: the uniform rank must be at least 1")
+            return rank * sum(out + inp for out, inp in shapes.values())
+        number = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([km]?)", text)
+        if not number:
+            raise ValueError(f"budget {budget!r} is not a number of parameters (e.g. 1.5M) or 'r=N'")
+        value = float(number.group(1)) * {"": 1, "k": 1e3, "m": 1e6}[number.group(2)]
+    if not value > 0:
+        raise ValueError(f"budget must be positive, got {budget!r}")
+    return int(value)
+
+
+def _rank(need: float, factor: float, min_rank: int, max_rank: int) -> int:
+    return min(max(2 ** math.ceil(math.log2(max(need * factor, 1.0))), min_rank), max_rank)
+
+
+def allocate(needs: dict[str, float], shapes: dict[str, tuple[int, int]], budget: int | None,
+             min_rank: int, max_rank: int) -> tuple[dict[str, int], float]:
+    """(rank per layer, the factor c): the module docstring's rounding rule under ``budget``."""
+    def cost(ranks):
+        return sum(r * sum(shapes[n]) for n, r in ranks.items())
+
+    def ranks_at(factor):
+        return {n: _rank(need, factor, min_rank, max_rank) for n, need in needs.items()}
+
+    if budget is None:
+        return ranks_at(1.0), 1.0
+    floor = cost({n: min_rank for n in needs})
+    if budget < floor:
+        raise ValueError(f"budget {budget:,} is below {floor:,}, the cost of min_rank={min_rank} on every layer")
+    low, high = -40.0, 40.0  # log2 of the factor
+    for _ in range(60):
+        middle = (low + high) / 2
+        if cost(ranks_at(2**middle)) <= budget:
+            low = middle
+        else:
+            high = middle
+    return ranks_at(2**low), 2**low
+
+
+def _alphas(ranks: dict[str, int], alpha_mode: str) -> dict[str, float]:
+    if alpha_mode == "rslora":
+        return {name: RSLORA_ALPHA for name in ranks}
+    return {name: ALPHA_OVER_R * rank for name, rank in ranks.items()}
+
+
+def lora_config(result: ProbeResult, ranks: dict[str, int], alphas: dict[str, float], *,
+                use_rslora: bool = False) -> LoraConfig:
     """A PEFT LoraConfig with explicit target modules and per-layer rank / alpha patterns.
 
     ``r`` / ``lora_alpha`` are the most common advised rank and its alpha; every layer with
@@ -62,19 +199,179 @@ def lora_config(result: ProbeResult, ranks: dict[str, int], alphas: dict[str, fl
         target_modules=sorted(kept),
         rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern,
+        use_rslora=use_rslora,
         task_type="SEQ_CLS" if result.task == TASK_SEQ_CLS else "CAUSAL_LM",
         base_model_name_or_path=result.model,
     )
 
 
-def advise(model=None, dataset=None, *, min_rank: int = 2, max_rank: int = 64, return_probe: bool = False, **probe_options):
+def _needs(result: ProbeResult, calibration, train_size: int):
+    """(need, low need, high need) per layer, and a label saying where they come from."""
+    layers = {name: asdict(stats) for name, stats in result.layers.items()}
+    if calibration is None:
+        need = {n: max(s.signal_effective_rank, 1.0) for n, s in result.layers.items()}
+        high = {n: max(float(s.signal_rank), need[n]) for n, s in result.layers.items()}
+        return need, need, high, UNCALIBRATED_LABEL
+    quantized = result.quantization is not None
+    log2_rank = calibration.predict_log2_rank(layers, train_size, quantized)
+    relative = calibration.predict_log2_relative_need(layers, train_size, quantized) if "layer" in calibration.models else {}
+    error = (calibration.metadata.get("cv", {}).get("cell_leave_one_task_out") or {}).get("model_mae", 1.0)
+    center = {n: log2_rank + relative.get(n, 0.0) for n in layers}
+    need = {n: 2**x for n, x in center.items()}
+    return need, {n: 2 ** (x - error) for n, x in center.items()}, {n: 2 ** (x + error) for n, x in center.items()}, \
+        f"calibrated: {calibration.name}"
+
+
+def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int, uniform: dict[int, int]) -> list[str]:
+    """Short plain-language statements about the evidence."""
+    reasons = []
+    by_group = {g: [a.need for a in layers.values() if layer_group(a.name) == g] for g in ("attention", "mlp")}
+    if all(by_group.values()):
+        attention, mlp = (statistics.mean(v) for v in (by_group["attention"], by_group["mlp"]))
+        if max(attention, mlp) >= 1.5 * min(attention, mlp):
+            more, less = ("MLP", "attention") if mlp > attention else ("attention", "MLP")
+            reasons.append(f"{more} layers need {max(attention, mlp) / min(attention, mlp):.1f}x the gradient "
+                           f"signal rank of {less} layers ({max(attention, mlp):.1f} vs {min(attention, mlp):.1f})")
+        else:
+            reasons.append(f"attention and MLP layers need similar ranks ({attention:.1f} vs {mlp:.1f} directions)")
+    depths = sorted({a.depth for a in layers.values() if a.depth is not None})
+    if len(depths) >= 3:
+        thirds = [depths[i * len(depths) // 3:(i + 1) * len(depths) // 3] for i in range(3)]
+        means = [statistics.mean(a.need for a in layers.values() if a.depth in third) for third in thirds]
+        top = max(range(3), key=means.__getitem__)
+        low = min(range(3), key=means.__getitem__)
+        if means[top] >= 1.5 * means[low]:
+            reasons.append(f"blocks {thirds[top][0]}-{thirds[top][-1]} need {means[top] / means[low]:.1f}x the rank "
+                           f"of blocks {thirds[low][0]}-{thirds[low][-1]}")
+    unconverged = [s for s in result.layers.values() if not s.converged]
+    if unconverged:
+        needed = [s.samples_needed for s in unconverged if s.samples_needed]
+        more = f"; about {int(statistics.median(needed)):,} rows would steady them" if needed else ""
+        reasons.append(f"{len(unconverged)} of {len(result.layers)} layers are dominated by sampling noise "
+                       f"(noise share above 20%) at {result.num_rows} rows{more}")
+    if 16 in uniform:
+        reasons.append(f"the advice trains {trainable:,} parameters, {trainable / uniform[16]:.0%} of uniform r=16 "
+                       f"({uniform[16]:,}) on the same layers")
+    flagged = [s.name for s in result.layers.values()
+               if s.quantization_share is not None and s.quantization_share > QUANTIZATION_SHARE_FLAG]
+    if flagged:
+        reasons.append(f"{len(flagged)} layers' 4-bit gradients are mostly not their full-precision gradients "
+                       "(see the q-share column)")
+    return reasons
+
+
+def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | None = None, alpha_mode: str = "scale",
+                      min_rank: int = 2, max_rank: int = 64, calibration=None) -> Advice:
+    """Advice from a finished probe (see the module docstring for the rules)."""
+    if alpha_mode not in ALPHA_MODES:
+        raise ValueError(f"unknown alpha_mode {alpha_mode!r}: use {' or '.join(ALPHA_MODES)}")
+    if not 1 <= min_rank <= max_rank:
+        raise ValueError(f"need 1 <= min_rank <= max_rank, got min_rank={min_rank}, max_rank={max_rank}")
+    if train_size is not None and train_size < 1:
+        raise ValueError(f"train_size must be positive, got {train_size}")
+    if calibration is not None and not hasattr(calibration, "predict_log2_rank"):
+        calibration = load_calibration(calibration)
+    shapes = {name: stats.shape for name, stats in result.layers.items()}
+    tokens_budget = parse_budget(budget, shapes)
+    train_size = train_size or result.num_rows
+    need, need_low, need_high, label = _needs(result, calibration, train_size)
+    ranks, factor = allocate(need, shapes, tokens_budget, min_rank, max_rank)
+    alphas = _alphas(ranks, alpha_mode)
+    layers = {
+        name: LayerAdvice(
+            name=name, layer_type=stats.layer_type, depth=stats.depth, shape=stats.shape, need=round(need[name], 3),
+            rank=ranks[name], alpha=alphas[name],
+            rank_low=_rank(need_low[name], factor, min_rank, max_rank),
+            rank_high=_rank(need_high[name], factor, min_rank, max_rank),
+            params=ranks[name] * sum(stats.shape),
+        )
+        for name, stats in result.layers.items()
+    }
+    trainable = sum(layer.params for layer in layers.values())
+    uniform = {r: r * sum(sum(s) for s in shapes.values()) for r in UNIFORM_BASELINES}
+    return Advice(
+        config=lora_config(result, ranks, alphas, use_rslora=alpha_mode == "rslora"),
+        layers=layers, calibration=label, alpha_mode=alpha_mode, budget=tokens_budget, trainable_params=trainable,
+        uniform_params=uniform, model_parameters=result.model_parameters, train_size=train_size,
+        reasons=_reasons(result, layers, trainable, uniform), probe=result,
+    )
+
+
+def advise(model=None, dataset=None, *, budget=None, train_size: int | None = None, alpha_mode: str = "scale",
+           min_rank: int = 2, max_rank: int = 64, calibration=None, return_advice: bool = False, **probe_options):
     """Probe ``model`` on ``dataset`` and return the advised ``peft.LoraConfig``.
 
-    ``probe_options`` go to :func:`advisor.probe`. With ``return_probe=True`` returns
-    ``(config, probe_result, ranks)``.
+    ``budget``: trainable parameters (a number, "1.5M", or "r=16" for what uniform rank 16
+    costs on the same layers), None for what the evidence supports. ``train_size``: rows you
+    will train on (default: the rows the probe could sample from). ``alpha_mode``: "scale"
+    (alpha = 2r) or "rslora". ``calibration``: a calibration file (default: none, the
+    uncalibrated rule). ``probe_options`` go to :func:`advisor.probe` (``target_modules``,
+    ``task``, ``num_samples``, ``load_in_4bit``, ``seed``, ...). ``return_advice=True``
+    returns the :class:`Advice` (config, per-layer evidence, reasons) instead of the config.
     """
+    if alpha_mode not in ALPHA_MODES:
+        raise ValueError(f"unknown alpha_mode {alpha_mode!r}: use {' or '.join(ALPHA_MODES)}")
+    if train_size is None and dataset is not None:
+        train_size = _dataset_size(dataset)
     result = probe(model, dataset, **probe_options)
-    ranks = uncalibrated_ranks(result, min_rank=min_rank, max_rank=max_rank)
-    alphas = {name: 2 * rank for name, rank in ranks.items()}
-    config = lora_config(result, ranks, alphas)
-    return (config, result, ranks) if return_probe else config
+    advice = advice_from_probe(result, budget=budget, train_size=train_size, alpha_mode=alpha_mode,
+                               min_rank=min_rank, max_rank=max_rank, calibration=calibration)
+    return advice if return_advice else advice.config
+
+
+def _dataset_size(dataset) -> int | None:
+    """Rows in the user's dataset (a DataLoader's dataset, or the rows of any other source); None
+    when that cannot be known (the probe reports a bad source itself)."""
+    try:
+        if hasattr(dataset, "batch_size") and hasattr(dataset, "dataset"):
+            return len(dataset.dataset)
+        from advisor.data import load_rows
+
+        return len(load_rows(dataset))
+    except (TypeError, ValueError, OSError):
+        return None
+
+
+def planned_rank(config: LoraConfig, name: str) -> int:
+    """The rank PEFT gives module ``name`` under ``config`` (0 when it is not targeted)."""
+    targets = config.target_modules
+    if isinstance(targets, str):
+        targeted = targets == "all-linear" or re.fullmatch(targets, name) is not None
+    else:
+        targeted = any(name == t or name.endswith("." + t) for t in (targets or ()))
+    if not targeted:
+        return 0
+    for key, rank in (config.rank_pattern or {}).items():
+        if re.match(rf"(.*\.)?({key})$", name):
+            return rank
+    return config.r
+
+
+def compare_with(advice: Advice, config: LoraConfig) -> dict:
+    """The user's planned ``config`` beside the advice: parameters, and per layer type the
+    layers planned at >= 2x the advised rank (over-provisioned) or <= 1/2 of it (under)."""
+    planned = {name: planned_rank(config, name) for name in advice.layers}
+    by_type: dict[str, dict] = {}
+    for name, layer in advice.layers.items():
+        entry = by_type.setdefault(layer.layer_type, {"layers": 0, "over": 0, "under": 0, "planned": [], "advised": []})
+        entry["layers"] += 1
+        entry["planned"].append(planned[name])
+        entry["advised"].append(layer.rank)
+        entry["over"] += planned[name] >= 2 * layer.rank
+        entry["under"] += planned[name] <= layer.rank / 2
+    planned_params = sum(planned[name] * sum(layer.shape) for name, layer in advice.layers.items())
+    return {
+        "planned_params": planned_params,
+        "advised_params": advice.trainable_params,
+        "by_type": {
+            t: {"layers": e["layers"], "over_provisioned": e["over"], "under_provisioned": e["under"],
+                "planned_rank": _range(e["planned"]), "advised_rank": _range(e["advised"]),
+                "factor": round(sum(e["planned"]) / max(sum(e["advised"]), 1), 2)}
+            for t, e in by_type.items()
+        },
+    }
+
+
+def _range(values: list[int]) -> str:
+    low, high = min(values), max(values)
+    return str(low) if low == high else f"{low}-{high}"

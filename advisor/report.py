@@ -1,6 +1,17 @@
-"""Stage 7 of the data path: human-readable summaries of a probe and its advice."""
+"""Stage 7 of the data path: human-readable summaries of a probe and its advice.
+
+Text tables for the terminal, and ``report.html`` with its PNG plots (gradient spectra per
+layer type, a depth x layer-type heatmap of the advised ranks, trainable parameters against
+uniform ranks), rendered from ``advice.json`` and ``probe.json`` so that ``lora-advisor
+report DIR`` can redraw it.
+"""
 
 from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
 
 from advisor.probe import ProbeResult
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
@@ -8,6 +19,15 @@ from advisor.quantized import QUANTIZATION_SHARE_FLAG
 
 def layer_type_table(result: ProbeResult, ranks: dict[str, int] | None = None) -> str:
     """One row per layer type: shape, mean spectral measures, noise, and the advised ranks."""
+    rows = layer_type_rows(result, ranks)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
+    lines.insert(1, "-" * len(lines[0]))
+    return "\n".join(lines)
+
+
+def layer_type_rows(result: ProbeResult, ranks: dict[str, int] | None = None) -> list[list[str]]:
+    """The header and one row of strings per layer type (see :func:`layer_type_table`)."""
     header = ["layer type", "n", "shape", "eff.rank", "stable", "E90", "signal", "noise", "conv."]
     compared = any(s.quantization_share is not None for s in result.layers.values())
     if compared:
@@ -36,10 +56,7 @@ def layer_type_table(result: ProbeResult, ranks: dict[str, int] | None = None) -
             advised = sorted(ranks[m.name] for m in members)
             row.append(str(advised[0]) if advised[0] == advised[-1] else f"{advised[0]}-{advised[-1]}")
         rows.append(row)
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))) for row in rows]
-    lines.insert(1, "-" * len(lines[0]))
-    return "\n".join(lines)
+    return rows
 
 
 def probe_summary(result: ProbeResult) -> str:
@@ -62,3 +79,132 @@ LEGEND = (
     "noise: share of the gradient energy that is sampling noise;\nconv.: layers whose noise share is "
     "at most 20% (more rows would change the ranks less)."
 )
+
+
+# --------------------------------------------------------------------------- report.html
+SPECTRUM_VALUES_PLOTTED = 128
+
+
+def plot_spectra(result: ProbeResult, path: Path) -> None:
+    """Mean normalised singular values sigma_i / sigma_1 of G per layer type, log scale."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for layer_type in result.by_type():
+        curves = [s.singular_values[:SPECTRUM_VALUES_PLOTTED] for s in result.layers.values() if s.layer_type == layer_type]
+        length = min(len(c) for c in curves)
+        mean = [sum(c[i] / c[0] for c in curves if c[0] > 0) / len(curves) for i in range(length)]
+        ax.plot(range(1, length + 1), mean, label=layer_type)
+    ax.set_yscale("log")
+    ax.set_xlabel("index i")
+    ax.set_ylabel("sigma_i / sigma_1 (mean over layers)")
+    ax.set_title("Gradient spectrum per layer type")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_rank_heatmap(advice: dict, path: Path) -> None:
+    """Advised rank for every (block, layer type), colour on a log2 scale, numbers written in."""
+    plt = _pyplot()
+    layers = [a for a in advice["layers"].values() if a["depth"] is not None]
+    types = list(dict.fromkeys(a["layer_type"] for a in layers))
+    depths = sorted({a["depth"] for a in layers})
+    grid = [[math.nan] * len(depths) for _ in types]
+    for a in layers:
+        grid[types.index(a["layer_type"])][depths.index(a["depth"])] = math.log2(a["rank"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.32 * len(depths) + 2), 0.45 * len(types) + 1.6))
+    image = ax.imshow(grid, aspect="auto", cmap="viridis")
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if not math.isnan(value):
+                ax.text(j, i, str(2 ** round(value)), ha="center", va="center", fontsize=7, color="white")
+    ax.set_yticks(range(len(types)), types)
+    ax.set_xticks(range(len(depths)), depths, fontsize=7)
+    ax.set_xlabel("block")
+    ax.set_title("Advised LoRA rank")
+    fig.colorbar(image, ax=ax, label="log2 rank")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_parameters(advice: dict, path: Path) -> None:
+    """Trainable parameters of the advice against uniform ranks over the same layers."""
+    plt = _pyplot()
+    labels = ["advised"] + [f"r={r}" for r in advice["uniform_params"]]
+    values = [advice["trainable_params"]] + list(advice["uniform_params"].values())
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.bar(labels, [v / 1e6 for v in values], color=["tab:orange"] + ["tab:gray"] * (len(values) - 1))
+    ax.set_ylabel("trainable parameters (M)")
+    ax.set_title("Adapter size: advice against uniform ranks")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _html_table(rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows[1:])
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def write_html_report(directory: str | Path) -> Path:
+    """Render ``report.html`` and its PNGs in ``directory`` from its advice.json and probe.json."""
+    directory = Path(directory)
+    for required in ("advice.json", "probe.json"):
+        if not (directory / required).is_file():
+            raise ValueError(f"{directory} has no {required}: is it the --out directory of lora-advisor advise?")
+    try:
+        advice = json.loads((directory / "advice.json").read_text())
+        result = ProbeResult.load(directory / "probe.json")
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"{directory}: cannot read advice.json / probe.json ({error})") from None
+    plot_spectra(result, directory / "spectra.png")
+    plot_rank_heatmap(advice, directory / "ranks.png")
+    plot_parameters(advice, directory / "parameters.png")
+    ranks = {name: layer["rank"] for name, layer in advice["layers"].items()}
+    layer_rows = [["layer", "shape", "need", "rank", "interval", "alpha", "params", "noise", "converged"]]
+    for name, layer in advice["layers"].items():
+        stats = result.layers[name]
+        layer_rows.append([name, "x".join(map(str, layer["shape"])), f"{layer['need']:.2f}", str(layer["rank"]),
+                           f"{layer['rank_low']}-{layer['rank_high']}", f"{layer['alpha']:g}", f"{layer['params']:,}",
+                           f"{100 * stats.noise_fraction:.0f}%", "yes" if stats.converged else "no"])
+    size_rows = [["adapter", "trainable parameters", "of the model"]]
+    total = advice.get("model_parameters")
+    for label, value in [("advised", advice["trainable_params"])] + [(f"uniform r={r}", v) for r, v in advice["uniform_params"].items()]:
+        size_rows.append([label, f"{value:,}", f"{100 * value / total:.2f}%" if total else "-"])
+    reasons = "".join(f"<li>{html.escape(r)}</li>" for r in advice["reasons"])
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>LoRA rank advice: {html.escape(result.model)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}
+table{{border-collapse:collapse;font-size:13px;margin:1em 0}}td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}code{{background:#f4f4f4}}</style></head><body>
+<h1>LoRA rank advice</h1>
+<p>{html.escape(probe_summary(result))}</p>
+<p><b>Advice:</b> {html.escape(advice["calibration"])}; alpha mode <code>{html.escape(advice["alpha_mode"])}</code>;
+budget {f"{advice['budget']:,} parameters" if advice.get("budget") else "none (what the evidence supports)"};
+training rows {advice["train_size"]:,}.</p>
+<h2>Why</h2><ul>{reasons}</ul>
+<h2>Per layer type</h2>{_html_table(layer_type_rows(result, ranks))}
+<p>{html.escape(LEGEND)}</p>
+<h2>Adapter size</h2>{_html_table(size_rows)}<img src="parameters.png" alt="parameters">
+<h2>Advised ranks by depth</h2><img src="ranks.png" alt="advised ranks">
+<h2>Gradient spectra</h2><img src="spectra.png" alt="gradient spectra">
+<h2>Every layer</h2>{_html_table(layer_rows)}
+<p>Files: <code>adapter_config.json</code> (PEFT), <code>lora_config.py</code>, <code>axolotl.yaml</code>,
+<code>advice.json</code>, <code>probe.json</code>. Redraw with <code>lora-advisor report {html.escape(str(directory))}</code>.</p>
+</body></html>
+"""
+    path = directory / "report.html"
+    path.write_text(page)
+    return path

@@ -51,7 +51,8 @@ def test_advised_config_is_applied_by_peft_with_the_advised_ranks(smollm2, tmp_p
     model, _ = smollm2
     out = tmp_path / "advice"
     assert main(["advise", "--samples", "8", "--max-length", "64", "--out", str(out), "--json"]) == 0
-    ranks = json.loads(capsys.readouterr().out)["ranks"]
+    advice = json.loads(capsys.readouterr().out)
+    ranks = {name: layer["rank"] for name, layer in advice["layers"].items()}
     config = LoraConfig.from_pretrained(out)
     peft_model = get_peft_model(copy.deepcopy(model), config)
     adapted = {

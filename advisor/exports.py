@@ -1,0 +1,55 @@
+"""Stage 6 of the data path: the advised LoraConfig in the forms other trainers read.
+
+- ``axolotl.yaml``: axolotl's LoRA keys (``adapter``, ``lora_r``, ``lora_alpha``,
+  ``lora_dropout``, ``lora_target_modules``, ``lora_rank_pattern``, ``lora_alpha_pattern``,
+  ``peft_use_rslora``), to paste into an axolotl config;
+- ``lora_config.py``: a Python snippet that builds the same ``peft.LoraConfig``;
+- ``adapter_config.json`` itself is PEFT's own ``save_pretrained`` (see ``Advice.save``).
+
+YAML is written as JSON values (YAML 1.2 reads JSON), so module names with dots and regex
+escapes survive without quoting rules.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def axolotl_yaml(config) -> str:
+    """Axolotl LoRA keys for ``config`` (a ``peft.LoraConfig``)."""
+    lines = [
+        "# LoRA settings advised by lora-rank-advisor; paste into your axolotl config",
+        "adapter: lora",
+        f"lora_r: {config.r}",
+        f"lora_alpha: {json.dumps(config.lora_alpha)}",
+        f"lora_dropout: {json.dumps(config.lora_dropout)}",
+        f"peft_use_rslora: {json.dumps(bool(config.use_rslora))}",
+        "lora_target_modules:",
+        *(f"  - {json.dumps(name)}" for name in sorted(config.target_modules)),
+        f"lora_rank_pattern: {json.dumps(dict(config.rank_pattern))}",
+        f"lora_alpha_pattern: {json.dumps(dict(config.alpha_pattern))}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def python_snippet(config) -> str:
+    """Python source that builds ``config`` with ``peft.LoraConfig``."""
+    targets = json.dumps(sorted(config.target_modules), indent=4).replace("\n", "\n    ")
+    rank_pattern = json.dumps(dict(config.rank_pattern), indent=4).replace("\n", "\n    ")
+    alpha_pattern = json.dumps(dict(config.alpha_pattern), indent=4).replace("\n", "\n    ")
+    task_type = config.task_type.value if hasattr(config.task_type, "value") else config.task_type
+    return f'''"""LoRA settings advised by lora-rank-advisor."""
+
+from peft import LoraConfig
+
+lora_config = LoraConfig(
+    r={config.r},
+    lora_alpha={config.lora_alpha!r},
+    lora_dropout={config.lora_dropout!r},
+    use_rslora={bool(config.use_rslora)!r},
+    task_type={task_type!r},
+    target_modules={targets},
+    rank_pattern={rank_pattern},
+    alpha_pattern={alpha_pattern},
+)
+'''

@@ -1,0 +1,124 @@
+"""Advice from a probe: budgets, rounding, alpha modes, exports other tools read, comparison, report."""
+
+import copy
+import json
+
+import pytest
+import yaml
+from peft import LoraConfig, get_peft_model
+
+from advisor.cli import main
+from advisor.probe import probe
+from advisor.recommend import advice_from_probe, allocate, compare_with, parse_budget, planned_rank
+from conftest import tiny_llama, token_rows
+
+
+@pytest.fixture(scope="module")
+def probed():
+    model = tiny_llama()
+    return model, probe(model, token_rows(16, 16), num_samples=16, batch_size=4, method="exact", progress=False)
+
+
+def layer_cost(advice):
+    return sum(layer.rank * sum(layer.shape) for layer in advice.layers.values())
+
+
+def test_budget_is_spent_by_need_and_not_exceeded(probed):
+    _, result = probed
+    shapes = {name: stats.shape for name, stats in result.layers.items()}
+    budget = parse_budget("r=8", shapes)
+    assert budget == 8 * sum(sum(shape) for shape in shapes.values())
+    advice = advice_from_probe(result, budget="r=8", min_rank=1)
+    assert advice.trainable_params == layer_cost(advice) <= budget
+    needs = {name: layer.need for name, layer in advice.layers.items()}
+    ranks, factor = allocate(needs, shapes, budget, 1, 64)
+    assert ranks == advice.ranks
+    # the factor is the largest that fits: twice it would not
+    assert sum(r * sum(shapes[n]) for n, r in allocate({n: v * factor * 2 for n, v in needs.items()}, shapes, None, 1, 64)[0].items()) > budget
+    # a layer that needs more never gets a smaller rank
+    ordered = sorted(advice.layers.values(), key=lambda layer: layer.need)
+    assert all(a.rank <= b.rank for a, b in zip(ordered, ordered[1:]))
+    assert all(layer.rank_low <= layer.rank <= layer.rank_high for layer in advice.layers.values())
+
+
+@pytest.mark.parametrize("budget, expected", [(1000, 1000), ("1.5M", 1_500_000), ("200k", 200_000), ("r=4", None)])
+def test_budget_forms(probed, budget, expected):
+    _, result = probed
+    shapes = {name: stats.shape for name, stats in result.layers.items()}
+    value = parse_budget(budget, shapes)
+    assert value == (expected if expected is not None else 4 * sum(sum(s) for s in shapes.values()))
+
+
+@pytest.mark.parametrize("budget, message", [(0, "must be positive"), ("-3", "is not a number"),
+                                             ("lots", "is not a number"), (10, "is below")])
+def test_bad_budgets_are_refused(probed, budget, message):
+    _, result = probed
+    with pytest.raises(ValueError, match=message):
+        advice_from_probe(result, budget=budget)
+
+
+def test_rslora_mode_reaches_peft_with_one_alpha(probed):
+    model, result = probed
+    advice = advice_from_probe(result, alpha_mode="rslora", budget="r=8")
+    peft_model = get_peft_model(copy.deepcopy(model), advice.config)
+    for name, module in peft_model.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            rank = advice.layers[name.removeprefix("base_model.model.")].rank
+            assert module.r["default"] == rank
+            assert module.scaling["default"] == pytest.approx(8.0 / rank**0.5)
+
+
+def test_exports_read_back_as_the_same_config(probed, tmp_path):
+    _, result = probed
+    advice = advice_from_probe(result, budget="r=8", min_rank=1)
+    advice.save(tmp_path)
+    config = advice.config
+    assert LoraConfig.from_pretrained(tmp_path).to_dict() == config.to_dict()
+    axolotl = yaml.safe_load((tmp_path / "axolotl.yaml").read_text())
+    assert axolotl["adapter"] == "lora" and axolotl["lora_r"] == config.r and axolotl["lora_alpha"] == config.lora_alpha
+    assert sorted(axolotl["lora_target_modules"]) == sorted(config.target_modules)
+    assert axolotl["lora_rank_pattern"] == config.rank_pattern and axolotl["lora_alpha_pattern"] == config.alpha_pattern
+    namespace = {}
+    exec((tmp_path / "lora_config.py").read_text(), namespace)
+    assert namespace["lora_config"].to_dict() == {**config.to_dict(), "base_model_name_or_path": None}
+    saved = json.loads((tmp_path / "advice.json").read_text())
+    assert {n: layer["rank"] for n, layer in saved["layers"].items()} == advice.ranks
+
+
+def test_planned_ranks_follow_peft(probed):
+    model, result = probed
+    names = list(result.layers)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "down_proj"],
+                        rank_pattern={r"model\.layers\.1\.self_attn\.q_proj": 4})
+    peft_model = get_peft_model(copy.deepcopy(model), config)
+    applied = {name.removeprefix("base_model.model."): module.r["default"] for name, module in peft_model.named_modules()
+               if hasattr(module, "lora_A") and "default" in module.lora_A}
+    assert {n: planned_rank(config, n) for n in names if planned_rank(config, n)} == applied
+    comparison = compare_with(advice_from_probe(result, min_rank=1), config)
+    assert comparison["planned_params"] == sum(r * sum(result.layers[n].shape) for n, r in applied.items())
+    assert comparison["by_type"]["v_proj"]["planned_rank"] == "0"
+
+
+def test_report_is_written_and_redrawn(capsys, tmp_path, tiny_checkpoint):
+    out = tmp_path / "advice"
+    assert main(["advise", "--model", str(tiny_checkpoint), "--samples", "8", "--budget", "r=4", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "of uniform r=16" in stdout
+    for name in ("adapter_config.json", "advice.json", "probe.json", "axolotl.yaml", "lora_config.py",
+                 "report.html", "spectra.png", "ranks.png", "parameters.png"):
+        assert (out / name).is_file(), name
+    (out / "ranks.png").unlink()
+    assert main(["report", str(out)]) == 0 and (out / "ranks.png").is_file()
+    assert main(["report", str(tmp_path)]) == 2
+    assert "has no advice.json" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_compare_flag_prints_the_comparison(capsys, tmp_path, tiny_checkpoint):
+    planned = tmp_path / "planned"
+    LoraConfig(r=64, lora_alpha=128, target_modules="all-linear").save_pretrained(planned)
+    code = main(["advise", "--model", str(tiny_checkpoint), "--samples", "8", "--out", str(tmp_path / "a"),
+                 "--compare", str(planned / "adapter_config.json"), "--json"])
+    assert code == 0
+    comparison = json.loads(capsys.readouterr().out)["comparison"]
+    assert all(entry["planned_rank"] == "64" for entry in comparison["by_type"].values())
+    assert code == 0 and main(["advise", "--model", str(tiny_checkpoint), "--compare", str(tmp_path)]) == 2
