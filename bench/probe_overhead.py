@@ -7,14 +7,17 @@ requires grad), mean token loss, ``loss.backward()``, gradients dropped.
 Memory: each mode runs once in a fresh child process, where a thread samples the resident
 memory every 10 ms during the pass; reported are that peak and the resident memory just
 before the pass (model and batches loaded); their difference is what the pass costs.
+``--load-in-4bit``: the same on SmolLM2 quantized to NF4 while loading (QLoRA's base); its
+plain pass sends gradients to the input embeddings, as QLoRA's backward does.
 
     python bench/probe_overhead.py [--samples 64] [--batch-size 8] [--max-length 256] [--repeats 2]
-        [--append bench/results/probe_overhead.jsonl --machine "what it ran on"]
+        [--load-in-4bit] [--append bench/results/probe_overhead.jsonl --machine "what it ran on"]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -31,6 +34,7 @@ import torch.nn.functional as F
 from advisor.data import make_batches
 from advisor.loading import load_model
 from advisor.probe import probe
+from advisor.quantized import Quantization
 
 
 def plain_forward_backward(model, batches) -> None:
@@ -75,8 +79,20 @@ class PeakResidentMemory:
         self.peak_mb = max(self.peak_mb, rss_mb())
 
 
+def load(args):
+    """The embedded SmolLM2, fp32 or (``--load-in-4bit``) NF4 with float32 compute.
+
+    A 4-bit model has no weight that can take a gradient, so its plain pass is QLoRA's
+    backward without the adapters: gradients flow to the input embeddings' output."""
+    if not args.load_in_4bit:
+        return load_model(None)
+    model, tokenizer = load_model(None, quantization=Quantization(bits=4))
+    model.enable_input_require_grads()
+    return model, tokenizer
+
+
 def child(mode: str, args) -> None:
-    model, tokenizer = load_model(None)
+    model, tokenizer = load(args)
     batches = make_batches(None, tokenizer, num_samples=args.samples, batch_size=args.batch_size,
                            max_length=args.max_length, seed=0)
     before = rss_mb()
@@ -94,6 +110,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--load-in-4bit", action="store_true", help="the NF4-quantized SmolLM2 (QLoRA's base)")
     parser.add_argument("--append", type=Path, metavar="JSONL", help="also append the report as one line to this file")
     parser.add_argument("--machine", default="", help="a note on the machine, stored with the report")
     parser.add_argument("--child", choices=("plain", "probe"), help=argparse.SUPPRESS)
@@ -102,7 +119,7 @@ def main() -> None:
         child(args.child, args)
         return
 
-    model, tokenizer = load_model(None)
+    model, tokenizer = load(args)
     batches = make_batches(None, tokenizer, num_samples=args.samples, batch_size=args.batch_size,
                            max_length=args.max_length, seed=0)
     tokens = sum(int(b.attention_mask.sum()) for b in batches)
@@ -114,17 +131,20 @@ def main() -> None:
         started = time.perf_counter()
         spectra_times.append(run_probe(model, tokenizer, args))
         probe_times.append(time.perf_counter() - started)
+    del model, batches  # the children below measure memory; this process should not crowd them out
+    gc.collect()
 
     memory = {}
     for mode in ("plain", "probe"):
         command = [sys.executable, __file__, "--child", mode, "--samples", str(args.samples),
                    "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+        command += ["--load-in-4bit"] if args.load_in_4bit else []
         memory[mode] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
     plain, full = min(plain_times), min(probe_times)
     spectra = spectra_times[probe_times.index(full)]
     report = {
-        "model": "SmolLM2-135M-Instruct (fp32, CPU)",
+        "model": f"SmolLM2-135M-Instruct ({'NF4 4-bit' if args.load_in_4bit else 'fp32'}, CPU)",
         "rows": args.samples, "batch_size": args.batch_size, "max_length": args.max_length, "tokens": tokens,
         "threads": torch.get_num_threads(),
         "plain_forward_backward_s": round(plain, 2),
