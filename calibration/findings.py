@@ -1,0 +1,169 @@
+"""Research questions 1-4 from the committed sweep results: numbers and plots for calibration/README.md.
+
+    python -m calibration.findings            # prints a markdown summary, writes calibration/plots/*.png
+
+- cells: each labelled cell's mean eval loss per rank, its seed noise and optimal rank;
+- Q1 utilisation: effective rank of the trained B A divided by the nominal rank r, per model,
+  train size, rank and layer group (a table and ``plots/utilisation.png``); where it falls
+  well below 1 the adapter did not use the rank it was given;
+- Q2 alpha: the best PEFT scaling of each (task, rank) of the alpha grid;
+- Q4 prediction: Spearman correlation between the step-0 probe's mean signal effective rank
+  and the optimal uniform rank over labelled cells, per model, with a bootstrap 95 % interval.
+Q3 (layer types) waits for the layer-type grid's results.
+Sections without enough results say so instead of printing a number.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from calibration.labels import best_scaling, uniform_cells
+
+HERE = Path(__file__).resolve().parent
+RESULTS_DIR = HERE / "results"
+PLOTS_DIR = HERE / "plots"
+STUDY_FILES = ("quantization.jsonl", "planted.jsonl")  # not sweeps
+LR_CHECK_SUFFIX = "-lr.jsonl"  # the learning-rate checks train off the grids' settings
+
+
+def read_records() -> list[dict]:
+    records = []
+    for path in sorted(RESULTS_DIR.glob("*.jsonl")):
+        if path.name not in STUDY_FILES and not path.name.endswith(LR_CHECK_SUFFIX):
+            records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return records
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def utilisation(records: list[dict]) -> tuple[str, dict]:
+    """Mean effective rank of B A / r, by (model, train size, r, group), over uniform-rank runs."""
+    table: dict[tuple, list[float]] = defaultdict(list)
+    for record in records:
+        rank = record["config"].get("rank")
+        if rank is None:
+            continue
+        for layer in record["adapter_layers"]:
+            table[(record["model"], record["train_size"], rank, layer["group"])].append(layer["effective_rank_BA"] / rank)
+    if not table:
+        return "*No uniform-rank runs yet.*", {}
+    means = {key: statistics.mean(values) for key, values in table.items()}
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for model, size, group in sorted({(m, s, g) for m, s, _, g in means}):
+        points = sorted((r, v) for (m, s, r, g), v in means.items() if (m, s, g) == (model, size, group))
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                linestyle="-" if group == "attention" else "--", label=f"{model} n={size} {group}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("nominal rank r")
+    ax.set_ylabel("effective rank of trained BA / r")
+    ax.set_title("Q1: how much of its rank an adapter uses")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    PLOTS_DIR.mkdir(exist_ok=True)
+    fig.savefig(PLOTS_DIR / "utilisation.png", dpi=100)
+    plt.close(fig)
+    lines = ["| model | train rows | group | " + " | ".join(f"r={r}" for r in sorted({k[2] for k in means})) + " |"]
+    ranks = sorted({k[2] for k in means})
+    lines.append("|---|---|---|" + "---|" * len(ranks))
+    for model, size, group in sorted({(m, s, g) for m, s, _, g in means}):
+        cells = [f"{means[(model, size, r, group)]:.2f}" if (model, size, r, group) in means else "-" for r in ranks]
+        lines.append(f"| {model} | {size} | {group} | " + " | ".join(cells) + " |")
+    runs = len({r["run_id"] for r in records if r["config"].get("rank") is not None})
+    return f"Mean effective rank of B A / r over the layers of {runs} uniform-rank runs:\n\n" + "\n".join(lines), means
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    def ranks(values):
+        order = sorted(range(len(values)), key=values.__getitem__)
+        result = [0.0] * len(values)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                result[order[k]] = (i + j) / 2
+            i = j + 1
+        return result
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sx = sum((a - mx) ** 2 for a in rx) ** 0.5
+    sy = sum((b - my) ** 2 for b in ry) ** 0.5
+    return cov / (sx * sy) if sx and sy else float("nan")
+
+
+def prediction(records: list[dict]) -> str:
+    """Q4: Spearman(mean signal effective rank at step 0, optimal uniform rank) per model."""
+    by_model: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for cell in uniform_cells(records):
+        optimal = cell.optimal_rank
+        if optimal is None:
+            continue
+        layers = cell.probe()["layers"].values()
+        by_model[cell.model].append((statistics.mean(s["signal_effective_rank"] for s in layers), optimal))
+    lines = []
+    for model, pairs in sorted(by_model.items()):
+        if len(pairs) < 4:
+            lines.append(f"- {model}: {len(pairs)} labelled cells, too few for a correlation (need 4).")
+            continue
+        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
+        generator = random.Random(0)
+        boot = []
+        for _ in range(2000):
+            sample = [pairs[generator.randrange(len(pairs))] for _ in pairs]
+            value = spearman([p[0] for p in sample], [p[1] for p in sample])
+            if value == value:
+                boot.append(value)
+        boot.sort()
+        low, high = boot[int(0.025 * len(boot))], boot[int(0.975 * len(boot)) - 1]
+        lines.append(f"- {model}: Spearman {spearman(xs, ys):+.2f} (bootstrap 95% interval {low:+.2f} to {high:+.2f}) "
+                     f"over {len(pairs)} cells")
+    return "\n".join(lines) if lines else "*No labelled cell yet (a cell needs its ranks trained with two seeds).*"
+
+
+def cells_summary(records: list[dict]) -> str:
+    cells = uniform_cells(records)
+    if not cells:
+        return "*No cell with three or more ranks yet.*"
+    lines = ["| model | task | train rows | ranks (mean eval loss) | seed noise | optimal rank |", "|---|---|---|---|---|---|"]
+    for cell in cells:
+        losses = ", ".join(f"{r}: {cell.mean_loss(r):.3f}" for r in cell.ranks)
+        noise = cell.seed_noise
+        lines.append(f"| {cell.model} | {cell.task} | {cell.train_size} | {losses} | "
+                     f"{'-' if noise is None else f'{noise:.3f}'} | {cell.optimal_rank or '-'} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    records = read_records()
+    print(f"## Findings from {len(records)} runs\n")
+    print("### Cells\n")
+    print(cells_summary(records))
+    print("\n### Q1 utilisation\n")
+    print(utilisation(records)[0])
+    print("\n### Q2 alpha\n")
+    rows = best_scaling(records)
+    print("\n".join(f"- {r['model']}/{r['task']} n={r['train_size']} r={r['rank']}: best scaling {r['best_scaling']:g} "
+                    f"of {', '.join(f'{s:g}' for s in r['scales'])}" for r in rows) or "*No alpha-grid results yet.*")
+    print("\n### Q4 prediction\n")
+    print(prediction(records))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
