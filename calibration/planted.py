@@ -123,6 +123,23 @@ def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_lengt
     }
 
 
+def markdown_table() -> str:
+    """Every stored run: one row per planted layer (the table of calibration/README.md)."""
+    lines = ["| plant | scale | layer | k | signal rank | signal eff. rank | noise share | place by signal eff. rank "
+             "(of 210) | overlap with planted V (chance) | median noise share, all layers |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for line in RESULTS.read_text().splitlines():
+        record = json.loads(line)
+        for name, layer in record["planted"].items():
+            lines.append(
+                f"| {record['kind']} | {record['scale']:g} | {name.removeprefix('model.')} | {layer['k']} "
+                f"| {layer['signal_rank']} | {layer['signal_effective_rank']:.2f} | {layer['noise_fraction']:.2f} "
+                f"| {layer['place_by_signal_erank']} | {layer['overlap_with_planted']:.4f} ({layer['chance_overlap']:.4f}) "
+                f"| {record['median_noise_fraction']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m calibration.planted", description=__doc__.split("\n\n")[0])
     parser.add_argument("--kind", choices=("random", "top"), default="top")
@@ -131,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--table", action="store_true", help="print the stored runs as a markdown table, probe nothing")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table())
+        return 0
     plants = {}
     for item in args.plant:
         name, _, k = item.rpartition(":")
