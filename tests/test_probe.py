@@ -8,7 +8,7 @@ from torch import nn
 from advisor import spectrum
 from advisor.layers import find_target_layers
 from advisor.probe import ProbeResult, _ExactAccumulator, _SketchAccumulator, gradients, probe
-from conftest import autograd_weight_gradients, tiny_bert, tiny_gpt2, tiny_llama, token_rows
+from conftest import VOCAB, autograd_weight_gradients, tiny_bert, tiny_gpt2, tiny_llama, token_rows
 
 
 @pytest.mark.parametrize(
@@ -227,3 +227,30 @@ def test_dropout_is_off_during_the_probe():
     second = probe(model, rows, num_samples=8, batch_size=4, progress=False)
     assert [s.singular_values for s in first.layers.values()] == [s.singular_values for s in second.layers.values()]
     assert model.training
+
+
+def sampled_label_rows(teacher, rows, seed=0):
+    """``rows`` with next-token labels sampled from ``teacher``'s distribution at each position."""
+    generator = torch.Generator().manual_seed(seed)
+    ids = torch.tensor([row["input_ids"] for row in rows])
+    with torch.no_grad():
+        probs = torch.softmax(teacher(input_ids=ids).logits.float(), -1)
+    sampled = torch.multinomial(probs.flatten(0, 1), 1, generator=generator).view(ids.shape)
+    return [{"input_ids": row["input_ids"], "labels": [-100] + sampled[i, :-1].tolist()} for i, row in enumerate(rows)]
+
+
+def test_noise_split_finds_no_signal_when_the_expected_gradient_is_zero():
+    # labels sampled from the model itself: the expected gradient is exactly zero (score-function
+    # identity), so what the probe sees is sampling noise; a fixed token map (label = 7 x + 3
+    # mod V of the current token) is a teacher the model does not know: real signal
+    model = tiny_llama(seed=0)
+    rows = token_rows(64, 32, seed=3)
+    settings = dict(num_samples=64, batch_size=8, method="exact", progress=False)
+    own = probe(model, sampled_label_rows(model, rows), **settings)
+    mapped = [{"input_ids": r["input_ids"], "labels": [-100] + [(7 * t + 3) % VOCAB for t in r["input_ids"][:-1]]}
+              for r in rows]
+    other = probe(model, mapped, **settings)
+    own_noise = sorted(s.noise_fraction for s in own.layers.values())
+    other_noise = sorted(s.noise_fraction for s in other.layers.values())
+    assert own_noise[len(own_noise) // 2] > 0.8
+    assert other_noise[len(other_noise) // 2] < 0.5
