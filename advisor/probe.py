@@ -281,13 +281,8 @@ def probe(
     else:
         model, tokenizer = load_model(model, tokenizer=tokenizer, quantization=quantization)
     started = time.perf_counter()
-    task = task or model_task(model)
-    targets = find_target_layers(model, target_modules)
-    batches = make_batches(
-        dataset, tokenizer, task=task, num_samples=num_samples, batch_size=batch_size,
-        max_length=max_length, seed=seed,
-    )
-    shapes = {name: layer_shape(module) for name, module in targets.items()}
+    task, targets, shapes, batches = _setup(model, dataset, tokenizer, target_modules, task, num_samples,
+                                            batch_size, max_length, seed)
     method = _choose_method(method, shapes, sketch_size, memory_budget)
     if compare_full_precision and method != "exact":
         raise ValueError("compare_full_precision needs method='exact' (the sketch never forms G)")
@@ -331,6 +326,17 @@ def probe(
         model_parameters=_parameter_count(model),
         layers=layers,
     )
+
+
+def _setup(model, dataset, tokenizer, target_modules, task, num_samples, batch_size, max_length, seed):
+    """(task, target layers by name, their (out, in) shapes, the probe's batches)."""
+    task = task or model_task(model)
+    targets = find_target_layers(model, target_modules)
+    batches = make_batches(
+        dataset, tokenizer, task=task, num_samples=num_samples, batch_size=batch_size,
+        max_length=max_length, seed=seed,
+    )
+    return task, targets, {name: layer_shape(module) for name, module in targets.items()}, batches
 
 
 def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task: str, make_accumulator, progress: bool):
@@ -427,13 +433,8 @@ def gradients(
     """
     if tokenizer is None:
         _, tokenizer = load_model(model)
-    task = task or model_task(model)
-    targets = find_target_layers(model, target_modules)
-    batches = make_batches(
-        dataset, tokenizer, task=task, num_samples=num_samples, batch_size=batch_size,
-        max_length=max_length, seed=seed,
-    )
-    shapes = {name: layer_shape(module) for name, module in targets.items()}
+    task, targets, shapes, batches = _setup(model, dataset, tokenizer, target_modules, task, num_samples,
+                                            batch_size, max_length, seed)
     accumulators, loss_tokens, _ = _accumulate(
         model, targets, batches, task, lambda name, device: _ExactAccumulator(shapes[name], device), progress
     )
