@@ -84,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _common_arguments(probe)
     probe.add_argument("--out", help="write the ProbeResult JSON to this file")
+    audit = commands.add_parser(
+        "audit", help="after training: how much of its rank each LoRA layer uses, conditioning, dominance, alerts",
+        epilog="examples:\n  lora-advisor audit ./my-adapter\n  lora-advisor audit ./my-adapter --base ./my-llama --json\n"
+               "  lora-advisor audit ./my-adapter --suggest smaller   # ranks that keep 90% of each update's energy",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    audit.add_argument("adapter", help="a saved PEFT adapter directory (adapter_config.json + weights)")
+    audit.add_argument("--base", help="its base model (default: base_model_name_or_path in adapter_config.json)")
+    audit.add_argument("--energy", type=float, default=0.9, help="energy share the suggested ranks keep (default: 0.9)")
+    audit.add_argument("--suggest", metavar="DIR", help="write the suggested config (adapter_config.json, axolotl.yaml, "
+                                                        "lora_config.py) to DIR")
+    audit.add_argument("--json", action="store_true", help="print the audit as JSON")
     report = commands.add_parser("report", help="redraw report.html and its plots in an advise --out directory")
     report.add_argument("directory", help="the --out directory of lora-advisor advise")
     return parser
@@ -112,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    if args.command == "audit":
+        return _audit(args)
     if args.command == "report":
         from advisor.report import write_html_report
 
@@ -200,6 +214,46 @@ def _run(args) -> int:
     print(f"wrote {args.out}/: adapter_config.json (r={config.r}, lora_alpha={config.lora_alpha:g}, "
           f"{len(config.rank_pattern)} layers in rank_pattern), advice.json, probe.json, axolotl.yaml, "
           "lora_config.py, report.html")
+    return 0
+
+
+def _audit(args) -> int:
+    from advisor.audit import audit
+    from advisor.files import atomic_directory
+
+    if not os.path.isdir(args.adapter):
+        raise ValueError(f"adapter directory not found: {args.adapter}")
+    result = audit(args.adapter, args.base, energy=args.energy)
+    if args.suggest:
+        from advisor import exports
+
+        config = result.suggested_config()
+        with atomic_directory(args.suggest) as staging:
+            config.save_pretrained(staging)
+            (staging / "axolotl.yaml").write_text(exports.axolotl_yaml(config))
+            (staging / "lora_config.py").write_text(exports.python_snippet(config))
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    rows = [["layer", "r", "eff.rank", "util.", "kappa A", "kappa B", "dominance", "||dW||/||W||", "suggested r"]]
+    for layer in result.layers:
+        rows.append([layer.name, str(layer.nominal_rank), f"{layer.effective_rank:.1f}", f"{layer.utilization:.0%}",
+                     f"{layer.kappa_A:.3g}", f"{layer.kappa_B:.3g}",
+                     "-" if layer.dominance is None else f"{layer.dominance:.3f}",
+                     "-" if layer.update_ratio is None else f"{layer.update_ratio:.2g}", str(layer.suggested_rank)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    summary = result.summary
+    print(f"\n{summary['layers']} layers; mean utilisation {summary['mean_utilization']:.0%}; health (1 / max kappa) "
+          f"{summary['health']:.3g}; max dominance "
+          f"{'-' if summary['max_dominance'] is None else format(summary['max_dominance'], '.3f')}; suggested ranks keep "
+          f"{args.energy:.0%} of each update's energy with {summary['suggested_params']:,} of "
+          f"{summary['trainable_params']:,} parameters")
+    for alert in result.alerts:
+        print(f"{alert.severity.upper()} {alert.code} {alert.layer}: {alert.message}")
+    if args.suggest:
+        print(f"wrote the suggested config to {args.suggest}/")
     return 0
 
 

@@ -175,11 +175,18 @@ def _alphas(ranks: dict[str, int], alpha_mode: str) -> dict[str, float]:
 
 def lora_config(result: ProbeResult, ranks: dict[str, int], alphas: dict[str, float], *,
                 use_rslora: bool = False) -> LoraConfig:
+    """The advised LoraConfig for a probed model (see :func:`build_lora_config`)."""
+    return build_lora_config(ranks, alphas, task_type="SEQ_CLS" if result.task == TASK_SEQ_CLS else "CAUSAL_LM",
+                             use_rslora=use_rslora, base_model=result.model)
+
+
+def build_lora_config(ranks: dict[str, int], alphas: dict[str, float], *, task_type: str | None,
+                      use_rslora: bool = False, base_model: str | None = None) -> LoraConfig:
     """A PEFT LoraConfig with explicit target modules and per-layer rank / alpha patterns.
 
-    ``r`` / ``lora_alpha`` are the most common advised rank and its alpha; every layer with
-    another rank or alpha gets a fully qualified, regex-escaped key in both ``rank_pattern``
-    and ``alpha_pattern`` (PEFT matches keys with ``re.match(rf"(.*\\.)?({key})$", name)``).
+    ``r`` / ``lora_alpha`` are the most common rank and its alpha; every layer with another
+    rank or alpha gets a fully qualified, regex-escaped key in both ``rank_pattern`` and
+    ``alpha_pattern`` (PEFT matches keys with ``re.match(rf"(.*\\.)?({key})$", name)``).
     Layers with rank 0 are left out.
     """
     kept = {name: rank for name, rank in ranks.items() if rank > 0}
@@ -200,8 +207,8 @@ def lora_config(result: ProbeResult, ranks: dict[str, int], alphas: dict[str, fl
         rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern,
         use_rslora=use_rslora,
-        task_type="SEQ_CLS" if result.task == TASK_SEQ_CLS else "CAUSAL_LM",
-        base_model_name_or_path=result.model,
+        task_type=task_type,
+        base_model_name_or_path=base_model,
     )
 
 

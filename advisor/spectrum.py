@@ -56,6 +56,17 @@ def one_thread_on_cpu(tensor: torch.Tensor):
         torch.set_num_threads(threads)
 
 
+def product_singular_values(b: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Singular values (descending, float64) of B A for B [out, r] and A [r, in], without forming it.
+
+    With B = Q_B R_B and A^T = Q_A R_A, B A = Q_B (R_B R_A^T) Q_A^T, so they are those of the
+    r x r matrix R_B R_A^T.
+    """
+    _, r_b = torch.linalg.qr(b.double())
+    _, r_a = torch.linalg.qr(a.double().T)
+    return torch.linalg.svdvals(r_b @ r_a.T)
+
+
 def effective_rank(sv: torch.Tensor) -> float:
     """Entropy effective rank exp(H(p)), p = sigma / sum sigma; 0 for a zero matrix."""
     total = float(sv.sum())

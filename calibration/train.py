@@ -464,11 +464,7 @@ def evaluate(model, batches, kind: str) -> tuple[float, float | None]:
 # --------------------------------------------------------------------------- the trained adapter
 @torch.no_grad()
 def adapter_layers(peft_model, targets: list[str]) -> list[dict]:
-    """Spectrum of every trained update scaling * B @ A, from the QR factors of B and A^T.
-
-    With B = Q_B R_B and A^T = Q_A R_A, B A = Q_B (R_B R_A^T) Q_A^T, so its singular values
-    are those of the r x r matrix R_B R_A^T (float64).
-    """
+    """Spectrum of every trained update scaling * B @ A (:func:`advisor.spectrum.product_singular_values`)."""
     from peft.tuners.lora import LoraLayer
 
     from advisor import spectrum
@@ -481,12 +477,9 @@ def adapter_layers(peft_model, targets: list[str]) -> list[dict]:
         if not isinstance(module, LoraLayer) or "default" not in module.lora_A:
             continue
         name = full_name[len(prefix):] if full_name.startswith(prefix) else full_name
-        a = module.lora_A["default"].weight.double()  # [r, in]
-        b = module.lora_B["default"].weight.double()  # [out, r]
+        a = module.lora_A["default"].weight  # [r, in]
         scaling = float(module.scaling["default"])
-        _, r_b = torch.linalg.qr(b)
-        _, r_a = torch.linalg.qr(a.T)
-        sv = torch.linalg.svdvals(r_b @ r_a.T)
+        sv = spectrum.product_singular_values(module.lora_B["default"].weight, a)
         layers.append({
             "name": name,
             "layer_type": types.get(name, name.rsplit(".", 1)[-1]),
