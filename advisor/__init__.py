@@ -6,11 +6,12 @@ advise per-layer ranks and alpha.
     config = advisor.advise(model, dataset)  # peft.LoraConfig with rank_pattern/alpha_pattern
 """
 
-__all__ = ["AuditResult", "LayerStats", "ProbeResult", "advise", "audit", "probe"]
+__all__ = ["AuditResult", "LayerStats", "ProbeResult", "RankMonitorCallback", "advise", "audit", "probe"]
 __version__ = "0.1.0"
 
 _EXPORTS = {"LayerStats": "advisor.probe", "ProbeResult": "advisor.probe", "probe": "advisor.probe",
-            "advise": "advisor.recommend", "audit": "advisor.audit", "AuditResult": "advisor.audit"}
+            "advise": "advisor.recommend", "audit": "advisor.audit", "AuditResult": "advisor.audit",
+            "RankMonitorCallback": "advisor.monitor"}
 
 
 def __getattr__(name: str):

@@ -119,9 +119,13 @@ def _base_weight(module: nn.Module) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def audit(adapter, base=None, *, energy: float = 0.9, thresholds: dict | None = None) -> AuditResult:
+def audit(adapter, base=None, *, energy: float = 0.9, thresholds: dict | None = None,
+          base_norms: dict | None = None) -> AuditResult:
     """Audit ``adapter``: a ``PeftModel`` in memory, or a saved adapter directory whose base is
     ``base`` (a model, a path or a cached hub id; default: the adapter's ``base_model_name_or_path``).
+
+    ``base_norms``: a dict that caches each base weight's (sigma_max, Frobenius norm) between
+    calls on the same model (the training monitor passes one; base weights do not change).
     """
     from peft.tuners.lora import LoraLayer
 
@@ -144,9 +148,12 @@ def audit(adapter, base=None, *, energy: float = 0.9, thresholds: dict | None = 
         rank = int(a.shape[0])
         sv = spectrum.product_singular_values(b, a)
         sv_a, sv_b = torch.linalg.svdvals(a), torch.linalg.svdvals(b)
-        weight = _base_weight(module)
-        w_sigma = float(torch.linalg.matrix_norm(weight.double(), ord=2)) if weight is not None else None
-        w_frobenius = float(weight.double().norm()) if weight is not None else None
+        norms = base_norms if base_norms is not None else {}
+        if name not in norms:
+            weight = _base_weight(module)
+            norms[name] = (None, None) if weight is None else (
+                float(torch.linalg.matrix_norm(weight.double(), ord=2)), float(weight.double().norm()))
+        w_sigma, w_frobenius = norms[name]
         update_sigma, update_frobenius = scaling * float(sv[0]), scaling * float(sv.norm())
         layer = LayerAudit(
             name=name, nominal_rank=rank, alpha=float(module.lora_alpha["default"]), scaling=scaling,
