@@ -177,3 +177,22 @@ def test_compare_full_precision_measures_what_quantization_adds_to_the_gradient(
         assert stats.quantization_share == pytest.approx(expected, rel=1e-3)
     with pytest.raises(ValueError, match="needs a checkpoint path and load_in_4bit"):
         probe(str(checkpoint), rows, compare_full_precision=True, progress=False, **settings)
+
+
+def test_audit_measures_dominance_against_the_dequantized_4bit_weight(checkpoint):
+    from peft import LoraConfig, get_peft_model
+
+    from advisor.audit import audit
+
+    quantized, _ = load_model(checkpoint, quantization=Quantization(bits=4))
+    model = get_peft_model(quantized, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    module = model.get_submodule("base_model.model.model.layers.0.self_attn.q_proj")
+    torch.manual_seed(0)
+    module.lora_B["default"].weight.data.normal_(0, 0.05)
+    layer = next(l for l in audit(model).layers if l.name == "model.layers.0.self_attn.q_proj")
+    base = module.get_base_layer()
+    weight = bnb.functional.dequantize_4bit(base.weight.data, base.weight.quant_state).double()
+    update = 2.0 * module.lora_B["default"].weight.double() @ module.lora_A["default"].weight.double()
+    expected = torch.linalg.matrix_norm(update, ord=2) / torch.linalg.matrix_norm(weight, ord=2)
+    assert layer.dominance == pytest.approx(float(expected), rel=1e-5)
+    assert layer.update_ratio == pytest.approx(float(update.norm() / weight.norm()), rel=1e-5)
