@@ -128,7 +128,7 @@ def plot(records: list[dict], path: Path) -> None:
         axes[2].bar(xs, [by_type[t]["repair_share"] for t in types], width)
     for ax, title in zip(axes, ("effective rank of G: 4-bit vs fp32 (% change)",
                                 f"top-{TOP_K} gradient subspace overlap (1 = same)",
-                                "repair share ||G_q - G||² / ||G_q||²")):
+                                "share of G_q not in G: ||G_q - G||² / ||G_q||²")):
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(types))], types, rotation=30)
         ax.set_title(title, fontsize=10)
     axes[2].axhline(REPAIR_FLAG, color="k", linestyle=":", linewidth=1)
