@@ -15,6 +15,11 @@ The model is restored exactly (parameters, buffers, requires_grad flags, .grad, 
 mode of every module, hooks, the layout of bitsandbytes 4-bit weights) when the probe
 returns, raises or is interrupted. 4-bit layers are probed through their differentiable
 kernels, guarded against two bitsandbytes CPU bugs (:mod:`advisor.quantized`).
+
+Distributed: when ``torch.distributed`` is initialised (``torchrun``), every process draws the
+same batches, probes every world-th one (batch i goes to rank i mod world) and the
+accumulators, which are sums, are all-reduced; every process then holds the result one
+process probing all batches would get (up to summation order).
 """
 
 from __future__ import annotations
@@ -170,6 +175,10 @@ class _ExactAccumulator:
         """delta [T, out], x [T, in], both float32."""
         self.halves[half].addmm_(delta.T, x)
 
+    def sums(self) -> list[torch.Tensor]:
+        """The tensors that are sums over tokens (what a distributed probe all-reduces)."""
+        return [self.halves]
+
     def spectrum(self, c_a: float, c_b: float, k: int, precise: bool = True) -> _Spectrum:
         """Of c_a G_A + c_b G_B; ``precise=False`` computes in float32 (diagnostics only)."""
         matrix = c_a * self.halves[0] + c_b * self.halves[1]
@@ -209,6 +218,10 @@ class _SketchAccumulator:
         self.y[half].addmm_(delta.T, x @ self.omega)
         self.w[half].addmm_((delta @ self.psi.T).T, x)
         self.z[half].addmm_(delta.T, x @ self.phi)
+
+    def sums(self) -> list[torch.Tensor]:
+        """The sketches are linear in G, so they are sums over tokens too."""
+        return [self.y, self.w, self.z]
 
     def spectrum(self, c_a: float, c_b: float, k: int, precise: bool = True) -> _Spectrum:
         """Of c_a G_A + c_b G_B, from the sketches (always in float64: they are small)."""
@@ -385,9 +398,12 @@ def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task
         for name, module in targets.items():
             out_dim, in_dim = shapes[name]
             handles.append(module.register_forward_hook(forward_hook(name, in_dim, out_dim)))
+        rank, world = _process_group()
         try:
             device = embeddings.weight.device
-            for index, batch in enumerate(tqdm(batches, desc="probe", unit="batch", disable=not progress)):
+            for index, batch in enumerate(tqdm(batches, desc="probe", unit="batch", disable=not progress or rank > 0)):
+                if index % world != rank:
+                    continue  # another process of the group probes this batch
                 current_half[0] = index % 2
                 embedding_outputs.clear()
                 kwargs = {"use_cache": False} if accepts_use_cache else {}
@@ -407,9 +423,38 @@ def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task
             for handle in handles:
                 handle.remove()
 
+    if world > 1:
+        tokens = _all_reduce(model, targets, accumulators, make_accumulator, loss_tokens, tokens)
     if min(loss_tokens) == 0:
         raise ValueError("the probe needs loss tokens in at least two batches; give it more rows")
     return accumulators, loss_tokens, tokens
+
+
+def _process_group() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(model, targets: dict, accumulators: dict, make_accumulator, loss_tokens: list[int], tokens: int) -> int:
+    """Sum every accumulator and count over the process group (each process probed every
+    world-th batch); afterwards every process holds what one process probing all batches would.
+    Returns the summed token count; ``loss_tokens`` is summed in place."""
+    import torch.distributed as dist
+
+    for name, module in targets.items():
+        if name not in accumulators:  # this process saw no gradient for it (no batch of its share)
+            accumulators[name] = make_accumulator(name, next(module.parameters()).device)
+        for tensor in accumulators[name].sums():
+            dist.all_reduce(tensor)
+    device = next(model.parameters()).device if dist.get_backend() != "gloo" else torch.device("cpu")
+    counts = torch.tensor([*loss_tokens, tokens], dtype=torch.float64, device=device)
+    dist.all_reduce(counts)
+    loss_tokens[:] = [int(counts[0]), int(counts[1])]
+    return int(counts[2])
 
 
 def gradients(
