@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 
 from advisor.quantized import COMPUTE_DTYPES, QUANT_TYPES
@@ -193,10 +194,10 @@ def _run(args) -> int:
     advice = advise(model, data, budget=args.budget, train_size=args.train_size, alpha_mode=args.alpha_mode,
                     min_rank=args.min_rank, max_rank=args.max_rank, calibration=args.calibration,
                     return_advice=True, **options)
+    comparison = compare_with(advice, planned) if planned is not None else None
     with atomic_directory(args.out) as staging:
         advice.save(staging)
         write_html_report(staging)
-    comparison = compare_with(advice, planned) if planned is not None else None
     if args.json:
         print(json.dumps({**advice.to_dict(), "comparison": comparison}))
         return 0
@@ -265,9 +266,17 @@ def _planned_config(path: str):
     if not os.path.exists(os.path.join(location, "adapter_config.json")):
         raise ValueError(f"--compare: no adapter_config.json at {path}")
     try:
-        return LoraConfig.from_pretrained(location)
-    except Exception as error:  # a JSON that is not a LoRA adapter config
+        config = LoraConfig.from_pretrained(location)
+    except Exception as error:  # a JSON that is not a PEFT adapter config
         raise ValueError(f"--compare: {path} is not a PEFT LoRA adapter config ({error})") from None
+    if not isinstance(config, LoraConfig):  # PEFT returns the class the file names (IA3Config, ...)
+        raise ValueError(f"--compare: {path} is a {type(config).__name__}, not a LoRA adapter config")
+    if isinstance(config.target_modules, str) and config.target_modules != "all-linear":
+        try:
+            re.compile(config.target_modules)
+        except re.error as error:
+            raise ValueError(f"--compare: target_modules {config.target_modules!r} is not a valid regex ({error})") from None
+    return config
 
 
 def _comparison_text(comparison: dict) -> str:

@@ -316,6 +316,7 @@ def probe(
     }
     if compare_full_precision:
         full, _ = load_model(source, tokenizer=tokenizer, task=task, seed=seed)
+        full = full.to(next(model.parameters()).device)  # where the quantized model runs
         full_gradients = gradients(
             full, dataset, tokenizer=tokenizer, target_modules=target_modules, task=task, num_samples=num_samples,
             batch_size=batch_size, max_length=max_length, seed=seed, progress=progress,

@@ -102,8 +102,9 @@ QUANTIZATION_SHARE_FLAG = 0.5  # a layer whose quantization share exceeds this i
 def gradient_share_not_in(quantized_gradient: torch.Tensor, full_gradient: torch.Tensor) -> float:
     """||G_q - G||^2 / ||G_q||^2: the share of the quantized base's gradient G_q [out, in] that the
     full-precision gradient G lacks (0 = identical; measured for SmolLM2 in calibration/README.md)."""
-    difference = (quantized_gradient.double() - full_gradient.double()).square().sum()
-    return float(difference / quantized_gradient.double().square().sum().clamp_min(1e-300))
+    quantized_gradient, full_gradient = quantized_gradient.double().cpu(), full_gradient.double().cpu()
+    difference = (quantized_gradient - full_gradient).square().sum()
+    return float(difference / quantized_gradient.square().sum().clamp_min(1e-300))
 
 
 def linear4bit_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -218,23 +219,33 @@ def autograd_safe(model: nn.Module):
 
     Inside: no layer is in bitsandbytes' CPU inference layout (a repacked layer is converted
     back to the standard layout) and none can be repacked (``support_avx512bf16_for_cpu``
-    off). Afterwards, also after an error: each layer holds the very tensors, quantization
-    state and flag it had before.
+    off). Afterwards, also after an error, every bitsandbytes layer holds the very tensors,
+    quantization state and flags it had before, including its bias, which a bitsandbytes
+    forward casts to its compute (4-bit) or input (8-bit) dtype in place, and the compute
+    dtype a first 4-bit forward picks.
     """
-    saved = []
+    bnb = _bnb()
+    saved, biases = [], []
     try:
+        if bnb is not None:
+            for module in model.modules():
+                if isinstance(module, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) and module.bias is not None:
+                    biases.append((module.bias, module.bias.data))
         for module in linear4bit_modules(model).values():
             state = module.weight.quant_state
             saved.append((module, module.support_avx512bf16_for_cpu, module.weight.data,
-                          None if state is None else dict(vars(state))))
+                          None if state is None else dict(vars(state)), module.compute_dtype, module.compute_type_is_set))
             module.support_avx512bf16_for_cpu = False
             if state is not None and _is_repacked(module):
                 _to_standard_layout(module)
         yield
     finally:
-        for module, flag, data, fields in reversed(saved):
+        for bias, data in biases:
+            bias.data = data
+        for module, flag, data, fields, compute_dtype, compute_type_is_set in reversed(saved):
             module.support_avx512bf16_for_cpu = flag
             module.weight.data = data
+            module.compute_dtype, module.compute_type_is_set = compute_dtype, compute_type_is_set
             if fields is not None:
                 state = module.weight.quant_state
                 state.__dict__.clear()

@@ -11,13 +11,15 @@ Each probed layer gets a *need*, a number of directions:
 Rounding: rank = 2 ** ceil(log2(c * need)), clipped to [min_rank, max_rank], with c = 1 when
 there is no budget. With a budget (trainable parameters; a layer of rank r costs
 r * (in + out)), c is the largest factor whose ranks fit it, so the budget is spent where the
-need is. Alpha: ``alpha_mode="scale"`` writes alpha = 2 r (PEFT scaling alpha / r = 2, the
+need is; then, since power-of-two steps can leave up to half of it unspent, the layers with
+the most need per unit of rank have their rank doubled while the budget allows. Alpha: ``alpha_mode="scale"`` writes alpha = 2 r (PEFT scaling alpha / r = 2, the
 common habit); ``"rslora"`` writes ``use_rslora=True`` and alpha = 8 for every layer (scaling
 8 / sqrt(r), the setting of the calibration sweeps). Neither alpha rule is calibrated yet.
 
-The uncertainty interval of a rank: uncalibrated, the ranks of c * signal effective rank and of
-c * signal rank (the count of directions above the noise edge); calibrated, the rank at
-log2 need -/+ the regression's leave-one-task-out mean absolute error.
+The uncertainty interval of a rank: uncalibrated, from the rank of c * signal effective rank
+up to that of c * signal rank (the count of directions above the noise edge), so it only
+reaches upward; calibrated, the rank at log2 need -/+ the regression's leave-one-task-out
+mean absolute error.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import math
 import re
 import statistics
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from peft import LoraConfig
@@ -75,8 +77,6 @@ class Advice:
     train_size: int
     reasons: list[str]
     probe: ProbeResult
-    loss_curve: dict | None = None  # predicted eval loss against uniform rank, when calibrated
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -92,8 +92,6 @@ class Advice:
             "model_parameters": self.model_parameters,
             "train_size": self.train_size,
             "reasons": self.reasons,
-            "warnings": self.warnings,
-            "loss_curve": self.loss_curve,
             "layers": {name: {**asdict(layer), "shape": list(layer.shape)} for name, layer in self.layers.items()},
             "adapter_config": json.loads(json.dumps(self.config.to_dict(), default=list)),
         }
@@ -164,7 +162,16 @@ def allocate(needs: dict[str, float], shapes: dict[str, tuple[int, int]], budget
             low = middle
         else:
             high = middle
-    return ranks_at(2**low), 2**low
+    ranks = ranks_at(2**low)
+    # one factor with power-of-two steps can leave up to half the budget unspent: double the
+    # ranks of the neediest layers (per unit of rank) while the budget allows
+    spent = cost(ranks)
+    for name in sorted(needs, key=lambda n: needs[n] / ranks[n], reverse=True):
+        extra = ranks[name] * sum(shapes[name])
+        if ranks[name] * 2 <= max_rank and spent + extra <= budget:
+            ranks[name] *= 2
+            spent += extra
+    return ranks, 2**low
 
 
 def _alphas(ranks: dict[str, int], alpha_mode: str) -> dict[str, float]:
@@ -267,15 +274,21 @@ def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int
     return reasons
 
 
-def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | None = None, alpha_mode: str = "scale",
-                      min_rank: int = 2, max_rank: int = 64, calibration=None) -> Advice:
-    """Advice from a finished probe (see the module docstring for the rules)."""
+def _check_options(budget, train_size, alpha_mode: str, min_rank: int, max_rank: int) -> None:
+    """One-line errors for bad options, before any probing."""
     if alpha_mode not in ALPHA_MODES:
         raise ValueError(f"unknown alpha_mode {alpha_mode!r}: use {' or '.join(ALPHA_MODES)}")
     if not 1 <= min_rank <= max_rank:
         raise ValueError(f"need 1 <= min_rank <= max_rank, got min_rank={min_rank}, max_rank={max_rank}")
     if train_size is not None and train_size < 1:
         raise ValueError(f"train_size must be positive, got {train_size}")
+    parse_budget(budget, {})  # the syntax; the amount is checked against the layers later
+
+
+def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | None = None, alpha_mode: str = "scale",
+                      min_rank: int = 2, max_rank: int = 64, calibration=None) -> Advice:
+    """Advice from a finished probe (see the module docstring for the rules)."""
+    _check_options(budget, train_size, alpha_mode, min_rank, max_rank)
     if calibration is not None and not hasattr(calibration, "predict_log2_rank"):
         calibration = load_calibration(calibration)
     shapes = {name: stats.shape for name, stats in result.layers.items()}
@@ -288,8 +301,8 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
         name: LayerAdvice(
             name=name, layer_type=stats.layer_type, depth=stats.depth, shape=stats.shape, need=round(need[name], 3),
             rank=ranks[name], alpha=alphas[name],
-            rank_low=_rank(need_low[name], factor, min_rank, max_rank),
-            rank_high=_rank(need_high[name], factor, min_rank, max_rank),
+            rank_low=min(ranks[name], _rank(need_low[name], factor, min_rank, max_rank)),
+            rank_high=max(ranks[name], _rank(need_high[name], factor, min_rank, max_rank)),
             params=ranks[name] * sum(stats.shape),
         )
         for name, stats in result.layers.items()
@@ -316,8 +329,9 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     ``task``, ``num_samples``, ``load_in_4bit``, ``seed``, ...). ``return_advice=True``
     returns the :class:`Advice` (config, per-layer evidence, reasons) instead of the config.
     """
-    if alpha_mode not in ALPHA_MODES:
-        raise ValueError(f"unknown alpha_mode {alpha_mode!r}: use {' or '.join(ALPHA_MODES)}")
+    _check_options(budget, train_size, alpha_mode, min_rank, max_rank)  # before minutes of probing
+    if calibration is not None:
+        calibration = load_calibration(calibration)
     if train_size is None and dataset is not None:
         train_size = _dataset_size(dataset)
     result = probe(model, dataset, **probe_options)

@@ -15,7 +15,6 @@ Sections without enough results say so instead of printing a number.
 
 from __future__ import annotations
 
-import json
 import random
 import statistics
 import sys
@@ -25,18 +24,13 @@ from pathlib import Path
 from calibration.labels import best_scaling, uniform_cells
 
 HERE = Path(__file__).resolve().parent
-RESULTS_DIR = HERE / "results"
 PLOTS_DIR = HERE / "plots"
-STUDY_FILES = ("quantization.jsonl", "planted.jsonl")  # not sweeps
-LR_CHECK_SUFFIX = "-lr.jsonl"  # the learning-rate checks train off the grids' settings
 
 
 def read_records() -> list[dict]:
-    records = []
-    for path in sorted(RESULTS_DIR.glob("*.jsonl")):
-        if path.name not in STUDY_FILES and not path.name.endswith(LR_CHECK_SUFFIX):
-            records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return records
+    from calibration.fit import read_records as read, sweep_result_files
+
+    return read(sweep_result_files())
 
 
 def _pyplot():

@@ -5,7 +5,8 @@
 Labels come from :mod:`calibration.labels` (optimal uniform rank per cell, per-layer relative
 need); features from :mod:`advisor.calibrated` (scale-free probe statistics). Two models:
 
-- ``cell``: ridge regression (standardised features) of log2(optimal uniform rank);
+- ``cell``: ridge regression (standardised features) of log2(optimal uniform rank), over the
+  cells of one scale rule (rsLoRA, alpha 8: the rank grids'; :data:`FIT_SCALE_RULE`);
 - ``layer``: ridge regression of log2(relative need) of each layer (its trained adapter's
   effective rank over the cell's mean).
 
@@ -32,6 +33,17 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RIDGE_ALPHA = 1.0
 
 
+STUDY_FILES = ("quantization.jsonl", "planted.jsonl")  # results of studies, not of sweeps
+LR_CHECK_SUFFIX = "-lr.jsonl"  # the learning-rate checks train off the grids' settings
+FIT_SCALE_RULE = {"use_rslora": True, "alpha": 8.0, "alpha_over_r": None}  # the rank grids' rule
+
+
+def sweep_result_files() -> list[Path]:
+    """The rank sweeps' results files (not the studies', not the learning-rate checks')."""
+    return sorted(p for p in RESULTS_DIR.glob("*.jsonl")
+                  if p.name not in STUDY_FILES and not p.name.endswith(LR_CHECK_SUFFIX))
+
+
 def read_records(paths) -> list[dict]:
     records = []
     for path in paths:
@@ -43,6 +55,9 @@ def training_table(records: list[dict]):
     """(cell rows, layer rows): dicts with features, target, and the task / model for grouping."""
     cell_rows, layer_rows = [], []
     for cell in uniform_cells(records):
+        rule = dict(zip(("alpha", "alpha_over_r", "use_rslora"), (cell.key[7], cell.key[8], cell.key[9])))
+        if rule != {k: FIT_SCALE_RULE[k] for k in rule}:
+            continue  # one scale rule only: the regression has no scaling feature
         optimal = cell.optimal_rank
         if optimal is None:
             continue
@@ -121,6 +136,7 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
         "layer_features": layer_names,
         "targets": {"cell": "log2 optimal uniform rank", "layer": "log2 relative need (adapter erank / cell mean)"},
         "model": f"StandardScaler + Ridge(alpha={RIDGE_ALPHA})",
+        "scale_rule": FIT_SCALE_RULE,
         "cells": len(cell_rows),
         "layers": len(layer_rows),
         "runs": len(records),
@@ -161,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="lora-rank-v1", help="file name in models/ (default: lora-rank-v1)")
     parser.add_argument("--dry-run", action="store_true", help="print the scores, write nothing")
     args = parser.parse_args(argv)
-    paths = args.results or sorted(p for p in RESULTS_DIR.glob("*.jsonl") if p.name != "quantization.jsonl")
+    paths = args.results or sweep_result_files()
     records = read_records(paths)
     try:
         models, metadata = fit(records)

@@ -12,8 +12,8 @@ a fixed alpha, or a fixed alpha / r (see ``calibration/sweep.py``).
 - **Per-layer need**: from the adapters of the cell's largest rank, each layer's entropy
   effective rank of the trained B A (mean over seeds): how many directions the layer uses
   when it is given room. ``relative_need`` divides by the cell's mean over layers.
-- **Best alpha**: among runs of one (model, task, train size, rank, learning rate) that differ
-  only in their scale, the PEFT scaling (alpha / r, or alpha / sqrt(r) with rsLoRA) with the
+- **Best alpha**: among runs of one (model, task, train size, rank, learning rate, steps, batch,
+  length, data, scale kind: rsLoRA or not) that differ only in alpha, the PEFT scaling (alpha / r, or alpha / sqrt(r) with rsLoRA) with the
   lowest mean eval loss.
 """
 
@@ -23,6 +23,8 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+SCALE_GROUP_KEYS = ("model", "task", "train_size", "rank", "learning_rate", "steps", "batch_size", "max_length",
+                    "data_seed", "eval_rows", "use_rslora")
 CELL_KEYS = ("model", "task", "train_size", "learning_rate", "steps", "batch_size", "max_length",
              "alpha", "alpha_over_r", "use_rslora", "data_seed", "eval_rows")
 
@@ -95,6 +97,11 @@ class Cell:
         return self.records[0]["probe"]
 
 
+def _finite_loss(record: dict) -> bool:
+    loss = record.get("eval_loss")
+    return loss is not None and math.isfinite(loss)
+
+
 def _sample_variance(values: list[float]) -> float:
     mean = sum(values) / len(values)
     return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
@@ -104,8 +111,8 @@ def uniform_cells(records: list[dict], min_ranks: int = 3) -> list[Cell]:
     """Group uniform-rank records into cells with at least ``min_ranks`` ranks, in first-seen order."""
     cells: dict[tuple, Cell] = {}
     for record in records:
-        config = record["config"]
-        if config.get("rank") is None or record.get("eval_loss") is None or not math.isfinite(record["eval_loss"]):
+        config = record.get("config", {})
+        if config.get("rank") is None or not _finite_loss(record):
             continue
         key = tuple(config.get(k) for k in CELL_KEYS)
         cell = cells.setdefault(key, Cell(key=key, losses=defaultdict(list)))
@@ -117,16 +124,15 @@ def uniform_cells(records: list[dict], min_ranks: int = 3) -> list[Cell]:
 def best_scaling(records: list[dict]) -> list[dict]:
     """Per (model, task, train size, rank, learning rate) with >= 2 scales: the best PEFT scaling.
 
-    Returns rows {model, task, train_size, rank, learning_rate, scales: {scaling: mean loss},
-    best_scaling}; ``scaling`` is what multiplies B A (alpha / r, or alpha / sqrt(r) with rsLoRA).
+    Returns rows {model, task, train_size, rank, learning_rate, use_rslora, scales: {scaling: mean
+    loss}, best_scaling}; ``scaling`` is what multiplies B A (alpha / r, or alpha / sqrt(r) with rsLoRA).
     """
     groups: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
-        config = record["config"]
-        if config.get("rank") is None or record.get("eval_loss") is None:
+        config = record.get("config", {})
+        if config.get("rank") is None or not _finite_loss(record):
             continue
-        key = (config["model"], config["task"], config["train_size"], config["rank"], config["learning_rate"],
-               config["steps"])
+        key = tuple(config.get(k) for k in SCALE_GROUP_KEYS)
         scaling = round(record["lora"]["scaling_by_group"]["attention"], 6)
         groups[key][scaling].append(record["eval_loss"])
     rows = []
@@ -136,6 +142,6 @@ def best_scaling(records: list[dict]) -> list[dict]:
         means = {s: sum(v) / len(v) for s, v in sorted(by_scale.items())}
         rows.append({
             "model": key[0], "task": key[1], "train_size": key[2], "rank": key[3], "learning_rate": key[4],
-            "scales": means, "best_scaling": min(means, key=means.get),
+            "use_rslora": key[-1], "scales": means, "best_scaling": min(means, key=means.get),
         })
     return rows

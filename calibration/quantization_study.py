@@ -57,8 +57,8 @@ def quantization_errors(full, quantized) -> dict[str, dict]:
     errors = {}
     with autograd_safe(quantized):
         for name, module in linear4bit_modules(quantized).items():
-            weight = full.get_submodule(name).weight.detach().float()
-            error = weight - reference_dequantize_4bit(module)
+            weight = full.get_submodule(name).weight.detach().float().cpu()
+            error = weight - reference_dequantize_4bit(module).cpu()
             errors[name] = {
                 "error": error,
                 "quant_error": float(error.norm() / weight.norm()),
@@ -80,7 +80,7 @@ def study_task(task_name: str, full, quantized, tokenizer, errors, samples: int,
     types = layer_types(g_full)
     layers = {}
     for name, g in g_full.items():
-        gq = g_quant[name]
+        g, gq = g.cpu(), g_quant[name].cpu()
         d = gq - g
         e = errors[name]["error"]
         layers[name] = {

@@ -196,3 +196,28 @@ def test_audit_measures_dominance_against_the_dequantized_4bit_weight(checkpoint
     expected = torch.linalg.matrix_norm(update, ord=2) / torch.linalg.matrix_norm(weight, ord=2)
     assert layer.dominance == pytest.approx(float(expected), rel=1e-5)
     assert layer.update_ratio == pytest.approx(float(update.norm() / weight.norm()), rel=1e-5)
+
+
+def test_4bit_gradients_equal_autograd_and_biases_keep_their_dtype(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, attention_bias=True)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)
+    quantized, _ = load_model(tmp_path, quantization=Quantization(bits=4, compute_dtype="bfloat16"))
+    biases = {name: (m.bias.dtype, m.bias.data.clone(), m.compute_dtype) for name, m in linear4bit_modules(quantized).items()
+              if m.bias is not None}
+    assert biases and all(dtype == torch.float32 for dtype, _, _ in biases.values())
+    rows = token_rows(8, 16)
+    probe(quantized, rows, num_samples=8, batch_size=4, method="exact", progress=False)
+    for name, (dtype, data, compute_dtype) in biases.items():  # a bitsandbytes forward casts biases to bf16
+        module = quantized.get_submodule(name)
+        assert module.bias.dtype == dtype and torch.equal(module.bias.data, data) and module.compute_dtype == compute_dtype
+
+    # float32 compute: G itself (not only its spectrum) equals autograd's on the dequantized model
+    quantized, _ = load_model(tmp_path, quantization=Quantization(bits=4))
+    measured = gradients(quantized, rows, num_samples=8, batch_size=4)
+    reference = dequantized_reference(quantized, tmp_path)
+    for name, gradient in autograd_weight_gradients(reference, rows, "causal-lm").items():
+        torch.testing.assert_close(measured[name], gradient, rtol=1e-4, atol=1e-6 * float(gradient.abs().max()))
