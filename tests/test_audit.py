@@ -61,7 +61,12 @@ def test_metrics_equal_the_planted_structure(planted):
     assert healthy.nominal_rank == R and healthy.scaling == 2.0 and healthy.alpha == 2 * R
     assert healthy.effective_rank == pytest.approx(R, rel=1e-6) and healthy.utilization == pytest.approx(1.0, rel=1e-6)
     assert healthy.kappa_A == pytest.approx(1.0, rel=1e-5) and healthy.kappa_B == pytest.approx(1.0, rel=1e-5)
+    assert healthy.effective_rank_A == pytest.approx(R, rel=1e-5) and healthy.effective_rank_B == pytest.approx(R, rel=1e-5)
     assert low.effective_rank == pytest.approx(1.0, abs=1e-3) and low.suggested_rank == 1
+    assert low.effective_rank_B == pytest.approx(1.0, abs=1e-3) and low.kappa_B == pytest.approx(1e6, rel=1e-2)
+    values = torch.tensor([5000 ** (-i / (R - 1)) for i in range(R)], dtype=torch.float64)
+    p = values / values.sum()
+    assert ill.effective_rank_A == pytest.approx(float(torch.exp(-(p * p.log()).sum())), rel=1e-4)
     assert ill.kappa_A == pytest.approx(5000, rel=1e-3) and ill.effective_rank == pytest.approx(R, rel=1e-4)
     w = base.get_submodule(LAYERS["dominating"]).weight.detach().double()
     assert dom.sigma_max == pytest.approx(2.0 * target, rel=1e-5)
@@ -80,6 +85,8 @@ def test_every_alert_fires_where_planted_and_nowhere_else(planted):
     assert ("ILL_CONDITIONED", LAYERS["low_rank"], "warning") in fired  # B's tiny directions
     assert ("DOMINATING", LAYERS["dominating"], "critical") in fired
     assert not any(layer == LAYERS["healthy"] for _, layer, _ in fired)
+    too_big = audit(model, thresholds={"scale_high": 0.05})  # the dominating layer's update is far above 5 % of W
+    assert ("SCALE_MISMATCH", LAYERS["dominating"]) in {(a.code, a.layer) for a in too_big.alerts}
     warning_only = audit(model, thresholds={"dominating_critical": 0.7})
     assert ("DOMINATING", LAYERS["dominating"], "warning") in {(a.code, a.layer, a.severity) for a in warning_only.alerts}
     untouched = audit(get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj"])))  # B = 0

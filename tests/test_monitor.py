@@ -96,3 +96,15 @@ def test_advice_check_reads_utilisation():
     check = monitor.advice_check()
     assert check["q_proj"]["verdict"] == "saturated" and check["v_proj"]["verdict"] == "over-provisioned"
     assert check["q_proj"]["mean_utilization"] == pytest.approx(1.0, rel=1e-4)
+
+
+def test_audit_alerts_reach_the_monitor_once():
+    model = lora_model()
+    name = "model.layers.1.self_attn.v_proj"
+    w = model.get_submodule("base_model.model." + name).get_base_layer().weight.detach().double()
+    set_rank(model, name, 8, scale=0.6 * float(torch.linalg.matrix_norm(w, ord=2)) / 2.0)  # dominance 0.6
+    monitor = RankMonitorCallback(every=1)
+    monitor.observe(model, 1)
+    monitor.observe(model, 2)
+    dominating = [a for a in monitor.alerts if a["code"] == "DOMINATING"]
+    assert [(a["layer"], a["severity"], a["step"]) for a in dominating] == [(name, "critical", 1)]
