@@ -35,7 +35,9 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=64, help="rows drawn for the probe (default: 64)")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per probe batch (default: 8)")
     parser.add_argument("--max-length", type=int, default=256, help="tokens kept per row (default: 256)")
-    parser.add_argument("--method", choices=("auto", "exact", "sketch"), default="auto", help="gradient accumulator (default: auto)")
+    parser.add_argument("--method", choices=("auto", "exact", "sketch"), default="auto",
+                        help="gradient accumulator (default: auto: exact while it fits --max-memory, else a sketch that fits)")
+    parser.add_argument("--max-memory", default="2GB", help="memory for the probe's accumulators, e.g. 512MB, 8GB (default: 2GB)")
     parser.add_argument("--target-modules", nargs="+", help="module names or suffixes to probe (default: all linear layers in the blocks)")
     quantization = parser.add_argument_group("quantized base (QLoRA): quantize the checkpoint while loading it")
     quantization.add_argument("--load-in-4bit", action="store_true", help="bitsandbytes 4-bit, as QLoRA trains")
@@ -156,6 +158,7 @@ def _run(args) -> int:
     options = dict(
         target_modules=args.target_modules, task=args.task, num_samples=args.samples, batch_size=args.batch_size,
         max_length=args.max_length, method=args.method, seed=args.seed, progress=True,
+        memory_budget=parse_memory(args.max_memory),
     )
     if args.compare_full_precision:
         if quantization is None or args.task == "seq-cls":
@@ -256,6 +259,17 @@ def _audit(args) -> int:
     if args.suggest:
         print(f"wrote the suggested config to {args.suggest}/")
     return 0
+
+
+def parse_memory(text: str) -> int:
+    """Bytes from "512MB", "8GB", "2GiB" or a plain number of bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)i?b?\s*", str(text).lower())
+    if not match:
+        raise ValueError(f"--max-memory {text!r} is not a size like 512MB or 8GB")
+    value = float(match.group(1)) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[match.group(2)]
+    if value <= 0:
+        raise ValueError(f"--max-memory must be positive, got {text!r}")
+    return int(value)
 
 
 def _planned_config(path: str):

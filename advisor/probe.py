@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -98,6 +99,8 @@ class ProbeResult:
     spectra_seconds: float  # of which: the spectral analysis after the data pass
     quantization: str | None = None  # e.g. "4-bit NF4, compute float32" for a bitsandbytes base
     model_parameters: int | None = None  # weights of the whole model (4-bit ones counted unpacked)
+    sketch_size: int | None = None  # the sketch size used (sketch method only)
+    accumulator_bytes: int | None = None  # memory of the accumulators, as planned
     layers: dict[str, LayerStats] = field(default_factory=dict)
 
     def by_type(self) -> dict[str, dict]:
@@ -272,7 +275,9 @@ def probe(
     (None: the embedded standard-library code data). ``num_samples`` rows are drawn from
     ``seed``; sequences are cut to ``max_length`` tokens. ``method``: "exact" keeps two fp32
     [out, in] accumulators per layer; "sketch" keeps randomized sketches of size
-    ``sketch_size``; "auto" is exact while the accumulators fit ``memory_budget`` bytes.
+    ``sketch_size``; "auto" is exact while the accumulators fit ``memory_budget`` bytes, and
+    otherwise sketches with the largest size (halving from ``sketch_size``) that fits
+    (:func:`plan_memory`); the plan is printed on stderr when ``progress`` is on.
     ``load_in_4bit`` / ``load_in_8bit`` and the ``bnb_4bit_*`` options (named as in
     ``transformers.BitsAndBytesConfig``) quantize a checkpoint while loading it, as QLoRA does.
     ``compare_full_precision`` (with a quantized checkpoint and the exact method) also runs the
@@ -296,7 +301,14 @@ def probe(
     started = time.perf_counter()
     task, targets, shapes, batches = _setup(model, dataset, tokenizer, target_modules, task, num_samples,
                                             batch_size, max_length, seed)
-    method = _choose_method(method, shapes, sketch_size, memory_budget)
+    if memory_budget <= 0:
+        raise ValueError(f"memory_budget must be positive, got {memory_budget}")
+    method, sketch_size, accumulator_bytes = plan_memory(shapes, method, sketch_size, memory_budget)
+    if progress:
+        print(f"probe: {len(shapes)} layers, {method}"
+              + (f" (sketch size {sketch_size})" if method == "sketch" else "")
+              + f", accumulators {accumulator_bytes / 2**20:,.0f} MiB of a {memory_budget / 2**20:,.0f} MiB budget",
+              file=sys.stderr)
     if compare_full_precision and method != "exact":
         raise ValueError("compare_full_precision needs method='exact' (the sketch never forms G)")
 
@@ -338,6 +350,8 @@ def probe(
         spectra_seconds=time.perf_counter() - spectra_started,
         quantization=quantized.describe(model),
         model_parameters=_parameter_count(model),
+        sketch_size=sketch_size if method == "sketch" else None,
+        accumulator_bytes=accumulator_bytes,
         layers=layers,
     )
 
@@ -515,11 +529,32 @@ def _at_least_two_batches(batches: list[ProbeBatch]) -> list[ProbeBatch]:
     ]
 
 
-def _choose_method(method: str, shapes: dict, sketch_size: int, memory_budget: int) -> str:
-    if method != "auto":
-        return method
-    exact_bytes = sum(_ExactAccumulator.nbytes(shape, sketch_size) for shape in shapes.values())
-    return "exact" if exact_bytes <= memory_budget else "sketch"
+MIN_SKETCH_SIZE = 64  # "auto" never sketches below this: a sketch of size s reports the top s singular values
+
+
+def plan_memory(shapes: dict, method: str, sketch_size: int, memory_budget: int) -> tuple[str, int, int]:
+    """(method, sketch size, accumulator bytes) for the target layers' (out, in) ``shapes``.
+
+    "auto": exact while its accumulators fit ``memory_budget`` bytes, else the largest sketch
+    size up to ``sketch_size`` (halving) that fits; an error when even MIN_SKETCH_SIZE does not.
+    An explicit method is kept as asked (its bytes are still reported).
+    """
+    def total(accumulator, size):
+        return sum(accumulator.nbytes(shape, size) for shape in shapes.values())
+
+    if method == "exact" or (method == "auto" and total(_ExactAccumulator, sketch_size) <= memory_budget):
+        return "exact", sketch_size, total(_ExactAccumulator, sketch_size)
+    if method == "sketch":
+        return "sketch", sketch_size, total(_SketchAccumulator, sketch_size)
+    size = sketch_size
+    while size > MIN_SKETCH_SIZE and total(_SketchAccumulator, size) > memory_budget:
+        size //= 2
+    size = max(size, min(MIN_SKETCH_SIZE, sketch_size))
+    needed = total(_SketchAccumulator, size)
+    if needed > memory_budget:
+        raise ValueError(f"the probe's accumulators need at least {needed / 2**20:,.0f} MiB (sketch size {size}) "
+                         f"but the memory budget is {memory_budget / 2**20:,.0f} MiB: raise it or target fewer layers")
+    return "sketch", size, needed
 
 
 def _layer_stats(name, layer_type, accumulator, shape, loss_tokens, tokens, num_rows) -> LayerStats:

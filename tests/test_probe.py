@@ -155,11 +155,12 @@ def test_sketch_probe_agrees_with_exact_probe():
         assert other.sketch_error < 0.05
 
 
-def test_auto_switches_to_sketch_over_the_memory_budget():
+def test_auto_is_exact_within_the_budget_and_refuses_a_budget_nothing_fits():
     model = tiny_llama()
     rows = token_rows(8, 16)
     assert probe(model, rows, num_samples=8, progress=False).method == "exact"
-    assert probe(model, rows, num_samples=8, memory_budget=1000, progress=False).method == "sketch"
+    with pytest.raises(ValueError, match="memory budget is 0 MiB"):  # (the switch to a sketch: test_memory_plan_...)
+        probe(model, rows, num_samples=8, memory_budget=1000, progress=False)
 
 
 # ----------------------------------------------------------------------------- hygiene
@@ -254,3 +255,21 @@ def test_noise_split_finds_no_signal_when_the_expected_gradient_is_zero():
     other_noise = sorted(s.noise_fraction for s in other.layers.values())
     assert own_noise[len(own_noise) // 2] > 0.8
     assert other_noise[len(other_noise) // 2] < 0.5
+
+
+def test_memory_plan_sketches_to_fit_the_budget():
+    from advisor.probe import _ExactAccumulator, _SketchAccumulator, plan_memory
+
+    shapes = {"a": (1536, 576), "b": (576, 576)}
+    exact = sum(_ExactAccumulator.nbytes(s, 0) for s in shapes.values())
+    assert plan_memory(shapes, "auto", 128, exact) == ("exact", 128, exact)
+    sketch_128 = sum(_SketchAccumulator.nbytes(s, 128) for s in shapes.values())
+    sketch_64 = sum(_SketchAccumulator.nbytes(s, 64) for s in shapes.values())
+    assert plan_memory(shapes, "auto", 128, exact - 1) == ("sketch", 128, sketch_128)
+    assert plan_memory(shapes, "auto", 128, sketch_128 - 1) == ("sketch", 64, sketch_64)
+    with pytest.raises(ValueError, match="accumulators need at least"):
+        plan_memory(shapes, "auto", 128, sketch_64 - 1)
+    model = tiny_llama()
+    result = probe(model, token_rows(8, 16), num_samples=8, batch_size=4, memory_budget=1, method="sketch",
+                   sketch_size=4, progress=False)
+    assert result.method == "sketch" and result.sketch_size == 4 and result.accumulator_bytes > 1
