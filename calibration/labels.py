@@ -5,8 +5,8 @@ trained at several uniform ranks, each with one or more seeds. The scale rule is
 a fixed alpha, or a fixed alpha / r (see ``calibration/sweep.py``).
 
 - **Seed noise** of a cell: the pooled standard deviation of eval loss between seeds,
-  sqrt(mean over ranks with >= 2 seeds of the sample variance). A cell without two seeds at
-  any rank has no noise estimate and gives no label.
+  sqrt(mean over ranks with >= 2 seeds of the sample variance). A cell gives a label only when
+  every one of its ranks was trained with at least two seeds.
 - **Optimal uniform rank**: the smallest rank whose mean eval loss is within one seed-noise
   of the best rank's mean eval loss ("within the seed-to-seed noise of the best").
 - **Per-layer need**: from the adapters of the cell's largest rank, each layer's entropy
@@ -67,10 +67,15 @@ class Cell:
         return min(self.ranks, key=self.mean_loss)
 
     @property
+    def complete(self) -> bool:
+        """Every rank of the cell trained with at least two seeds."""
+        return all(len(values) >= 2 for values in self.losses.values())
+
+    @property
     def optimal_rank(self) -> int | None:
-        """Smallest rank within one seed-noise of the best mean eval loss (None: no noise estimate)."""
+        """Smallest rank within one seed-noise of the best mean eval loss (None: an incomplete cell)."""
         noise = self.seed_noise
-        if noise is None:
+        if noise is None or not self.complete:
             return None
         best = self.mean_loss(self.best_rank)
         return min(r for r in self.ranks if self.mean_loss(r) <= best + noise)

@@ -48,9 +48,11 @@ def test_optimal_rank_is_the_smallest_within_seed_noise_of_the_best():
     assert cell.best_rank == 8 and cell.optimal_rank == 4
 
 
-def test_a_cell_without_two_seeds_has_no_label():
+def test_a_cell_without_two_seeds_at_every_rank_has_no_label():
     (cell,) = uniform_cells(cell_records("t", {1: [1.0], 2: [0.9], 4: [0.8]}))
     assert cell.seed_noise is None and cell.optimal_rank is None
+    (partial,) = uniform_cells(cell_records("t", {1: [1.0, 1.01], 2: [0.9], 4: [0.8]}))
+    assert partial.seed_noise is not None and partial.optimal_rank is None
 
 
 def test_relative_need_comes_from_the_largest_rank_adapters():
