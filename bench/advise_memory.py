@@ -17,13 +17,10 @@ import json
 import os
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from probe_overhead import PeakResidentMemory, rss_mb  # noqa: E402
+from records import add_record_arguments, emit  # noqa: E402  (bench/records.py)
 
 
 def child(mode: str) -> None:
@@ -57,8 +54,7 @@ def child(mode: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--append", type=Path, metavar="JSONL")
-    parser.add_argument("--machine", default="")
+    add_record_arguments(parser)
     parser.add_argument("--child", choices=("advise", "lora-step"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -74,14 +70,9 @@ def main() -> None:
         "lora_step_peak_mb": round(memory["lora-step"]["peak_mb"]),
         "advise_before_mb": round(memory["advise"]["rss_before_mb"]),
         "lora_step_before_mb": round(memory["lora-step"]["rss_before_mb"]),
-        "advise_over_lora_step": round(memory["advise"]["peak_mb"] / memory["lora-step"]["peak_mb"], 3),
-        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": args.machine,
+        "advise_over_lora_step": round(memory["advise"]["peak_mb"] / memory["lora-step"]["peak_mb"], 3)
     }
-    print(json.dumps(report, indent=2))
-    if args.append:
-        args.append.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.append, "a") as f:
-            f.write(json.dumps(report) + "\n")
+    emit(report, args)
 
 
 if __name__ == "__main__":

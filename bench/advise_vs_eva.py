@@ -12,12 +12,9 @@ reported with their ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -28,6 +25,7 @@ from advisor.data import make_batches  # noqa: E402
 from advisor.layers import find_target_layers  # noqa: E402
 from advisor.loading import load_model  # noqa: E402
 from advisor.recommend import advise  # noqa: E402
+from records import add_record_arguments, emit  # noqa: E402  (bench/records.py)
 
 
 def eva_parameters(model, eva: dict) -> int:
@@ -40,8 +38,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=1)
-    parser.add_argument("--append", type=Path, metavar="JSONL")
-    parser.add_argument("--machine", default="")
+    add_record_arguments(parser)
     args = parser.parse_args()
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     model, tokenizer = load_model(None)
@@ -67,13 +64,8 @@ def main() -> None:
         "advise_trainable_params": advice.trainable_params,
         "eva_trainable_params": eva_parameters(model, eva),
         "eva_layers": len(eva),
-        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": args.machine,
     }
-    print(json.dumps(report, indent=2))
-    if args.append:
-        args.append.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.append, "a") as f:
-            f.write(json.dumps(report) + "\n")
+    emit(report, args)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,8 @@ is the training you would run per rank (default 1000: 8,000 rows, two epochs of 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -28,6 +25,7 @@ from advisor.data import make_batches  # noqa: E402
 from advisor.layers import find_target_layers  # noqa: E402
 from advisor.loading import load_model  # noqa: E402
 from advisor.recommend import advise  # noqa: E402
+from records import add_record_arguments, emit  # noqa: E402  (bench/records.py)
 
 SWEEP_RANKS = 5
 TIMED_STEPS = 4
@@ -36,8 +34,7 @@ TIMED_STEPS = 4
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--append", type=Path, metavar="JSONL")
-    parser.add_argument("--machine", default="")
+    add_record_arguments(parser)
     args = parser.parse_args()
     model, tokenizer = load_model(None)
     started = time.perf_counter()
@@ -63,14 +60,9 @@ def main() -> None:
     report = {
         "model": "SmolLM2-135M-Instruct (fp32, CPU)", "advise_s": round(advise_seconds, 2),
         "lora_step_s": round(step, 3), "steps_per_rank": args.steps, "sweep_ranks": SWEEP_RANKS,
-        "sweep_s_modelled": round(sweep, 1), "advise_over_sweep": round(advise_seconds / sweep, 4),
-        "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": args.machine,
+        "sweep_s_modelled": round(sweep, 1), "advise_over_sweep": round(advise_seconds / sweep, 4)
     }
-    print(json.dumps(report, indent=2))
-    if args.append:
-        args.append.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.append, "a") as f:
-            f.write(json.dumps(report) + "\n")
+    emit(report, args)
 
 
 if __name__ == "__main__":

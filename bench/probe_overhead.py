@@ -24,7 +24,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -35,6 +34,7 @@ from advisor.data import make_batches
 from advisor.loading import load_model
 from advisor.probe import probe
 from advisor.quantized import Quantization
+from records import add_record_arguments, emit  # bench/records.py
 
 
 def plain_forward_backward(model, batches) -> None:
@@ -111,8 +111,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--load-in-4bit", action="store_true", help="the NF4-quantized SmolLM2 (QLoRA's base)")
-    parser.add_argument("--append", type=Path, metavar="JSONL", help="also append the report as one line to this file")
-    parser.add_argument("--machine", default="", help="a note on the machine, stored with the report")
+    add_record_arguments(parser)
     parser.add_argument("--child", choices=("plain", "probe"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -157,15 +156,8 @@ def main() -> None:
         "plain_pass_mb": round(memory["plain"]["peak_mb"] - memory["plain"]["rss_before_mb"]),
         "probe_pass_mb": round(memory["probe"]["peak_mb"] - memory["probe"]["rss_before_mb"]),
         "memory_ratio": round(memory["probe"]["peak_mb"] / memory["plain"]["peak_mb"], 3),
-        "command": "python " + " ".join(sys.argv),
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": args.machine,
     }
-    print(json.dumps(report, indent=2))
-    if args.append:
-        args.append.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.append, "a") as f:
-            f.write(json.dumps(report) + "\n")
+    emit(report, args)
 
 
 if __name__ == "__main__":

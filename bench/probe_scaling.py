@@ -11,11 +11,8 @@ and the accumulators' planned bytes. One process, points in increasing order.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -23,6 +20,7 @@ import torch  # noqa: E402
 
 from advisor.loading import load_model  # noqa: E402
 from advisor.probe import probe  # noqa: E402
+from records import add_record_arguments, emit  # noqa: E402  (bench/records.py)
 
 
 def point(model, data, tokenizer, rows: int) -> dict:
@@ -47,8 +45,7 @@ def random_llama(hidden: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--append", type=Path, metavar="JSONL")
-    parser.add_argument("--machine", default="")
+    add_record_arguments(parser)
     args = parser.parse_args()
     model, tokenizer = load_model(None)
     by_sample = [point(model, None, tokenizer, rows) for rows in (8, 16, 32, 64)]
@@ -59,13 +56,8 @@ def main() -> None:
         small = random_llama(hidden)
         parameters = sum(p.numel() for p in small.parameters())
         by_model.append({"hidden": hidden, "parameters": parameters, **point(small, token_rows, None, 16)})
-    report = {"by_sample": by_sample, "by_model": by_model, "threads": torch.get_num_threads(),
-              "command": "python " + " ".join(sys.argv), "date": time.strftime("%Y-%m-%d"), "machine": args.machine}
-    print(json.dumps(report, indent=2))
-    if args.append:
-        args.append.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.append, "a") as f:
-            f.write(json.dumps(report) + "\n")
+    report = {"by_sample": by_sample, "by_model": by_model, "threads": torch.get_num_threads()}
+    emit(report, args)
 
 
 if __name__ == "__main__":

@@ -12,12 +12,9 @@ time against exact's, and the accumulators' bytes against exact's.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import sys
 import time
-from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -26,6 +23,7 @@ import torch  # noqa: E402
 from advisor import spectrum  # noqa: E402
 from advisor.loading import load_model  # noqa: E402
 from advisor.probe import probe  # noqa: E402
+from records import add_record_arguments, emit  # noqa: E402  (bench/records.py)
 
 
 def main() -> None:
@@ -33,8 +31,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--append", type=Path, metavar="JSONL")
-    parser.add_argument("--machine", default="")
+    add_record_arguments(parser)
     args = parser.parse_args()
     model, tokenizer = load_model(None)
     settings = dict(tokenizer=tokenizer, num_samples=args.samples, max_length=args.max_length, seed=0, progress=False)
@@ -62,12 +59,7 @@ def main() -> None:
             "bytes": sketch.accumulator_bytes, "memory_vs_exact": round(sketch.accumulator_bytes / exact.accumulator_bytes, 3),
             "max_top8_error": round(max(top_errors), 5), "median_head_erank_error": round(statistics.median(rank_errors), 5),
         })
-    report.update(command="python " + " ".join(sys.argv), date=time.strftime("%Y-%m-%d"), machine=args.machine)
-    print(json.dumps(report, indent=2))
-    if args.append:
-        args.append.parent.mkdir(parents=True, exist_ok=True)
-        with open(args.append, "a") as f:
-            f.write(json.dumps(report) + "\n")
+    emit(report, args)
 
 
 if __name__ == "__main__":
