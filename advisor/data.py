@@ -314,7 +314,7 @@ def make_batches(
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("max_length", max_length)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if _is_batch_iterable(data):
+    if is_batch_iterable(data):
         return _loader_batches(data, task, num_samples, max_length)
 
     rows = load_rows(data, split=split)
@@ -464,7 +464,8 @@ def _collate(examples, pad_id: int) -> ProbeBatch:
 
 
 # --------------------------------------------------------------------------- data loaders
-def _is_batch_iterable(data) -> bool:
+def is_batch_iterable(data) -> bool:
+    """True for a DataLoader-like source (an iterable of dict batches), read as given."""
     if data is None or isinstance(data, (str, bytes, os.PathLike, list, tuple, Mapping)):
         return False
     if type(data).__module__.split(".")[0] == "datasets":  # Dataset / DatasetDict iterate over rows

@@ -333,24 +333,26 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     if calibration is not None:
         calibration = load_calibration(calibration)
     if train_size is None and dataset is not None:
-        train_size = _dataset_size(dataset)
+        dataset, train_size = _rows_and_size(dataset)
     result = probe(model, dataset, **probe_options)
     advice = advice_from_probe(result, budget=budget, train_size=train_size, alpha_mode=alpha_mode,
                                min_rank=min_rank, max_rank=max_rank, calibration=calibration)
     return advice if return_advice else advice.config
 
 
-def _dataset_size(dataset) -> int | None:
-    """Rows in the user's dataset (a DataLoader's dataset, or the rows of any other source); None
-    when that cannot be known (the probe reports a bad source itself)."""
-    try:
-        if hasattr(dataset, "batch_size") and hasattr(dataset, "dataset"):
-            return len(dataset.dataset)
-        from advisor.data import load_rows
+def _rows_and_size(dataset) -> tuple[object, int | None]:
+    """(what the probe should read, rows in the user's dataset), reading the dataset only once:
+    any row source becomes its list of rows; a DataLoader stays as it is, sized by its dataset
+    (None when it has no length)."""
+    from advisor.data import is_batch_iterable, load_rows
 
-        return len(load_rows(dataset))
-    except (TypeError, ValueError, OSError):
-        return None
+    if is_batch_iterable(dataset):
+        try:
+            return dataset, len(dataset.dataset)
+        except (AttributeError, TypeError):
+            return dataset, None
+    rows = load_rows(dataset)
+    return rows, len(rows)
 
 
 def planned_rank(config: LoraConfig, name: str) -> int:
