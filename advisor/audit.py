@@ -78,7 +78,7 @@ class AuditResult:
     task_type: str | None = None
 
     def to_dict(self) -> dict:
-        return {"layers": [_finite(asdict(layer)) for layer in self.layers], "summary": _finite(self.summary),
+        return {"layers": [json_safe(asdict(layer)) for layer in self.layers], "summary": json_safe(self.summary),
                 "alerts": [asdict(alert) for alert in self.alerts]}
 
     def suggested_config(self):
@@ -93,8 +93,8 @@ class AuditResult:
         return build_lora_config(ranks, alphas, task_type=self.task_type, use_rslora=self.use_rslora)
 
 
-def _finite(data: dict) -> dict:
-    """JSON has no infinity: an infinite condition number is written as null."""
+def json_safe(data: dict) -> dict:
+    """JSON has no infinity or NaN: such values (an infinite condition number) are written as null."""
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in data.items()}
 
 
@@ -137,7 +137,7 @@ def audit(adapter, base=None, *, energy: float = 0.9, thresholds: dict | None = 
         raise ValueError(f"energy must be in (0, 1], got {energy}")
     model = adapter if isinstance(adapter, nn.Module) else load_adapter(adapter, base)
     config = model.peft_config["default"] if hasattr(model, "peft_config") else None
-    layers, alerts = [], []
+    layers, alerts, widths = [], [], []
     for full_name, module in model.named_modules():
         if not isinstance(module, LoraLayer) or "default" not in getattr(module, "lora_A", {}):
             continue
@@ -165,6 +165,7 @@ def audit(adapter, base=None, *, energy: float = 0.9, thresholds: dict | None = 
             suggested_rank=max(1, spectrum.energy_rank(sv, energy)),
         )
         layers.append(layer)
+        widths.append(a.shape[1] + b.shape[0])  # in + out: the parameters one unit of rank costs
         alerts += _alerts(layer, limits)
     if not layers:
         raise ValueError("the model has no LoRA layers to audit")
@@ -177,19 +178,13 @@ def audit(adapter, base=None, *, energy: float = 0.9, thresholds: dict | None = 
         "health": 1 / max(kappas) if math.isfinite(max(kappas)) else 0.0,
         "mean_utilization": sum(layer.utilization for layer in layers) / len(layers),
         "energy_kept_by_suggestion": energy,
-        "trainable_params": sum(layer.nominal_rank * _width(model, layer.name) for layer in layers),
-        "suggested_params": sum(layer.suggested_rank * _width(model, layer.name) for layer in layers),
+        "trainable_params": sum(layer.nominal_rank * width for layer, width in zip(layers, widths)),
+        "suggested_params": sum(layer.suggested_rank * width for layer, width in zip(layers, widths)),
         "alerts": {code: sum(alert.code == code for alert in alerts) for code in sorted({a.code for a in alerts})},
     }
     task_type = getattr(config, "task_type", None)
     return AuditResult(layers=layers, summary=summary, alerts=alerts, use_rslora=bool(getattr(config, "use_rslora", False)),
                        task_type=getattr(task_type, "value", task_type))
-
-
-def _width(model, name: str) -> int:
-    """in + out of the adapted layer: the parameters one unit of rank costs."""
-    module = model.get_submodule(PREFIX + name) if hasattr(model, "peft_config") else model.get_submodule(name)
-    return module.lora_A["default"].weight.shape[1] + module.lora_B["default"].weight.shape[0]
 
 
 def _alerts(layer: LayerAudit, limits: dict) -> list[Alert]:

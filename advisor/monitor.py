@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from advisor.audit import THRESHOLDS, audit
+from advisor.audit import THRESHOLDS, audit, json_safe
 
 try:
     from transformers import TrainerCallback
@@ -73,7 +73,7 @@ class RankMonitorCallback(TrainerCallback):
         for alert in new_alerts:
             self._alerted.add((alert["code"], alert["layer"]))
         self.alerts += new_alerts
-        record = {"step": step, "layers": {n: {k: _json_number(v) for k, v in m.items()} for n, m in layers.items()},
+        record = {"step": step, "layers": {n: json_safe(m) for n, m in layers.items()},
                   "alerts": new_alerts}
         self.history.append(record)
         if self.jsonl is not None:
@@ -167,17 +167,11 @@ def _update_sketch(model, name: str) -> torch.Tensor:
     return (float(module.scaling["default"]) * (b @ (a @ omega))).cpu()
 
 
-def _json_number(value):
-    return None if isinstance(value, float) and value != value or value in (float("inf"), float("-inf")) else value
-
-
 def plot(jsonl: str | Path, out: str | Path) -> Path:
     """Effective rank of B A per layer type (mean over layers) against the training step."""
-    import matplotlib
+    from advisor.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     records = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
     if not records:
         raise ValueError(f"{jsonl} has no observations")

@@ -87,7 +87,7 @@ SPECTRUM_VALUES_PLOTTED = 128
 
 def plot_spectra(result: ProbeResult, path: Path) -> None:
     """Mean normalised singular values sigma_i / sigma_1 of G per layer type, log scale."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for layer_type in result.by_type():
         curves = [s.singular_values[:SPECTRUM_VALUES_PLOTTED] for s in result.layers.values() if s.layer_type == layer_type]
@@ -106,7 +106,7 @@ def plot_spectra(result: ProbeResult, path: Path) -> None:
 
 def plot_rank_heatmap(advice: dict, path: Path) -> None:
     """Advised rank for every (block, layer type), colour on a log2 scale, numbers written in."""
-    plt = _pyplot()
+    plt = pyplot()
     layers = [a for a in advice["layers"].values() if a["depth"] is not None]
     types = list(dict.fromkeys(a["layer_type"] for a in layers))
     depths = sorted({a["depth"] for a in layers})
@@ -131,7 +131,7 @@ def plot_rank_heatmap(advice: dict, path: Path) -> None:
 
 def plot_parameters(advice: dict, path: Path) -> None:
     """Trainable parameters of the advice against uniform ranks over the same layers."""
-    plt = _pyplot()
+    plt = pyplot()
     labels = ["advised"] + [f"r={r}" for r in advice["uniform_params"]]
     values = [advice["trainable_params"]] + list(advice["uniform_params"].values())
     fig, ax = plt.subplots(figsize=(6, 3.2))
@@ -143,7 +143,8 @@ def plot_parameters(advice: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import random
 import statistics
 import sys
+import warnings
 from collections import defaultdict
 from pathlib import Path
 
@@ -33,15 +34,6 @@ def read_records() -> list[dict]:
     return read(sweep_result_files())
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def utilisation(records: list[dict]) -> tuple[str, dict]:
     """Mean effective rank of B A / r, by (model, train size, r, group), over uniform-rank runs."""
     table: dict[tuple, list[float]] = defaultdict(list)
@@ -54,7 +46,9 @@ def utilisation(records: list[dict]) -> tuple[str, dict]:
     if not table:
         return "*No uniform-rank runs yet.*", {}
     means = {key: statistics.mean(values) for key, values in table.items()}
-    plt = _pyplot()
+    from advisor.report import pyplot
+
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for model, size, group in sorted({(m, s, g) for m, s, _, g in means}):
         points = sorted((r, v) for (m, s, r, g), v in means.items() if (m, s, g) == (model, size, group))
@@ -80,25 +74,12 @@ def utilisation(records: list[dict]) -> tuple[str, dict]:
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
-    def ranks(values):
-        order = sorted(range(len(values)), key=values.__getitem__)
-        result = [0.0] * len(values)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                result[order[k]] = (i + j) / 2
-            i = j + 1
-        return result
+    """Spearman's rank correlation (scipy, a dependency of scikit-learn); nan when a side is constant."""
+    from scipy.stats import spearmanr
 
-    rx, ry = ranks(xs), ranks(ys)
-    mx, my = statistics.mean(rx), statistics.mean(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    sx = sum((a - mx) ** 2 for a in rx) ** 0.5
-    sy = sum((b - my) ** 2 for b in ry) ** 0.5
-    return cov / (sx * sy) if sx and sy else float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scipy warns on a constant bootstrap sample; its nan is dropped
+        return float(spearmanr(xs, ys).statistic)
 
 
 def prediction(records: list[dict]) -> str:

@@ -111,10 +111,9 @@ def summarise(layers: dict) -> dict:
 
 
 def plot(records: list[dict], path: Path) -> None:
-    import matplotlib
+    from advisor.report import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     types = list(records[0]["by_type"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
