@@ -221,11 +221,11 @@ def build_lora_config(ranks: dict[str, int], alphas: dict[str, float], *, task_t
 
 def _needs(result: ProbeResult, calibration, train_size: int):
     """(need, low need, high need) per layer, and a label saying where they come from."""
-    layers = {name: asdict(stats) for name, stats in result.layers.items()}
     if calibration is None:
         need = {n: max(s.signal_effective_rank, 1.0) for n, s in result.layers.items()}
         high = {n: max(float(s.signal_rank), need[n]) for n, s in result.layers.items()}
         return need, need, high, UNCALIBRATED_LABEL
+    layers = {name: asdict(stats) for name, stats in result.layers.items()}
     quantized = result.quantization is not None
     log2_rank = calibration.predict_log2_rank(layers, train_size, quantized)
     relative = calibration.predict_log2_relative_need(layers, train_size, quantized) if "layer" in calibration.models else {}

@@ -324,6 +324,14 @@ def _cut_partial_tail(f) -> int:
 
 
 # --------------------------------------------------------------------------- running
+def shard_plan(configs: list[RunConfig], done: set[str], shard: tuple[int, int]):
+    """(this shard's (position, config) pairs, those of them whose run_id is not in ``done``);
+    shard (k, n) keeps the positions i with i % n == k."""
+    k, n = shard
+    mine = [(i, config) for i, config in enumerate(configs) if i % n == k]
+    return mine, [(i, config) for i, config in mine if config.run_id not in done]
+
+
 def run_grid(
     configs: list[RunConfig],
     results: ResultsFile,
@@ -347,10 +355,7 @@ def run_grid(
     cut = results.repair()
     if cut:
         say(f"{results.path}: removed a last line cut short ({cut} bytes)")
-    k, n = shard
-    mine = [(i, config) for i, config in enumerate(configs) if i % n == k]
-    done = results.run_ids()
-    todo = [(i, config) for i, config in mine if config.run_id not in done]
+    mine, todo = shard_plan(configs, results.run_ids(), shard)
     say(f"{results.path.name}: {len(configs)} runs in the grid, {len(mine)} in this shard, "
         f"{len(mine) - len(todo)} already done, {len(todo)} to run" + (f" (limit {limit})" if limit is not None else ""))
     counts = {"ran": 0, "skipped": len(mine) - len(todo), "duplicates": 0}
@@ -388,14 +393,13 @@ def find_config(run_id: str, paths: Iterable[Path]) -> RunConfig:
 
 def _print_plan(configs: list[RunConfig], results: ResultsFile, shard: tuple[int, int], limit: int | None) -> None:
     """``--dry-run``: every run of this shard with its status, and the hours left."""
-    done = results.run_ids()
-    k, n = shard
-    mine = [(i, c) for i, c in enumerate(configs) if i % n == k]
-    todo = [c for _, c in mine if c.run_id not in done]
+    mine, todo = shard_plan(configs, results.run_ids(), shard)
+    waiting = {config.run_id for _, config in todo}
     for i, config in mine:
-        status = "done" if config.run_id in done else "todo"
+        status = "todo" if config.run_id in waiting else "done"
         print(f"[{i + 1}/{len(configs)}] {config.run_id} {status} {config.summary()}")
-    hours = sum(map(estimated_seconds, todo[:limit] if limit is not None else todo)) / 3600
+    left = [config for _, config in todo][:limit] if limit is not None else [config for _, config in todo]
+    hours = sum(map(estimated_seconds, left)) / 3600
     print(f"{results.path.name}: {len(mine)} runs in this shard, {len(mine) - len(todo)} done, "
           f"{len(todo)} to run, ~{hours:.1f} h")
 
