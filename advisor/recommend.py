@@ -24,6 +24,7 @@ mean absolute error.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -356,18 +357,17 @@ def _rows_and_size(dataset) -> tuple[object, int | None]:
 
 
 def planned_rank(config: LoraConfig, name: str) -> int:
-    """The rank PEFT gives module ``name`` under ``config`` (0 when it is not targeted)."""
-    targets = config.target_modules
-    if isinstance(targets, str):
-        targeted = targets == "all-linear" or re.fullmatch(targets, name) is not None
-    else:
-        targeted = any(name == t or name.endswith("." + t) for t in (targets or ()))
-    if not targeted:
+    """The rank PEFT gives module ``name`` under ``config`` (0 when it is not targeted), by PEFT's
+    own matching (``target_modules``, ``exclude_modules``, ``layers_to_transform``, ``rank_pattern``)."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+    from peft.utils.other import get_pattern_key
+
+    if config.target_modules == "all-linear":  # PEFT expands it to every linear layer but the output head
+        config = copy.copy(config)
+        config.target_modules = [name]
+    if not check_target_module_exists(config, name):
         return 0
-    for key, rank in (config.rank_pattern or {}).items():
-        if re.match(rf"(.*\.)?({key})$", name):
-            return rank
-    return config.r
+    return (config.rank_pattern or {}).get(get_pattern_key((config.rank_pattern or {}).keys(), name), config.r)
 
 
 def compare_with(advice: Advice, config: LoraConfig) -> dict:

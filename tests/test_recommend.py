@@ -88,18 +88,27 @@ def test_exports_read_back_as_the_same_config(probed, tmp_path):
     assert {n: layer["rank"] for n, layer in saved["layers"].items()} == advice.ranks
 
 
-def test_planned_ranks_follow_peft(probed):
+PLANNED_CONFIGS = [
+    {"target_modules": ["q_proj", "down_proj"], "rank_pattern": {r"model\.layers\.1\.self_attn\.q_proj": 4}},
+    {"target_modules": ["q_proj", "v_proj", "down_proj"], "layers_to_transform": [0], "rank_pattern": {"down_proj": 2}},
+    {"target_modules": "all-linear", "exclude_modules": ["up_proj"]},
+]
+
+
+@pytest.mark.parametrize("options", PLANNED_CONFIGS)
+def test_planned_ranks_follow_peft(probed, options):
     model, result = probed
     names = list(result.layers)
-    config = LoraConfig(r=16, lora_alpha=32, target_modules=["q_proj", "down_proj"],
-                        rank_pattern={r"model\.layers\.1\.self_attn\.q_proj": 4})
+    config = LoraConfig(r=16, lora_alpha=32, **options)
     peft_model = get_peft_model(copy.deepcopy(model), config)
     applied = {name.removeprefix("base_model.model."): module.r["default"] for name, module in peft_model.named_modules()
                if hasattr(module, "lora_A") and "default" in module.lora_A}
+    assert applied and len(applied) < len(names)
     assert {n: planned_rank(config, n) for n in names if planned_rank(config, n)} == applied
     comparison = compare_with(advice_from_probe(result, min_rank=1), config)
     assert comparison["planned_params"] == sum(r * sum(result.layers[n].shape) for n, r in applied.items())
-    assert comparison["by_type"]["v_proj"]["planned_rank"] == "0"
+    if options["target_modules"] == ["q_proj", "down_proj"]:
+        assert comparison["by_type"]["v_proj"]["planned_rank"] == "0"
 
 
 def test_report_is_written_and_redrawn(capsys, tmp_path, tiny_checkpoint):
