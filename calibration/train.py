@@ -14,8 +14,12 @@ The protocol (``PROTOCOL`` 1; bump it, and so every ``run_id``, whenever what fo
   (:func:`advisor.layers.find_target_layers`), ``lora_dropout`` 0, A initialised after
   ``torch.manual_seed(seed)`` (B = 0). A module is *attention* when its name contains
   ``attn`` or ``attention`` (BERT's ``attention.output.dense`` is attention), else *mlp*.
-  Per-type ranks write an explicit ``rank_pattern`` and ``alpha_pattern`` entry for every
-  adapted module; a type with rank 0 is not adapted. seq-cls trains the head too (PEFT's
+  Per-type ranks and per-module ranks (``rank_pattern``) write an explicit ``rank_pattern``
+  and ``alpha_pattern`` entry for every adapted module; a type or module with rank 0 is not
+  adapted. With ``eva_rho``, A is instead initialised by PEFT's EVA
+  (``initialize_lora_eva_weights``, ``EvaConfig(rho=eva_rho)`` at its other defaults, on the
+  run's first epoch of training batches, before the first step), which also redistributes
+  the ranks; the record's ``adapter_layers`` hold the ranks EVA chose. seq-cls trains the head too (PEFT's
   ``modules_to_save``, which ``task_type="SEQ_CLS"`` sets up);
 - data: ``train_size`` rows drawn from the task's train split with ``random.Random(data_seed)``;
   each epoch is a fresh permutation cut into batches by :func:`advisor.data.make_batches`
@@ -79,8 +83,9 @@ _SCALAR_PROBE_FIELDS_LEFT_OUT = ("singular_values", "noise_singular_values")
 class RunConfig:
     """Everything that determines one training run (see the module docstring for the protocol).
 
-    Ranks: either ``rank`` (uniform) or ``attention_rank`` and ``mlp_rank`` (0 = that type is
-    not adapted). Scale: either ``alpha`` (the same for every module) or ``alpha_over_r``
+    Ranks: ``rank`` (uniform), or ``attention_rank`` and ``mlp_rank`` (0 = that type is not
+    adapted), or ``rank_pattern`` (module name -> rank; modules not named are not adapted).
+    ``eva_rho``: initialise with PEFT's EVA (needs a uniform ``rank``, which EVA redistributes). Scale: either ``alpha`` (the same for every module) or ``alpha_over_r``
     (alpha = alpha_over_r * r of each module); PEFT's scaling is alpha / r, or alpha / sqrt(r)
     with ``use_rslora``. ``train_size`` rows of the train split (from ``data_seed``);
     ``steps`` optimizer steps of ``batch_size`` rows of at most ``max_length`` tokens;
@@ -106,6 +111,8 @@ class RunConfig:
     seed: int = 0
     data_seed: int = 0
     protocol: int = PROTOCOL
+    rank_pattern: dict[str, int] | None = None
+    eva_rho: float | None = None
 
     def __post_init__(self):
         from calibration.models import MODELS
@@ -122,10 +129,18 @@ class RunConfig:
         for name in ("warmup_steps", "eval_every", "seed", "data_seed"):
             _check_int(name, getattr(self, name), minimum=0)
         per_type = (self.attention_rank, self.mlp_rank)
+        given = [self.rank is not None, per_type != (None, None), self.rank_pattern is not None]
+        if sum(given) > 1:
+            raise ValueError("give one of rank, attention_rank / mlp_rank, or rank_pattern")
         if self.rank is not None:
-            if per_type != (None, None):
-                raise ValueError("give either rank or attention_rank / mlp_rank, not both")
             _check_int("rank", self.rank, minimum=1)
+        elif self.rank_pattern is not None:
+            if not isinstance(self.rank_pattern, dict) or not self.rank_pattern:
+                raise ValueError(f"rank_pattern must be a non-empty dict of module name -> rank, got {self.rank_pattern!r}")
+            for name, rank in self.rank_pattern.items():
+                _check_int(f"rank_pattern[{name!r}]", rank, minimum=0)
+            if not any(self.rank_pattern.values()):
+                raise ValueError("every rank in rank_pattern is 0: nothing to adapt")
         else:
             if None in per_type:
                 raise ValueError("give rank, or both attention_rank and mlp_rank (0 = not adapted)")
@@ -135,7 +150,9 @@ class RunConfig:
                 raise ValueError("attention_rank and mlp_rank are both 0: nothing to adapt")
         if (self.alpha is None) == (self.alpha_over_r is None):
             raise ValueError(f"give exactly one of alpha / alpha_over_r, got {self.alpha!r} / {self.alpha_over_r!r}")
-        for name in ("alpha", "alpha_over_r", "learning_rate"):
+        if self.eva_rho is not None and self.rank is None:
+            raise ValueError("eva_rho needs a uniform rank (EVA redistributes it)")
+        for name in ("alpha", "alpha_over_r", "learning_rate", "eva_rho"):
             value = getattr(self, name)
             if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0):
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
@@ -146,10 +163,12 @@ class RunConfig:
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Every field, except the later-added optional ones while they are unset (so the run_ids
+        of configs written before them stay the same)."""
+        return {k: v for k, v in asdict(self).items() if not (k in _OMITTED_WHEN_UNSET and v is None)}
 
     def to_json(self) -> str:
-        """Canonical JSON: every field, sorted keys, no spaces, floats as Python's repr."""
+        """Canonical JSON: the fields of :meth:`to_dict`, sorted keys, no spaces, floats as Python's repr."""
         data = {k: float(v) if k in _FLOAT_FIELDS and v is not None else v for k, v in self.to_dict().items()}
         return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
@@ -171,37 +190,59 @@ class RunConfig:
         return cls.from_dict(json.loads(text))
 
     # ------------------------------------------------------------------ derived
-    def rank_of(self, group: str) -> int:
-        """Nominal rank of the modules of ``group`` ("attention" / "mlp"); 0 = not adapted."""
+    def rank_of(self, group: str) -> int | None:
+        """Nominal rank of the modules of ``group`` ("attention" / "mlp"); 0 = not adapted;
+        None with a ``rank_pattern`` (ranks per module: :meth:`module_ranks`)."""
         if self.rank is not None:
             return self.rank
+        if self.rank_pattern is not None:
+            return None
         return self.attention_rank if group == "attention" else self.mlp_rank
 
+    def module_ranks(self, targets: list[str]) -> dict[str, int]:
+        """Nominal rank of every target module (0 = not adapted)."""
+        if self.rank_pattern is None:
+            return {name: self.rank_of(layer_group(name)) for name in targets}
+        unknown = sorted(set(self.rank_pattern) - set(targets))
+        if unknown:
+            raise ValueError(f"rank_pattern names modules the model does not have: {', '.join(unknown[:3])}")
+        return {name: self.rank_pattern.get(name, 0) for name in targets}
+
+    def alpha_for(self, rank: int) -> float:
+        return float(self.alpha) if self.alpha is not None else float(self.alpha_over_r) * rank
+
     def alpha_of(self, group: str) -> float:
-        r = self.rank_of(group)
-        return float(self.alpha) if self.alpha is not None else float(self.alpha_over_r) * r
+        return self.alpha_for(self.rank_of(group))
+
+    def scaling_for(self, rank: int) -> float:
+        """PEFT's multiplier of B @ A at ``rank``: alpha / r, or alpha / sqrt(r) with rsLoRA (0 at rank 0)."""
+        if rank == 0:
+            return 0.0
+        return self.alpha_for(rank) / (math.sqrt(rank) if self.use_rslora else rank)
 
     def scaling_of(self, group: str) -> float:
-        """PEFT's multiplier of B @ A: alpha / r, or alpha / sqrt(r) with rsLoRA."""
-        r = self.rank_of(group)
-        if r == 0:
-            return 0.0
-        return self.alpha_of(group) / (math.sqrt(r) if self.use_rslora else r)
+        return self.scaling_for(self.rank_of(group))
 
     def command(self) -> str:
         """The shell command that reruns this config and prints its record (from the repository root)."""
         return f"python -m calibration.sweep --config {shlex.quote(self.to_json())}"
 
     def summary(self) -> str:
-        ranks = f"r={self.rank}" if self.rank is not None else f"r_attn={self.attention_rank},r_mlp={self.mlp_rank}"
+        if self.rank is not None:
+            ranks = f"r={self.rank}"
+        elif self.rank_pattern is not None:
+            ranks = f"rank_pattern(sum r={sum(self.rank_pattern.values())})"
+        else:
+            ranks = f"r_attn={self.attention_rank},r_mlp={self.mlp_rank}"
         scale = f"alpha={self.alpha:g}" if self.alpha is not None else f"alpha/r={self.alpha_over_r:g}"
         return (
             f"{self.model}/{self.task} n={self.train_size} {ranks} {scale}{' rslora' if self.use_rslora else ''} "
-            f"lr={self.learning_rate:g} steps={self.steps} seed={self.seed}"
+            f"{f'eva rho={self.eva_rho:g} ' if self.eva_rho else ''}lr={self.learning_rate:g} steps={self.steps} seed={self.seed}"
         )
 
 
-_FLOAT_FIELDS = ("learning_rate", "alpha", "alpha_over_r")
+_FLOAT_FIELDS = ("learning_rate", "alpha", "alpha_over_r", "eva_rho")
+_OMITTED_WHEN_UNSET = ("rank_pattern", "eva_rho")
 
 
 def _check_int(name: str, value, *, minimum: int) -> None:
@@ -255,6 +296,8 @@ def train_run(config: RunConfig, *, log=None) -> dict:
     lora_config = make_lora_config(config, targets, kind)
     torch.manual_seed(config.seed)
     peft_model = get_peft_model(model, lora_config)
+    if config.eva_rho is not None:
+        _initialise_eva(peft_model, train_rows, tokenizer, kind, config, label_names)
     trainable, total = peft_model.get_nb_trainable_parameters()
     parameters = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
@@ -371,7 +414,8 @@ def make_lora_config(config: RunConfig, targets: list[str], kind: str):
 
     from peft import LoraConfig
 
-    adapted = [name for name in targets if config.rank_of(layer_group(name)) > 0]
+    ranks = config.module_ranks(targets)
+    adapted = [name for name in targets if ranks[name] > 0]
     common = {
         "target_modules": adapted,
         "lora_dropout": 0.0,
@@ -379,20 +423,23 @@ def make_lora_config(config: RunConfig, targets: list[str], kind: str):
         "use_rslora": config.use_rslora,
         "task_type": "SEQ_CLS" if kind == "seq-cls" else "CAUSAL_LM",
     }
+    if config.eva_rho is not None:
+        from peft import EvaConfig
+
+        common.update(init_lora_weights="eva", eva_config=EvaConfig(rho=config.eva_rho))
     if config.rank is not None:
-        return LoraConfig(r=config.rank, lora_alpha=config.alpha_of("attention"), **common)
-    first = layer_group(adapted[0])
-    rank_pattern = {re.escape(name): config.rank_of(layer_group(name)) for name in adapted}
-    alpha_pattern = {re.escape(name): config.alpha_of(layer_group(name)) for name in adapted}
+        return LoraConfig(r=config.rank, lora_alpha=config.alpha_for(config.rank), **common)
+    rank_pattern = {re.escape(name): ranks[name] for name in adapted}
+    alpha_pattern = {re.escape(name): config.alpha_for(ranks[name]) for name in adapted}
     return LoraConfig(
-        r=config.rank_of(first), lora_alpha=config.alpha_of(first),
+        r=ranks[adapted[0]], lora_alpha=config.alpha_for(ranks[adapted[0]]),
         rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, **common,
     )
 
 
 def _lora_summary(config: RunConfig, targets: list[str]) -> dict:
-    counts = {group: sum(layer_group(name) == group for name in targets) for group in LAYER_GROUPS}
-    adapted = {group: counts[group] if config.rank_of(group) > 0 else 0 for group in LAYER_GROUPS}
+    ranks = config.module_ranks(targets)
+    adapted = {group: sum(layer_group(n) == group and r > 0 for n, r in ranks.items()) for group in LAYER_GROUPS}
     return {
         "r": config.rank,
         "attention_rank": config.rank_of("attention"),
@@ -406,6 +453,19 @@ def _lora_summary(config: RunConfig, targets: list[str]) -> dict:
         "target_modules_by_group": adapted,
         "candidate_modules": len(targets),
     }
+
+
+def _initialise_eva(peft_model, rows, tokenizer, kind, config: RunConfig, label_names) -> None:
+    """PEFT's EVA initialisation over the run's first epoch of batches (input ids and mask only)."""
+    from peft import initialize_lora_eva_weights
+
+    stream = _epoch_batches(rows, tokenizer, kind, config, label_names)
+    batches = []
+    for epoch, batch in stream:
+        if epoch > 0:
+            break
+        batches.append({"input_ids": batch.input_ids, "attention_mask": batch.attention_mask})
+    initialize_lora_eva_weights(peft_model, batches, show_progress_bar=False)
 
 
 def _epoch_batches(rows, tokenizer, kind, config: RunConfig, label_names):

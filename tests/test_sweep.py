@@ -50,6 +50,15 @@ def test_run_id_is_stable_and_canonical():
     assert json.loads(c.to_json())["protocol"] == 1
 
 
+def test_optional_fields_enter_the_id_only_when_set():
+    assert "rank_pattern" not in config().to_json() and "eva_rho" not in config().to_json()
+    pattern = config(rank=None, rank_pattern={"x.query": 2, "x.key": 4})
+    assert '"rank_pattern":{"x.key":4,"x.query":2}' in pattern.to_json()
+    assert RunConfig.from_json(pattern.to_json()) == pattern and pattern.run_id != config().run_id
+    eva = config(eva_rho=2)
+    assert '"eva_rho":2.0' in eva.to_json() and eva.run_id not in (config().run_id, config(eva_rho=1.5).run_id)
+
+
 def test_command_reproduces_the_config():
     c = config(attention_rank=4, mlp_rank=0, rank=None, alpha=None, alpha_over_r=2.0, use_rslora=False)
     argv = shlex.split(c.command())
@@ -60,7 +69,10 @@ def test_command_reproduces_the_config():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        ({"rank": 8, "attention_rank": 4, "mlp_rank": 4}, "not both"),
+        ({"rank": 8, "attention_rank": 4, "mlp_rank": 4}, "give one of"),
+        ({"rank_pattern": {"a": 4}}, "give one of"),
+        ({"rank": None, "rank_pattern": {"a": 0}}, "nothing to adapt"),
+        ({"rank": None, "rank_pattern": {"a": 4}, "eva_rho": 2.0}, "eva_rho needs a uniform rank"),
         ({"rank": None, "attention_rank": 4}, "both attention_rank"),
         ({"rank": None, "attention_rank": 0, "mlp_rank": 0}, "nothing to adapt"),
         ({"alpha_over_r": 2.0}, "exactly one of alpha"),
@@ -186,6 +198,20 @@ def test_per_type_ranks_reach_peft():
     assert all(layer["scaling"] == pytest.approx(4.0) for layer in layers)
 
 
+def test_rank_pattern_reaches_peft():
+    from peft import get_peft_model
+
+    model = tiny_bert()
+    targets = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layer." in n]
+    pattern = {name: 1 + k % 3 for k, name in enumerate(targets[1:])}  # the first target is left out
+    c = config(rank=None, rank_pattern=pattern, alpha=8.0, use_rslora=True)
+    layers = {layer["name"]: layer for layer in adapter_layers(get_peft_model(model, make_lora_config(c, targets, "seq-cls")), targets)}
+    assert {name: layer["r"] for name, layer in layers.items()} == pattern
+    assert all(layer["scaling"] == pytest.approx(8.0 / layer["r"] ** 0.5) for layer in layers.values())
+    with pytest.raises(ValueError, match="does not have"):
+        make_lora_config(config(rank=None, rank_pattern={"nope": 2}), targets, "seq-cls")
+
+
 def test_adapter_spectrum_matches_a_direct_svd():
     from advisor import spectrum
     from peft import get_peft_model
@@ -250,6 +276,32 @@ def test_real_three_step_run(tmp_path, monkeypatch):
     again = train.train_run(c)
     assert again["eval_loss"] == record["eval_loss"] and again["probe"] == record["probe"]
     assert [layer["sigma_max"] for layer in again["adapter_layers"]] == [l["sigma_max"] for l in record["adapter_layers"]]
+
+
+@pytest.mark.skipif(not _minilm_available(), reason="MiniLM or the bbc-news source is not in the cache")
+def test_eva_initialises_a_from_the_inputs():
+    """EVA sets each A to the top right singular vectors of the layer's inputs (orthonormal rows,
+    unlike PEFT's default init) and redistributes at most the uniform rank budget."""
+    from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
+
+    from calibration import train
+    from calibration.tasks import TASKS
+
+    c = RunConfig(model="minilm", task="bbc-news", train_size=64, learning_rate=1e-3, steps=3, batch_size=16,
+                  max_length=64, eval_rows=32, rank=4, alpha=8.0, use_rslora=True, eva_rho=2.0)
+    task = TASKS[c.task]
+    model, tokenizer = train._load_base(c.model, task, c.seed)
+    targets = train._targets(model)
+    peft_model = get_peft_model(model, make_lora_config(c, targets, "seq-cls"))
+    train._initialise_eva(peft_model, train.training_rows(c), tokenizer, "seq-cls", c, task.label_names())
+    ranks = []
+    for module in peft_model.modules():
+        if isinstance(module, LoraLayer) and "default" in module.lora_A:
+            a = module.lora_A["default"].weight.detach()
+            assert torch.allclose(a @ a.T, torch.eye(a.shape[0]), atol=1e-4)
+            ranks.append(a.shape[0])
+    assert sum(ranks) <= 4 * len(targets) and max(ranks) <= 8
 
 
 def _task_available(name: str) -> bool:
