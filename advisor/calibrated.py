@@ -14,7 +14,8 @@ Features are scale-free so that one regression can serve models of different wid
   attention and the MLP layers separately; log2 of the training-set size; log2 of the median
   layer width; whether the base is quantized;
 - layer features: the same per-layer statistics, the layer group (attention = 1), relative depth
-  in [0, 1], log2 of out and in, log2 of the training-set size, quantized or not.
+  in [0, 1], log2 of out and in, log2 of the training-set size, quantized or not;
+- loss-curve features: the cell features plus log2 r and its square.
 """
 
 from __future__ import annotations
@@ -82,6 +83,12 @@ def layer_features(layers: dict[str, dict], train_size: int, quantized: bool) ->
     return features
 
 
+def curve_rank_features(rank: int) -> dict[str, float]:
+    """The rank terms of the loss-curve model: log2 r and its square (a curve may bend)."""
+    x = math.log2(rank)
+    return {"log2_rank": x, "log2_rank_squared": x * x}
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -96,7 +103,7 @@ class Calibration:
 
     name: str
     metadata: dict
-    models: dict  # "cell": predicts log2 optimal uniform rank; "layer": log2 relative need
+    models: dict  # "cell": log2 optimal uniform rank; "layer": log2 relative need; "curve": log relative loss
 
     def predict_log2_rank(self, layers: dict[str, dict], train_size: int, quantized: bool) -> float:
         features = cell_features(layers, train_size, quantized)
@@ -108,6 +115,16 @@ class Calibration:
         names = list(features)
         rows = [[features[name][k] for k in self.metadata["layer_features"]] for name in names]
         return dict(zip(names, map(float, self.models["layer"].predict(rows))))
+
+    def predict_loss_curve(self, layers: dict[str, dict], train_size: int, quantized: bool,
+                           ranks=(1, 2, 4, 8, 16, 32, 64)) -> dict[int, float] | None:
+        """Predicted eval loss at each uniform rank, relative to the untrained model's (1.0 = no
+        gain); None for a calibration without a curve model."""
+        if "curve" not in self.models:
+            return None
+        features = cell_features(layers, train_size, quantized)
+        rows = [[{**features, **curve_rank_features(r)}[k] for k in self.metadata["curve_features"]] for r in ranks]
+        return {r: math.exp(float(v)) for r, v in zip(ranks, self.models["curve"].predict(rows))}
 
 
 def load_calibration(path: str | Path | None = None) -> Calibration:

@@ -212,6 +212,10 @@ def _run(args) -> int:
     print(f"\nadvice ({advice.calibration})")
     for reason in advice.reasons:
         print(f"- {reason}")
+    if advice.loss_curve:
+        from advisor.report import loss_curve_text
+
+        print(f"- {loss_curve_text(advice.to_dict())}")
     if comparison is not None:
         print(_comparison_text(comparison))
     config = advice.config

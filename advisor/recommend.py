@@ -16,6 +16,10 @@ the most need per unit of rank have their rank doubled while the budget allows. 
 common habit); ``"rslora"`` writes ``use_rslora=True`` and alpha = 8 for every layer (scaling
 8 / sqrt(r), the setting of the calibration sweeps). Neither alpha rule is calibrated yet.
 
+The predicted loss-vs-rank curve (calibrated only): the regression's eval loss at uniform
+ranks 1-64 relative to the untrained model's (1.0 = no gain), with its leave-one-task-out error
+as a factor (``loss_curve_error``: the curve is uncertain by that factor either way).
+
 The uncertainty interval of a rank: uncalibrated, from the rank of c * signal effective rank
 up to that of c * signal rank (the count of directions above the noise edge), so it only
 reaches upward; calibrated, the rank at log2 need -/+ the regression's leave-one-task-out
@@ -78,6 +82,8 @@ class Advice:
     train_size: int
     reasons: list[str]
     probe: ProbeResult
+    loss_curve: dict[int, float] | None = None  # uniform rank -> predicted eval loss / untrained eval loss
+    loss_curve_error: float | None = None  # leave-one-task-out error of the curve, as a factor (e.g. 1.03)
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -93,6 +99,8 @@ class Advice:
             "model_parameters": self.model_parameters,
             "train_size": self.train_size,
             "reasons": self.reasons,
+            "loss_curve": None if self.loss_curve is None else {str(r): v for r, v in self.loss_curve.items()},
+            "loss_curve_error": self.loss_curve_error,
             "layers": {name: {**asdict(layer), "shape": list(layer.shape)} for name, layer in self.layers.items()},
             "adapter_config": json.loads(json.dumps(self.config.to_dict(), default=list)),
         }
@@ -237,6 +245,18 @@ def _needs(result: ProbeResult, calibration, train_size: int):
         f"calibrated: {calibration.name}"
 
 
+def _loss_curve(result: ProbeResult, calibration, train_size: int) -> tuple[dict[int, float] | None, float | None]:
+    """(predicted relative eval loss per uniform rank, its error factor), or (None, None) uncalibrated."""
+    if calibration is None or not hasattr(calibration, "predict_loss_curve"):
+        return None, None
+    layers = {name: asdict(stats) for name, stats in result.layers.items()}
+    curve = calibration.predict_loss_curve(layers, train_size, result.quantization is not None)
+    if curve is None:
+        return None, None
+    error = (calibration.metadata.get("cv", {}).get("curve_leave_one_task_out") or {}).get("model_mae")
+    return {r: round(v, 4) for r, v in curve.items()}, None if error is None else round(math.exp(error), 4)
+
+
 def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int, uniform: dict[int, int]) -> list[str]:
     """Short plain-language statements about the evidence."""
     reasons = []
@@ -310,11 +330,13 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     }
     trainable = sum(layer.params for layer in layers.values())
     uniform = {r: r * sum(sum(s) for s in shapes.values()) for r in UNIFORM_BASELINES}
+    curve, curve_error = _loss_curve(result, calibration, train_size)
     return Advice(
         config=lora_config(result, ranks, alphas, use_rslora=alpha_mode == "rslora"),
         layers=layers, calibration=label, alpha_mode=alpha_mode, budget=tokens_budget, trainable_params=trainable,
         uniform_params=uniform, model_parameters=result.model_parameters, train_size=train_size,
-        reasons=_reasons(result, layers, trainable, uniform), probe=result,
+        reasons=_reasons(result, layers, trainable, uniform), probe=result, loss_curve=curve,
+        loss_curve_error=curve_error,
     )
 
 

@@ -104,6 +104,14 @@ def plot_spectra(result: ProbeResult, path: Path) -> None:
     plt.close(fig)
 
 
+def loss_curve_text(advice: dict) -> str:
+    """One line: the predicted relative eval loss at each uniform rank, and its error factor."""
+    curve = ", ".join(f"r={r}: {v:.3f}" for r, v in advice["loss_curve"].items())
+    factor = advice.get("loss_curve_error")
+    error = f" (leave-one-task-out error: x/÷ {factor:.3f})" if factor else ""
+    return f"predicted eval loss / untrained eval loss at uniform rank {curve}{error}"
+
+
 def plot_rank_heatmap(advice: dict, path: Path) -> None:
     """Advised rank for every (block, layer type), colour on a log2 scale, numbers written in."""
     plt = pyplot()
@@ -143,6 +151,33 @@ def plot_parameters(advice: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_loss_curve(advice: dict, path: Path) -> None:
+    """The calibrated prediction of eval loss against uniform rank (relative to the untrained model),
+    with its leave-one-task-out error band, and the advised adapter's size marked as a uniform rank."""
+    plt = pyplot()
+    curve = {int(r): v for r, v in advice["loss_curve"].items()}
+    ranks = sorted(curve)
+    values = [curve[r] for r in ranks]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.plot(ranks, values, marker="o", color="tab:blue", label="predicted")
+    factor = advice.get("loss_curve_error")
+    if factor:
+        ax.fill_between(ranks, [v / factor for v in values], [v * factor for v in values], color="tab:blue",
+                        alpha=0.15, label="leave-one-task-out error")
+    per_rank = advice["uniform_params"].get("16", advice["uniform_params"].get(16))
+    if per_rank:
+        ax.axvline(16 * advice["trainable_params"] / per_rank, color="tab:orange", linestyle="--",
+                   label="advised size (as a uniform rank)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("uniform LoRA rank")
+    ax.set_ylabel("eval loss / untrained eval loss")
+    ax.set_title("Predicted eval loss against rank")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def pyplot():
     """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
@@ -173,6 +208,13 @@ def write_html_report(directory: str | Path) -> Path:
     plot_spectra(result, directory / "spectra.png")
     plot_rank_heatmap(advice, directory / "ranks.png")
     plot_parameters(advice, directory / "parameters.png")
+    if advice.get("loss_curve"):
+        plot_loss_curve(advice, directory / "loss_curve.png")
+        curve_section = ("<h2>Predicted eval loss against rank</h2>"
+                         f"<p>{html.escape(loss_curve_text(advice))}</p><img src=\"loss_curve.png\" alt=\"loss curve\">")
+    else:
+        curve_section = ("<h2>Predicted eval loss against rank</h2><p>Not available: this advice is uncalibrated "
+                         "(the loss curve comes from a calibration file, <code>--calibration</code>).</p>")
     ranks = {name: layer["rank"] for name, layer in advice["layers"].items()}
     layer_rows = [["layer", "shape", "need", "rank", "interval", "alpha", "params", "noise", "converged"]]
     for name, layer in advice["layers"].items():
@@ -198,6 +240,7 @@ training rows {advice["train_size"]:,}.</p>
 <h2>Why</h2><ul>{reasons}</ul>
 <h2>Per layer type</h2>{_html_table(layer_type_rows(result, ranks))}
 <p>{html.escape(LEGEND)}</p>
+{curve_section}
 <h2>Adapter size</h2>{_html_table(size_rows)}<img src="parameters.png" alt="parameters">
 <h2>Advised ranks by depth</h2><img src="ranks.png" alt="advised ranks">
 <h2>Gradient spectra</h2><img src="spectra.png" alt="gradient spectra">

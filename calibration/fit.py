@@ -8,11 +8,17 @@ need); features from :mod:`advisor.calibrated` (scale-free probe statistics). Tw
 - ``cell``: ridge regression (standardised features) of log2(optimal uniform rank), over the
   cells of one scale rule (rsLoRA, alpha 8: the rank grids'; :data:`FIT_SCALE_RULE`);
 - ``layer``: ridge regression of log2(relative need) of each layer (its trained adapter's
-  effective rank over the cell's mean).
+  effective rank over the cell's mean);
+- ``curve``: ridge regression of the log of eval loss relative to the untrained model's
+  (log(eval_loss / initial_eval_loss), mean over seeds) at each uniform rank of a cell, from
+  the cell features plus log2 r and its square: the predicted loss-vs-rank curve. Cells
+  without a label (one seed somewhere) still give curve points.
 
-Validation: leave-one-task-out and leave-one-model-out mean absolute error in log2 units
-(1.0 = a factor of 2 in rank), each beside its baseline: the constant (training-fold median)
-best rank for ``cell``, and "every layer the same" (log2 relative need 0) for ``layer``.
+Validation: leave-one-task-out and leave-one-model-out mean absolute error, each beside its
+baseline: for ``cell`` in log2 units (1.0 = a factor of 2 in rank) against the constant
+(training-fold median) best rank; for ``layer`` against "every layer the same" (log2
+relative need 0); for ``curve`` in log relative loss (0.01 = 1 % of the loss) against the
+training folds' median at the same rank.
 Writes ``models/NAME.joblib`` and ``models/NAME.json`` (feature names, versions, sha256 of the
 joblib file, sha256 of the training records, the scores); ``--dry-run`` prints the scores only.
 """
@@ -26,7 +32,7 @@ import math
 import sys
 from pathlib import Path
 
-from advisor.calibrated import MODELS_DIR, cell_features, layer_features, sha256_of
+from advisor.calibrated import MODELS_DIR, cell_features, curve_rank_features, layer_features, sha256_of
 from calibration.labels import uniform_cells
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -52,26 +58,29 @@ def read_records(paths) -> list[dict]:
 
 
 def training_table(records: list[dict]):
-    """(cell rows, layer rows): dicts with features, target, and the task / model for grouping."""
-    cell_rows, layer_rows = [], []
+    """(cell rows, layer rows, curve rows): dicts with features, target, and the task / model for grouping."""
+    cell_rows, layer_rows, curve_rows = [], [], []
     for cell in uniform_cells(records):
         rule = dict(zip(("alpha", "alpha_over_r", "use_rslora"), (cell.key[7], cell.key[8], cell.key[9])))
         if rule != {k: FIT_SCALE_RULE[k] for k in rule}:
             continue  # one scale rule only: the regression has no scaling feature
+        layers = cell.probe()["layers"]
+        quantized = bool(cell.records[0]["config"].get("quantized", False))
+        features = cell_features(layers, cell.train_size, quantized)
+        for rank, value in cell.log_relative_loss().items():
+            curve_rows.append({"features": {**features, **curve_rank_features(rank)}, "target": value,
+                               "task": cell.task, "model": cell.model})
         optimal = cell.optimal_rank
         if optimal is None:
             continue
-        layers = cell.probe()["layers"]
-        quantized = bool(cell.records[0]["config"].get("quantized", False))
-        cell_rows.append({"features": cell_features(layers, cell.train_size, quantized),
-                          "target": math.log2(optimal), "task": cell.task, "model": cell.model})
+        cell_rows.append({"features": features, "target": math.log2(optimal), "task": cell.task, "model": cell.model})
         need = cell.relative_need()
         per_layer = layer_features(layers, cell.train_size, quantized)
         for name, value in need.items():
             if name in per_layer and value > 0:
                 layer_rows.append({"features": per_layer[name], "target": math.log2(value),
                                    "task": cell.task, "model": cell.model})
-    return cell_rows, layer_rows
+    return cell_rows, layer_rows, curve_rows
 
 
 def _ridge():
@@ -87,7 +96,8 @@ def _matrix(rows, names):
 
 
 def grouped_errors(rows: list[dict], names: list[str], group: str, baseline) -> dict | None:
-    """Leave-one-``group``-out MAE of the ridge model and of ``baseline(train_targets) -> value``."""
+    """Leave-one-``group``-out MAE of the ridge model and of the baseline:
+    ``baseline(train_rows)`` returns a function of a test row."""
     groups = sorted({row[group] for row in rows})
     if len(groups) < 2:
         return None
@@ -98,9 +108,9 @@ def grouped_errors(rows: list[dict], names: list[str], group: str, baseline) -> 
         x, y = _matrix(train, names)
         x_test, y_test = _matrix(test, names)
         predicted = _ridge().fit(x, y).predict(x_test)
-        constant = baseline(y)
+        guess = baseline(train)
         fold_model = [abs(p - t) for p, t in zip(predicted, y_test)]
-        fold_base = [abs(constant - t) for t in y_test]
+        fold_base = [abs(guess(row) - row["target"]) for row in test]
         model_errors += fold_model
         baseline_errors += fold_base
         folds[held_out] = {"model_mae": round(sum(fold_model) / len(fold_model), 4),
@@ -116,29 +126,51 @@ def _median(values):
     return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
 
 
+def _median_baseline(train: list[dict]):
+    value = _median([row["target"] for row in train])
+    return lambda row: value
+
+
+def _zero_baseline(train: list[dict]):
+    return lambda row: 0.0
+
+
+def _same_rank_median_baseline(train: list[dict]):
+    """The training folds' median target at the test row's rank (overall median at an unseen rank)."""
+    overall = _median([row["target"] for row in train])
+    by_rank: dict[float, list[float]] = {}
+    for row in train:
+        by_rank.setdefault(row["features"]["log2_rank"], []).append(row["target"])
+    medians = {rank: _median(values) for rank, values in by_rank.items()}
+    return lambda row: medians.get(row["features"]["log2_rank"], overall)
+
+
 def fit(records: list[dict]) -> tuple[dict, dict]:
     """(models, metadata without the file hashes)."""
-    cell_rows, layer_rows = training_table(records)
+    cell_rows, layer_rows, curve_rows = training_table(records)
     if len(cell_rows) < 2:
         raise ValueError(f"only {len(cell_rows)} labelled cells in the results: need at least 2 to fit")
-    cell_names = list(cell_rows[0]["features"])
-    layer_names = list(layer_rows[0]["features"]) if layer_rows else []
-    cv = {}
-    for group in ("task", "model"):
-        cv[f"cell_leave_one_{group}_out"] = grouped_errors(cell_rows, cell_names, group, _median)
-        if layer_rows:
-            cv[f"layer_leave_one_{group}_out"] = grouped_errors(layer_rows, layer_names, group, lambda y: 0.0)
-    models = {"cell": _ridge().fit(*_matrix(cell_rows, cell_names))}
-    if layer_rows:
-        models["layer"] = _ridge().fit(*_matrix(layer_rows, layer_names))
+    tables = {"cell": (cell_rows, _median_baseline), "layer": (layer_rows, _zero_baseline),
+              "curve": (curve_rows, _same_rank_median_baseline)}
+    names = {kind: list(rows[0]["features"]) if rows else [] for kind, (rows, _) in tables.items()}
+    cv, models = {}, {}
+    for kind, (rows, baseline) in tables.items():
+        if not rows:
+            continue
+        for group in ("task", "model"):
+            cv[f"{kind}_leave_one_{group}_out"] = grouped_errors(rows, names[kind], group, baseline)
+        models[kind] = _ridge().fit(*_matrix(rows, names[kind]))
     metadata = {
-        "cell_features": cell_names,
-        "layer_features": layer_names,
-        "targets": {"cell": "log2 optimal uniform rank", "layer": "log2 relative need (adapter erank / cell mean)"},
+        "cell_features": names["cell"],
+        "layer_features": names["layer"],
+        "curve_features": names["curve"],
+        "targets": {"cell": "log2 optimal uniform rank", "layer": "log2 relative need (adapter erank / cell mean)",
+                    "curve": "log(eval loss / untrained eval loss) at uniform rank r"},
         "model": f"StandardScaler + Ridge(alpha={RIDGE_ALPHA})",
         "scale_rule": FIT_SCALE_RULE,
         "cells": len(cell_rows),
         "layers": len(layer_rows),
+        "curve_points": len(curve_rows),
         "runs": len(records),
         "tasks": sorted({row["task"] for row in cell_rows}),
         "models_seen": sorted({row["model"] for row in cell_rows}),

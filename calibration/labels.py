@@ -12,6 +12,8 @@ a fixed alpha, or a fixed alpha / r (see ``calibration/sweep.py``).
 - **Per-layer need**: from the adapters of the cell's largest rank, each layer's entropy
   effective rank of the trained B A (mean over seeds): how many directions the layer uses
   when it is given room. ``relative_need`` divides by the cell's mean over layers.
+- **Loss curve**: per rank, the mean over seeds of log(eval loss / the untrained model's eval
+  loss), so curves of tasks with different losses share one scale.
 - **Best alpha**: among runs of one (model, task, train size, rank, learning rate, steps, batch,
   length, data, scale kind: rsLoRA or not) that differ only in alpha, the PEFT scaling (alpha / r, or alpha / sqrt(r) with rsLoRA) with the
   lowest mean eval loss.
@@ -96,6 +98,14 @@ class Cell:
             return {}
         mean = sum(need.values()) / len(need)
         return {name: value / mean for name, value in need.items()}
+
+    def log_relative_loss(self) -> dict[int, float]:
+        """Per rank: mean over seeds of log(eval loss / the untrained model's eval loss)."""
+        values: dict[int, list[float]] = defaultdict(list)
+        for record in self.records:
+            if record.get("initial_eval_loss"):
+                values[record["lora"]["r"]].append(math.log(record["eval_loss"] / record["initial_eval_loss"]))
+        return {rank: sum(v) / len(v) for rank, v in sorted(values.items())}
 
     def probe(self) -> dict:
         """The step-0 probe shared by the cell's runs (same rows, so the same for every record)."""

@@ -1,5 +1,6 @@
 """Labels from sweep records, the regression's fit and files, and the verified loader."""
 
+import math
 import pickle
 
 import pytest
@@ -29,6 +30,7 @@ def record(task, rank, seed, loss, signal=2.0, train_size=1000, model="minilm", 
                    "batch_size": 16, "max_length": 64, "alpha": 8.0, "alpha_over_r": None, "use_rslora": True,
                    "data_seed": 0, "eval_rows": 256, "rank": rank, "seed": seed},
         "eval_loss": loss,
+        "initial_eval_loss": 2.0,
         "lora": {"r": rank, "scaling_by_group": {"attention": scaling if scaling is not None else 8 / rank**0.5}},
         "probe": {"layers": layers},
         "adapter_layers": [{"name": name, "effective_rank_BA": (adapter_erank or {}).get(name, 2.0)} for name in layers],
@@ -95,6 +97,18 @@ def test_fit_saves_files_the_verified_loader_reads(tmp_path):
     assert high > low  # more gradient signal, higher advised rank
     assert set(calibration.predict_log2_relative_need(layers, 1000, False)) == set(layers)
     assert list(cell_features(layers, 1000, False)) == calibration.metadata["cell_features"]
+    # the loss curve: task c (signal 7) keeps gaining up to r=32; its relative losses are 0.5-0.6
+    curve = calibration.predict_loss_curve(layers, 1000, False)
+    assert list(curve) == [1, 2, 4, 8, 16, 32, 64]
+    assert curve[1] > curve[32] and 0.45 < curve[32] < 0.65
+    assert metadata["cv"]["curve_leave_one_task_out"]["n"] == metadata["curve_points"] == 24
+
+
+def test_log_relative_loss_averages_seeds_per_rank():
+    (cell,) = uniform_cells(cell_records("t", {1: [1.0, 0.5], 2: [0.9, 0.9], 4: [0.8, 0.8]}))
+    curve = cell.log_relative_loss()
+    assert curve[1] == pytest.approx((math.log(0.5) + math.log(0.25)) / 2)
+    assert curve[4] == pytest.approx(math.log(0.4))
 
 
 class _Tripwire:

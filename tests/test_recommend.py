@@ -134,3 +134,38 @@ def test_compare_flag_prints_the_comparison(capsys, tmp_path, tiny_checkpoint):
     comparison = json.loads(capsys.readouterr().out)["comparison"]
     assert all(entry["planned_rank"] == "64" for entry in comparison["by_type"].values())
     assert code == 0 and main(["advise", "--model", str(tiny_checkpoint), "--compare", str(tmp_path)]) == 2
+
+
+def test_calibrated_advice_follows_the_regression(probed, tmp_path):
+    """With a calibration file, need = 2 ** (predicted log2 rank + log2 relative need), the
+    interval is the leave-one-task-out error either side, and the loss curve reaches the report."""
+    import math
+    from dataclasses import asdict
+
+    from advisor.calibrated import load_calibration
+    from advisor.report import write_html_report
+    from calibration.fit import fit, save
+    from test_fit import synthetic_sweep
+
+    records = synthetic_sweep()
+    models, metadata = fit(records)
+    save(models, metadata, records, "cal", tmp_path)
+    calibration = load_calibration(tmp_path / "cal.json")
+    _, result = probed
+    advice = advice_from_probe(result, train_size=1000, alpha_mode="rslora", min_rank=1, calibration=tmp_path / "cal.json")
+    layers = {name: asdict(stats) for name, stats in result.layers.items()}
+    log2_rank = calibration.predict_log2_rank(layers, 1000, False)
+    relative = calibration.predict_log2_relative_need(layers, 1000, False)
+    error = metadata["cv"]["cell_leave_one_task_out"]["model_mae"]
+    for name, layer in advice.layers.items():
+        center = log2_rank + relative[name]
+        assert layer.need == pytest.approx(2**center, abs=1e-3)
+        assert layer.rank == _rank(2**center, 1.0, 1, 64)
+        assert layer.rank_low == min(layer.rank, _rank(2 ** (center - error), 1.0, 1, 64))
+    assert advice.calibration == "calibrated: cal" and advice.config.use_rslora
+    assert advice.loss_curve == pytest.approx(calibration.predict_loss_curve(layers, 1000, False), abs=1e-4)
+    assert advice.loss_curve_error == pytest.approx(math.exp(metadata["cv"]["curve_leave_one_task_out"]["model_mae"]), abs=1e-4)
+    advice.save(tmp_path / "out")
+    write_html_report(tmp_path / "out")
+    assert (tmp_path / "out" / "loss_curve.png").stat().st_size > 0
+    assert "Predicted eval loss against rank" in (tmp_path / "out" / "report.html").read_text()
