@@ -39,7 +39,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 RIDGE_ALPHA = 1.0
 
 
-STUDY_FILES = ("quantization.jsonl", "planted.jsonl")  # results of studies, not of sweeps
+STUDY_FILES = ("quantization.jsonl", "planted.jsonl", "validate.jsonl")  # results of studies, not of sweeps
 LR_CHECK_SUFFIX = "-lr.jsonl"  # the learning-rate checks train off the grids' settings
 FIT_SCALE_RULE = {"use_rslora": True, "alpha": 8.0, "alpha_over_r": None}  # the rank grids' rule
 

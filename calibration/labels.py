@@ -127,8 +127,8 @@ def uniform_cells(records: list[dict], min_ranks: int = 3) -> list[Cell]:
     cells: dict[tuple, Cell] = {}
     for record in records:
         config = record.get("config", {})
-        if config.get("rank") is None or not _finite_loss(record):
-            continue
+        if config.get("rank") is None or config.get("eva_rho") is not None or not _finite_loss(record):
+            continue  # per-type, per-module or EVA-initialised runs are not uniform-rank runs
         key = tuple(config.get(k) for k in CELL_KEYS)
         cell = cells.setdefault(key, Cell(key=key, losses=defaultdict(list)))
         cell.losses[config["rank"]].append(record["eval_loss"])

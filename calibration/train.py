@@ -613,6 +613,27 @@ def _cached_initial_eval(config: RunConfig, model, eval_batches, kind: str) -> d
     return value
 
 
+def probe_training_rows(config: RunConfig, train_rows: list[dict] | None = None):
+    """The step-0 :class:`advisor.probe.ProbeResult` of a run's training rows (not cached): the
+    base model with its seq-cls head from ``PROBE_SEED``, ``PROBE_SETTINGS[model]``, the run's
+    ``max_length``."""
+    from advisor.probe import probe
+    from calibration.tasks import TASKS
+
+    settings = PROBE_SETTINGS[config.model]
+    task = TASKS[config.task]
+    rows = train_rows if train_rows is not None else training_rows(config)
+    if task.kind == "seq-cls":  # integer class ids: the probe's make_batches then needs no label list
+        index = {label: k for k, label in enumerate(task.label_names())}
+        rows = [{"text": row["text"], "label": index[row["label"]]} for row in rows]
+    model, tokenizer = _load_base(config.model, task, PROBE_SEED)
+    return probe(
+        model, rows, tokenizer=tokenizer, task=_loss_kind(task), num_samples=settings["num_samples"],
+        batch_size=settings["batch_size"], max_length=config.max_length, method="auto", seed=PROBE_SEED,
+        progress=False,
+    )
+
+
 def probe_features(config: RunConfig, train_rows: list[dict] | None = None) -> dict:
     """The step-0 probe of the run's training rows, cached on disk (it ignores the LoRA config).
 
@@ -624,8 +645,6 @@ def probe_features(config: RunConfig, train_rows: list[dict] | None = None) -> d
     """
     import transformers
 
-    from advisor.probe import probe
-
     settings = PROBE_SETTINGS[config.model]
     key = {
         "model": config.model, "task": config.task, "train_size": config.train_size, "data_seed": config.data_seed,
@@ -636,19 +655,7 @@ def probe_features(config: RunConfig, train_rows: list[dict] | None = None) -> d
     cached = _read_json(path)
     if cached is not None and cached.get("key") == key:
         return cached["value"]
-    from calibration.tasks import TASKS
-
-    task = TASKS[config.task]
-    rows = train_rows if train_rows is not None else training_rows(config)
-    if task.kind == "seq-cls":  # integer class ids: the probe's make_batches then needs no label list
-        index = {label: k for k, label in enumerate(task.label_names())}
-        rows = [{"text": row["text"], "label": index[row["label"]]} for row in rows]
-    model, tokenizer = _load_base(config.model, task, PROBE_SEED)
-    result = probe(
-        model, rows, tokenizer=tokenizer, task=_loss_kind(task), num_samples=settings["num_samples"],
-        batch_size=settings["batch_size"], max_length=config.max_length, method="auto", seed=PROBE_SEED,
-        progress=False,
-    )
+    result = probe_training_rows(config, train_rows)
     layers = {}
     for name, stats in result.layers.items():
         data = asdict(stats)

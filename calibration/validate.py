@@ -1,0 +1,313 @@
+"""Does the advice pay off? Advised ranks against uniform ranks, EVA and hand-made allocations.
+
+    python -m calibration.validate [--task bbc-news ...] [--seeds 0 1] [--arms ...] [--dry-run]
+    python -m calibration.validate --table          # markdown table + calibration/plots/validate.png
+
+Per validation task (MiniLM, 1,000 training rows, the ``encoder-rank`` protocol of
+:mod:`calibration.sweep`: rsLoRA alpha 8, learning rate 1e-3, 200 steps, batch 16):
+
+1. the calibration is refitted from the sweep results **without the task** (leave one task out:
+   the advice never saw it), with :func:`calibration.fit.fit`;
+2. the task's training rows are probed as every sweep run's step-0 probe is
+   (:func:`calibration.train.probe_training_rows`), and :func:`advisor.recommend.advice_from_probe`
+   turns the probe into per-layer ranks (``alpha_mode="rslora"``, no budget, ranks 1-64);
+3. these arms are trained per seed with :func:`calibration.train.train_run`:
+
+   - ``advised``: the calibrated advice's ranks (a ``rank_pattern``);
+   - ``uncalibrated``: the uncalibrated rule's ranks (the tool's default without a calibration);
+   - ``uniform-4`` ... ``uniform-32``: the ``encoder-rank`` grid's own configs (the records of
+     calibration/results/encoder-rank.jsonl are reused; a missing one is trained into that file);
+   - ``eva``: PEFT's EVA (rho 2) from the uniform rank whose cost is nearest the advised budget;
+   - ``linear-decay``: ranks falling linearly with depth (block d of L gets weight L - d);
+   - ``attention-heavy``: attention layers at twice the rank of MLP layers;
+
+   the two hand-made allocations are scaled to the advised budget (integer ranks >= 1, the
+   largest scale that fits; see :func:`scaled_ranks`).
+
+Records go to calibration/results/validate.jsonl (append-only, resumable like the sweeps), each
+with a ``validation`` field: the arm, the advised budget, the held-out calibration's summary and
+the command that reproduces the whole comparison. Budgets count adapter weights only,
+r * (in + out) per layer; the seq-cls head (trained in every arm) is left out.
+
+The issue's goal, checked by ``--table``: the advised config reaches the best uniform rank's
+eval loss within 1 % with at most 60 % of its parameters, and beats EVA at equal budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from calibration.sweep import ENCODER_ALPHA, ENCODER_TASKS, RESULTS_DIR, ResultsFile, _encoder  # noqa: E402
+from calibration.train import RunConfig  # noqa: E402
+
+RESULTS = RESULTS_DIR / "validate.jsonl"
+UNIFORM_RESULTS = RESULTS_DIR / "encoder-rank.jsonl"
+PLOT = Path(__file__).resolve().parent / "plots" / "validate.png"
+TRAIN_SIZE = 1000
+UNIFORM_RANKS = (4, 8, 16, 32)
+ARMS = ("advised", "uncalibrated", *(f"uniform-{r}" for r in UNIFORM_RANKS), "eva", "linear-decay", "attention-heavy")
+EVA_RHO = 2.0
+GOAL_LOSS = 1.01  # advised eval loss at most 1 % above the best uniform rank's
+GOAL_PARAMS = 0.60  # with at most 60 % of its adapter parameters
+
+
+# --------------------------------------------------------------------------- allocations
+def scaled_ranks(weights: dict[str, float], shapes: dict[str, tuple[int, int]], budget: int) -> dict[str, int]:
+    """Integer ranks >= 1 proportional to ``weights``: max(1, round(c * weight)) with the largest c
+    whose cost sum(r * (in + out)) stays within ``budget`` (all ones when even that is over it)."""
+    def ranks_at(scale):
+        return {n: max(1, round(scale * w)) for n, w in weights.items()}
+
+    def cost(ranks):
+        return sum(r * sum(shapes[n]) for n, r in ranks.items())
+
+    low, high = 0.0, 1.0
+    while cost(ranks_at(high)) <= budget and high < 1e6:
+        high *= 2
+    for _ in range(60):
+        middle = (low + high) / 2
+        if cost(ranks_at(middle)) <= budget:
+            low = middle
+        else:
+            high = middle
+    return ranks_at(low)
+
+
+def linear_decay_weights(depths: dict[str, int]) -> dict[str, float]:
+    """Block d of L blocks gets weight L - d: the first block L times the last one's."""
+    blocks = max(depths.values()) + 1
+    return {name: float(blocks - depth) for name, depth in depths.items()}
+
+
+def attention_heavy_weights(names: list[str]) -> dict[str, float]:
+    from advisor.calibrated import layer_group
+
+    return {name: 2.0 if layer_group(name) == "attention" else 1.0 for name in names}
+
+
+def adapter_params(ranks: dict[str, int], shapes: dict[str, tuple[int, int]]) -> int:
+    return sum(r * sum(shapes[n]) for n, r in ranks.items())
+
+
+# --------------------------------------------------------------------------- the advice per task
+def held_out_calibration(task: str, records: list[dict]):
+    """A :class:`advisor.calibrated.Calibration` fitted on every sweep record except ``task``'s."""
+    from advisor.calibrated import Calibration
+    from calibration.fit import fit
+
+    kept = [r for r in records if r.get("task") != task]
+    models, metadata = fit(kept)
+    return Calibration(name=f"fit without {task}", metadata=metadata, models=models)
+
+
+def comparison_plan(task: str, seeds, arms, records: list[dict]) -> list[tuple[str, RunConfig, dict]]:
+    """(arm, config, validation info) for every arm and seed of ``task``, seed by seed."""
+    from advisor.recommend import advice_from_probe
+    from calibration.train import probe_training_rows
+
+    base = _encoder(task, TRAIN_SIZE, 0, **_rslora(1))
+    result = probe_training_rows(base)
+    calibration = held_out_calibration(task, records)
+    options = {"train_size": base.train_size, "alpha_mode": "rslora", "min_rank": 1, "max_rank": 64}
+    advised = advice_from_probe(result, calibration=calibration, **options).ranks
+    uncalibrated = advice_from_probe(result, **options).ranks
+    shapes = {name: stats.shape for name, stats in result.layers.items()}
+    depths = {name: stats.depth for name, stats in result.layers.items()}
+    budget = adapter_params(advised, shapes)
+    eva_rank = max(1, round(budget / sum(sum(s) for s in shapes.values())))
+    patterns = {
+        "advised": advised,
+        "uncalibrated": uncalibrated,
+        "linear-decay": scaled_ranks(linear_decay_weights(depths), shapes, budget),
+        "attention-heavy": scaled_ranks(attention_heavy_weights(list(shapes)), shapes, budget),
+    }
+    cv = calibration.metadata["cv"]
+    info = {
+        "task": task, "budget": budget,
+        "calibration": {"name": calibration.name, "cells": calibration.metadata["cells"],
+                        "tasks": calibration.metadata["tasks"],
+                        "cell_loto_mae": (cv.get("cell_leave_one_task_out") or {}).get("model_mae")},
+        "command": f"python -m calibration.validate --task {task}",
+    }
+    plan = []
+    for seed in seeds:
+        for arm in arms:
+            if arm in patterns:
+                config = _encoder(task, TRAIN_SIZE, seed, rank_pattern=patterns[arm], alpha=ENCODER_ALPHA, use_rslora=True)
+            elif arm == "eva":
+                config = _encoder(task, TRAIN_SIZE, seed, eva_rho=EVA_RHO, **_rslora(eva_rank))
+            else:
+                config = _encoder(task, TRAIN_SIZE, seed, **_rslora(int(arm.split("-")[1])))
+            params = adapter_params(config.module_ranks(list(shapes)), shapes) if arm != "eva" else None
+            plan.append((arm, config, {**info, "arm": arm, "adapter_params": params}))
+    return plan
+
+
+def _rslora(rank: int) -> dict:
+    return {"rank": rank, "alpha": ENCODER_ALPHA, "use_rslora": True}
+
+
+# --------------------------------------------------------------------------- running
+def run(tasks, seeds, arms, *, dry_run: bool = False, log=None) -> None:
+    from calibration.fit import read_records, sweep_result_files
+    from calibration.train import train_run
+
+    say = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    records = read_records(sweep_result_files())
+    results, uniform = ResultsFile(RESULTS), ResultsFile(UNIFORM_RESULTS)
+    results.repair()
+    for task in tasks:
+        plan = comparison_plan(task, seeds, arms, records)
+        say(f"{task}: advised budget {plan[0][2]['budget']:,} adapter parameters")
+        for arm, config, info in plan:
+            target = uniform if arm.startswith("uniform-") else results
+            if config.run_id in target.run_ids():
+                say(f"  {arm} seed {config.seed}: done ({config.run_id})")
+                continue
+            say(f"  {arm} seed {config.seed}: {'would train' if dry_run else 'training'} {config.summary()}")
+            if dry_run:
+                continue
+            record = train_run(config, log=lambda message: say(f"    {message}"))
+            if target is results:
+                record["validation"] = info
+            target.append(record)
+            say(f"  {arm} seed {config.seed}: eval_loss {record['eval_loss']} acc {record.get('eval_accuracy')}")
+
+
+# --------------------------------------------------------------------------- the table
+def _adapter_params_of(record: dict) -> int:
+    shapes = {name: layer["shape"] for name, layer in record["probe"]["layers"].items()}
+    return sum(layer["r"] * sum(shapes[layer["name"]]) for layer in record["adapter_layers"])
+
+
+def summary(tasks=None) -> dict[str, dict[str, dict]]:
+    """Per task, per arm: mean eval loss and accuracy over seeds, adapter parameters, seeds."""
+    uniform_by_id = {r["run_id"]: r for r in ResultsFile(UNIFORM_RESULTS).records()}
+    table: dict[str, dict[str, dict]] = {}
+    for record in ResultsFile(RESULTS).records():
+        info = record["validation"]
+        if tasks and info["task"] not in tasks:
+            continue
+        table.setdefault(info["task"], {}).setdefault(info["arm"], []).append(record)
+    for task, arms in table.items():
+        for rank in UNIFORM_RANKS:
+            found = [uniform_by_id[c.run_id] for c in (_encoder(task, TRAIN_SIZE, s, **_rslora(rank)) for s in (0, 1))
+                     if c.run_id in uniform_by_id]
+            if found:
+                arms[f"uniform-{rank}"] = found
+    out = {}
+    for task, arms in table.items():
+        out[task] = {}
+        for arm in ARMS:
+            runs = arms.get(arm)
+            if not runs:
+                continue
+            losses = [r["eval_loss"] for r in runs]
+            accuracies = [r["eval_accuracy"] for r in runs if r.get("eval_accuracy") is not None]
+            out[task][arm] = {
+                "eval_loss": statistics.mean(losses), "spread": (max(losses) - min(losses)) / 2,
+                "eval_accuracy": statistics.mean(accuracies) if accuracies else None,
+                "adapter_params": statistics.mean(_adapter_params_of(r) for r in runs),
+                "base_params": runs[0]["total_params"] - runs[0]["trainable_params"], "seeds": len(runs),
+            }
+    return out
+
+
+def goal_check(arms: dict[str, dict]) -> list[str]:
+    """Plain statements of whether the task meets the issue's goal (only with every needed arm)."""
+    lines = []
+    uniform = {a: v for a, v in arms.items() if a.startswith("uniform-")}
+    advised = arms.get("advised")
+    if advised and uniform:
+        best_arm = min(uniform, key=lambda a: uniform[a]["eval_loss"])
+        best = uniform[best_arm]
+        loss_ratio = advised["eval_loss"] / best["eval_loss"]
+        params_ratio = advised["adapter_params"] / best["adapter_params"]
+        met = loss_ratio <= GOAL_LOSS and params_ratio <= GOAL_PARAMS
+        lines.append(f"advised vs best uniform ({best_arm}): loss x{loss_ratio:.3f}, parameters x{params_ratio:.2f}: "
+                     f"goal (<= x{GOAL_LOSS}, <= x{GOAL_PARAMS}) {'met' if met else 'NOT met'}")
+    if advised and "eva" in arms:
+        eva = arms["eva"]
+        lines.append(f"advised vs EVA: loss {advised['eval_loss']:.4f} vs {eva['eval_loss']:.4f} "
+                     f"({'advised lower' if advised['eval_loss'] < eva['eval_loss'] else 'EVA lower or equal'})")
+    return lines
+
+
+def print_table(table: dict) -> None:
+    for task, arms in table.items():
+        print(f"\n#### {task} (MiniLM, {TRAIN_SIZE} rows)\n")
+        print("| arm | adapter params | % of base | eval loss (mean ± half-range) | accuracy | seeds |")
+        print("|---|---|---|---|---|---|")
+        for arm, v in arms.items():
+            accuracy = "-" if v["eval_accuracy"] is None else f"{v['eval_accuracy']:.3f}"
+            print(f"| {arm} | {v['adapter_params']:,.0f} | {100 * v['adapter_params'] / v['base_params']:.2f}% | "
+                  f"{v['eval_loss']:.4f} ± {v['spread']:.4f} | {accuracy} | {v['seeds']} |")
+        for line in goal_check(arms):
+            print(f"\n- {line}")
+
+
+def plot(table: dict, path: Path = PLOT) -> None:
+    """Eval loss against adapter parameters, one panel per task."""
+    from advisor.report import pyplot
+
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(table), figsize=(4.5 * len(table), 3.6), squeeze=False)
+    for ax, (task, arms) in zip(axes[0], table.items()):
+        uniform = sorted((v["adapter_params"], v["eval_loss"]) for a, v in arms.items() if a.startswith("uniform-"))
+        if uniform:
+            ax.plot(*zip(*uniform), color="gray", marker="o", label="uniform r=4..32")
+        for arm, v in arms.items():
+            if not arm.startswith("uniform-"):
+                ax.errorbar(v["adapter_params"], v["eval_loss"], yerr=v["spread"], marker="s", linestyle="", label=arm)
+        ax.set_xscale("log")
+        ax.set_xlabel("adapter parameters")
+        ax.set_ylabel("eval loss")
+        ax.set_title(task)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m calibration.validate", description=__doc__.split("\n\n")[0],
+                                     epilog="example: python -m calibration.validate --task debian-section --seeds 0")
+    parser.add_argument("--task", nargs="+", choices=ENCODER_TASKS, default=list(ENCODER_TASKS), help="validation tasks")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--dry-run", action="store_true", help="print the plan (probes and fits, trains nothing)")
+    parser.add_argument("--table", action="store_true", help="print the results table and write the plot")
+    args = parser.parse_args(argv)
+    if args.table:
+        table = summary()
+        if not table:
+            print("no validation results yet", file=sys.stderr)
+            return 0
+        print_table(table)
+        plot(table)
+        print(f"\nwrote {PLOT}", file=sys.stderr)
+        return 0
+    import torch
+
+    from calibration.sweep import _quiet_libraries
+
+    torch.set_num_threads(1)
+    _quiet_libraries()
+    try:
+        run(args.task, args.seeds, args.arms, dry_run=args.dry_run)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

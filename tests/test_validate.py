@@ -1,0 +1,48 @@
+"""The validation's hand-made allocations and its exclusion from the regression's training data."""
+
+import pytest
+
+from calibration.labels import uniform_cells
+from calibration.validate import adapter_params, attention_heavy_weights, linear_decay_weights, scaled_ranks
+from test_fit import cell_records
+
+SHAPES = {f"layers.{d}.{kind}": shape for d in range(4)
+          for kind, shape in (("attn.q", (64, 64)), ("attn.v", (64, 64)), ("mlp.up", (256, 64)), ("mlp.down", (64, 256)))}
+
+
+def test_linear_decay_spends_the_budget_in_proportion_to_depth():
+    depths = {name: int(name.split(".")[1]) for name in SHAPES}
+    budget = 8 * sum(sum(s) for s in SHAPES.values())  # what uniform r=8 costs
+    ranks = scaled_ranks(linear_decay_weights(depths), SHAPES, budget)
+    assert adapter_params(ranks, SHAPES) <= budget
+    by_depth = {d: {r for n, r in ranks.items() if depths[n] == d} for d in range(4)}
+    assert all(len(v) == 1 for v in by_depth.values())  # one rank per block
+    first, last = by_depth[0].pop(), by_depth[3].pop()
+    assert first == pytest.approx(4 * last, rel=0.25)
+    # the scale is the largest that fits: one more step of it would not
+    more = {n: r + (1 if depths[n] == 0 else 0) for n, r in ranks.items()}
+    assert adapter_params(more, SHAPES) > budget or first >= 4 * last
+
+
+def test_attention_heavy_gives_attention_twice_the_mlp_rank():
+    budget = 6 * sum(sum(s) for s in SHAPES.values())
+    ranks = scaled_ranks(attention_heavy_weights(list(SHAPES)), SHAPES, budget)
+    attention = {r for n, r in ranks.items() if ".attn." in n}
+    mlp = {r for n, r in ranks.items() if ".mlp." in n}
+    assert len(attention) == len(mlp) == 1
+    assert abs(attention.pop() - 2 * mlp.pop()) <= 1  # twice, up to rounding to integer ranks
+    assert adapter_params(ranks, SHAPES) <= budget
+
+
+def test_a_budget_below_rank_one_everywhere_gives_rank_one():
+    ranks = scaled_ranks({n: 1.0 for n in SHAPES}, SHAPES, 10)
+    assert set(ranks.values()) == {1}
+
+
+def test_eva_runs_are_not_uniform_rank_cells():
+    records = cell_records("t", {1: [1.0, 1.0], 2: [0.9, 0.9], 4: [0.8, 0.8]})
+    eva = cell_records("t", {8: [0.1, 0.1]})
+    for record in eva:
+        record["config"]["eva_rho"] = 2.0
+    (cell,) = uniform_cells(records + eva)
+    assert cell.ranks == [1, 2, 4]
