@@ -51,3 +51,30 @@ def test_two_processes_equal_one(tmp_path_factory, method):
                 assert second[name][key] == pytest.approx(value, rel=1e-9), (name, key)
             else:
                 assert second[name][key] == value, (name, key)
+
+
+def test_a_model_dispatched_by_accelerate_with_offloaded_layers(tmp_path):
+    """A model placed by accelerate (``dispatch_model``; block 1 offloaded to disk, its weights on
+    the meta device until its hooks load them) gives the same G as the plain model, and keeps
+    its placement and hooks."""
+    import copy
+
+    from accelerate import dispatch_model
+
+    from advisor.probe import gradients
+
+    model = tiny_llama()
+    rows = token_rows(8, 16)
+    expected = gradients(model, rows, num_samples=8, batch_size=4)
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                  "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    dispatched = dispatch_model(copy.deepcopy(model), device_map=device_map, offload_dir=str(tmp_path))
+    offloaded = dispatched.model.layers[1].self_attn.q_proj
+    assert offloaded.weight.device.type == "meta"
+    hook = offloaded._hf_hook
+    got = gradients(dispatched, rows, num_samples=8, batch_size=4)
+    assert set(got) == set(expected)
+    for name, g in expected.items():
+        assert torch.allclose(got[name], g, atol=1e-6, rtol=1e-4), name
+    assert offloaded.weight.device.type == "meta" and offloaded._hf_hook is hook
+    assert probe(dispatched, rows, num_samples=8, batch_size=4, progress=False).layers.keys() == expected.keys()
