@@ -6,10 +6,14 @@
 - Q1 utilisation: effective rank of the trained B A divided by the nominal rank r, per model,
   train size, rank and layer group (a table and ``plots/utilisation.png``); where it falls
   well below 1 the adapter did not use the rank it was given;
+- Q1 by task and by learning rate: utilisation at each rank per task (train size 1000), and in
+  the learning-rate check's runs (``results/encoder-lr.jsonl``);
 - Q2 alpha: the best PEFT scaling of each (task, rank) of the alpha grid;
+- Q3 layer types: from the uniform-rank cells, the mean effective rank of trained B A at the
+  cell's largest rank in attention against MLP layers (what each group uses when both are
+  given the same room); the layer-type grid's runs, when there, compare trained ranks directly;
 - Q4 prediction: Spearman correlation between the step-0 probe's mean signal effective rank
   and the optimal uniform rank over labelled cells, per model, with a bootstrap 95 % interval.
-Q3 (layer types) waits for the layer-type grid's results.
 Sections without enough results say so instead of printing a number.
 """
 
@@ -22,6 +26,7 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
+from advisor.calibrated import layer_group
 from calibration.labels import best_scaling, uniform_cells
 
 HERE = Path(__file__).resolve().parent
@@ -71,6 +76,44 @@ def utilisation(records: list[dict]) -> tuple[str, dict]:
         lines.append(f"| {model} | {size} | {group} | " + " | ".join(cells) + " |")
     runs = len({r["run_id"] for r in records if r["config"].get("rank") is not None})
     return f"Mean effective rank of B A / r over the layers of {runs} uniform-rank runs:\n\n" + "\n".join(lines), means
+
+
+def utilisation_by(records: list[dict], key, label: str, ranks=(1, 4, 16, 64)) -> str:
+    """Mean effective rank of B A / r over all layers, per ``key(record)`` and rank."""
+    table: dict[tuple, list[float]] = defaultdict(list)
+    for record in records:
+        rank = record["config"].get("rank")
+        if rank is None or record["config"].get("eva_rho") is not None:
+            continue
+        for layer in record["adapter_layers"]:
+            table[(key(record), rank)].append(layer["effective_rank_BA"] / rank)
+    groups = sorted({k[0] for k in table})
+    if not groups:
+        return "*No runs.*"
+    ranks = [r for r in ranks if any((g, r) in table for g in groups)]
+    lines = [f"| {label} | " + " | ".join(f"r={r}" for r in ranks) + " |", "|---|" + "---|" * len(ranks)]
+    for group in groups:
+        cells = [f"{statistics.mean(table[(group, r)]):.2f}" if (group, r) in table else "-" for r in ranks]
+        lines.append(f"| {group} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def layer_groups(records: list[dict]) -> str:
+    """Q3 from uniform cells: mean adapter effective rank at the largest rank, attention vs MLP."""
+    lines = ["| model | task | train rows | r | attention | mlp | mlp / attention |", "|---|---|---|---|---|---|---|"]
+    for cell in uniform_cells(records):
+        need = cell.layer_need()
+        if not need or cell.ranks[-1] < 16:
+            continue
+        by_group = defaultdict(list)
+        for name, value in need.items():
+            by_group[layer_group(name)].append(value)
+        if len(by_group) < 2:
+            continue
+        attention, mlp = statistics.mean(by_group["attention"]), statistics.mean(by_group["mlp"])
+        lines.append(f"| {cell.model} | {cell.task} | {cell.train_size} | {cell.ranks[-1]} | {attention:.1f} | "
+                     f"{mlp:.1f} | {mlp / attention:.2f} |")
+    return "\n".join(lines) if len(lines) > 2 else "*No cell trained up to r >= 16 yet.*"
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -131,10 +174,22 @@ def main() -> int:
     print(cells_summary(records))
     print("\n### Q1 utilisation\n")
     print(utilisation(records)[0])
+    print("\nBy task (1000 training rows):\n")
+    print(utilisation_by([r for r in records if r["train_size"] in (1000, 1905)], lambda r: f"{r['model']}/{r['task']}", "task"))
+    from calibration.fit import RESULTS_DIR
+    from calibration.fit import read_records as read
+
+    lr_path = RESULTS_DIR / "encoder-lr.jsonl"
+    if lr_path.exists():
+        print("\nBy learning rate (the LR check: MiniLM, brown-genre, 1000 rows, 400 steps):\n")
+        print(utilisation_by(read([lr_path]), lambda r: f"{r['learning_rate']:g}", "learning rate", ranks=(1, 8, 64)))
     print("\n### Q2 alpha\n")
     rows = best_scaling(records)
     print("\n".join(f"- {r['model']}/{r['task']} n={r['train_size']} r={r['rank']}: best scaling {r['best_scaling']:g} "
                     f"of {', '.join(f'{s:g}' for s in r['scales'])}" for r in rows) or "*No alpha-grid results yet.*")
+    print("\n### Q3 layer types\n")
+    print("Mean effective rank of the trained B A at each cell's largest rank (seeds averaged):\n")
+    print(layer_groups(records))
     print("\n### Q4 prediction\n")
     print(prediction(records))
     return 0
