@@ -103,7 +103,7 @@ class Calibration:
 
     name: str
     metadata: dict
-    models: dict  # "cell": log2 optimal uniform rank; "layer": log2 relative need; "curve": log relative loss
+    models: dict  # "cell": log2 optimal uniform rank; "layer": log2 relative need; "curve": log loss over the best rank's
 
     def predict_log2_rank(self, layers: dict[str, dict], train_size: int, quantized: bool) -> float:
         features = cell_features(layers, train_size, quantized)
@@ -118,8 +118,8 @@ class Calibration:
 
     def predict_loss_curve(self, layers: dict[str, dict], train_size: int, quantized: bool,
                            ranks=(1, 2, 4, 8, 16, 32, 64)) -> dict[int, float] | None:
-        """Predicted eval loss at each uniform rank, relative to the untrained model's (1.0 = no
-        gain); None for a calibration without a curve model."""
+        """Predicted eval loss at each uniform rank over the best uniform rank's (1.0 = as good as
+        the best; 1.05 = 5 % worse); None for a calibration without a curve model."""
         if "curve" not in self.models:
             return None
         features = cell_features(layers, train_size, quantized)

@@ -17,8 +17,8 @@ common habit); ``"rslora"`` writes ``use_rslora=True`` and alpha = 8 for every l
 8 / sqrt(r), the setting of the calibration sweeps). Neither alpha rule is calibrated yet.
 
 The predicted loss-vs-rank curve (calibrated only): the regression's eval loss at uniform
-ranks 1-64 relative to the untrained model's (1.0 = no gain), with its leave-one-task-out error
-as a factor (``loss_curve_error``: the curve is uncertain by that factor either way).
+ranks 1-64 over the best uniform rank's (1.0 = as good as the best, 1.05 = 5 % worse), with its
+leave-one-task-out error as a factor (``loss_curve_error``: uncertain by that factor either way).
 
 The uncertainty interval of a rank: uncalibrated, from the rank of c * signal effective rank
 up to that of c * signal rank (the count of directions above the noise edge), so it only
@@ -82,7 +82,7 @@ class Advice:
     train_size: int
     reasons: list[str]
     probe: ProbeResult
-    loss_curve: dict[int, float] | None = None  # uniform rank -> predicted eval loss / untrained eval loss
+    loss_curve: dict[int, float] | None = None  # uniform rank -> predicted eval loss / the best rank's
     loss_curve_error: float | None = None  # leave-one-task-out error of the curve, as a factor (e.g. 1.03)
 
     @property

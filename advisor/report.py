@@ -109,7 +109,7 @@ def loss_curve_text(advice: dict) -> str:
     curve = ", ".join(f"r={r}: {v:.3f}" for r, v in advice["loss_curve"].items())
     factor = advice.get("loss_curve_error")
     error = f" (leave-one-task-out error: x/÷ {factor:.3f})" if factor else ""
-    return f"predicted eval loss / untrained eval loss at uniform rank {curve}{error}"
+    return f"predicted eval loss over the best uniform rank's, at uniform rank {curve}{error}"
 
 
 def plot_rank_heatmap(advice: dict, path: Path) -> None:
@@ -152,7 +152,7 @@ def plot_parameters(advice: dict, path: Path) -> None:
 
 
 def plot_loss_curve(advice: dict, path: Path) -> None:
-    """The calibrated prediction of eval loss against uniform rank (relative to the untrained model),
+    """The calibrated prediction of eval loss against uniform rank (over the best rank's),
     with its leave-one-task-out error band, and the advised adapter's size marked as a uniform rank."""
     plt = pyplot()
     curve = {int(r): v for r, v in advice["loss_curve"].items()}
@@ -170,7 +170,7 @@ def plot_loss_curve(advice: dict, path: Path) -> None:
                    label="advised size (as a uniform rank)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("uniform LoRA rank")
-    ax.set_ylabel("eval loss / untrained eval loss")
+    ax.set_ylabel("eval loss / best rank's eval loss")
     ax.set_title("Predicted eval loss against rank")
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -9,15 +9,15 @@ need); features from :mod:`advisor.calibrated` (scale-free probe statistics). Tw
   cells of one scale rule (rsLoRA, alpha 8: the rank grids'; :data:`FIT_SCALE_RULE`);
 - ``layer``: ridge regression of log2(relative need) of each layer (its trained adapter's
   effective rank over the cell's mean);
-- ``curve``: ridge regression of the log of eval loss relative to the untrained model's
-  (log(eval_loss / initial_eval_loss), mean over seeds) at each uniform rank of a cell, from
-  the cell features plus log2 r and its square: the predicted loss-vs-rank curve. Cells
-  without a label (one seed somewhere) still give curve points.
+- ``curve``: ridge regression of log(mean eval loss at uniform rank r / the cell's best rank's)
+  (:meth:`calibration.labels.Cell.log_loss_over_best`), from the cell features plus log2 r and
+  its square: the predicted loss-vs-rank curve. Cells without a rank label (one seed
+  somewhere) still give curve points when their ranks span 1 to 64.
 
 Validation: leave-one-task-out and leave-one-model-out mean absolute error, each beside its
 baseline: for ``cell`` in log2 units (1.0 = a factor of 2 in rank) against the constant
 (training-fold median) best rank; for ``layer`` against "every layer the same" (log2
-relative need 0); for ``curve`` in log relative loss (0.01 = 1 % of the loss) against the
+relative need 0); for ``curve`` in log loss ratio (0.01 = 1 % of the loss) against the
 training folds' median at the same rank.
 Writes ``models/NAME.joblib`` and ``models/NAME.json`` (feature names, versions, sha256 of the
 joblib file, sha256 of the training records, the scores); ``--dry-run`` prints the scores only.
@@ -67,7 +67,7 @@ def training_table(records: list[dict]):
         layers = cell.probe()["layers"]
         quantized = bool(cell.records[0]["config"].get("quantized", False))
         features = cell_features(layers, cell.train_size, quantized)
-        for rank, value in cell.log_relative_loss().items():
+        for rank, value in (cell.log_loss_over_best() or {}).items():
             curve_rows.append({"features": {**features, **curve_rank_features(rank)}, "target": value,
                                "task": cell.task, "model": cell.model})
         optimal = cell.optimal_rank
@@ -165,7 +165,7 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
         "layer_features": names["layer"],
         "curve_features": names["curve"],
         "targets": {"cell": "log2 optimal uniform rank", "layer": "log2 relative need (adapter erank / cell mean)",
-                    "curve": "log(eval loss / untrained eval loss) at uniform rank r"},
+                    "curve": "log(eval loss at uniform rank r / eval loss at the cell's best rank)"},
         "model": f"StandardScaler + Ridge(alpha={RIDGE_ALPHA})",
         "scale_rule": FIT_SCALE_RULE,
         "cells": len(cell_rows),

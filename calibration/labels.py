@@ -12,8 +12,9 @@ a fixed alpha, or a fixed alpha / r (see ``calibration/sweep.py``).
 - **Per-layer need**: from the adapters of the cell's largest rank, each layer's entropy
   effective rank of the trained B A (mean over seeds): how many directions the layer uses
   when it is given room. ``relative_need`` divides by the cell's mean over layers.
-- **Loss curve**: per rank, the mean over seeds of log(eval loss / the untrained model's eval
-  loss), so curves of tasks with different losses share one scale.
+- **Loss curve**: per rank, log(mean eval loss / the best rank's mean eval loss) (0 at the
+  best rank), so curves of tasks with different loss levels share one scale; only for cells
+  whose ranks span 1 to 64 (the best rank is then inside the range tried).
 - **Best alpha**: among runs of one (model, task, train size, rank, learning rate, steps, batch,
   length, data, scale kind: rsLoRA or not) that differ only in alpha, the PEFT scaling (alpha / r, or alpha / sqrt(r) with rsLoRA) with the
   lowest mean eval loss.
@@ -99,13 +100,12 @@ class Cell:
         mean = sum(need.values()) / len(need)
         return {name: value / mean for name, value in need.items()}
 
-    def log_relative_loss(self) -> dict[int, float]:
-        """Per rank: mean over seeds of log(eval loss / the untrained model's eval loss)."""
-        values: dict[int, list[float]] = defaultdict(list)
-        for record in self.records:
-            if record.get("initial_eval_loss"):
-                values[record["lora"]["r"]].append(math.log(record["eval_loss"] / record["initial_eval_loss"]))
-        return {rank: sum(v) / len(v) for rank, v in sorted(values.items())}
+    def log_loss_over_best(self) -> dict[int, float] | None:
+        """Per rank: log(mean eval loss / the best rank's); None unless the ranks span 1 to 64."""
+        if self.ranks[0] != 1 or self.ranks[-1] < 64:
+            return None
+        best = self.mean_loss(self.best_rank)
+        return {rank: math.log(self.mean_loss(rank) / best) for rank in self.ranks}
 
     def probe(self) -> dict:
         """The step-0 probe shared by the cell's runs (same rows, so the same for every record)."""
