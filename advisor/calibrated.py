@@ -127,6 +127,32 @@ class Calibration:
         return {r: math.exp(float(v)) for r, v in zip(ranks, self.models["curve"].predict(rows))}
 
 
+def shipped_calibration() -> Path | None:
+    """The calibration shipped in ``models/`` (the last ``*.json`` by name), or None."""
+    candidates = sorted(MODELS_DIR.glob("*.json"))
+    return candidates[-1] if candidates else None
+
+
+def resolve_calibration(calibration) -> Calibration | None:
+    """None or ``"none"``: the uncalibrated rule (None); ``"auto"``: the shipped calibration when
+    ``models/`` has one, else None; a path: that file, verified; a loaded calibration: itself."""
+    if calibration is None or isinstance(calibration, Calibration) or hasattr(calibration, "predict_log2_rank"):
+        return calibration
+    if str(calibration).lower() == "none":
+        return None
+    if str(calibration).lower() == "auto":
+        path = shipped_calibration()
+        return None if path is None else load_calibration(path)
+    return load_calibration(calibration)
+
+
+def features_outside(calibration: Calibration, layers: dict[str, dict], train_size: int, quantized: bool) -> list[str]:
+    """The cell features of this probe that lie outside the range the calibration was fitted on."""
+    ranges = calibration.metadata.get("cell_feature_ranges") or {}
+    features = cell_features(layers, train_size, quantized)
+    return [name for name, (low, high) in ranges.items() if not low <= features[name] <= high]
+
+
 def load_calibration(path: str | Path | None = None) -> Calibration:
     """Load ``NAME.json`` + ``NAME.joblib`` (a path to either, or None for the shipped default).
 
@@ -134,10 +160,9 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
     whose sha256 differs from the JSON's (it is then never unpickled).
     """
     if path is None:
-        candidates = sorted(MODELS_DIR.glob("*.json"))
-        if not candidates:
+        path = shipped_calibration()
+        if path is None:
             raise ValueError(f"no calibration in {MODELS_DIR}")
-        path = candidates[-1]
     path = Path(path)
     meta_path = path.with_suffix(".json")
     model_path = path.with_suffix(".joblib")

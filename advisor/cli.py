@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="scale: alpha = 2r; rslora: use_rslora with one alpha (default: scale)")
     advice.add_argument("--min-rank", type=int, default=2, help="smallest advised rank (default: 2)")
     advice.add_argument("--max-rank", type=int, default=64, help="largest advised rank (default: 64)")
-    advice.add_argument("--calibration", help="a calibration file from models/ (default: none; the uncalibrated rule)")
+    advice.add_argument("--calibration", default="auto",
+                        help="a calibration file, 'none' for the uncalibrated rule, or 'auto' (default): the one "
+                             "shipped in models/, the uncalibrated rule when none is")
     advice.add_argument("--compare", metavar="ADAPTER_CONFIG",
                         help="your planned adapter_config.json (or its directory), shown beside the advice")
     advise.add_argument("--out", default="advice",

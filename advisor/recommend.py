@@ -2,11 +2,13 @@
 
 Each probed layer gets a *need*, a number of directions:
 
-- uncalibrated (no calibration file; the default until one ships in ``models/``): the layer's
+- uncalibrated (``calibration=None``, or the default ``"auto"`` while ``models/`` ships none): the layer's
   signal effective rank, the entropy effective rank of the gradient directions above the
   split-half noise edge (:mod:`advisor.probe`), so sampling noise is not counted;
-- calibrated (``calibration=``, a verified file of :mod:`advisor.calibrated`): 2 ** (the
-  regression's log2 optimal uniform rank + the layer's log2 relative need).
+- calibrated (``calibration=`` a verified file of :mod:`advisor.calibrated`, or ``"auto"`` when
+  ``models/`` ships one): 2 ** (the regression's log2 optimal uniform rank + the layer's log2
+  relative need). Where the probe's cell features lie outside the range the calibration was
+  fitted on (another model width, say), the label and the reasons say that the advice extrapolates.
 
 Rounding: rank = 2 ** ceil(log2(c * need)), clipped to [min_rank, max_rank], with c = 1 when
 there is no budget. With a budget (trainable parameters; a layer of rank r costs
@@ -39,7 +41,7 @@ from pathlib import Path
 
 from peft import LoraConfig
 
-from advisor.calibrated import layer_group, load_calibration
+from advisor.calibrated import features_outside, layer_group, resolve_calibration
 from advisor.loading import TASK_SEQ_CLS
 from advisor.probe import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
@@ -241,8 +243,13 @@ def _needs(result: ProbeResult, calibration, train_size: int):
     error = (calibration.metadata.get("cv", {}).get("cell_leave_one_task_out") or {}).get("model_mae", 1.0)
     center = {n: log2_rank + relative.get(n, 0.0) for n in layers}
     need = {n: 2**x for n, x in center.items()}
-    return need, {n: 2 ** (x - error) for n, x in center.items()}, {n: 2 ** (x + error) for n, x in center.items()}, \
-        f"calibrated: {calibration.name}"
+    outside = features_outside(calibration, layers, train_size, quantized)
+    seen = ", ".join(calibration.metadata.get("models_seen", [])) or "?"
+    named = sorted(outside, key=lambda f: f not in ("log2_width", "log2_train_size", "quantized"))[:3]
+    label = f"calibrated: {calibration.name} (fitted on {seen}" + (
+        f"; extrapolating: {len(outside)} of {len(calibration.metadata['cell_features'])} probe features outside "
+        f"its range, e.g. {', '.join(named)})" if outside else ")")
+    return need, {n: 2 ** (x - error) for n, x in center.items()}, {n: 2 ** (x + error) for n, x in center.items()}, label
 
 
 def _loss_curve(result: ProbeResult, calibration, train_size: int) -> tuple[dict[int, float] | None, float | None]:
@@ -307,11 +314,10 @@ def _check_options(budget, train_size, alpha_mode: str, min_rank: int, max_rank:
 
 
 def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | None = None, alpha_mode: str = "scale",
-                      min_rank: int = 2, max_rank: int = 64, calibration=None) -> Advice:
+                      min_rank: int = 2, max_rank: int = 64, calibration="auto") -> Advice:
     """Advice from a finished probe (see the module docstring for the rules)."""
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)
-    if calibration is not None and not hasattr(calibration, "predict_log2_rank"):
-        calibration = load_calibration(calibration)
+    calibration = resolve_calibration(calibration)
     shapes = {name: stats.shape for name, stats in result.layers.items()}
     tokens_budget = parse_budget(budget, shapes)
     train_size = train_size or result.num_rows
@@ -341,20 +347,20 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
 
 
 def advise(model=None, dataset=None, *, budget=None, train_size: int | None = None, alpha_mode: str = "scale",
-           min_rank: int = 2, max_rank: int = 64, calibration=None, return_advice: bool = False, **probe_options):
+           min_rank: int = 2, max_rank: int = 64, calibration="auto", return_advice: bool = False, **probe_options):
     """Probe ``model`` on ``dataset`` and return the advised ``peft.LoraConfig``.
 
     ``budget``: trainable parameters (a number, "1.5M", or "r=16" for what uniform rank 16
     costs on the same layers), None for what the evidence supports. ``train_size``: rows you
     will train on (default: the rows the probe could sample from). ``alpha_mode``: "scale"
-    (alpha = 2r) or "rslora". ``calibration``: a calibration file (default: none, the
-    uncalibrated rule). ``probe_options`` go to :func:`advisor.probe` (``target_modules``,
+    (alpha = 2r) or "rslora". ``calibration``: "auto" (default: the calibration shipped in
+    ``models/``, the uncalibrated rule when there is none), None for the uncalibrated rule, or
+    a calibration file. ``probe_options`` go to :func:`advisor.probe` (``target_modules``,
     ``task``, ``num_samples``, ``load_in_4bit``, ``seed``, ...). ``return_advice=True``
     returns the :class:`Advice` (config, per-layer evidence, reasons) instead of the config.
     """
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)  # before minutes of probing
-    if calibration is not None:
-        calibration = load_calibration(calibration)
+    calibration = resolve_calibration(calibration)  # a bad file fails before the probe
     if train_size is None and dataset is not None:
         dataset, train_size = _rows_and_size(dataset)
     result = probe(model, dataset, **probe_options)

@@ -162,6 +162,8 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
         models[kind] = _ridge().fit(*_matrix(rows, names[kind]))
     metadata = {
         "cell_features": names["cell"],
+        "cell_feature_ranges": {k: [min(r["features"][k] for r in cell_rows), max(r["features"][k] for r in cell_rows)]
+                                for k in names["cell"]},
         "layer_features": names["layer"],
         "curve_features": names["curve"],
         "targets": {"cell": "log2 optimal uniform rank", "layer": "log2 relative need (adapter erank / cell mean)",

@@ -117,7 +117,7 @@ def comparison_plan(task: str, seeds, arms, records: list[dict]) -> list[tuple[s
     calibration = held_out_calibration(task, records)
     options = {"train_size": base.train_size, "alpha_mode": "rslora", "min_rank": 1, "max_rank": 64}
     advised = advice_from_probe(result, calibration=calibration, **options).ranks
-    uncalibrated = advice_from_probe(result, **options).ranks
+    uncalibrated = advice_from_probe(result, calibration=None, **options).ranks
     shapes = {name: stats.shape for name, stats in result.layers.items()}
     depths = {name: stats.depth for name, stats in result.layers.items()}
     budget = adapter_params(advised, shapes)

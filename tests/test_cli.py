@@ -17,7 +17,7 @@ def run_cli(capsys, *argv):
 def test_advise_writes_a_config_peft_loads(tmp_path, capsys, tiny_checkpoint):
     out = tmp_path / "advice"
     code, stdout, _ = run_cli(capsys, "advise", "--model", str(tiny_checkpoint), "--samples", "8",
-                              "--max-length", "64", "--out", str(out))
+                              "--max-length", "64", "--calibration", "none", "--out", str(out))
     assert code == 0
     assert "q_proj" in stdout and "uncalibrated" in stdout
     config = LoraConfig.from_pretrained(out)

@@ -162,10 +162,28 @@ def test_calibrated_advice_follows_the_regression(probed, tmp_path):
         assert layer.need == pytest.approx(2**center, abs=1e-3)
         assert layer.rank == _rank(2**center, 1.0, 1, 64)
         assert layer.rank_low == min(layer.rank, _rank(2 ** (center - error), 1.0, 1, 64))
-    assert advice.calibration == "calibrated: cal" and advice.config.use_rslora
+    assert advice.calibration.startswith("calibrated: cal (fitted on minilm") and advice.config.use_rslora
     assert advice.loss_curve == pytest.approx(calibration.predict_loss_curve(layers, 1000, False), abs=1e-4)
     assert advice.loss_curve_error == pytest.approx(math.exp(metadata["cv"]["curve_leave_one_task_out"]["model_mae"]), abs=1e-4)
     advice.save(tmp_path / "out")
     write_html_report(tmp_path / "out")
     assert (tmp_path / "out" / "loss_curve.png").stat().st_size > 0
     assert "Predicted eval loss against rank" in (tmp_path / "out" / "report.html").read_text()
+
+
+def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed, tmp_path, monkeypatch):
+    from advisor import calibrated
+    from calibration.fit import fit, save
+    from test_fit import synthetic_sweep
+
+    _, result = probed
+    monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
+    assert advice_from_probe(result, min_rank=1).calibration.startswith("uncalibrated")  # models/ ships none
+    records = synthetic_sweep()
+    save(*fit(records), records, "shipped", tmp_path)
+    advice = advice_from_probe(result, min_rank=1, train_size=1000)
+    assert advice.calibration.startswith("calibrated: shipped (fitted on minilm")
+    # the tiny model is 32 wide, the synthetic calibration's layers 64: its width is outside the range
+    assert "extrapolating" in advice.calibration and "log2_width" in advice.calibration
+    assert advice_from_probe(result, min_rank=1, calibration=None).calibration.startswith("uncalibrated")
+    assert advice_from_probe(result, min_rank=1, calibration="none").calibration.startswith("uncalibrated")
