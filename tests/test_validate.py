@@ -46,3 +46,39 @@ def test_eva_runs_are_not_uniform_rank_cells():
         record["config"]["eva_rho"] = 2.0
     (cell,) = uniform_cells(records + eva)
     assert cell.ranks == [1, 2, 4]
+
+
+def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
+    """summary() pairs the validation records with the uniform grid's by run_id; goal_check
+    compares the advice with the best uniform rank and with EVA."""
+    import json
+
+    from calibration import validate
+    from calibration.validate import _encoder, _rslora, goal_check, summary
+
+    layers = {f"l{i}": {"shape": [10, 10]} for i in range(3)}
+
+    def record(config, loss, ranks, arm=None):
+        out = {"run_id": config.run_id, "config": config.to_dict(), "eval_loss": loss, "eval_accuracy": 0.5,
+               "total_params": 1000, "trainable_params": 100, "probe": {"layers": layers},
+               "adapter_layers": [{"name": n, "r": r} for n, r in zip(layers, ranks)]}
+        if arm:
+            out["validation"] = {"task": "spam", "arm": arm}
+        return out
+
+    uniform = [record(_encoder("spam", 1000, seed, **_rslora(r)), loss, [r] * 3)
+               for r, loss in ((4, 1.00), (8, 0.90), (16, 0.95)) for seed in (0, 1)]
+    pattern = {"advised": ([2, 2, 1], 0.905), "eva": ([3, 2, 0], 0.95)}
+    validation = [record(_encoder("spam", 1000, seed, rank_pattern={"x": 1}, alpha=8.0, use_rslora=True), loss, ranks, arm)
+                  for arm, (ranks, loss) in pattern.items() for seed in (0, 1)]
+    for path, records in ((tmp_path / "u.jsonl", uniform), (tmp_path / "v.jsonl", validation)):
+        path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    monkeypatch.setattr(validate, "UNIFORM_RESULTS", tmp_path / "u.jsonl")
+    monkeypatch.setattr(validate, "RESULTS", tmp_path / "v.jsonl")
+    arms = summary()["spam"]
+    assert list(arms) == ["advised", "uniform-4", "uniform-8", "uniform-16", "eva"]
+    assert arms["advised"]["adapter_params"] == 5 * 20 and arms["uniform-8"]["adapter_params"] == 8 * 60
+    assert arms["advised"]["base_params"] == 900
+    lines = goal_check(arms)
+    assert "best uniform (uniform-8)" in lines[0] and "goal (<= x1.01, <= x0.6) met" in lines[0]
+    assert "advised lower" in lines[1]
