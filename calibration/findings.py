@@ -12,8 +12,9 @@
 - Q3 layer types: from the uniform-rank cells, the mean effective rank of trained B A at the
   cell's largest rank in attention against MLP layers (what each group uses when both are
   given the same room); the layer-type grid's runs, when there, compare trained ranks directly;
-- Q4 prediction: Spearman correlation between the step-0 probe's mean signal effective rank
-  and the optimal uniform rank over labelled cells, per model, with a bootstrap 95 % interval.
+- Q4 prediction: Spearman correlation between step-0 probe statistics (mean signal effective
+  rank, effective rank, stable rank, noise share) and the optimal uniform rank over labelled
+  cells, per model, with a bootstrap 95 % interval.
 Sections without enough results say so instead of printing a number.
 """
 
@@ -125,32 +126,48 @@ def spearman(xs: list[float], ys: list[float]) -> float:
         return float(spearmanr(xs, ys).statistic)
 
 
+Q4_STATISTICS = {  # name in the table: per-layer probe field, averaged over the layers of a cell
+    "signal effective rank": "signal_effective_rank",
+    "effective rank": "effective_rank",
+    "stable rank": "stable_rank",
+    "noise share": "noise_fraction",
+}
+
+
+def _bootstrap_interval(pairs: list[tuple[float, float]], draws: int = 2000) -> tuple[float, float]:
+    """95 % percentile interval of Spearman's rho over resampled cells (a constant resample is dropped)."""
+    generator = random.Random(0)
+    boot = []
+    for _ in range(draws):
+        sample = [pairs[generator.randrange(len(pairs))] for _ in pairs]
+        value = spearman([p[0] for p in sample], [p[1] for p in sample])
+        if value == value:
+            boot.append(value)
+    boot.sort()
+    return boot[int(0.025 * len(boot))], boot[int(0.975 * len(boot)) - 1]
+
+
 def prediction(records: list[dict]) -> str:
-    """Q4: Spearman(mean signal effective rank at step 0, optimal uniform rank) per model."""
-    by_model: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    """Q4: Spearman(a step-0 probe statistic, optimal uniform rank) per model, for each statistic."""
+    by_model: dict[str, list[tuple[dict, int]]] = defaultdict(list)
     for cell in uniform_cells(records):
         optimal = cell.optimal_rank
         if optimal is None:
             continue
         layers = cell.probe()["layers"].values()
-        by_model[cell.model].append((statistics.mean(s["signal_effective_rank"] for s in layers), optimal))
+        means = {label: statistics.mean(s[key] for s in layers) for label, key in Q4_STATISTICS.items()}
+        by_model[cell.model].append((means, optimal))
     lines = []
-    for model, pairs in sorted(by_model.items()):
-        if len(pairs) < 4:
-            lines.append(f"- {model}: {len(pairs)} labelled cells, too few for a correlation (need 4).")
+    for model, cells in sorted(by_model.items()):
+        if len(cells) < 4:
+            lines.append(f"- {model}: {len(cells)} labelled cells, too few for a correlation (need 4).")
             continue
-        xs, ys = [p[0] for p in pairs], [p[1] for p in pairs]
-        generator = random.Random(0)
-        boot = []
-        for _ in range(2000):
-            sample = [pairs[generator.randrange(len(pairs))] for _ in pairs]
-            value = spearman([p[0] for p in sample], [p[1] for p in sample])
-            if value == value:
-                boot.append(value)
-        boot.sort()
-        low, high = boot[int(0.025 * len(boot))], boot[int(0.975 * len(boot)) - 1]
-        lines.append(f"- {model}: Spearman {spearman(xs, ys):+.2f} (bootstrap 95% interval {low:+.2f} to {high:+.2f}) "
-                     f"over {len(pairs)} cells")
+        for label in Q4_STATISTICS:
+            pairs = [(means[label], optimal) for means, optimal in cells]
+            low, high = _bootstrap_interval(pairs)
+            rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+            lines.append(f"- {model}, mean {label} at step 0: Spearman {rho:+.2f} (bootstrap 95% interval "
+                         f"{low:+.2f} to {high:+.2f}) over {len(pairs)} cells")
     return "\n".join(lines) if lines else "*No labelled cell yet (a cell needs its ranks trained with two seeds).*"
 
 
