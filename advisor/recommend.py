@@ -272,8 +272,8 @@ def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int
         attention, mlp = (statistics.mean(v) for v in (by_group["attention"], by_group["mlp"]))
         if max(attention, mlp) >= 1.5 * min(attention, mlp):
             more, less = ("MLP", "attention") if mlp > attention else ("attention", "MLP")
-            reasons.append(f"{more} layers need {max(attention, mlp) / min(attention, mlp):.1f}x the gradient "
-                           f"signal rank of {less} layers ({max(attention, mlp):.1f} vs {min(attention, mlp):.1f})")
+            reasons.append(f"{more} layers need {max(attention, mlp) / min(attention, mlp):.1f}x the rank of {less} "
+                           f"layers ({max(attention, mlp):.1f} vs {min(attention, mlp):.1f} directions on average)")
         else:
             reasons.append(f"attention and MLP layers need similar ranks ({attention:.1f} vs {mlp:.1f} directions)")
     depths = sorted({a.depth for a in layers.values() if a.depth is not None})
