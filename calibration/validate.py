@@ -44,7 +44,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from calibration.sweep import ENCODER_ALPHA, ENCODER_TASKS, RESULTS_DIR, ResultsFile, _encoder  # noqa: E402
+from calibration.sweep import ENCODER_ALPHA, ENCODER_TASKS, RESULTS_DIR, ResultsFile, _encoder, _rslora  # noqa: E402
 from calibration.train import RunConfig  # noqa: E402
 
 RESULTS = RESULTS_DIR / "validate.jsonl"
@@ -112,7 +112,7 @@ def comparison_plan(task: str, seeds, arms, records: list[dict]) -> list[tuple[s
     from advisor.recommend import advice_from_probe
     from calibration.train import probe_training_rows
 
-    base = _encoder(task, TRAIN_SIZE, 0, **_rslora(1))
+    base = _encoder(task, TRAIN_SIZE, 0, **_rslora(1, ENCODER_ALPHA))
     result = probe_training_rows(base)
     calibration = held_out_calibration(task, records)
     options = {"train_size": base.train_size, "alpha_mode": "rslora", "min_rank": 1, "max_rank": 64}
@@ -142,16 +142,12 @@ def comparison_plan(task: str, seeds, arms, records: list[dict]) -> list[tuple[s
             if arm in patterns:
                 config = _encoder(task, TRAIN_SIZE, seed, rank_pattern=patterns[arm], alpha=ENCODER_ALPHA, use_rslora=True)
             elif arm == "eva":
-                config = _encoder(task, TRAIN_SIZE, seed, eva_rho=EVA_RHO, **_rslora(eva_rank))
+                config = _encoder(task, TRAIN_SIZE, seed, eva_rho=EVA_RHO, **_rslora(eva_rank, ENCODER_ALPHA))
             else:
-                config = _encoder(task, TRAIN_SIZE, seed, **_rslora(int(arm.split("-")[1])))
+                config = _encoder(task, TRAIN_SIZE, seed, **_rslora(int(arm.split("-")[1]), ENCODER_ALPHA))
             params = adapter_params(config.module_ranks(list(shapes)), shapes) if arm != "eva" else None
             plan.append((arm, config, {**info, "arm": arm, "adapter_params": params}))
     return plan
-
-
-def _rslora(rank: int) -> dict:
-    return {"rank": rank, "alpha": ENCODER_ALPHA, "use_rslora": True}
 
 
 # --------------------------------------------------------------------------- running
@@ -198,7 +194,7 @@ def summary(tasks=None) -> dict[str, dict[str, dict]]:
         table.setdefault(info["task"], {}).setdefault(info["arm"], []).append(record)
     for task, arms in table.items():
         for rank in UNIFORM_RANKS:
-            found = [uniform_by_id[c.run_id] for c in (_encoder(task, TRAIN_SIZE, s, **_rslora(rank)) for s in (0, 1))
+            found = [uniform_by_id[c.run_id] for c in (_encoder(task, TRAIN_SIZE, s, **_rslora(rank, ENCODER_ALPHA)) for s in (0, 1))
                      if c.run_id in uniform_by_id]
             if found:
                 arms[f"uniform-{rank}"] = found

@@ -54,7 +54,8 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     import json
 
     from calibration import validate
-    from calibration.validate import _encoder, _rslora, goal_check, summary
+    from calibration.sweep import ENCODER_ALPHA, _encoder, _rslora
+    from calibration.validate import goal_check, summary
 
     layers = {f"l{i}": {"shape": [10, 10]} for i in range(3)}
 
@@ -66,7 +67,7 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
             out["validation"] = {"task": "spam", "arm": arm}
         return out
 
-    uniform = [record(_encoder("spam", 1000, seed, **_rslora(r)), loss, [r] * 3)
+    uniform = [record(_encoder("spam", 1000, seed, **_rslora(r, ENCODER_ALPHA)), loss, [r] * 3)
                for r, loss in ((4, 1.00), (8, 0.90), (16, 0.95)) for seed in (0, 1)]
     pattern = {"advised": ([2, 2, 1], 0.905), "eva": ([3, 2, 0], 0.95)}
     validation = [record(_encoder("spam", 1000, seed, rank_pattern={"x": 1}, alpha=8.0, use_rslora=True), loss, ranks, arm)
