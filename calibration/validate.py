@@ -256,9 +256,10 @@ def plot(table: dict, path: Path = PLOT) -> None:
     plt = pyplot()
     fig, axes = plt.subplots(1, len(table), figsize=(4.5 * len(table), 3.6), squeeze=False)
     for ax, (task, arms) in zip(axes[0], table.items()):
-        uniform = sorted((v["adapter_params"], v["eval_loss"]) for a, v in arms.items() if a.startswith("uniform-"))
+        uniform = sorted((v["adapter_params"], v["eval_loss"], v["spread"]) for a, v in arms.items() if a.startswith("uniform-"))
         if uniform:
-            ax.plot(*zip(*uniform), color="gray", marker="o", label="uniform r=4..32")
+            x, y, spread = zip(*uniform)
+            ax.errorbar(x, y, yerr=spread, color="gray", marker="o", label="uniform r=4..32")
         for arm, v in arms.items():
             if not arm.startswith("uniform-"):
                 ax.errorbar(v["adapter_params"], v["eval_loss"], yerr=v["spread"], marker="s", linestyle="", label=arm)
