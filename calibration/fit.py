@@ -5,7 +5,8 @@
 Labels come from :mod:`calibration.labels` (optimal uniform rank per cell, per-layer relative
 need); features from :mod:`advisor.calibrated` (scale-free probe statistics). Two models:
 
-- ``cell``: ridge regression (standardised features) of log2(optimal uniform rank), over the
+- ``cell``: ridge regression (standardised features; the penalty chosen by leave-one-out within
+  the training rows) of log2(optimal uniform rank), over the
   cells of one scale rule (rsLoRA, alpha 8: the rank grids'; :data:`FIT_SCALE_RULE`);
 - ``layer``: ridge regression of log2(relative need) of each layer (its trained adapter's
   effective rank over the cell's mean);
@@ -36,7 +37,8 @@ from advisor.calibrated import MODELS_DIR, cell_features, curve_rank_features, l
 from calibration.labels import uniform_cells
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-RIDGE_ALPHA = 1.0
+MODEL_DESCRIPTION = "StandardScaler + RidgeCV(alphas=10**-2..10**4, leave-one-out)"
+RIDGE_ALPHAS = tuple(10.0**k for k in (-2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4))
 
 
 STUDY_FILES = ("quantization.jsonl", "planted.jsonl", "validate.jsonl")  # results of studies, not of sweeps
@@ -84,11 +86,13 @@ def training_table(records: list[dict]):
 
 
 def _ridge():
-    from sklearn.linear_model import Ridge
+    """Standardised features, ridge whose penalty is chosen by leave-one-out on the training rows
+    only (RidgeCV's efficient LOO), so the outer leave-one-task-out scores stay honest."""
+    from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    return make_pipeline(StandardScaler(), Ridge(alpha=RIDGE_ALPHA))
+    return make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
 
 
 def _matrix(rows, names):
@@ -168,7 +172,7 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
         "curve_features": names["curve"],
         "targets": {"cell": "log2 optimal uniform rank", "layer": "log2 relative need (adapter erank / cell mean)",
                     "curve": "log(eval loss at uniform rank r / eval loss at the cell's best rank)"},
-        "model": f"StandardScaler + Ridge(alpha={RIDGE_ALPHA})",
+        "model": MODEL_DESCRIPTION,
         "scale_rule": FIT_SCALE_RULE,
         "cells": len(cell_rows),
         "layers": len(layer_rows),

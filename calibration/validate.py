@@ -54,6 +54,7 @@ TRAIN_SIZE = 1000
 UNIFORM_RANKS = (4, 8, 16, 32)
 ARMS = ("advised", "uncalibrated", *(f"uniform-{r}" for r in UNIFORM_RANKS), "eva", "linear-decay", "attention-heavy")
 EVA_RHO = 2.0
+EARLIER_FIT = "StandardScaler + Ridge(alpha=1.0)"  # the validation records written before "fit" was kept
 GOAL_LOSS = 1.01  # advised eval loss at most 1 % above the best uniform rank's
 GOAL_PARAMS = 0.60  # with at most 60 % of its adapter parameters
 
@@ -130,7 +131,7 @@ def comparison_plan(task: str, seeds, arms, records: list[dict]) -> list[tuple[s
     }
     cv = calibration.metadata["cv"]
     info = {
-        "task": task, "budget": budget,
+        "task": task, "budget": budget, "fit": calibration.metadata["model"],
         "calibration": {"name": calibration.name, "cells": calibration.metadata["cells"],
                         "tasks": calibration.metadata["tasks"],
                         "cell_loto_mae": (cv.get("cell_leave_one_task_out") or {}).get("model_mae")},
@@ -184,15 +185,25 @@ def _adapter_params_of(record: dict) -> int:
 
 
 def summary(tasks=None) -> dict[str, dict[str, dict]]:
-    """Per task, per arm: mean eval loss and accuracy over seeds, adapter parameters, seeds."""
+    """Per comparison, per arm: mean eval loss and accuracy over seeds, adapter parameters, seeds.
+
+    A comparison is a task under the current fit (labelled by the task), or under an earlier
+    regression (labelled "task, fit: ...": its advice, hence its budget, differ)."""
+    from calibration.fit import MODEL_DESCRIPTION
+
     uniform_by_id = {r["run_id"]: r for r in ResultsFile(UNIFORM_RESULTS).records()}
     table: dict[str, dict[str, dict]] = {}
+    task_of: dict[str, str] = {}
     for record in ResultsFile(RESULTS).records():
         info = record["validation"]
         if tasks and info["task"] not in tasks:
             continue
-        table.setdefault(info["task"], {}).setdefault(info["arm"], []).append(record)
-    for task, arms in table.items():
+        fit = info.get("fit", EARLIER_FIT)
+        label = info["task"] if fit == MODEL_DESCRIPTION else f"{info['task']}, fit: {fit}"
+        task_of[label] = info["task"]
+        table.setdefault(label, {}).setdefault(info["arm"], []).append(record)
+    for label, arms in table.items():
+        task = task_of[label]
         for rank in UNIFORM_RANKS:
             found = [uniform_by_id[c.run_id] for c in (_encoder(task, TRAIN_SIZE, s, **_rslora(rank, ENCODER_ALPHA)) for s in (0, 1))
                      if c.run_id in uniform_by_id]
@@ -237,8 +248,8 @@ def goal_check(arms: dict[str, dict]) -> list[str]:
 
 
 def print_table(table: dict) -> None:
-    for task, arms in table.items():
-        print(f"\n#### {task} (MiniLM, {TRAIN_SIZE} rows)\n")
+    for label, arms in table.items():
+        print(f"\n#### {label} (MiniLM, {TRAIN_SIZE} rows)\n")
         print("| arm | adapter params | % of base | eval loss (mean ± half-range) | accuracy | seeds |")
         print("|---|---|---|---|---|---|")
         for arm, v in arms.items():

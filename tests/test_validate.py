@@ -54,6 +54,7 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     import json
 
     from calibration import validate
+    from calibration.fit import MODEL_DESCRIPTION
     from calibration.sweep import ENCODER_ALPHA, _encoder, _rslora
     from calibration.validate import goal_check, summary
 
@@ -64,7 +65,7 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
                "total_params": 1000, "trainable_params": 100, "probe": {"layers": layers},
                "adapter_layers": [{"name": n, "r": r} for n, r in zip(layers, ranks)]}
         if arm:
-            out["validation"] = {"task": "spam", "arm": arm}
+            out["validation"] = {"task": "spam", "arm": arm, "fit": MODEL_DESCRIPTION}
         return out
 
     uniform = [record(_encoder("spam", 1000, seed, **_rslora(r, ENCODER_ALPHA)), loss, [r] * 3)
