@@ -142,7 +142,16 @@ def resolve_calibration(calibration) -> Calibration | None:
         return None
     if str(calibration).lower() == "auto":
         path = shipped_calibration()
-        return None if path is None else load_calibration(path)
+        if path is None:
+            return None
+        try:
+            return load_calibration(path)
+        except ValueError as error:  # a shipped file this install cannot use: say so, advise uncalibrated
+            import warnings
+
+            warnings.warn(f"the shipped calibration is not usable here ({error}); using the uncalibrated rule",
+                          stacklevel=2)
+            return None
     return load_calibration(calibration)
 
 
@@ -153,11 +162,33 @@ def features_outside(calibration: Calibration, layers: dict[str, dict], train_si
     return [name for name, (low, high) in ranges.items() if not low <= features[name] <= high]
 
 
+DOMAIN_TOLERANCE = 1.0  # log2 units: "auto" trusts a calibration up to 2x beyond the widths / sizes it saw
+
+
+def domain_gaps(calibration: Calibration, layers: dict[str, dict], train_size: int, quantized: bool) -> list[str]:
+    """Where this probe lies beyond what the calibration was fitted on: a median layer width or a
+    training-set size more than 2x outside its range, or a quantized base it never saw."""
+    ranges = calibration.metadata.get("cell_feature_ranges") or {}
+    features = cell_features(layers, train_size, quantized)
+    gaps = []
+    for key, what in (("log2_width", "layer width"), ("log2_train_size", "training rows")):
+        if key not in ranges:
+            continue
+        low, high = ranges[key]
+        if not low - DOMAIN_TOLERANCE <= features[key] <= high + DOMAIN_TOLERANCE:
+            seen = f"{2**low:,.0f}" if low == high else f"{2**low:,.0f}-{2**high:,.0f}"
+            gaps.append(f"{what} {2 ** features[key]:,.0f}, fitted on {seen}")
+    if quantized and "quantized" in ranges and ranges["quantized"][1] < 1:
+        gaps.append("a quantized base, fitted on full precision only")
+    return gaps
+
+
 def load_calibration(path: str | Path | None = None) -> Calibration:
     """Load ``NAME.json`` + ``NAME.joblib`` (a path to either, or None for the shipped default).
 
-    Raises ValueError for a missing file, a JSON that is not a calibration, or a joblib file
-    whose sha256 differs from the JSON's (it is then never unpickled).
+    Raises ValueError for a missing file, a JSON that is not a calibration, a joblib file whose
+    sha256 differs from the JSON's (it is then never unpickled), or one this scikit-learn
+    cannot load (warns when the versions differ but it loads).
     """
     if path is None:
         path = shipped_calibration()
@@ -181,6 +212,20 @@ def load_calibration(path: str | Path | None = None) -> Calibration:
             f"{model_path} is not a verified calibration: its sha256 {actual[:12]}... differs from "
             f"{expected[:12]}... in {meta_path.name}; refusing to unpickle it"
         )
-    import joblib
+    import warnings
 
-    return Calibration(name=meta_path.stem, metadata=metadata, models=joblib.load(model_path))
+    import joblib
+    import sklearn
+
+    fitted_with = metadata.get("versions", {}).get("scikit-learn")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a version mismatch is reported once, below
+            models = joblib.load(model_path)
+    except Exception as error:  # an unpickling failure of any kind: the file cannot be used here
+        raise ValueError(f"{model_path} cannot be loaded with scikit-learn {sklearn.__version__} "
+                         f"(fitted with {fitted_with}): {error}; refit with python -m calibration.fit") from None
+    if fitted_with and fitted_with != sklearn.__version__:
+        warnings.warn(f"{model_path.name} was fitted with scikit-learn {fitted_with}, this is {sklearn.__version__}",
+                      stacklevel=2)
+    return Calibration(name=meta_path.stem, metadata=metadata, models=models)

@@ -6,9 +6,12 @@ Each probed layer gets a *need*, a number of directions:
   signal effective rank, the entropy effective rank of the gradient directions above the
   split-half noise edge (:mod:`advisor.probe`), so sampling noise is not counted;
 - calibrated (``calibration=`` a verified file of :mod:`advisor.calibrated`, or ``"auto"`` when
-  ``models/`` ships one): 2 ** (the regression's log2 optimal uniform rank + the layer's log2
-  relative need). Where the probe's cell features lie outside the range the calibration was
-  fitted on (another model width, say), the label and the reasons say that the advice extrapolates.
+  ``models/`` ships one that covers the probe): 2 ** (the regression's log2 optimal uniform rank
+  + the layer's log2 relative need). ``"auto"`` falls back to the uncalibrated rule, and says
+  so, when the model's median layer width or the training-set size lies more than 2x outside
+  what the shipped calibration was fitted on, or the base is quantized and it saw none
+  (:func:`advisor.calibrated.domain_gaps`). An explicit calibration is applied anyway, and the
+  label says which probe features lie outside its range: the advice then extrapolates.
 
 Rounding: rank = 2 ** ceil(log2(c * need)), clipped to [min_rank, max_rank], with c = 1 when
 there is no budget. With a budget (trainable parameters; a layer of rank r costs
@@ -41,7 +44,7 @@ from pathlib import Path
 
 from peft import LoraConfig
 
-from advisor.calibrated import features_outside, layer_group, resolve_calibration
+from advisor.calibrated import domain_gaps, features_outside, layer_group, resolve_calibration
 from advisor.loading import TASK_SEQ_CLS
 from advisor.probe import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
@@ -317,11 +320,21 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
                       min_rank: int = 2, max_rank: int = 64, calibration="auto") -> Advice:
     """Advice from a finished probe (see the module docstring for the rules)."""
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)
+    automatic = isinstance(calibration, str) and calibration.lower() == "auto"
     calibration = resolve_calibration(calibration)
     shapes = {name: stats.shape for name, stats in result.layers.items()}
     tokens_budget = parse_budget(budget, shapes)
     train_size = train_size or result.num_rows
+    declined = None
+    if automatic and calibration is not None:
+        gaps = domain_gaps(calibration, {n: asdict(s) for n, s in result.layers.items()}, train_size,
+                           result.quantization is not None)
+        if gaps:  # the default does not extrapolate; an explicit calibration= still can
+            declined = f"the shipped calibration {calibration.name} does not cover this probe ({'; '.join(gaps)})"
+            calibration = None
     need, need_low, need_high, label = _needs(result, calibration, train_size)
+    if declined:
+        label = f"{label} ({declined})"
     ranks, factor = allocate(need, shapes, tokens_budget, min_rank, max_rank)
     alphas = _alphas(ranks, alpha_mode)
     layers = {

@@ -134,3 +134,23 @@ def test_the_loader_never_unpickles_a_file_whose_hash_differs(tmp_path):
         load_calibration(tmp_path / "cal.json")
     with pytest.raises(ValueError, match="calibration file not found"):
         load_calibration(tmp_path / "missing.json")
+
+
+def test_an_unloadable_calibration_is_a_clear_error_and_auto_falls_back(tmp_path, monkeypatch):
+    import json
+
+    from advisor import calibrated
+    from advisor.calibrated import resolve_calibration, sha256_of
+
+    records = synthetic_sweep()
+    models, metadata = fit(records)
+    save(models, metadata, records, "broken", tmp_path)
+    (tmp_path / "broken.joblib").write_bytes(b"not a pickle at all")
+    description = json.loads((tmp_path / "broken.json").read_text())
+    description["sha256"] = sha256_of(tmp_path / "broken.joblib")  # verified, but not loadable
+    (tmp_path / "broken.json").write_text(json.dumps(description))
+    with pytest.raises(ValueError, match="cannot be loaded with scikit-learn"):
+        load_calibration(tmp_path / "broken.json")
+    monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
+    with pytest.warns(UserWarning, match="using the uncalibrated rule"):
+        assert resolve_calibration("auto") is None

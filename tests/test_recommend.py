@@ -183,7 +183,14 @@ def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed,
     save(*fit(records), records, "shipped", tmp_path)
     advice = advice_from_probe(result, min_rank=1, train_size=1000)
     assert advice.calibration.startswith("calibrated: shipped (fitted on minilm")
-    # the tiny model is 32 wide, the synthetic calibration's layers 64: its width is outside the range
+    # the tiny model is 32 wide, the synthetic calibration's layers 64: within the 2x that "auto"
+    # trusts, but outside the fitted range, which the label says
     assert "extrapolating" in advice.calibration and "log2_width" in advice.calibration
+    # 100 training rows, 10x below the calibration's 1,000: "auto" declines, an explicit path does not
+    declined = advice_from_probe(result, min_rank=1, train_size=100)
+    assert declined.calibration.startswith("uncalibrated") and "does not cover" in declined.calibration
+    assert "training rows 100, fitted on 1,000" in declined.calibration and declined.loss_curve is None
+    forced = advice_from_probe(result, min_rank=1, train_size=100, calibration=tmp_path / "shipped.json")
+    assert forced.calibration.startswith("calibrated: shipped") and "log2_train_size" in forced.calibration
     assert advice_from_probe(result, min_rank=1, calibration=None).calibration.startswith("uncalibrated")
     assert advice_from_probe(result, min_rank=1, calibration="none").calibration.startswith("uncalibrated")
