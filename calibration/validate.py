@@ -22,7 +22,8 @@ Per validation task (MiniLM, 1,000 training rows, the ``encoder-rank`` protocol 
    - ``attention-heavy``: attention layers at twice the rank of MLP layers;
 
    the two hand-made allocations are scaled to the advised budget (integer ranks >= 1, the
-   largest scale that fits; see :func:`scaled_ranks`).
+   largest scale that fits; see :func:`scaled_ranks`). Where two arms come out with the same
+   ranks (a budget near rank 1 everywhere) they are one run, listed under the first arm.
 
 Records go to calibration/results/validate.jsonl (append-only, resumable like the sweeps), each
 with a ``validation`` field: the arm, the advised budget, the held-out calibration's summary and
@@ -166,7 +167,9 @@ def run(tasks, seeds, arms, *, dry_run: bool = False, log=None) -> None:
         for arm, config, info in plan:
             target = uniform if arm.startswith("uniform-") else results
             if config.run_id in target.run_ids():
-                say(f"  {arm} seed {config.seed}: done ({config.run_id})")
+                twin = next((a for a, c, _ in plan if c.run_id == config.run_id and a != arm), None)
+                say(f"  {arm} seed {config.seed}: done ({config.run_id}"
+                    + (f", the same ranks as {twin})" if twin else ")"))
                 continue
             say(f"  {arm} seed {config.seed}: {'would train' if dry_run else 'training'} {config.summary()}")
             if dry_run:
