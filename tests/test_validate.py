@@ -68,7 +68,7 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
             out["validation"] = {"task": "spam", "arm": arm, "fit": MODEL_DESCRIPTION}
         return out
 
-    uniform = [record(_encoder("spam", 1000, seed, **_rslora(r, ENCODER_ALPHA)), loss, [r] * 3)
+    uniform = [record(_encoder("spam", 1000, seed, **_rslora(r, ENCODER_ALPHA)), loss + 0.01 * seed, [r] * 3)
                for r, loss in ((4, 1.00), (8, 0.90), (16, 0.95)) for seed in (0, 1)]
     pattern = {"advised": ([2, 2, 1], 0.905), "eva": ([3, 2, 0], 0.95)}
     validation = [record(_encoder("spam", 1000, seed, rank_pattern={"x": 1}, alpha=8.0, use_rslora=True), loss, ranks, arm)
@@ -82,5 +82,6 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     assert arms["advised"]["adapter_params"] == 5 * 20 and arms["uniform-8"]["adapter_params"] == 8 * 60
     assert arms["advised"]["base_params"] == 900
     lines = goal_check(arms)
-    assert "best uniform (uniform-8)" in lines[0] and "goal (<= x1.01, <= x0.6) met" in lines[0]
+    assert "best uniform r in 4-32 (uniform-8)" in lines[0] and "goal (<= x1.01, <= x0.6) met" in lines[0]
     assert "advised lower" in lines[1]
+    assert lines[2].endswith(f"{0.01 / 2**0.5:.4f}")  # seeds 0.01 apart at every uniform rank
