@@ -373,7 +373,9 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     returns the :class:`Advice` (config, per-layer evidence, reasons) instead of the config.
     """
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)  # before minutes of probing
-    calibration = resolve_calibration(calibration)  # a bad file fails before the probe
+    resolved = resolve_calibration(calibration)  # a bad file fails before the probe
+    automatic = isinstance(calibration, str) and calibration.lower() == "auto"
+    calibration = calibration if automatic else resolved  # "auto" is decided after the probe
     if train_size is None and dataset is not None:
         dataset, train_size = _rows_and_size(dataset)
     result = probe(model, dataset, **probe_options)

@@ -194,3 +194,18 @@ def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed,
     assert forced.calibration.startswith("calibrated: shipped") and "log2_train_size" in forced.calibration
     assert advice_from_probe(result, min_rank=1, calibration=None).calibration.startswith("uncalibrated")
     assert advice_from_probe(result, min_rank=1, calibration="none").calibration.startswith("uncalibrated")
+
+
+def test_advise_keeps_auto_until_it_has_seen_the_probe(tmp_path, monkeypatch):
+    """advise() (the CLI's path) must let "auto" decline a calibration that does not cover the probe."""
+    from advisor import calibrated
+    from advisor.recommend import advise
+    from calibration.fit import fit, save
+    from test_fit import synthetic_sweep
+
+    records = synthetic_sweep()
+    save(*fit(records), records, "shipped", tmp_path)
+    monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
+    advice = advise(tiny_llama(), token_rows(16, 16), num_samples=16, batch_size=4, progress=False,
+                    train_size=100, min_rank=1, return_advice=True)
+    assert advice.calibration.startswith("uncalibrated") and "does not cover" in advice.calibration
