@@ -20,6 +20,7 @@ Features are scale-free so that one regression can serve models of different wid
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -104,6 +105,7 @@ class Calibration:
     name: str
     metadata: dict
     models: dict  # "cell": log2 optimal uniform rank; "layer": log2 relative need; "curve": log loss over the best rank's
+    automatic: bool = False  # chosen by calibration="auto": used only for probes it covers (domain_gaps)
 
     def predict_log2_rank(self, layers: dict[str, dict], train_size: int, quantized: bool) -> float:
         features = cell_features(layers, train_size, quantized)
@@ -135,8 +137,9 @@ def shipped_calibration() -> Path | None:
 
 def resolve_calibration(calibration) -> Calibration | None:
     """None or ``"none"``: the uncalibrated rule (None); ``"auto"``: the shipped calibration when
-    ``models/`` has one, else None; a path: that file, verified; a loaded calibration: itself."""
-    if calibration is None or isinstance(calibration, Calibration) or hasattr(calibration, "predict_log2_rank"):
+    ``models/`` has one (marked ``automatic``), else None; a path: that file, verified; a loaded
+    calibration: itself."""
+    if calibration is None or isinstance(calibration, Calibration):
         return calibration
     if str(calibration).lower() == "none":
         return None
@@ -145,7 +148,7 @@ def resolve_calibration(calibration) -> Calibration | None:
         if path is None:
             return None
         try:
-            return load_calibration(path)
+            return dataclasses.replace(load_calibration(path), automatic=True)
         except ValueError as error:  # a shipped file this install cannot use: say so, advise uncalibrated
             import warnings
 

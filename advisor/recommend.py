@@ -233,13 +233,13 @@ def build_lora_config(ranks: dict[str, int], alphas: dict[str, float], *, task_t
     )
 
 
-def _needs(result: ProbeResult, calibration, train_size: int):
-    """(need, low need, high need) per layer, and a label saying where they come from."""
+def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size: int):
+    """(need, low need, high need) per layer, and a label saying where they come from;
+    ``layers``: the probe's LayerStats as dicts, what the calibration reads."""
     if calibration is None:
         need = {n: max(s.signal_effective_rank, 1.0) for n, s in result.layers.items()}
         high = {n: max(float(s.signal_rank), need[n]) for n, s in result.layers.items()}
         return need, need, high, UNCALIBRATED_LABEL
-    layers = {name: asdict(stats) for name, stats in result.layers.items()}
     quantized = result.quantization is not None
     log2_rank = calibration.predict_log2_rank(layers, train_size, quantized)
     relative = calibration.predict_log2_relative_need(layers, train_size, quantized) if "layer" in calibration.models else {}
@@ -255,11 +255,11 @@ def _needs(result: ProbeResult, calibration, train_size: int):
     return need, {n: 2 ** (x - error) for n, x in center.items()}, {n: 2 ** (x + error) for n, x in center.items()}, label
 
 
-def _loss_curve(result: ProbeResult, calibration, train_size: int) -> tuple[dict[int, float] | None, float | None]:
+def _loss_curve(result: ProbeResult, layers: dict[str, dict], calibration,
+                train_size: int) -> tuple[dict[int, float] | None, float | None]:
     """(predicted relative eval loss per uniform rank, its error factor), or (None, None) uncalibrated."""
-    if calibration is None or not hasattr(calibration, "predict_loss_curve"):
+    if calibration is None:
         return None, None
-    layers = {name: asdict(stats) for name, stats in result.layers.items()}
     curve = calibration.predict_loss_curve(layers, train_size, result.quantization is not None)
     if curve is None:
         return None, None
@@ -320,19 +320,18 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
                       min_rank: int = 2, max_rank: int = 64, calibration="auto") -> Advice:
     """Advice from a finished probe (see the module docstring for the rules)."""
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)
-    automatic = isinstance(calibration, str) and calibration.lower() == "auto"
     calibration = resolve_calibration(calibration)
     shapes = {name: stats.shape for name, stats in result.layers.items()}
     tokens_budget = parse_budget(budget, shapes)
     train_size = train_size or result.num_rows
+    layer_dicts = {name: asdict(stats) for name, stats in result.layers.items()} if calibration is not None else {}
     declined = None
-    if automatic and calibration is not None:
-        gaps = domain_gaps(calibration, {n: asdict(s) for n, s in result.layers.items()}, train_size,
-                           result.quantization is not None)
+    if calibration is not None and calibration.automatic:
+        gaps = domain_gaps(calibration, layer_dicts, train_size, result.quantization is not None)
         if gaps:  # the default does not extrapolate; an explicit calibration= still can
             declined = f"the shipped calibration {calibration.name} does not cover this probe ({'; '.join(gaps)})"
             calibration = None
-    need, need_low, need_high, label = _needs(result, calibration, train_size)
+    need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size)
     if declined:
         label = f"{label} ({declined})"
     ranks, factor = allocate(need, shapes, tokens_budget, min_rank, max_rank)
@@ -349,7 +348,7 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     }
     trainable = sum(layer.params for layer in layers.values())
     uniform = {r: r * sum(sum(s) for s in shapes.values()) for r in UNIFORM_BASELINES}
-    curve, curve_error = _loss_curve(result, calibration, train_size)
+    curve, curve_error = _loss_curve(result, layer_dicts, calibration, train_size)
     return Advice(
         config=lora_config(result, ranks, alphas, use_rslora=alpha_mode == "rslora"),
         layers=layers, calibration=label, alpha_mode=alpha_mode, budget=tokens_budget, trainable_params=trainable,
@@ -373,9 +372,7 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     returns the :class:`Advice` (config, per-layer evidence, reasons) instead of the config.
     """
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)  # before minutes of probing
-    resolved = resolve_calibration(calibration)  # a bad file fails before the probe
-    automatic = isinstance(calibration, str) and calibration.lower() == "auto"
-    calibration = calibration if automatic else resolved  # "auto" is decided after the probe
+    calibration = resolve_calibration(calibration)  # once, and a bad file fails before the probe
     if train_size is None and dataset is not None:
         dataset, train_size = _rows_and_size(dataset)
     result = probe(model, dataset, **probe_options)
