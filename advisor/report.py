@@ -164,9 +164,9 @@ def plot_loss_curve(advice: dict, path: Path) -> None:
     if factor:
         ax.fill_between(ranks, [v / factor for v in values], [v * factor for v in values], color="tab:blue",
                         alpha=0.15, label="leave-one-task-out error")
-    per_rank = advice["uniform_params"].get("16", advice["uniform_params"].get(16))
-    if per_rank:
-        ax.axvline(16 * advice["trainable_params"] / per_rank, color="tab:orange", linestyle="--",
+    at_16 = advice["uniform_params"].get("16")  # the advice dict's keys are strings (JSON)
+    if at_16:
+        ax.axvline(16 * advice["trainable_params"] / at_16, color="tab:orange", linestyle="--",
                    label="advised size (as a uniform rank)")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("uniform LoRA rank")

@@ -40,24 +40,32 @@ def read_records() -> list[dict]:
     return read(sweep_result_files())
 
 
-def utilisation(records: list[dict]) -> tuple[str, dict]:
-    """Mean effective rank of B A / r, by (model, train size, r, group), over uniform-rank runs."""
+def utilisation_means(records: list[dict], key) -> dict[tuple, float]:
+    """Mean effective rank of B A / r over the layers of uniform-rank runs (EVA-initialised runs
+    left out), keyed by (``key(record, layer)``, r)."""
     table: dict[tuple, list[float]] = defaultdict(list)
     for record in records:
         rank = record["config"].get("rank")
-        if rank is None:
+        if rank is None or record["config"].get("eva_rho") is not None:
             continue
         for layer in record["adapter_layers"]:
-            table[(record["model"], record["train_size"], rank, layer["group"])].append(layer["effective_rank_BA"] / rank)
-    if not table:
+            table[(key(record, layer), rank)].append(layer["effective_rank_BA"] / rank)
+    return {k: statistics.mean(values) for k, values in table.items()}
+
+
+def utilisation(records: list[dict]) -> tuple[str, dict]:
+    """Mean effective rank of B A / r, by (model, train size, group) and r, over uniform-rank runs."""
+    means = utilisation_means(records, lambda record, layer: (record["model"], record["train_size"], layer["group"]))
+    if not means:
         return "*No uniform-rank runs yet.*", {}
-    means = {key: statistics.mean(values) for key, values in table.items()}
+    series = sorted({k[0] for k in means})
+    ranks = sorted({k[1] for k in means})
     from advisor.report import pyplot
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
-    for model, size, group in sorted({(m, s, g) for m, s, _, g in means}):
-        points = sorted((r, v) for (m, s, r, g), v in means.items() if (m, s, g) == (model, size, group))
+    for model, size, group in series:
+        points = [(r, means[((model, size, group), r)]) for r in ranks if ((model, size, group), r) in means]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
                 linestyle="-" if group == "attention" else "--", label=f"{model} n={size} {group}")
     ax.set_xscale("log", base=2)
@@ -69,11 +77,10 @@ def utilisation(records: list[dict]) -> tuple[str, dict]:
     PLOTS_DIR.mkdir(exist_ok=True)
     fig.savefig(PLOTS_DIR / "utilisation.png", dpi=100)
     plt.close(fig)
-    lines = ["| model | train rows | group | " + " | ".join(f"r={r}" for r in sorted({k[2] for k in means})) + " |"]
-    ranks = sorted({k[2] for k in means})
-    lines.append("|---|---|---|" + "---|" * len(ranks))
-    for model, size, group in sorted({(m, s, g) for m, s, _, g in means}):
-        cells = [f"{means[(model, size, r, group)]:.2f}" if (model, size, r, group) in means else "-" for r in ranks]
+    lines = ["| model | train rows | group | " + " | ".join(f"r={r}" for r in ranks) + " |",
+             "|---|---|---|" + "---|" * len(ranks)]
+    for model, size, group in series:
+        cells = [f"{means[((model, size, group), r)]:.2f}" if ((model, size, group), r) in means else "-" for r in ranks]
         lines.append(f"| {model} | {size} | {group} | " + " | ".join(cells) + " |")
     runs = len({r["run_id"] for r in records if r["config"].get("rank") is not None})
     return f"Mean effective rank of B A / r over the layers of {runs} uniform-rank runs:\n\n" + "\n".join(lines), means
@@ -81,20 +88,14 @@ def utilisation(records: list[dict]) -> tuple[str, dict]:
 
 def utilisation_by(records: list[dict], key, label: str, ranks=(1, 4, 16, 64)) -> str:
     """Mean effective rank of B A / r over all layers, per ``key(record)`` and rank."""
-    table: dict[tuple, list[float]] = defaultdict(list)
-    for record in records:
-        rank = record["config"].get("rank")
-        if rank is None or record["config"].get("eva_rho") is not None:
-            continue
-        for layer in record["adapter_layers"]:
-            table[(key(record), rank)].append(layer["effective_rank_BA"] / rank)
-    groups = sorted({k[0] for k in table})
+    means = utilisation_means(records, lambda record, layer: key(record))
+    groups = sorted({k[0] for k in means})
     if not groups:
         return "*No runs.*"
-    ranks = [r for r in ranks if any((g, r) in table for g in groups)]
+    ranks = [r for r in ranks if any((g, r) in means for g in groups)]
     lines = [f"| {label} | " + " | ".join(f"r={r}" for r in ranks) + " |", "|---|" + "---|" * len(ranks)]
     for group in groups:
-        cells = [f"{statistics.mean(table[(group, r)]):.2f}" if (group, r) in table else "-" for r in ranks]
+        cells = [f"{means[(group, r)]:.2f}" if (group, r) in means else "-" for r in ranks]
         lines.append(f"| {group} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

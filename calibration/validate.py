@@ -187,7 +187,7 @@ def run(tasks, seeds, arms, *, dry_run: bool = False, log=None) -> None:
 # --------------------------------------------------------------------------- the table
 def _adapter_params_of(record: dict) -> int:
     shapes = {name: layer["shape"] for name, layer in record["probe"]["layers"].items()}
-    return sum(layer["r"] * sum(shapes[layer["name"]]) for layer in record["adapter_layers"])
+    return adapter_params({layer["name"]: layer["r"] for layer in record["adapter_layers"]}, shapes)
 
 
 def summary(tasks=None) -> dict[str, dict[str, dict]]:
