@@ -11,7 +11,8 @@
 - Q2 alpha: the best PEFT scaling of each (task, rank) of the alpha grid;
 - Q3 layer types: from the uniform-rank cells, the mean effective rank of trained B A at the
   cell's largest rank in attention against MLP layers (what each group uses when both are
-  given the same room); the layer-type grid's runs, when there, compare trained ranks directly;
+  given the same room); and the layer-type grid: eval loss with adapters on attention only, MLP
+  only, or both at different ranks, against uniform r = 8 and 32;
 - Q4 prediction: Spearman correlation between step-0 probe statistics (mean signal effective
   rank, effective rank, stable rank, noise share) and the optimal uniform rank over labelled
   cells, per model, with a bootstrap 95 % interval.
@@ -20,6 +21,7 @@ Sections without enough results say so instead of printing a number.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import sys
@@ -28,7 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from advisor.calibrated import layer_group
-from calibration.labels import best_scaling, uniform_cells
+from calibration.labels import CELL_KEYS, best_scaling, uniform_cells
 
 HERE = Path(__file__).resolve().parent
 PLOTS_DIR = HERE / "plots"
@@ -116,6 +118,50 @@ def layer_groups(records: list[dict]) -> str:
         lines.append(f"| {cell.model} | {cell.task} | {cell.train_size} | {cell.ranks[-1]} | {attention:.1f} | "
                      f"{mlp:.1f} | {mlp / attention:.2f} |")
     return "\n".join(lines) if len(lines) > 2 else "*No cell trained up to r >= 16 yet.*"
+
+
+LAYER_TYPE_ARMS = ((8, 0), (32, 0), (0, 8), (0, 32), (8, 32), (32, 8), (8, 8), (32, 32))  # (attention r, MLP r)
+
+
+def layer_type_arms(records: list[dict]) -> dict[tuple, dict[tuple[int, int], list[float]]]:
+    """Eval losses per (attention r, MLP r) arm, per cell that has layer-type-restricted runs.
+
+    Uniform runs of the same cell supply the (r, r) arms. Keys: the cell key (labels.CELL_KEYS)."""
+    cells: dict[tuple, dict[tuple[int, int], list[float]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        config = record["config"]
+        if config.get("eva_rho") is not None or config.get("rank_pattern") or record.get("eval_loss") is None:
+            continue
+        uniform = config.get("rank")
+        arm = (uniform, uniform) if uniform is not None else (config.get("attention_rank"), config.get("mlp_rank"))
+        if arm in LAYER_TYPE_ARMS:
+            cells[tuple(config.get(k) for k in CELL_KEYS)][arm].append(record["eval_loss"])
+    return {key: arms for key, arms in cells.items() if any(0 in arm for arm in arms)}
+
+
+def layer_types(records: list[dict]) -> str:
+    """Q3 from the layer-type grid: mean eval loss of each arm, and MLP-only minus attention-only in seed noises."""
+    cells = layer_type_arms(records)
+    if not cells:
+        return "*No layer-type-restricted runs yet.*"
+    header = " | ".join(f"{a}/{m}" for a, m in LAYER_TYPE_ARMS)
+    lines = [f"| model | task | train rows | {header} | seed noise | MLP-only - attention-only (seed noises), r 8 / 32 |",
+             "|---|---|---|" + "---|" * (len(LAYER_TYPE_ARMS) + 2)]
+    for key, arms in cells.items():
+        means = {arm: statistics.mean(losses) for arm, losses in arms.items()}
+        paired = [losses for losses in arms.values() if len(losses) >= 2]
+        noise = math.sqrt(statistics.mean(statistics.variance(v) for v in paired)) if paired else None
+        cells_text = " | ".join(f"{means[arm]:.3f}" + ("" if len(arms[arm]) > 1 else "*") if arm in means else "-"
+                                for arm in LAYER_TYPE_ARMS)
+        gaps = []
+        for r in (8, 32):
+            if noise and (0, r) in means and (r, 0) in means:
+                gaps.append(f"{(means[(0, r)] - means[(r, 0)]) / noise:+.1f}")
+            else:
+                gaps.append("-")
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {cells_text} | {'-' if noise is None else f'{noise:.3f}'} "
+                     f"| {' / '.join(gaps)} |")
+    return "\n".join(lines) + "\n\n(* one seed so far; the seed noise pools the arms with two seeds.)"
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -208,6 +254,8 @@ def main() -> int:
     print("\n### Q3 layer types\n")
     print("Mean effective rank of the trained B A at each cell's largest rank (seeds averaged):\n")
     print(layer_groups(records))
+    print("\nThe layer-type grid: mean eval loss per attention r / MLP r arm (uniform runs give r/r):\n")
+    print(layer_types(records))
     print("\n### Q4 prediction\n")
     print(prediction(records))
     return 0

@@ -31,7 +31,7 @@ def record(task, rank, seed, loss, signal=2.0, train_size=1000, model="minilm", 
                    "data_seed": 0, "eval_rows": 256, "rank": rank, "seed": seed},
         "eval_loss": loss,
         "initial_eval_loss": 2.0,
-        "lora": {"r": rank, "scaling_by_group": {"attention": scaling if scaling is not None else 8 / rank**0.5}},
+        "lora": {"r": rank, "scaling_by_group": {"attention": scaling if scaling is not None else 8 / (rank or 1)**0.5}},
         "probe": {"layers": layers},
         "adapter_layers": [{"name": name, "effective_rank_BA": (adapter_erank or {}).get(name, 2.0)} for name in layers],
     }
@@ -154,3 +154,21 @@ def test_an_unloadable_calibration_is_a_clear_error_and_auto_falls_back(tmp_path
     monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
     with pytest.warns(UserWarning, match="using the uncalibrated rule"):
         assert resolve_calibration("auto") is None
+
+
+def test_layer_type_arms_pair_restricted_runs_with_the_cells_uniform_runs():
+    from calibration.findings import layer_type_arms, layer_types
+
+    uniform = cell_records("t", {8: [1.0, 1.02], 32: [0.9, 0.92], 4: [1.1, 1.1]})
+    restricted = []
+    for (attention, mlp), losses in (((8, 0), (0.95, 0.97)), ((0, 8), (1.05, 1.07))):
+        for seed, loss in enumerate(losses):
+            run = record("t", None, seed, loss)
+            run["config"].update(attention_rank=attention, mlp_rank=mlp)
+            restricted.append(run)
+    other_task = cell_records("u", {8: [1.0, 1.0]})  # no restricted runs: not a layer-type cell
+    (arms,) = layer_type_arms(uniform + restricted + other_task).values()
+    assert arms == {(8, 8): [1.0, 1.02], (32, 32): [0.9, 0.92], (8, 0): [0.95, 0.97], (0, 8): [1.05, 1.07]}
+    table = layer_types(uniform + restricted)
+    # every arm's seeds differ by 0.02: seed noise 0.0141; MLP-only - attention-only at r 8 = 0.1 / 0.0141
+    assert "| 0.014 | +7.1 / - |" in table
