@@ -267,6 +267,7 @@ def probe(
     bnb_4bit_use_double_quant: bool = False,
     bnb_4bit_compute_dtype: str = "float32",
     compare_full_precision: bool = False,
+    loss_fn=None,
 ) -> ProbeResult:
     """Measure the spectrum of every target layer's loss gradient on a sample of ``dataset``.
 
@@ -283,6 +284,9 @@ def probe(
     ``compare_full_precision`` (with a quantized checkpoint and the exact method) also runs the
     same rows through the full-precision checkpoint and sets each layer's
     ``quantization_share``; it costs one more pass and the full-precision model's memory.
+    ``loss_fn(logits, batch) -> (summed loss, count)`` replaces the task's own loss (for
+    example a distillation loss against a teacher's distribution on ``batch.input_ids``);
+    None: the task's loss on the rows' labels.
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
@@ -317,7 +321,7 @@ def probe(
             return _ExactAccumulator(shapes[name], device)
         return _SketchAccumulator(shapes[name], device, sketch_size, seed)
 
-    accumulators, loss_tokens, tokens = _accumulate(model, targets, batches, task, make_accumulator, progress)
+    accumulators, loss_tokens, tokens = _accumulate(model, targets, batches, task, make_accumulator, progress, loss_fn)
     num_rows = sum(batch.num_rows for batch in batches)
     types = layer_types(targets)
     spectra_started = time.perf_counter()
@@ -331,7 +335,7 @@ def probe(
         full = full.to(next(model.parameters()).device)  # where the quantized model runs
         full_gradients = gradients(
             full, dataset, tokenizer=tokenizer, target_modules=target_modules, task=task, num_samples=num_samples,
-            batch_size=batch_size, max_length=max_length, seed=seed, progress=progress,
+            batch_size=batch_size, max_length=max_length, seed=seed, progress=progress, loss_fn=loss_fn,
         )
         for name, stats in layers.items():
             quantized_gradient = accumulators[name].halves.sum(0) / sum(loss_tokens)
@@ -367,8 +371,11 @@ def _setup(model, dataset, tokenizer, target_modules, task, num_samples, batch_s
     return task, targets, {name: layer_shape(module) for name, module in targets.items()}, batches
 
 
-def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task: str, make_accumulator, progress: bool):
+def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task: str, make_accumulator, progress: bool,
+                loss_fn=None):
     """The data pass: per target layer, half sums of delta x^T over even and odd batches.
+
+    ``loss_fn(logits, batch) -> (summed loss, count)``; None: :func:`_summed_loss` on the labels.
 
     Returns (accumulators by layer name, loss tokens per half [2], tokens seen). The model is
     left exactly as it was (see :func:`_restored_afterwards` and :func:`advisor.quantized.autograd_safe`).
@@ -428,7 +435,10 @@ def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task
                         attention_mask=batch.attention_mask.to(device),
                         **kwargs,
                     )
-                    loss, count = _summed_loss(output.logits, batch.labels.to(device), task)
+                    if loss_fn is None:
+                        loss, count = _summed_loss(output.logits, batch.labels.to(device), task)
+                    else:
+                        loss, count = loss_fn(output.logits, batch)
                     if count == 0:
                         continue
                     torch.autograd.grad(loss, embedding_outputs)
@@ -484,19 +494,20 @@ def gradients(
     max_length: int = 256,
     seed: int = 0,
     progress: bool = False,
+    loss_fn=None,
 ) -> dict[str, torch.Tensor]:
     """The exact gradient G_L [out, in] (float32) of the mean loss for every target layer.
 
     The same rows, hooks and guarantees as :func:`probe` (the model is left untouched), for
     studies that need G itself rather than its spectrum. Memory: one [out, in] float32
-    tensor per layer, twice during the pass.
+    tensor per layer, twice during the pass. ``loss_fn`` as in :func:`probe`.
     """
     if tokenizer is None:
         _, tokenizer = load_model(model)
     task, targets, shapes, batches = _setup(model, dataset, tokenizer, target_modules, task, num_samples,
                                             batch_size, max_length, seed)
     accumulators, loss_tokens, _ = _accumulate(
-        model, targets, batches, task, lambda name, device: _ExactAccumulator(shapes[name], device), progress
+        model, targets, batches, task, lambda name, device: _ExactAccumulator(shapes[name], device), progress, loss_fn
     )
     total = sum(loss_tokens)
     return {name: accumulator.halves.sum(0) / total for name, accumulator in accumulators.items()}

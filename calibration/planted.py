@@ -1,25 +1,34 @@
 """Planted ground truth: does the probe find a known low-rank change, and its rank?
 
-Teacher = SmolLM2 with a planted rank-k update in chosen layers. Data = real text (the
-embedded standard-library rows) whose next-token labels are *sampled from the teacher*: the
-expected gradient of the probe's loss at the base is then the gradient of KL(teacher || base),
-exactly zero when nothing is planted (score-function identity), so whatever the probe calls
-signal comes from the plant or from sampling noise. The probe runs on the base model.
+Teacher = SmolLM2 with a planted rank-k update in chosen layers; the probe runs on the
+unchanged base, on real text (the embedded standard-library rows), with one of two losses:
 
-Plant kinds:
-- ``random``: dW = scale * sigma_1(W) * U V^T, U [out, k] and V [in, k] random orthonormal;
-- ``top``: dW = scale * U_k S_k V_k^T, the layer's own top-k singular directions amplified by
-  (1 + scale).
+- ``--loss distill``: KL(teacher || base) over the full next-token distributions
+  (:func:`distillation_loss`). Its gradient is zero when nothing is planted, and it has no
+  label-sampling noise: every bit of gradient comes from the plant.
+- ``--loss sampled`` (the first attempt, kept so its records reproduce): cross-entropy on
+  next-token labels *sampled from the teacher*, whose expected gradient is the same KL's.
 
-Per record (``calibration/results/planted.jsonl``, one per run, with the command): for each
-planted layer its signal rank and signal effective rank against k, its place among all layers
-when sorted by signal effective rank (1 = highest) and by noise fraction (1 = least noise),
-and the overlap of its gradient's top-k right singular subspace with the planted V (mean
-squared cosine of the principal angles; about k / in for unrelated directions); plus the
-median noise fraction and the 10 layers with the highest signal effective rank.
+Plant kinds (dW added to W [out, in]):
+- ``input``: dW = scale * sigma_1(W) * U V^T with V [in, k] the top-k principal directions of
+  the layer's inputs on the probe's rows and U [out, k] random orthonormal: a change the data
+  excites;
+- ``random``: the same with V random orthonormal (inputs barely excite random directions);
+- ``top``: dW = scale * U_k S_k V_k^T, the layer's own top-k singular directions amplified.
 
-    python -m calibration.planted --kind top --scale 1.0 --plant model.layers.10.mlp.down_proj:4 model.layers.20.self_attn.v_proj:2
-    python -m calibration.planted --kind random --scale 0.0      # the control: nothing planted
+To first order the planted layer's gradient is G ~ -S dW A (S: the output-side Fisher, A: the
+input covariance), so its row space is span(A V): "the plant as the data sees it". Per record
+(``calibration/results/planted.jsonl``, one per run, with the command), for each planted
+layer: signal rank and signal effective rank against k, the share of ||G||_F^2 in the top k
+singular values, the overlap of G's top-k right singular subspace with span(A V) and with V
+(mean squared cosine of the principal angles; k / in for unrelated directions), and the
+layer's place among all layers by ||G||_F (1 = largest) and by signal effective rank; plus
+the mean KL per token (distill), the median noise share and the 10 layers with the largest
+||G||_F.
+
+    python -m calibration.planted --loss distill --kind input --scale 0.1 --plant model.layers.20.self_attn.v_proj:2
+    python -m calibration.planted --kind top --scale 1.0      # the first attempt (sampled labels)
+    python -m calibration.planted --table
 """
 
 from __future__ import annotations
@@ -42,17 +51,22 @@ RESULTS = Path(__file__).resolve().parent / "results" / "planted.jsonl"
 DEFAULT_PLANTS = ("model.layers.10.mlp.down_proj:4", "model.layers.20.self_attn.v_proj:2")
 
 
-def plant(model, plants: dict[str, int], kind: str, scale: float, seed: int = 0):
-    """A copy of ``model`` with the planted updates; returns (teacher, {name: planted V [in, k]})."""
+def plant(model, plants: dict[str, int], kind: str, scale: float, seed: int = 0, covariances: dict | None = None):
+    """A copy of ``model`` with the planted updates; returns (teacher, {name: planted V [in, k]}).
+
+    ``covariances`` (kind "input"): each planted layer's input covariance [in, in]."""
     teacher = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(seed)
     planted_v = {}
     for name, k in plants.items():
         weight = teacher.get_submodule(name).weight
         w = weight.detach().double()
-        if kind == "random":
+        if kind in ("random", "input"):
             u, _ = torch.linalg.qr(torch.randn(w.shape[0], k, generator=generator, dtype=torch.float64))
-            v, _ = torch.linalg.qr(torch.randn(w.shape[1], k, generator=generator, dtype=torch.float64))
+            if kind == "input":
+                v = torch.linalg.eigh(covariances[name])[1][:, -k:].flip(1)
+            else:
+                v, _ = torch.linalg.qr(torch.randn(w.shape[1], k, generator=generator, dtype=torch.float64))
             update = scale * torch.linalg.matrix_norm(w, ord=2) * u @ v.T
         else:
             u_all, s_all, vh_all = torch.linalg.svd(w, full_matrices=False)
@@ -63,13 +77,67 @@ def plant(model, plants: dict[str, int], kind: str, scale: float, seed: int = 0)
     return teacher, planted_v
 
 
+def distillation_loss(teacher):
+    """A probe ``loss_fn``: summed KL(teacher || model) over the next-token distributions of the
+    positions with a label, and their count. The teacher runs without gradients; against the
+    model itself it is zero with a zero gradient, so any gradient comes from the plant."""
+
+    def loss_fn(logits: torch.Tensor, batch) -> tuple[torch.Tensor, int]:
+        device = logits.device
+        with torch.no_grad():
+            teacher_logits = teacher(input_ids=batch.input_ids.to(device),
+                                     attention_mask=batch.attention_mask.to(device)).logits
+        target = torch.log_softmax(teacher_logits[:, :-1].float(), -1)
+        log_model = torch.log_softmax(logits[:, :-1].float(), -1)
+        mask = batch.labels[:, 1:].to(device) != -100
+        kl = (target.exp() * (target - log_model)).sum(-1)
+        seen[0] += float(kl[mask].sum())
+        seen[1] += int(mask.sum())
+        return kl[mask].sum(), int(mask.sum())
+
+    seen = [0.0, 0]  # summed KL and positions over every call (every probe pass)
+    loss_fn.kl_per_token = lambda: seen[0] / max(seen[1], 1)
+    return loss_fn
+
+
+def text_rows() -> list[dict]:
+    """The embedded standard-library rows as plain text (instruction, blank line, code)."""
+    from advisor.embedded_data import stdlib_code_rows
+
+    return [{"text": row["instruction"] + "\n\n" + row["output"]} for row in stdlib_code_rows()]
+
+
+def input_covariances(model, names, rows, tokenizer, samples: int, max_length: int, seed: int) -> dict:
+    """E[x x^T] [in, in] (float64) of each named layer's input over the probe's rows (padding left out)."""
+    from advisor.data import make_batches
+
+    sums, counts, mask = {}, {}, {}
+
+    def hook(name):
+        def record(module, args, output):
+            x = args[0].detach().double().flatten(0, 1)[mask["keep"]]
+            sums[name] = sums.get(name, 0) + x.T @ x
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return record
+
+    handles = [model.get_submodule(name).register_forward_hook(hook(name)) for name in names]
+    try:
+        for batch in make_batches(rows, tokenizer, task="causal-lm", num_samples=samples, batch_size=8,
+                                  max_length=max_length, seed=seed):
+            mask["keep"] = batch.attention_mask.flatten().bool()
+            with torch.no_grad():
+                model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: sums[name] / counts[name] for name in names}
+
+
 def teacher_labelled_rows(teacher, tokenizer, samples: int, max_length: int, seed: int) -> list[dict]:
     """Pre-tokenized rows of real text whose labels are sampled from the teacher's next-token distribution."""
     from advisor.data import make_batches
-    from advisor.embedded_data import stdlib_code_rows
 
-    texts = [{"text": row["instruction"] + "\n\n" + row["output"]} for row in stdlib_code_rows()]
-    batches = make_batches(texts, tokenizer, task="causal-lm", num_samples=samples, batch_size=8,
+    batches = make_batches(text_rows(), tokenizer, task="causal-lm", num_samples=samples, batch_size=8,
                            max_length=max_length, seed=seed)
     generator = torch.Generator().manual_seed(seed + 1)
     rows = []
@@ -86,55 +154,81 @@ def teacher_labelled_rows(teacher, tokenizer, samples: int, max_length: int, see
 
 
 def subspace_overlap_with(gradient: torch.Tensor, v: torch.Tensor) -> float:
+    """Mean squared cosine of the principal angles between G's top-k right singular vectors and
+    the columns of ``v`` [in, k] (any basis: orthonormalised here); k / in for unrelated directions."""
     k = v.shape[1]
+    basis, _ = torch.linalg.qr(v.double())
     _, _, vh = torch.linalg.svd(gradient.double(), full_matrices=False)
-    return float((vh[:k] @ v).square().sum() / k)
+    return float((vh[:k] @ basis).square().sum() / k)
 
 
-def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_length: int, seed: int) -> dict:
+def top_k_energy_share(gradient: torch.Tensor, k: int) -> float:
+    """Share of ||G||_F^2 in G's top k singular values (1 for an exactly rank-k G)."""
+    sv = torch.linalg.svdvals(gradient.double())
+    return float(sv[:k].square().sum() / sv.square().sum())
+
+
+def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_length: int, seed: int,
+        loss: str = "sampled", model=None, tokenizer=None, progress: bool = True) -> dict:
+    """One planted experiment (see the module docstring); ``model`` None: the embedded SmolLM2."""
     from advisor.loading import load_model
     from advisor.probe import gradients, probe
 
-    base, tokenizer = load_model(None)
-    teacher, planted_v = plant(base, plants, kind, scale, seed)
-    rows = teacher_labelled_rows(teacher, tokenizer, samples, max_length, seed)
-    del teacher
-    settings = dict(tokenizer=tokenizer, num_samples=len(rows), batch_size=8, max_length=max_length, seed=seed)
-    result = probe(base, rows, method="exact", progress=True, **settings)
-    planted_gradients = gradients(base, rows, target_modules=list(plants), **settings)
+    base, tokenizer = (model, tokenizer) if model is not None else load_model(None)
+    settings = dict(tokenizer=tokenizer, batch_size=8, max_length=max_length, seed=seed)
+    covariances = input_covariances(base, list(plants), text_rows(), tokenizer, samples, max_length, seed)
+    teacher, planted_v = plant(base, plants, kind, scale, seed, covariances)
+    teacher.eval()
+    if loss == "distill":
+        rows, loss_fn = text_rows(), distillation_loss(teacher)
+    else:
+        rows, loss_fn = teacher_labelled_rows(teacher, tokenizer, samples, max_length, seed), None
+        del teacher
+    result = probe(base, rows, method="exact", num_samples=samples, progress=progress, loss_fn=loss_fn, **settings)
+    planted_gradients = gradients(base, rows, target_modules=list(plants), num_samples=samples, loss_fn=loss_fn,
+                                  **settings)
     by_signal = sorted(result.layers, key=lambda n: -result.layers[n].signal_effective_rank)
-    by_noise = sorted(result.layers, key=lambda n: result.layers[n].noise_fraction)
+    by_norm = sorted(result.layers, key=lambda n: -result.layers[n].frobenius_norm)
     layers = {}
     for name, k in plants.items():
-        stats = result.layers[name]
+        stats, gradient = result.layers[name], planted_gradients[name]
         layers[name] = {
             "k": k, "signal_rank": stats.signal_rank, "signal_effective_rank": round(stats.signal_effective_rank, 3),
             "noise_fraction": round(stats.noise_fraction, 4),
-            "place_by_signal_erank": by_signal.index(name) + 1, "place_by_noise": by_noise.index(name) + 1,
-            "overlap_with_planted": round(subspace_overlap_with(planted_gradients[name], planted_v[name]), 4),
+            "top_k_energy_share": round(top_k_energy_share(gradient, k), 4),
+            "place_by_signal_erank": by_signal.index(name) + 1, "place_by_norm": by_norm.index(name) + 1,
+            "overlap_with_planted": round(subspace_overlap_with(gradient, planted_v[name]), 4),
+            "overlap_with_seen": round(subspace_overlap_with(gradient, covariances[name] @ planted_v[name]), 4),
             "chance_overlap": round(k / stats.shape[1], 4),
         }
-    return {
-        "kind": kind, "scale": scale, "samples": len(rows), "max_length": max_length, "seed": seed,
-        "layers_probed": len(result.layers), "planted": layers,
-        "median_noise_fraction": round(statistics.median(s.noise_fraction for s in result.layers.values()), 4),
-        "top_signal": [[n, round(result.layers[n].signal_effective_rank, 3), result.layers[n].signal_rank]
-                       for n in by_signal[:10]],
-    }
+    record = {"loss": loss, "kind": kind, "scale": scale, "samples": result.num_rows, "max_length": max_length,
+              "seed": seed, "layers_probed": len(result.layers), "planted": layers,
+              "median_noise_fraction": round(statistics.median(s.noise_fraction for s in result.layers.values()), 4),
+              "top_norm": [[n, round(result.layers[n].frobenius_norm, 6), result.layers[n].signal_rank]
+                           for n in by_norm[:10]]}
+    if loss == "distill":
+        record["kl_per_token"] = round(loss_fn.kl_per_token(), 5)
+    return record
 
 
 def markdown_table() -> str:
     """Every stored run: one row per planted layer (the table of calibration/README.md)."""
-    lines = ["| plant | scale | layer | k | signal rank | signal eff. rank | noise share | place by signal eff. rank "
-             "(of 210) | overlap with planted V (chance) | median noise share, all layers |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| loss | plant | scale | KL / token | layer | k | signal rank | top-k energy share | overlap with "
+             "A V / with V (chance) | place by norm / by signal eff. rank (of 210) | median noise share |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def number(value, digits):
+        return "-" if value is None else f"{value:.{digits}f}"
+
     for line in RESULTS.read_text().splitlines():
         record = json.loads(line)
         for name, layer in record["planted"].items():
             lines.append(
-                f"| {record['kind']} | {record['scale']:g} | {name.removeprefix('model.')} | {layer['k']} "
-                f"| {layer['signal_rank']} | {layer['signal_effective_rank']:.2f} | {layer['noise_fraction']:.2f} "
-                f"| {layer['place_by_signal_erank']} | {layer['overlap_with_planted']:.4f} ({layer['chance_overlap']:.4f}) "
+                f"| {record.get('loss', 'sampled')} | {record['kind']} | {record['scale']:g} "
+                f"| {number(record.get('kl_per_token'), 3)} | {name.removeprefix('model.')} | {layer['k']} "
+                f"| {layer['signal_rank']} | {number(layer.get('top_k_energy_share'), 2)} "
+                f"| {number(layer.get('overlap_with_seen'), 2)} / {layer['overlap_with_planted']:.4f} "
+                f"({layer['chance_overlap']:.4f}) | {layer.get('place_by_norm', '-')} / {layer['place_by_signal_erank']} "
                 f"| {record['median_noise_fraction']:.2f} |"
             )
     return "\n".join(lines)
@@ -142,7 +236,9 @@ def markdown_table() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m calibration.planted", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kind", choices=("random", "top"), default="top")
+    parser.add_argument("--loss", choices=("sampled", "distill"), default="sampled",
+                        help="sampled: teacher-sampled labels (the first attempt); distill: KL to the teacher")
+    parser.add_argument("--kind", choices=("input", "random", "top"), default="top")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--plant", nargs="+", default=list(DEFAULT_PLANTS), metavar="NAME:K")
     parser.add_argument("--samples", type=int, default=64)
@@ -163,10 +259,11 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     torch.set_num_threads(1)
-    record = run(plants, args.kind, args.scale, args.samples, args.max_length, args.seed)
+    record = run(plants, args.kind, args.scale, args.samples, args.max_length, args.seed, args.loss)
     record["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    loss_option = ["--loss", args.loss] if args.loss != "sampled" else []  # the first attempt's commands had none
     record["command"] = "python -m calibration.planted " + shlex.join(
-        ["--kind", args.kind, "--scale", str(args.scale), "--samples", str(args.samples),
+        [*loss_option, "--kind", args.kind, "--scale", str(args.scale), "--samples", str(args.samples),
          "--max-length", str(args.max_length), "--seed", str(args.seed), "--plant", *args.plant])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as f:
