@@ -13,6 +13,9 @@ Plant kinds (dW added to W [out, in]):
 - ``input``: dW = scale * sigma_1(W) * U V^T with V [in, k] the top-k principal directions of
   the layer's inputs on the probe's rows and U [out, k] random orthonormal: a change the data
   excites;
+- ``input-equal``: the same V, each direction scaled by sqrt(lambda_k / lambda_i) (lambda: the
+  input covariance's eigenvalues), so that every direction changes the layer's output by as
+  much as the k-th: k equally excited directions;
 - ``random``: the same with V random orthonormal (inputs barely excite random directions);
 - ``top``: dW = scale * U_k S_k V_k^T, the layer's own top-k singular directions amplified.
 
@@ -54,20 +57,24 @@ DEFAULT_PLANTS = ("model.layers.10.mlp.down_proj:4", "model.layers.20.self_attn.
 def plant(model, plants: dict[str, int], kind: str, scale: float, seed: int = 0, covariances: dict | None = None):
     """A copy of ``model`` with the planted updates; returns (teacher, {name: planted V [in, k]}).
 
-    ``covariances`` (kind "input"): each planted layer's input covariance [in, in]."""
+    ``covariances`` (kinds "input", "input-equal"): each planted layer's input covariance [in, in]."""
     teacher = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(seed)
     planted_v = {}
     for name, k in plants.items():
         weight = teacher.get_submodule(name).weight
         w = weight.detach().double()
-        if kind in ("random", "input"):
+        if kind in ("random", "input", "input-equal"):
             u, _ = torch.linalg.qr(torch.randn(w.shape[0], k, generator=generator, dtype=torch.float64))
-            if kind == "input":
-                v = torch.linalg.eigh(covariances[name])[1][:, -k:].flip(1)
-            else:
+            weights = torch.ones(k, dtype=torch.float64)
+            if kind == "random":
                 v, _ = torch.linalg.qr(torch.randn(w.shape[1], k, generator=generator, dtype=torch.float64))
-            update = scale * torch.linalg.matrix_norm(w, ord=2) * u @ v.T
+            else:
+                eigenvalues, eigenvectors = torch.linalg.eigh(covariances[name])
+                v, top = eigenvectors[:, -k:].flip(1), eigenvalues[-k:].flip(0)
+                if kind == "input-equal":  # every direction moves the output as much as the k-th
+                    weights = (top[-1] / top).sqrt()
+            update = scale * torch.linalg.matrix_norm(w, ord=2) * (u * weights) @ v.T
         else:
             u_all, s_all, vh_all = torch.linalg.svd(w, full_matrices=False)
             v = vh_all[:k].T
@@ -238,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m calibration.planted", description=__doc__.split("\n\n")[0])
     parser.add_argument("--loss", choices=("sampled", "distill"), default="sampled",
                         help="sampled: teacher-sampled labels (the first attempt); distill: KL to the teacher")
-    parser.add_argument("--kind", choices=("input", "random", "top"), default="top")
+    parser.add_argument("--kind", choices=("input", "input-equal", "random", "top"), default="top")
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--plant", nargs="+", default=list(DEFAULT_PLANTS), metavar="NAME:K")
     parser.add_argument("--samples", type=int, default=64)
