@@ -97,8 +97,9 @@ SMOLLM2_STEPS = 150
 SMOLLM2_ALPHA = 8.0
 SMOLLM2_COMMON = {"batch_size": 8, "max_length": 128, "eval_rows": 64}
 
-# measured seconds per optimizer step, one thread, this machine (see the module docstring)
-SECONDS_PER_STEP = {"minilm": 0.6, "mpnet": 4.8, "smollm2": 4.0}  # mpnet: its first grid run
+# seconds per optimizer step measured in the grids' own runs on this machine (records'
+# seconds_per_step): one thread per process, two sweeps side by side
+SECONDS_PER_STEP = {"minilm": 1.1, "mpnet": 4.8, "smollm2": 12.0}
 EVAL_SECONDS = {"minilm": 6.0, "mpnet": 33.0, "smollm2": 12.0}  # one evaluation
 LOAD_SECONDS = 3.0
 
