@@ -97,10 +97,11 @@ def distillation_loss(teacher):
         target = torch.log_softmax(teacher_logits[:, :-1].float(), -1)
         log_model = torch.log_softmax(logits[:, :-1].float(), -1)
         mask = batch.labels[:, 1:].to(device) != -100
-        kl = (target.exp() * (target - log_model)).sum(-1)
-        seen[0] += float(kl[mask].sum())
-        seen[1] += int(mask.sum())
-        return kl[mask].sum(), int(mask.sum())
+        summed = (target.exp() * (target - log_model)).sum(-1)[mask].sum()
+        count = int(mask.sum())
+        seen[0] += float(summed.detach())
+        seen[1] += count
+        return summed, count
 
     seen = [0.0, 0]  # summed KL and positions over every call (every probe pass)
     loss_fn.kl_per_token = lambda: seen[0] / max(seen[1], 1)
