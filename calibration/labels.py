@@ -23,7 +23,9 @@ a fixed alpha, or a fixed alpha / r (see ``calibration/sweep.py``).
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 SCALE_GROUP_KEYS = ("model", "task", "train_size", "rank", "learning_rate", "steps", "batch_size", "max_length",
@@ -62,8 +64,7 @@ class Cell:
 
     @property
     def seed_noise(self) -> float | None:
-        variances = [_sample_variance(v) for v in self.losses.values() if len(v) >= 2]
-        return math.sqrt(sum(variances) / len(variances)) if variances else None
+        return pooled_seed_noise(self.losses.values())
 
     @property
     def best_rank(self) -> int:
@@ -117,9 +118,11 @@ def _finite_loss(record: dict) -> bool:
     return loss is not None and math.isfinite(loss)
 
 
-def _sample_variance(values: list[float]) -> float:
-    mean = sum(values) / len(values)
-    return sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+def pooled_seed_noise(loss_groups: Iterable[list[float]]) -> float | None:
+    """Seed noise: sqrt(mean sample variance) over the groups (ranks, arms) trained with >= 2
+    seeds, each group one configuration's eval losses; None when no group has two."""
+    variances = [statistics.variance(losses) for losses in loss_groups if len(losses) >= 2]
+    return math.sqrt(statistics.mean(variances)) if variances else None
 
 
 def uniform_cells(records: list[dict], min_ranks: int = 3) -> list[Cell]:

@@ -37,7 +37,6 @@ eval loss within 1 % with at most 60 % of its parameters, and beats EVA at equal
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
@@ -46,6 +45,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from calibration.labels import pooled_seed_noise  # noqa: E402
 from calibration.sweep import ENCODER_ALPHA, ENCODER_TASKS, RESULTS_DIR, ResultsFile, _encoder, _rslora  # noqa: E402
 from calibration.train import RunConfig  # noqa: E402
 
@@ -238,7 +238,7 @@ def goal_check(arms: dict[str, dict]) -> list[str]:
     """Plain statements of whether the task meets the issue's goal (only with every needed arm)."""
     lines = []
     uniform = {f"uniform-{r}": arms[f"uniform-{r}"] for r in UNIFORM_RANKS if f"uniform-{r}" in arms}
-    noise = seed_noise(uniform)
+    noise = pooled_seed_noise(v["losses"] for v in uniform.values())
     advised = arms.get("advised")
 
     def in_noise(difference: float) -> str:
@@ -260,12 +260,6 @@ def goal_check(arms: dict[str, dict]) -> list[str]:
     if noise:
         lines.append(f"seed noise (pooled standard deviation of the uniform arms' two seeds): {noise:.4f}")
     return lines
-
-
-def seed_noise(arms: dict[str, dict]) -> float | None:
-    """Pooled standard deviation between seeds over the arms that have two or more."""
-    variances = [statistics.variance(v["losses"]) for v in arms.values() if len(v["losses"]) >= 2]
-    return math.sqrt(statistics.mean(variances)) if variances else None
 
 
 def print_table(table: dict) -> None:
