@@ -21,7 +21,6 @@ Sections without enough results say so instead of printing a number.
 
 from __future__ import annotations
 
-import math
 import random
 import statistics
 import sys
@@ -30,7 +29,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from advisor.calibrated import layer_group
-from calibration.labels import CELL_KEYS, best_scaling, uniform_cells
+from calibration.labels import CELL_KEYS, best_scaling, pooled_seed_noise, uniform_cells
 
 HERE = Path(__file__).resolve().parent
 PLOTS_DIR = HERE / "plots"
@@ -123,24 +122,32 @@ def layer_groups(records: list[dict]) -> str:
 LAYER_TYPE_ARMS = ((8, 0), (32, 0), (0, 8), (0, 32), (8, 32), (32, 8), (8, 8), (32, 32))  # (attention r, MLP r)
 
 
-def layer_type_arms(records: list[dict]) -> dict[tuple, dict[tuple[int, int], list[float]]]:
-    """Eval losses per (attention r, MLP r) arm, per cell that has layer-type-restricted runs.
+def _layer_type_arm(config: dict) -> tuple[int, int] | None:
+    """The (attention r, MLP r) arm of a run's config (a uniform run gives (r, r)), or None when
+    the run is not one of LAYER_TYPE_ARMS (or is EVA-initialised or per-module)."""
+    if config.get("eva_rho") is not None or config.get("rank_pattern"):
+        return None
+    uniform = config.get("rank")
+    arm = (uniform, uniform) if uniform is not None else (config.get("attention_rank"), config.get("mlp_rank"))
+    return arm if arm in LAYER_TYPE_ARMS else None
+
+
+def layer_type_arms(records: list[dict], field: str = "eval_loss") -> dict[tuple, dict[tuple[int, int], list[float]]]:
+    """Per cell that has layer-type-restricted runs, each (attention r, MLP r) arm's values of
+    ``field`` (eval loss, or e.g. trainable_params), one per run.
 
     Uniform runs of the same cell supply the (r, r) arms. Keys: the cell key (labels.CELL_KEYS)."""
     cells: dict[tuple, dict[tuple[int, int], list[float]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
-        config = record["config"]
-        if config.get("eva_rho") is not None or config.get("rank_pattern") or record.get("eval_loss") is None:
-            continue
-        uniform = config.get("rank")
-        arm = (uniform, uniform) if uniform is not None else (config.get("attention_rank"), config.get("mlp_rank"))
-        if arm in LAYER_TYPE_ARMS:
-            cells[tuple(config.get(k) for k in CELL_KEYS)][arm].append(record["eval_loss"])
+        arm = _layer_type_arm(record["config"])
+        if arm is not None and record.get("eval_loss") is not None:
+            cells[tuple(record["config"].get(k) for k in CELL_KEYS)][arm].append(record[field])
     return {key: arms for key, arms in cells.items() if any(0 in arm for arm in arms)}
 
 
 def layer_types(records: list[dict]) -> str:
-    """Q3 from the layer-type grid: mean eval loss of each arm, and MLP-only minus attention-only in seed noises."""
+    """Q3 from the layer-type grid: mean eval loss of each arm, MLP-only minus attention-only in
+    seed noises, and each arm's trainable parameters."""
     cells = layer_type_arms(records)
     if not cells:
         return "*No layer-type-restricted runs yet.*"
@@ -149,8 +156,7 @@ def layer_types(records: list[dict]) -> str:
              "|---|---|---|" + "---|" * (len(LAYER_TYPE_ARMS) + 2)]
     for key, arms in cells.items():
         means = {arm: statistics.mean(losses) for arm, losses in arms.items()}
-        paired = [losses for losses in arms.values() if len(losses) >= 2]
-        noise = math.sqrt(statistics.mean(statistics.variance(v) for v in paired)) if paired else None
+        noise = pooled_seed_noise(arms.values())
         cells_text = " | ".join(f"{means[arm]:.3f}" + ("" if len(arms[arm]) > 1 else "*") if arm in means else "-"
                                 for arm in LAYER_TYPE_ARMS)
         gaps = []
@@ -161,7 +167,12 @@ def layer_types(records: list[dict]) -> str:
                 gaps.append("-")
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {cells_text} | {'-' if noise is None else f'{noise:.3f}'} "
                      f"| {' / '.join(gaps)} |")
-    return "\n".join(lines) + "\n\n(* one seed so far; the seed noise pools the arms with two seeds.)"
+    lines.append("\n(* one seed so far; the seed noise pools the arms with two seeds.)\n\nTrainable parameters "
+                 "per arm (thousands, the classifier head included):\n")
+    for key, arms in layer_type_arms(records, "trainable_params").items():
+        lines.append(f"- {key[0]}/{key[1]}: " + ", ".join(f"{a}/{m} {statistics.mean(arms[(a, m)]) / 1000:,.0f}"
+                                                          for a, m in LAYER_TYPE_ARMS if (a, m) in arms))
+    return "\n".join(lines)
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:

@@ -177,12 +177,12 @@ def top_k_energy_share(gradient: torch.Tensor, k: int) -> float:
 
 
 def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_length: int, seed: int,
-        loss: str = "sampled", model=None, tokenizer=None, progress: bool = True) -> dict:
-    """One planted experiment (see the module docstring); ``model`` None: the embedded SmolLM2."""
+        loss: str = "sampled") -> dict:
+    """One planted experiment on the embedded SmolLM2 (see the module docstring)."""
     from advisor.loading import load_model
     from advisor.probe import gradients, probe
 
-    base, tokenizer = (model, tokenizer) if model is not None else load_model(None)
+    base, tokenizer = load_model(None)
     settings = dict(tokenizer=tokenizer, batch_size=8, max_length=max_length, seed=seed)
     covariances = input_covariances(base, list(plants), text_rows(), tokenizer, samples, max_length, seed)
     teacher, planted_v = plant(base, plants, kind, scale, seed, covariances)
@@ -192,7 +192,7 @@ def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_lengt
     else:
         rows, loss_fn = teacher_labelled_rows(teacher, tokenizer, samples, max_length, seed), None
         del teacher
-    result = probe(base, rows, method="exact", num_samples=samples, progress=progress, loss_fn=loss_fn, **settings)
+    result = probe(base, rows, method="exact", num_samples=samples, progress=True, loss_fn=loss_fn, **settings)
     planted_gradients = gradients(base, rows, target_modules=list(plants), num_samples=samples, loss_fn=loss_fn,
                                   **settings)
     by_signal = sorted(result.layers, key=lambda n: -result.layers[n].signal_effective_rank)
@@ -239,6 +239,13 @@ def markdown_table() -> str:
                 f"({layer['chance_overlap']:.4f}) | {layer.get('place_by_norm', '-')} / {layer['place_by_signal_erank']} "
                 f"| {record['median_noise_fraction']:.2f} |"
             )
+    lines.append("\nThe three layers with the largest ||G||_F in each run that recorded them:\n")
+    for line in RESULTS.read_text().splitlines():
+        record = json.loads(line)
+        if "top_norm" in record:
+            planted = ", ".join(f"{name.removeprefix('model.')}:{layer['k']}" for name, layer in record["planted"].items())
+            lines.append(f"- {record['kind']} {planted}: "
+                         + ", ".join(name.removeprefix("model.") for name, _, _ in record["top_norm"][:3]))
     return "\n".join(lines)
 
 

@@ -31,6 +31,7 @@ def record(task, rank, seed, loss, signal=2.0, train_size=1000, model="minilm", 
                    "data_seed": 0, "eval_rows": 256, "rank": rank, "seed": seed},
         "eval_loss": loss,
         "initial_eval_loss": 2.0,
+        "trainable_params": 1000 * (rank or 1),
         "lora": {"r": rank, "scaling_by_group": {"attention": scaling if scaling is not None else 8 / (rank or 1)**0.5}},
         "probe": {"layers": layers},
         "adapter_layers": [{"name": name, "effective_rank_BA": (adapter_erank or {}).get(name, 2.0)} for name in layers],
@@ -172,3 +173,4 @@ def test_layer_type_arms_pair_restricted_runs_with_the_cells_uniform_runs():
     table = layer_types(uniform + restricted)
     # every arm's seeds differ by 0.02: seed noise 0.0141; MLP-only - attention-only at r 8 = 0.1 / 0.0141
     assert "| 0.014 | +7.1 / - |" in table
+    assert "- minilm/t: 8/0 1, 0/8 1, 8/8 8, 32/32 32" in table  # trainable parameters in thousands
