@@ -8,7 +8,8 @@
   well below 1 the adapter did not use the rank it was given;
 - Q1 by task and by learning rate: utilisation at each rank per task (train size 1000), and in
   the learning-rate check's runs (``results/encoder-lr.jsonl``);
-- Q2 alpha: the best PEFT scaling of each (task, rank) of the alpha grid;
+- Q2 alpha: per (task, rank) of the alpha grid, eval loss and train-loss rises at each PEFT
+  scaling, the best scaling and those within seed noise of it (a table and ``plots/alpha.png``);
 - Q3 layer types: from the uniform-rank cells, the mean effective rank of trained B A at the
   cell's largest rank in attention against MLP layers (what each group uses when both are
   given the same room); and the layer-type grid: eval loss with adapters on attention only, MLP
@@ -21,6 +22,7 @@ Sections without enough results say so instead of printing a number.
 
 from __future__ import annotations
 
+import math
 import random
 import statistics
 import sys
@@ -175,6 +177,70 @@ def layer_types(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def loss_rise(record: dict) -> float:
+    """Largest rise of the logged train loss above its running minimum, in nats (0 for a loss that
+    only falls): a spike or a divergence shows as a large rise. The curve is the trainer's
+    ``train_loss_curve`` (each point a mean over the steps since the last one)."""
+    lowest, rise = math.inf, 0.0
+    for _, loss in record.get("train_loss_curve", []):
+        rise = max(rise, loss - lowest)
+        lowest = min(lowest, loss)
+    return rise
+
+
+def alpha_scaling(records: list[dict]) -> str:
+    """Q2: per (model, task, train size, rank) trained at several PEFT scalings s, each s's mean
+    eval loss and the largest train-loss rise of its runs, the best s, the scalings within one
+    seed noise of it, and best s x sqrt(r) (constant across ranks if rsLoRA's rule is the right
+    one, proportional to sqrt(r) if alpha / r is); writes ``plots/alpha.png``."""
+    rows = best_scaling(records)
+    if not rows:
+        return "*No alpha-grid results yet.*"
+    rises: dict[tuple, list[float]] = defaultdict(list)
+    for record in records:
+        config = record["config"]
+        if config.get("rank") is not None and config.get("eva_rho") is None:
+            scaling = round(record["lora"]["scaling_by_group"]["attention"], 6)
+            rises[(config["model"], config["task"], config["train_size"], config["rank"], scaling)].append(loss_rise(record))
+    lines = ["| model | task | train rows | r | scaling s: mean eval loss [largest train-loss rise] | seed noise "
+             "| best s | s within noise | best s x sqrt(r) |", "|---|---|---|---|---|---|---|---|---|"]
+    for row in sorted(rows, key=lambda r: (r["model"], r["task"], r["train_size"], r["rank"])):
+        arms = ", ".join(
+            f"{s:.3g}: {mean:.3f}" + ("" if len(row["losses"][s]) > 1 else "*")
+            + f" [{max(rises[(row['model'], row['task'], row['train_size'], row['rank'], s)]):.2f}]"
+            for s, mean in row["scales"].items())
+        noise = row["seed_noise"]
+        within = row["within_noise"]
+        lines.append(f"| {row['model']} | {row['task']} | {row['train_size']} | {row['rank']} | {arms} | "
+                     f"{'-' if noise is None else f'{noise:.3f}'} | {row['best_scaling']:.3g} | "
+                     f"{min(within):.3g} to {max(within):.3g} | {row['best_scaling'] * math.sqrt(row['rank']):.3g} |")
+    _plot_alpha(rows)
+    return "\n".join(lines) + "\n\n(* one seed so far; the seed noise pools the scalings with two seeds.)"
+
+
+def _plot_alpha(rows: list[dict]) -> None:
+    from advisor.report import pyplot
+
+    plt = pyplot()
+    panels = sorted({(r["model"], r["task"], r["train_size"]) for r in rows})
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for row in sorted((r for r in rows if (r["model"], r["task"], r["train_size"]) == panel), key=lambda r: r["rank"]):
+            scales = list(row["scales"])
+            ax.errorbar(scales, list(row["scales"].values()), yerr=row["seed_noise"] or 0.0, marker="o", capsize=2,
+                        label=f"r={row['rank']}")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("PEFT scaling s (multiplies B A)")
+        ax.set_title(f"{panel[0]}/{panel[1]} n={panel[2]}", fontsize=9)
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("mean eval loss (bars: seed noise)")
+    fig.suptitle("Q2: eval loss against the LoRA scaling at a fixed learning rate", fontsize=10)
+    fig.tight_layout()
+    PLOTS_DIR.mkdir(exist_ok=True)
+    fig.savefig(PLOTS_DIR / "alpha.png", dpi=100)
+    plt.close(fig)
+
+
 def spearman(xs: list[float], ys: list[float]) -> float:
     """Spearman's rank correlation (scipy, a dependency of scikit-learn); nan when a side is constant."""
     from scipy.stats import spearmanr
@@ -259,9 +325,7 @@ def main() -> int:
         print("\nBy learning rate (the LR check: MiniLM, brown-genre, 1000 rows, 400 steps):\n")
         print(utilisation_by(read([lr_path]), lambda r: f"{r['learning_rate']:g}", "learning rate", ranks=(1, 8, 64)))
     print("\n### Q2 alpha\n")
-    rows = best_scaling(records)
-    print("\n".join(f"- {r['model']}/{r['task']} n={r['train_size']} r={r['rank']}: best scaling {r['best_scaling']:g} "
-                    f"of {', '.join(f'{s:g}' for s in r['scales'])}" for r in rows) or "*No alpha-grid results yet.*")
+    print(alpha_scaling(records))
     print("\n### Q3 layer types\n")
     print("Mean effective rank of the trained B A at each cell's largest rank (seeds averaged):\n")
     print(layer_groups(records))

@@ -53,9 +53,16 @@ def sweep_result_files() -> list[Path]:
 
 
 def read_records(paths) -> list[dict]:
-    records = []
+    """The records of ``paths``, each run once: a run two grids share (the same config, so the same
+    run_id) counts from the first file that has it, never as a second seed."""
+    records, seen = [], set()
     for path in paths:
-        records += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        for line in Path(path).read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                if record["run_id"] not in seen:
+                    seen.add(record["run_id"])
+                    records.append(record)
     return records
 
 

@@ -15,9 +15,11 @@ a fixed alpha, or a fixed alpha / r (see ``calibration/sweep.py``).
 - **Loss curve**: per rank, log(mean eval loss / the best rank's mean eval loss) (0 at the
   best rank), so curves of tasks with different loss levels share one scale; only for cells
   whose ranks span 1 to 64 (the best rank is then inside the range tried).
-- **Best alpha**: among runs of one (model, task, train size, rank, learning rate, steps, batch,
-  length, data, scale kind: rsLoRA or not) that differ only in alpha, the PEFT scaling (alpha / r, or alpha / sqrt(r) with rsLoRA) with the
-  lowest mean eval loss.
+- **Best alpha**: among uniform-rank runs of one (model, task, train size, rank, learning rate,
+  steps, batch, length, data) that differ only in how B A is scaled, the PEFT scaling s (what
+  multiplies B A: alpha / r, or alpha / sqrt(r) with rsLoRA; the two rules are pooled, since s
+  is all that reaches the forward pass) with the lowest mean eval loss. ``within_noise``: the
+  scalings whose mean is within one pooled seed noise of the best.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 SCALE_GROUP_KEYS = ("model", "task", "train_size", "rank", "learning_rate", "steps", "batch_size", "max_length",
-                    "data_seed", "eval_rows", "use_rslora")
+                    "data_seed", "eval_rows")
 CELL_KEYS = ("model", "task", "train_size", "learning_rate", "steps", "batch_size", "max_length",
              "alpha", "alpha_over_r", "use_rslora", "data_seed", "eval_rows")
 
@@ -140,15 +142,16 @@ def uniform_cells(records: list[dict], min_ranks: int = 3) -> list[Cell]:
 
 
 def best_scaling(records: list[dict]) -> list[dict]:
-    """Per (model, task, train size, rank, learning rate) with >= 2 scales: the best PEFT scaling.
+    """Per (model, task, train size, rank, learning rate, ...) trained at >= 2 scalings: the best one.
 
-    Returns rows {model, task, train_size, rank, learning_rate, use_rslora, scales: {scaling: mean
-    loss}, best_scaling}; ``scaling`` is what multiplies B A (alpha / r, or alpha / sqrt(r) with rsLoRA).
+    Returns rows {model, task, train_size, rank, learning_rate, losses: {scaling: [eval loss per
+    run]}, scales: {scaling: mean loss}, seed_noise (None without two seeds anywhere),
+    best_scaling, within_noise: [scalings within one seed noise of the best]}, scalings ascending.
     """
     groups: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for record in records:
         config = record.get("config", {})
-        if config.get("rank") is None or not _finite_loss(record):
+        if config.get("rank") is None or config.get("eva_rho") is not None or not _finite_loss(record):
             continue
         key = tuple(config.get(k) for k in SCALE_GROUP_KEYS)
         scaling = round(record["lora"]["scaling_by_group"]["attention"], 6)
@@ -157,9 +160,13 @@ def best_scaling(records: list[dict]) -> list[dict]:
     for key, by_scale in groups.items():
         if len(by_scale) < 2:
             continue
-        means = {s: sum(v) / len(v) for s, v in sorted(by_scale.items())}
+        losses = dict(sorted(by_scale.items()))
+        means = {s: statistics.mean(v) for s, v in losses.items()}
+        best = min(means, key=means.get)
+        noise = pooled_seed_noise(losses.values())
         rows.append({
             "model": key[0], "task": key[1], "train_size": key[2], "rank": key[3], "learning_rate": key[4],
-            "use_rslora": key[-1], "scales": means, "best_scaling": min(means, key=means.get),
+            "losses": losses, "scales": means, "seed_noise": noise, "best_scaling": best,
+            "within_noise": [s for s, m in means.items() if m <= means[best] + (noise or 0.0)],
         })
     return rows

@@ -340,9 +340,11 @@ def run_grid(
     run: Callable[[RunConfig], dict] | None = None,
     limit: int | None = None,
     shard: tuple[int, int] = (0, 1),
+    done_elsewhere: frozenset[str] = frozenset(),
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Run the configs not yet in ``results``, in order, appending each record as it finishes.
+    """Run the configs not yet in ``results`` nor in ``done_elsewhere`` (run_ids another grid's
+    file holds: grids share some configs), in order, appending each record as it finishes.
 
     ``run`` defaults to :func:`calibration.train.train_run`; ``limit`` caps the new runs;
     ``shard`` (k, n) keeps the configs at positions i with i % n == k. Returns counts.
@@ -356,7 +358,7 @@ def run_grid(
     cut = results.repair()
     if cut:
         say(f"{results.path}: removed a last line cut short ({cut} bytes)")
-    mine, todo = shard_plan(configs, results.run_ids(), shard)
+    mine, todo = shard_plan(configs, results.run_ids() | done_elsewhere, shard)
     say(f"{results.path.name}: {len(configs)} runs in the grid, {len(mine)} in this shard, "
         f"{len(mine) - len(todo)} already done, {len(todo)} to run" + (f" (limit {limit})" if limit is not None else ""))
     counts = {"ran": 0, "skipped": len(mine) - len(todo), "duplicates": 0}
@@ -470,7 +472,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.dry_run:
                 _print_plan(configs, results, args.shard, args.limit)
             else:
-                run_grid(configs, results, limit=args.limit, shard=args.shard)
+                elsewhere = frozenset().union(*(ResultsFile(p).run_ids() for p in RESULTS_DIR.glob("*.jsonl")
+                                                if p.resolve() != results.path.resolve()))
+                run_grid(configs, results, limit=args.limit, shard=args.shard, done_elsewhere=elsewhere)
         return 0
 
     from calibration.train import train_run

@@ -67,11 +67,23 @@ def test_relative_need_comes_from_the_largest_rank_adapters():
     assert need[names[0]] == pytest.approx(2.0) and need[names[1]] == pytest.approx(2 / 3)
 
 
-def test_best_scaling_per_rank():
-    records = [record("t", 8, seed, loss, scaling=s) for s, losses in ((0.5, (0.9, 0.92)), (2.0, (0.8, 0.82)))
-               for seed, loss in enumerate(losses)]
+def test_best_scaling_pools_the_two_rules_and_keeps_the_scalings_within_noise():
+    # alpha / r = 0.5 and rsLoRA alpha 8 at r = 16 (s = 2) are one group: only s reaches the forward pass
+    records = [record("t", 16, seed, loss, scaling=s) for s, losses in ((0.5, (0.9, 0.92)), (2.0, (0.8, 0.82)),
+                                                                         (4.0, (0.81, 0.83))) for seed, loss in enumerate(losses)]
+    for r in records[:2]:
+        r["config"].update(alpha=8.0, alpha_over_r=0.5, use_rslora=False)
     (row,) = best_scaling(records)
-    assert row["best_scaling"] == 2.0 and row["scales"] == {0.5: pytest.approx(0.91), 2.0: pytest.approx(0.81)}
+    assert row["scales"] == {0.5: pytest.approx(0.91), 2.0: pytest.approx(0.81), 4.0: pytest.approx(0.82)}
+    assert row["best_scaling"] == 2.0 and row["seed_noise"] == pytest.approx(0.02 / 2**0.5)
+    assert row["within_noise"] == [2.0, 4.0]  # 4.0 is 0.01 worse, inside the 0.014 noise; 0.5 is not
+
+
+def test_loss_rise_measures_spikes_above_the_running_minimum():
+    from calibration.findings import loss_rise
+
+    assert loss_rise({"train_loss_curve": [[10, 2.0], [20, 1.5], [30, 1.2]]}) == 0.0
+    assert loss_rise({"train_loss_curve": [[10, 2.0], [20, 1.0], [30, 1.6], [40, 1.1], [50, 2.5]]}) == pytest.approx(1.5)
 
 
 def synthetic_sweep():

@@ -151,6 +151,20 @@ def test_limit_and_shards(tmp_path):
     assert results.run_ids() == {c.run_id for c in configs}
 
 
+def test_runs_another_grid_already_holds_are_skipped_and_read_once(tmp_path):
+    from calibration.fit import read_records
+
+    configs = [config(seed=s) for s in range(3)]
+    calls = []
+    other = tmp_path / "other.jsonl"
+    run_grid(configs[:1], ResultsFile(other), run=fake_run([]), log=lambda m: None)
+    mine = ResultsFile(tmp_path / "grid.jsonl")
+    run_grid(configs, mine, run=fake_run(calls), done_elsewhere=frozenset(ResultsFile(other).run_ids()), log=lambda m: None)
+    assert calls == [configs[1].run_id, configs[2].run_id]
+    run_grid(configs[:1], mine, run=fake_run([]), log=lambda m: None)  # now in both files
+    assert [r["run_id"] for r in read_records([other, mine.path])] == [c.run_id for c in (configs[0], configs[1], configs[2])]
+
+
 def test_a_corrupt_middle_line_is_an_error(tmp_path):
     path = tmp_path / "grid.jsonl"
     path.write_text('{"run_id": "a"}\nnot json\n{"run_id": "b"}\n')
