@@ -104,7 +104,8 @@ class Calibration:
 
     name: str
     metadata: dict
-    models: dict  # "cell": log2 optimal uniform rank; "layer": log2 relative need; "curve": log loss over the best rank's
+    models: dict  # "cell": log2 optimal uniform rank; "layer": log2 relative need; "curve": log loss over the
+    # best rank's; "alpha" (when fitted): log2 best PEFT scaling at a rank
     automatic: bool = False  # chosen by calibration="auto": used only for probes it covers (domain_gaps)
 
     def predict_log2_rank(self, layers: dict[str, dict], train_size: int, quantized: bool) -> float:
@@ -127,6 +128,16 @@ class Calibration:
         features = cell_features(layers, train_size, quantized)
         rows = [[{**features, **curve_rank_features(r)}[k] for k in self.metadata["curve_features"]] for r in ranks]
         return {r: math.exp(float(v)) for r, v in zip(ranks, self.models["curve"].predict(rows))}
+
+    def predict_scaling(self, layers: dict[str, dict], train_size: int, quantized: bool,
+                        ranks=(1, 2, 4, 8, 16, 32, 64)) -> dict[int, float] | None:
+        """The best PEFT scaling s (alpha / r without rsLoRA) at each rank, at the sweeps' learning
+        rate; None for a calibration without an alpha model."""
+        if "alpha" not in self.models:
+            return None
+        features = cell_features(layers, train_size, quantized)
+        rows = [[{**features, **curve_rank_features(r)}[k] for k in self.metadata["alpha_features"]] for r in ranks]
+        return {r: 2.0 ** float(v) for r, v in zip(ranks, self.models["alpha"].predict(rows))}
 
 
 def shipped_calibration() -> Path | None:

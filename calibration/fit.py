@@ -10,6 +10,9 @@ need); features from :mod:`advisor.calibrated` (scale-free probe statistics). Tw
   cells of one scale rule (rsLoRA, alpha 8: the rank grids'; :data:`FIT_SCALE_RULE`);
 - ``layer``: ridge regression of log2(relative need) of each layer (its trained adapter's
   effective rank over the cell's mean);
+- ``alpha``: ridge regression of log2(best PEFT scaling s) of each (cell, rank) trained at several
+  scalings (:func:`calibration.labels.best_scaling`, alpha / r and rsLoRA pooled), from the cell
+  features plus log2 r and its square; fitted once two tasks have such rows;
 - ``curve``: ridge regression of log(mean eval loss at uniform rank r / the cell's best rank's)
   (:meth:`calibration.labels.Cell.log_loss_over_best`), from the cell features plus log2 r and
   its square: the predicted loss-vs-rank curve. Cells without a rank label (one seed
@@ -17,7 +20,8 @@ need); features from :mod:`advisor.calibrated` (scale-free probe statistics). Tw
 
 Validation: leave-one-task-out and leave-one-model-out mean absolute error, each beside its
 baseline: for ``cell`` in log2 units (1.0 = a factor of 2 in rank) against the constant
-(training-fold median) best rank; for ``layer`` against "every layer the same" (log2
+(training-fold median) best rank; for ``alpha`` in log2 units against the training folds'
+median at the same rank; for ``layer`` against "every layer the same" (log2
 relative need 0); for ``curve`` in log loss ratio (0.01 = 1 % of the loss) against the
 training folds' median at the same rank.
 Writes ``models/NAME.joblib`` and ``models/NAME.json`` (feature names, versions, sha256 of the
@@ -34,7 +38,7 @@ import sys
 from pathlib import Path
 
 from advisor.calibrated import MODELS_DIR, cell_features, curve_rank_features, layer_features, sha256_of
-from calibration.labels import uniform_cells
+from calibration.labels import best_scaling, uniform_cells
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL_DESCRIPTION = "StandardScaler + RidgeCV(alphas=10**-2..10**4, leave-one-out)"
@@ -90,6 +94,19 @@ def training_table(records: list[dict]):
                 layer_rows.append({"features": per_layer[name], "target": math.log2(value),
                                    "task": cell.task, "model": cell.model})
     return cell_rows, layer_rows, curve_rows
+
+
+def alpha_table(records: list[dict]) -> list[dict]:
+    """Rows of the alpha model: one per (cell, rank) with >= 3 scalings and a seed noise; target
+    log2 of the best scaling s (what multiplies B A)."""
+    rows = []
+    for group in best_scaling(records):
+        if len(group["scales"]) < 3 or group["seed_noise"] is None or not group["probe"]:
+            continue
+        features = cell_features(group["probe"]["layers"], group["train_size"], group["quantized"])
+        rows.append({"features": {**features, **curve_rank_features(group["rank"])},
+                     "target": math.log2(group["best_scaling"]), "task": group["task"], "model": group["model"]})
+    return rows
 
 
 def _ridge():
@@ -161,8 +178,11 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
     cell_rows, layer_rows, curve_rows = training_table(records)
     if len(cell_rows) < 2:
         raise ValueError(f"only {len(cell_rows)} labelled cells in the results: need at least 2 to fit")
+    alpha_rows = alpha_table(records)
+    if len({row["task"] for row in alpha_rows}) < 2:
+        alpha_rows = []  # one task: nothing to validate a scaling model on
     tables = {"cell": (cell_rows, _median_baseline), "layer": (layer_rows, _zero_baseline),
-              "curve": (curve_rows, _same_rank_median_baseline)}
+              "curve": (curve_rows, _same_rank_median_baseline), "alpha": (alpha_rows, _same_rank_median_baseline)}
     names = {kind: list(rows[0]["features"]) if rows else [] for kind, (rows, _) in tables.items()}
     cv, models = {}, {}
     for kind, (rows, baseline) in tables.items():
@@ -177,13 +197,16 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
                                 for k in names["cell"]},
         "layer_features": names["layer"],
         "curve_features": names["curve"],
+        "alpha_features": names["alpha"],
         "targets": {"cell": "log2 optimal uniform rank", "layer": "log2 relative need (adapter erank / cell mean)",
-                    "curve": "log(eval loss at uniform rank r / eval loss at the cell's best rank)"},
+                    "curve": "log(eval loss at uniform rank r / eval loss at the cell's best rank)",
+                    "alpha": "log2 best PEFT scaling s (multiplies B A) at rank r"},
         "model": MODEL_DESCRIPTION,
         "scale_rule": FIT_SCALE_RULE,
         "cells": len(cell_rows),
         "layers": len(layer_rows),
         "curve_points": len(curve_rows),
+        "alpha_points": len(alpha_rows),
         "runs": len(records),
         "tasks": sorted({row["task"] for row in cell_rows}),
         "models_seen": sorted({row["model"] for row in cell_rows}),

@@ -146,9 +146,11 @@ def best_scaling(records: list[dict]) -> list[dict]:
 
     Returns rows {model, task, train_size, rank, learning_rate, losses: {scaling: [eval loss per
     run]}, scales: {scaling: mean loss}, seed_noise (None without two seeds anywhere),
-    best_scaling, within_noise: [scalings within one seed noise of the best]}, scalings ascending.
+    best_scaling, within_noise: [scalings within one seed noise of the best], quantized, probe:
+    the step-0 probe of the group's data}, scalings ascending.
     """
     groups: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    probes: dict[tuple, dict] = {}
     for record in records:
         config = record.get("config", {})
         if config.get("rank") is None or config.get("eva_rho") is not None or not _finite_loss(record):
@@ -156,6 +158,7 @@ def best_scaling(records: list[dict]) -> list[dict]:
         key = tuple(config.get(k) for k in SCALE_GROUP_KEYS)
         scaling = round(record["lora"]["scaling_by_group"]["attention"], 6)
         groups[key][scaling].append(record["eval_loss"])
+        probes.setdefault(key, (bool(config.get("quantized", False)), record.get("probe")))
     rows = []
     for key, by_scale in groups.items():
         if len(by_scale) < 2:
@@ -168,5 +171,6 @@ def best_scaling(records: list[dict]) -> list[dict]:
             "model": key[0], "task": key[1], "train_size": key[2], "rank": key[3], "learning_rate": key[4],
             "losses": losses, "scales": means, "seed_noise": noise, "best_scaling": best,
             "within_noise": [s for s, m in means.items() if m <= means[best] + (noise or 0.0)],
+            "quantized": probes[key][0], "probe": probes[key][1],
         })
     return rows
