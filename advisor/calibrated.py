@@ -132,12 +132,14 @@ class Calibration:
     def predict_scaling(self, layers: dict[str, dict], train_size: int, quantized: bool,
                         ranks=(1, 2, 4, 8, 16, 32, 64)) -> dict[int, float] | None:
         """The best PEFT scaling s (alpha / r without rsLoRA) at each rank, at the sweeps' learning
-        rate; None for a calibration without an alpha model."""
+        rate, kept within the best scalings the fit saw (a linear model extrapolates without
+        bound; the sweeps say nothing outside what they tried); None without an alpha model."""
         if "alpha" not in self.models:
             return None
         features = cell_features(layers, train_size, quantized)
         rows = [[{**features, **curve_rank_features(r)}[k] for k in self.metadata["alpha_features"]] for r in ranks]
-        return {r: 2.0 ** float(v) for r, v in zip(ranks, self.models["alpha"].predict(rows))}
+        low, high = self.metadata["alpha_target_range"]
+        return {r: 2.0 ** min(max(float(v), low), high) for r, v in zip(ranks, self.models["alpha"].predict(rows))}
 
 
 def shipped_calibration() -> Path | None:

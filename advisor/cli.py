@@ -71,8 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     advice.add_argument("--budget", help="trainable parameters to spend (e.g. 2M, 500k) or r=N for what uniform rank N "
                                          "costs on the same layers (default: what the evidence supports)")
     advice.add_argument("--train-size", type=int, help="rows you will train on (default: the rows of --data)")
-    advice.add_argument("--alpha-mode", choices=("scale", "rslora"), default="scale",
-                        help="scale: alpha = 2r; rslora: use_rslora with one alpha (default: scale)")
+    advice.add_argument("--alpha-mode", choices=("scale", "rslora", "calibrated"), default="scale",
+                        help="scale: alpha = 2r; rslora: use_rslora with one alpha; calibrated: alpha = the "
+                             "calibration's best scaling at each rank x r (needs a calibration with an alpha "
+                             "model) (default: scale)")
     advice.add_argument("--min-rank", type=int, default=2, help="smallest advised rank (default: 2)")
     advice.add_argument("--max-rank", type=int, default=64, help="largest advised rank (default: 64)")
     advice.add_argument("--calibration", default="auto",

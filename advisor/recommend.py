@@ -19,7 +19,9 @@ r * (in + out)), c is the largest factor whose ranks fit it, so the budget is sp
 need is; then, since power-of-two steps can leave up to half of it unspent, the layers with
 the most need per unit of rank have their rank doubled while the budget allows. Alpha: ``alpha_mode="scale"`` writes alpha = 2 r (PEFT scaling alpha / r = 2, the
 common habit); ``"rslora"`` writes ``use_rslora=True`` and alpha = 8 for every layer (scaling
-8 / sqrt(r), the setting of the calibration sweeps). Neither alpha rule is calibrated yet.
+8 / sqrt(r), the setting of the calibration sweeps); ``"calibrated"`` writes alpha = s(r) r with
+s(r) the calibration's predicted best scaling at the layer's rank (its ``alpha`` model, fitted
+on the alpha grids at the sweeps' learning rate), and needs a calibration that has one.
 
 The predicted loss-vs-rank curve (calibrated only): the regression's eval loss at uniform
 ranks 1-64 over the best uniform rank's (1.0 = as good as the best, 1.05 = 5 % worse), with its
@@ -49,7 +51,7 @@ from advisor.loading import TASK_SEQ_CLS
 from advisor.probe import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
 
-ALPHA_MODES = ("scale", "rslora")
+ALPHA_MODES = ("scale", "rslora", "calibrated")
 ALPHA_OVER_R = 2.0  # "scale" mode: alpha = 2 r
 RSLORA_ALPHA = 8.0  # "rslora" mode: one alpha for every layer, scaling alpha / sqrt(r)
 UNIFORM_BASELINES = (4, 8, 16, 32)
@@ -188,9 +190,12 @@ def allocate(needs: dict[str, float], shapes: dict[str, tuple[int, int]], budget
     return ranks, 2**low
 
 
-def _alphas(ranks: dict[str, int], alpha_mode: str) -> dict[str, float]:
+def _alphas(ranks: dict[str, int], alpha_mode: str, scaling: dict[int, float] | None = None) -> dict[str, float]:
+    """alpha per layer; ``scaling``: the calibrated best scaling per rank ("calibrated" mode)."""
     if alpha_mode == "rslora":
         return {name: RSLORA_ALPHA for name in ranks}
+    if alpha_mode == "calibrated":
+        return {name: round(scaling[rank] * rank, 4) for name, rank in ranks.items()}
     return {name: ALPHA_OVER_R * rank for name, rank in ranks.items()}
 
 
@@ -335,7 +340,14 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     if declined:
         label = f"{label} ({declined})"
     ranks, factor = allocate(need, shapes, tokens_budget, min_rank, max_rank)
-    alphas = _alphas(ranks, alpha_mode)
+    scaling = None
+    if alpha_mode == "calibrated":
+        scaling = calibration and calibration.predict_scaling(layer_dicts, train_size, result.quantization is not None,
+                                                               ranks=sorted(set(ranks.values())))
+        if not scaling:
+            why = declined or ("no calibration" if calibration is None else f"{calibration.name} has no alpha model")
+            raise ValueError(f"alpha_mode='calibrated' needs a calibration with an alpha model: {why}")
+    alphas = _alphas(ranks, alpha_mode, scaling)
     layers = {
         name: LayerAdvice(
             name=name, layer_type=stats.layer_type, depth=stats.depth, shape=stats.shape, need=round(need[name], 3),
@@ -365,7 +377,7 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     ``budget``: trainable parameters (a number, "1.5M", or "r=16" for what uniform rank 16
     costs on the same layers), None for what the evidence supports. ``train_size``: rows you
     will train on (default: the rows the probe could sample from). ``alpha_mode``: "scale"
-    (alpha = 2r) or "rslora". ``calibration``: "auto" (default: the calibration shipped in
+    (alpha = 2r), "rslora", or "calibrated" (the calibration's best scaling at each rank). ``calibration``: "auto" (default: the calibration shipped in
     ``models/``, the uncalibrated rule when there is none), None for the uncalibrated rule, or
     a calibration file. ``probe_options`` go to :func:`advisor.probe` (``target_modules``,
     ``task``, ``num_samples``, ``load_in_4bit``, ``seed``, ...). ``return_advice=True``
@@ -373,6 +385,9 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     """
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)  # before minutes of probing
     calibration = resolve_calibration(calibration)  # once, and a bad file fails before the probe
+    if alpha_mode == "calibrated" and (calibration is None or "alpha" not in calibration.models):
+        raise ValueError("alpha_mode='calibrated' needs a calibration with an alpha model: "
+                         + ("no calibration" if calibration is None else f"{calibration.name} has none"))
     if train_size is None and dataset is not None:
         dataset, train_size = _rows_and_size(dataset)
     result = probe(model, dataset, **probe_options)

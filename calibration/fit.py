@@ -207,6 +207,7 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
         "layers": len(layer_rows),
         "curve_points": len(curve_rows),
         "alpha_points": len(alpha_rows),
+        "alpha_target_range": [min(r["target"] for r in alpha_rows), max(r["target"] for r in alpha_rows)] if alpha_rows else None,
         "runs": len(records),
         "tasks": sorted({row["task"] for row in cell_rows}),
         "models_seen": sorted({row["model"] for row in cell_rows}),

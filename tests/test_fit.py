@@ -117,16 +117,19 @@ def test_fit_saves_files_the_verified_loader_reads(tmp_path):
     assert metadata["cv"]["curve_leave_one_task_out"]["n"] == metadata["curve_points"] == 28
 
 
-def test_alpha_model_needs_two_tasks_and_learns_the_best_scaling():
-    # task "a" (signal 1) is best at s = 0.5 at every rank, task "c" (signal 7) at s = 4
-    def scaled(task, signal, best_s):
-        return [record(task, rank, seed, 1.0 + 0.1 * abs(math.log2(s / best_s)) + 0.01 * seed, signal=signal, scaling=s)
-                for rank in (2, 8, 32) for s in (0.5, 1.0, 2.0, 4.0) for seed in (0, 1)]
+def scaling_sweep(task, signal, best_s):
+    """Runs of ``task`` at ranks 2, 8, 32 and scalings 0.5-4, two seeds, best at ``best_s``."""
+    return [record(task, rank, seed, 1.0 + 0.1 * abs(math.log2(s / best_s)) + 0.01 * seed, signal=signal, scaling=s)
+            for rank in (2, 8, 32) for s in (0.5, 1.0, 2.0, 4.0) for seed in (0, 1)]
 
+
+def test_alpha_model_needs_two_tasks_and_learns_the_best_scaling():
+    # task "a" (signal 1) is best at s = 0.5 at every rank, "b" (signal 3) at 2, "c" (signal 7) at 4
     records = synthetic_sweep()
-    _, one_task = fit(records + scaled("a", 1.0, 0.5))
+    _, one_task = fit(records + scaling_sweep("a", 1.0, 0.5))
     assert one_task["alpha_points"] == 0 and "alpha_leave_one_task_out" not in one_task["cv"]
-    models, metadata = fit(records + scaled("a", 1.0, 0.5) + scaled("c", 7.0, 4.0) + scaled("b", 3.0, 2.0))
+    models, metadata = fit(records + scaling_sweep("a", 1.0, 0.5) + scaling_sweep("c", 7.0, 4.0)
+                           + scaling_sweep("b", 3.0, 2.0))
     assert metadata["alpha_points"] == 9 and metadata["cv"]["alpha_leave_one_task_out"]["n"] == 9
     calibration = Calibration("t", metadata, models)
     assert calibration.predict_scaling(probe_layers(7.0), 1000, False)[8] > calibration.predict_scaling(probe_layers(1.0), 1000, False)[8]

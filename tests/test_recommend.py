@@ -71,6 +71,37 @@ def test_rslora_mode_reaches_peft_with_one_alpha(probed):
             assert module.scaling["default"] == pytest.approx(8.0 / rank**0.5)
 
 
+def test_calibrated_alpha_mode_writes_the_predicted_scaling_and_needs_an_alpha_model(probed, tmp_path):
+    from calibration.fit import fit, save
+    from test_fit import scaling_sweep, synthetic_sweep
+
+    model, result = probed
+    records = synthetic_sweep()
+    save(*fit(records), records, "no-alpha", tmp_path)
+    with pytest.raises(ValueError, match="no-alpha has no alpha model"):
+        advice_from_probe(result, alpha_mode="calibrated", train_size=1000, calibration=tmp_path / "no-alpha.json")
+    with pytest.raises(ValueError, match="needs a calibration with an alpha model: no calibration"):
+        advice_from_probe(result, alpha_mode="calibrated", calibration=None)
+    records += scaling_sweep("a", 1.0, 0.5) + scaling_sweep("b", 3.0, 2.0) + scaling_sweep("c", 7.0, 4.0)
+    save(*fit(records), records, "cal", tmp_path)
+    advice = advice_from_probe(result, alpha_mode="calibrated", train_size=1000, budget="r=8", calibration=tmp_path / "cal.json")
+    from dataclasses import asdict
+
+    from advisor.calibrated import load_calibration
+
+    layers = {name: asdict(stats) for name, stats in result.layers.items()}
+    predicted = load_calibration(tmp_path / "cal.json").predict_scaling(layers, 1000, False)
+    peft_model = get_peft_model(copy.deepcopy(model), advice.config)
+    checked = 0
+    for name, module in peft_model.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            rank = advice.layers[name.removeprefix("base_model.model.")].rank
+            assert module.scaling["default"] == pytest.approx(predicted[rank], rel=1e-3)
+            checked += 1
+    assert checked == len(advice.layers) and not advice.config.use_rslora
+    assert all(0.5 <= s <= 4.0 for s in predicted.values())  # within the best scalings the fit saw
+
+
 def test_exports_read_back_as_the_same_config(probed, tmp_path):
     _, result = probed
     advice = advice_from_probe(result, budget="r=8", min_rank=1)
