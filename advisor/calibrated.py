@@ -181,12 +181,17 @@ def features_outside(calibration: Calibration, layers: dict[str, dict], train_si
 DOMAIN_TOLERANCE = 1.0  # log2 units: "auto" trusts a calibration up to 2x beyond the widths / sizes it saw
 
 
-def domain_gaps(calibration: Calibration, layers: dict[str, dict], train_size: int, quantized: bool) -> list[str]:
-    """Where this probe lies beyond what the calibration was fitted on: a median layer width or a
-    training-set size more than 2x outside its range, or a quantized base it never saw."""
+def domain_gaps(calibration: Calibration, layers: dict[str, dict], train_size: int, quantized: bool,
+                task: str | None = None) -> list[str]:
+    """Where this probe lies beyond what the calibration was fitted on: a kind of model (``task``:
+    causal-lm or seq-cls) it saw none of, a median layer width or a training-set size more than 2x
+    outside its range, or a quantized base it never saw."""
     ranges = calibration.metadata.get("cell_feature_ranges") or {}
     features = cell_features(layers, train_size, quantized)
     gaps = []
+    fitted_tasks = calibration.metadata.get("probe_tasks")
+    if task is not None and fitted_tasks and task not in fitted_tasks:
+        gaps.append(f"a {task} model, fitted on {' and '.join(fitted_tasks)} models only")
     for key, what in (("log2_width", "layer width"), ("log2_train_size", "training rows")):
         if key not in ranges:
             continue

@@ -9,7 +9,8 @@ Each probed layer gets a *need*, a number of directions:
   ``models/`` ships one that covers the probe): 2 ** (the regression's log2 optimal uniform rank
   + the layer's log2 relative need). ``"auto"`` falls back to the uncalibrated rule, and says
   so, when the model's median layer width or the training-set size lies more than 2x outside
-  what the shipped calibration was fitted on, or the base is quantized and it saw none
+  what the shipped calibration was fitted on, the base is quantized and it saw none, or the
+  model is of a kind (causal LM, sequence classifier) it saw none of
   (:func:`advisor.calibrated.domain_gaps`). An explicit calibration is applied anyway, and the
   label says which probe features lie outside its range: the advice then extrapolates.
 
@@ -332,7 +333,7 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     layer_dicts = {name: asdict(stats) for name, stats in result.layers.items()} if calibration is not None else {}
     declined = None
     if calibration is not None and calibration.automatic:
-        gaps = domain_gaps(calibration, layer_dicts, train_size, result.quantization is not None)
+        gaps = domain_gaps(calibration, layer_dicts, train_size, result.quantization is not None, result.task)
         if gaps:  # the default does not extrapolate; an explicit calibration= still can
             declined = f"the shipped calibration {calibration.name} does not cover this probe ({'; '.join(gaps)})"
             calibration = None

@@ -1,6 +1,7 @@
 """Fit the calibrated regression from the committed sweep results and save it to ``models/``.
 
-    python -m calibration.fit [--results calibration/results/*.jsonl] [--name NAME] [--dry-run]
+    python -m calibration.fit [--results calibration/results/*.jsonl] [--probe-task seq-cls|causal-lm|all]
+                              [--name NAME] [--dry-run]
 
 Labels come from :mod:`calibration.labels` (optimal uniform rank per cell, per-layer relative
 need); features from :mod:`advisor.calibrated` (scale-free probe statistics). Two models:
@@ -24,6 +25,10 @@ baseline: for ``cell`` in log2 units (1.0 = a factor of 2 in rank) against the c
 median at the same rank; for ``layer`` against "every layer the same" (log2
 relative need 0); for ``curve`` in log loss ratio (0.01 = 1 % of the loss) against the
 training folds' median at the same rank.
+Only the cells of one probe task (``--probe-task``, default seq-cls: the encoders' sequence
+classification) are fitted by default: pooling the one causal-LM cell with the encoder cells made
+every cross-validated error worse than the constant's (calibration/README.md, "The regression").
+The metadata's ``probe_tasks`` lets ``advisor`` decline the calibration for another kind of model.
 Writes ``models/NAME.joblib`` and ``models/NAME.json`` (feature names, versions, sha256 of the
 joblib file, sha256 of the training records, the scores); ``--dry-run`` prints the scores only.
 """
@@ -38,7 +43,9 @@ import sys
 from pathlib import Path
 
 from advisor.calibrated import MODELS_DIR, cell_features, curve_rank_features, layer_features, sha256_of
+from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS
 from calibration.labels import best_scaling, uniform_cells
+from calibration.models import MODELS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL_DESCRIPTION = "StandardScaler + RidgeCV(alphas=10**-2..10**4, leave-one-out)"
@@ -68,6 +75,11 @@ def read_records(paths) -> list[dict]:
                     seen.add(record["run_id"])
                     records.append(record)
     return records
+
+
+def probe_task(model: str) -> str:
+    """The probe task of a calibration model's runs: causal-lm, or seq-cls for the encoders."""
+    return TASK_CAUSAL_LM if MODELS[model].kind == "causal-lm" else TASK_SEQ_CLS
 
 
 def training_table(records: list[dict]):
@@ -211,6 +223,7 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
         "runs": len(records),
         "tasks": sorted({row["task"] for row in cell_rows}),
         "models_seen": sorted({row["model"] for row in cell_rows}),
+        "probe_tasks": sorted({probe_task(row["model"]) for row in cell_rows}),
         "cv": cv,
     }
     return models, metadata
@@ -243,17 +256,20 @@ def save(models: dict, metadata: dict, records: list[dict], name: str, directory
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m calibration.fit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", nargs="+", type=Path, help="results files (default: calibration/results/*.jsonl)")
+    parser.add_argument("--probe-task", choices=(TASK_SEQ_CLS, TASK_CAUSAL_LM, "all"), default=TASK_SEQ_CLS,
+                        help="fit the runs of one kind of model only (default: seq-cls, the encoders), or pool all")
     parser.add_argument("--name", default="lora-rank-v1", help="file name in models/ (default: lora-rank-v1)")
     parser.add_argument("--dry-run", action="store_true", help="print the scores, write nothing")
     args = parser.parse_args(argv)
     paths = args.results or sweep_result_files()
-    records = read_records(paths)
+    records = [r for r in read_records(paths) if args.probe_task in ("all", probe_task(r["model"]))]
     try:
         models, metadata = fit(records)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(json.dumps({k: metadata[k] for k in ("cells", "layers", "runs", "tasks", "models_seen", "cv")}, indent=1))
+    print(json.dumps({k: metadata[k] for k in ("cells", "layers", "alpha_points", "runs", "tasks", "models_seen", "cv")},
+                     indent=1))
     if not args.dry_run:
         print(f"wrote {save(models, metadata, records, args.name)}", file=sys.stderr)
     return 0

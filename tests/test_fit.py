@@ -86,13 +86,13 @@ def test_loss_rise_measures_spikes_above_the_running_minimum():
     assert loss_rise({"train_loss_curve": [[10, 2.0], [20, 1.0], [30, 1.6], [40, 1.1], [50, 2.5]]}) == pytest.approx(1.5)
 
 
-def synthetic_sweep():
-    """Cells on three tasks whose optimal rank grows with the probe's signal rank."""
+def synthetic_sweep(model="minilm"):
+    """Cells on four tasks whose optimal rank grows with the probe's signal rank."""
     records = []
     for task, signal, best in (("a", 1.0, 2), ("b", 3.0, 8), ("c", 7.0, 32), ("d", 2.0, 4)):
         losses = {r: [1.0 + 0.2 * max(0, (best - r) / best), 1.01 + 0.2 * max(0, (best - r) / best)]
                   for r in (1, 2, 4, 8, 16, 32, 64)}
-        records += cell_records(task, losses, signal=signal)
+        records += cell_records(task, losses, signal=signal, model=model)
     return records
 
 

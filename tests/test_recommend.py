@@ -210,10 +210,15 @@ def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed,
     _, result = probed
     monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
     assert advice_from_probe(result, min_rank=1).calibration.startswith("uncalibrated")  # models/ ships none
-    records = synthetic_sweep()
+    encoders = synthetic_sweep()  # fitted on sequence classifiers: "auto" declines it for the tiny causal LM
+    save(*fit(encoders), encoders, "encoders", tmp_path)
+    other_kind = advice_from_probe(result, min_rank=1, train_size=1000)
+    assert other_kind.calibration.startswith("uncalibrated")
+    assert "a causal-lm model, fitted on seq-cls models only" in other_kind.calibration
+    records = synthetic_sweep(model="smollm2")
     save(*fit(records), records, "shipped", tmp_path)
     advice = advice_from_probe(result, min_rank=1, train_size=1000)
-    assert advice.calibration.startswith("calibrated: shipped (fitted on minilm")
+    assert advice.calibration.startswith("calibrated: shipped (fitted on smollm2")
     # the tiny model is 32 wide, the synthetic calibration's layers 64: within the 2x that "auto"
     # trusts, but outside the fitted range, which the label says
     assert "extrapolating" in advice.calibration and "log2_width" in advice.calibration
@@ -234,9 +239,9 @@ def test_advise_keeps_auto_until_it_has_seen_the_probe(tmp_path, monkeypatch):
     from calibration.fit import fit, save
     from test_fit import synthetic_sweep
 
-    records = synthetic_sweep()
+    records = synthetic_sweep(model="smollm2")
     save(*fit(records), records, "shipped", tmp_path)
     monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
     advice = advise(tiny_llama(), token_rows(16, 16), num_samples=16, batch_size=4, progress=False,
                     train_size=100, min_rank=1, return_advice=True)
-    assert advice.calibration.startswith("uncalibrated") and "does not cover" in advice.calibration
+    assert advice.calibration.startswith("uncalibrated") and "training rows 100, fitted on 1,000" in advice.calibration
