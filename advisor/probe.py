@@ -80,6 +80,10 @@ class LayerStats:
     # quantized base probed with compare_full_precision: ||G_q - G||^2 / ||G_q||^2, the share of
     # this gradient that the full-precision model's gradient G does not have
     quantization_share: float | None = None
+    # D (1 - noise share) ||G||_F^2 / (mean ||x||^2 mean ||delta||^2) over non-padding tokens (D = out x in):
+    # what a natural-gradient step on this layer alone could gain, with the layer's Fisher
+    # approximated as isotropic with the K-FAC trace; compare it across the layers of one probe
+    natural_gain: float | None = None
 
 
 @dataclass
@@ -164,22 +168,48 @@ class _Spectrum:
     error: float | None = None  # sketch mode: estimated ||matrix - approximation||_F
 
 
-class _ExactAccumulator:
+class _Accumulator:
+    """What both accumulators keep besides G: ``energies`` = (sum ||x_t||^2, sum ||delta_t||^2,
+    tokens) over the non-padding tokens, float64 (the scale of the layer's K-FAC Fisher)."""
+
+    def __init__(self, device: torch.device):
+        self.energies = torch.zeros(3, dtype=torch.float64, device=device)
+
+    def add(self, half: int, delta: torch.Tensor, x: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """delta [T, out], x [T, in], both float32; ``keep`` [T] bool: the non-padding tokens (None: all)."""
+        self.add_gradient(half, delta, x)
+        if keep is not None:
+            delta, x = delta[keep], x[keep]
+        self.energies[0] += x.square().sum(dtype=torch.float64)
+        self.energies[1] += delta.square().sum(dtype=torch.float64)
+        self.energies[2] += x.shape[0]
+
+    def add_gradient(self, half: int, delta: torch.Tensor, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def gradient_sums(self) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def sums(self) -> list[torch.Tensor]:
+        """The tensors that are sums over tokens (what a distributed probe all-reduces)."""
+        return [*self.gradient_sums(), self.energies]
+
+
+class _ExactAccumulator(_Accumulator):
     """Two fp32 half sums G_A, G_B of delta x^T, each [out, in]."""
 
     def __init__(self, shape: tuple[int, int], device: torch.device):
+        super().__init__(device)
         self.halves = torch.zeros(2, *shape, dtype=torch.float32, device=device)
 
     @staticmethod
     def nbytes(shape: tuple[int, int], sketch_size: int) -> int:
         return 2 * shape[0] * shape[1] * 4
 
-    def add(self, half: int, delta: torch.Tensor, x: torch.Tensor) -> None:
-        """delta [T, out], x [T, in], both float32."""
+    def add_gradient(self, half: int, delta: torch.Tensor, x: torch.Tensor) -> None:
         self.halves[half].addmm_(delta.T, x)
 
-    def sums(self) -> list[torch.Tensor]:
-        """The tensors that are sums over tokens (what a distributed probe all-reduces)."""
+    def gradient_sums(self) -> list[torch.Tensor]:
         return [self.halves]
 
     def spectrum(self, c_a: float, c_b: float, k: int, precise: bool = True) -> _Spectrum:
@@ -190,7 +220,7 @@ class _ExactAccumulator:
         return _Spectrum(sv, vectors, float((sv**2).sum()))
 
 
-class _SketchAccumulator:
+class _SketchAccumulator(_Accumulator):
     """Two-sided randomized sketches of G_A and G_B (Tropp et al. 2017), never forming G.
 
     Per half: Y = G Omega [out, s], W = Psi G [l, in], Z = G Phi [out, p] with Gaussian test
@@ -199,6 +229,7 @@ class _SketchAccumulator:
     """
 
     def __init__(self, shape: tuple[int, int], device: torch.device, sketch_size: int, seed: int):
+        super().__init__(device)
         out_dim, in_dim = shape
         self.s = min(sketch_size, out_dim, in_dim)
         self.l = min(2 * self.s + 1, out_dim)
@@ -216,13 +247,12 @@ class _SketchAccumulator:
         l = min(2 * s + 1, out_dim)
         return 4 * (2 * (out_dim * s + l * in_dim + out_dim * _TEST_VECTORS) + in_dim * (s + _TEST_VECTORS) + l * out_dim)
 
-    def add(self, half: int, delta: torch.Tensor, x: torch.Tensor) -> None:
-        """delta [T, out], x [T, in], both float32."""
+    def add_gradient(self, half: int, delta: torch.Tensor, x: torch.Tensor) -> None:
         self.y[half].addmm_(delta.T, x @ self.omega)
         self.w[half].addmm_((delta @ self.psi.T).T, x)
         self.z[half].addmm_(delta.T, x @ self.phi)
 
-    def sums(self) -> list[torch.Tensor]:
+    def gradient_sums(self) -> list[torch.Tensor]:
         """The sketches are linear in G, so they are sums over tokens too."""
         return [self.y, self.w, self.z]
 
@@ -386,6 +416,7 @@ def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task
     loss_tokens = [0, 0]
     tokens = 0
     current_half = [0]
+    current_keep = [None]  # the batch's non-padding tokens, flattened [B * T]
 
     def forward_hook(name: str, in_dim: int, out_dim: int):
         def hook(module, args, output):
@@ -397,9 +428,9 @@ def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task
                 accumulator = accumulators.get(name)
                 if accumulator is None:
                     accumulator = accumulators[name] = make_accumulator(name, x.device)
-                accumulator.add(
-                    current_half[0], delta.reshape(-1, out_dim).float(), x.reshape(-1, in_dim).float()
-                )
+                flat_x = x.reshape(-1, in_dim).float()
+                keep = current_keep[0] if current_keep[0].numel() == flat_x.shape[0] else None
+                accumulator.add(current_half[0], delta.reshape(-1, out_dim).float(), flat_x, keep)
 
             output.register_hook(on_output_grad)
 
@@ -427,6 +458,7 @@ def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task
                 if index % world != rank:
                     continue  # another process of the group probes this batch
                 current_half[0] = index % 2
+                current_keep[0] = batch.attention_mask.to(device).reshape(-1).bool()
                 embedding_outputs.clear()
                 kwargs = {"use_cache": False} if accepts_use_cache else {}
                 with torch.enable_grad():
@@ -585,6 +617,9 @@ def _layer_stats(name, layer_type, accumulator, shape, loss_tokens, tokens, num_
     noise_fraction = min(1.0, noise.energy / full.energy) if full.energy > 0 else 1.0
     overlap_rank = max(1, min(spectrum.energy_rank(sv, 0.9), k))
     erank = spectrum.effective_rank(sv)
+    input_energy, grad_energy, kept = (float(e) for e in accumulator.energies)
+    fisher_scale = input_energy * grad_energy / kept**2 if kept else 0.0  # mean ||x||^2 x mean ||delta||^2
+    natural_gain = shape[0] * shape[1] * full.energy * (1 - noise_fraction) / fisher_scale if fisher_scale > 0 else 0.0
     erank_half = (spectrum.effective_rank(half_a.singular_values) + spectrum.effective_rank(half_b.singular_values)) / 2
     return LayerStats(
         name=name,
@@ -610,6 +645,7 @@ def _layer_stats(name, layer_type, accumulator, shape, loss_tokens, tokens, num_
         converged=noise_fraction <= NOISE_TARGET,
         samples_needed=_samples_needed(noise_fraction, num_rows),
         sketch_error=None if full.error is None else full.error / math.sqrt(full.energy) if full.energy > 0 else None,
+        natural_gain=natural_gain,
     )
 
 

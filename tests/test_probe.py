@@ -1,6 +1,8 @@
 """The probe's gradients against autograd, its sketch against exact, and model hygiene."""
 
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -292,3 +294,48 @@ def test_a_distillation_loss_gives_autograds_gradient_and_zero_against_itself():
         torch.testing.assert_close(measured[name], module.weight.grad, rtol=1e-4, atol=1e-6 * float(module.weight.grad.abs().max()))
     itself = gradients(student, rows, num_samples=8, batch_size=4, loss_fn=distillation_loss(tiny_llama(seed=0)))
     assert all(float(g.abs().max()) < 1e-7 for g in itself.values())
+
+
+def test_natural_gain_from_independent_per_token_sums():
+    """natural_gain = D (1 - noise share) ||G||^2 / (mean ||x||^2 mean ||delta||^2) over the real
+    tokens: rows of different lengths (so the probe pads), recomputed row by row without padding."""
+    import torch.nn.functional as F
+
+    model = tiny_llama()
+    generator = torch.Generator().manual_seed(3)
+    rows = [{"input_ids": torch.randint(3, VOCAB, (length,), generator=generator).tolist()}
+            for length in (16, 9, 12, 5, 16, 7, 11, 14)]
+    result = probe(model, rows, num_samples=8, batch_size=4, method="exact", progress=False)
+    reference = copy.deepcopy(model).eval()
+    layers = find_target_layers(reference)
+    inputs, outputs = {}, {}
+
+    def keep(name):
+        def hook(module, args, output):
+            inputs[name] = args[0].detach()[0]
+            output.retain_grad()
+            outputs[name] = output
+        return hook
+
+    handles = [module.register_forward_hook(keep(name)) for name, module in layers.items()]
+    sums = {name: [0.0, 0.0, 0] for name in layers}
+    gradient = {name: 0 for name in layers}
+    loss_tokens = 0
+    for row in rows:
+        ids = torch.tensor([row["input_ids"]])
+        logits = reference(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").backward()
+        loss_tokens += ids.shape[1] - 1
+        for name in layers:
+            x, delta = inputs[name].double(), outputs[name].grad[0].double()
+            sums[name][0] += float(x.square().sum())
+            sums[name][1] += float(delta.square().sum())
+            sums[name][2] += x.shape[0]
+            gradient[name] = gradient[name] + delta.T @ x
+    for handle in handles:
+        handle.remove()
+    for name, (x2, d2, tokens) in sums.items():
+        stats = result.layers[name]
+        g = gradient[name] / loss_tokens
+        expected = g.numel() * float(g.square().sum()) * (1 - stats.noise_fraction) / ((x2 / tokens) * (d2 / tokens))
+        assert stats.natural_gain == pytest.approx(expected, rel=1e-4), name
