@@ -28,7 +28,8 @@ def layer_type_table(result: ProbeResult, ranks: dict[str, int] | None = None) -
 
 def layer_type_rows(result: ProbeResult, ranks: dict[str, int] | None = None) -> list[list[str]]:
     """The header and one row of strings per layer type (see :func:`layer_type_table`)."""
-    header = ["layer type", "n", "shape", "eff.rank", "stable", "E90", "signal", "noise", "conv."]
+    header = ["layer type", "n", "shape", "eff.rank", "stable", "E90", "signal", "noise", "conv.", "gain"]
+    total_gain = sum(s.natural_gain or 0.0 for s in result.layers.values())
     compared = any(s.quantization_share is not None for s in result.layers.values())
     if compared:
         header.append("q-share (flagged)")
@@ -47,6 +48,8 @@ def layer_type_rows(result: ProbeResult, ranks: dict[str, int] | None = None) ->
             f"{summary['signal_effective_rank']:.1f}",
             f"{100 * summary['noise_fraction']:.0f}%",
             f"{100 * summary['converged']:.0f}%",
+            f"{100 * sum(m.natural_gain for m in members) / total_gain:.0f}%"
+            if total_gain > 0 and all(m.natural_gain is not None for m in members) else "-",
         ]
         if compared:
             shares = [m.quantization_share for m in members if m.quantization_share is not None]
@@ -77,7 +80,9 @@ LEGEND = (
     "eff.rank: entropy effective rank of the gradient; stable: stable rank; E90: directions holding "
     "90% of its energy;\nsignal: effective rank of the directions above the split-half noise edge; "
     "noise: share of the gradient energy that is sampling noise;\nconv.: layers whose noise share is "
-    "at most 20% (more rows would change the ranks less)."
+    "at most 20% (more rows would change the ranks less);\ngain: the type's share of the layers' summed "
+    "natural gain (gradient energy over the layer's Fisher scale, noise removed):\nwhere adapting moves the "
+    "loss most (calibration/README.md, planted ground truth)."
 )
 
 

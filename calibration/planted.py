@@ -25,9 +25,10 @@ input covariance), so its row space is span(A V): "the plant as the data sees it
 layer: signal rank and signal effective rank against k, the share of ||G||_F^2 in the top k
 singular values, the overlap of G's top-k right singular subspace with span(A V) and with V
 (mean squared cosine of the principal angles; k / in for unrelated directions), and the
-layer's place among all layers by ||G||_F (1 = largest) and by signal effective rank; plus
-the mean KL per token (distill), the median noise share and the 10 layers with the largest
-||G||_F.
+layer's place among all layers by ||G||_F (1 = largest), by the probe's ``natural_gain``
+(||G||_F^2 scaled by the layer's size over its K-FAC Fisher trace, noise removed) and by signal
+effective rank; plus the mean KL per token (distill), the median noise share and the 10 layers
+with the largest ||G||_F and with the largest natural gain.
 
     python -m calibration.planted --loss distill --kind input --scale 0.1 --plant model.layers.20.self_attn.v_proj:2
     python -m calibration.planted --kind top --scale 1.0      # the first attempt (sampled labels)
@@ -197,6 +198,7 @@ def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_lengt
                                   **settings)
     by_signal = sorted(result.layers, key=lambda n: -result.layers[n].signal_effective_rank)
     by_norm = sorted(result.layers, key=lambda n: -result.layers[n].frobenius_norm)
+    by_gain = sorted(result.layers, key=lambda n: -result.layers[n].natural_gain)
     layers = {}
     for name, k in plants.items():
         stats, gradient = result.layers[name], planted_gradients[name]
@@ -205,6 +207,7 @@ def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_lengt
             "noise_fraction": round(stats.noise_fraction, 4),
             "top_k_energy_share": round(top_k_energy_share(gradient, k), 4),
             "place_by_signal_erank": by_signal.index(name) + 1, "place_by_norm": by_norm.index(name) + 1,
+            "place_by_gain": by_gain.index(name) + 1,
             "overlap_with_planted": round(subspace_overlap_with(gradient, planted_v[name]), 4),
             "overlap_with_seen": round(subspace_overlap_with(gradient, covariances[name] @ planted_v[name]), 4),
             "chance_overlap": round(k / stats.shape[1], 4),
@@ -213,39 +216,53 @@ def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_lengt
               "seed": seed, "layers_probed": len(result.layers), "planted": layers,
               "median_noise_fraction": round(statistics.median(s.noise_fraction for s in result.layers.values()), 4),
               "top_norm": [[n, round(result.layers[n].frobenius_norm, 6), result.layers[n].signal_rank]
-                           for n in by_norm[:10]]}
+                           for n in by_norm[:10]],
+              "top_gain": [[n, round(result.layers[n].natural_gain, 4)] for n in by_gain[:10]]}
     if loss == "distill":
         record["kl_per_token"] = round(loss_fn.kl_per_token(), 5)
     return record
 
 
+def latest_records() -> list[dict]:
+    """The stored runs, the latest of each command only (a rerun with more fields supersedes its
+    earlier record in the table; the file keeps both), in first-run order."""
+    by_command: dict[str, dict] = {}
+    for line in RESULTS.read_text().splitlines():
+        record = json.loads(line)
+        by_command[record["command"]] = record
+    return list(by_command.values())
+
+
 def markdown_table() -> str:
-    """Every stored run: one row per planted layer (the table of calibration/README.md)."""
+    """The latest run of each command: one row per planted layer (the table of calibration/README.md)."""
     lines = ["| loss | plant | scale | KL / token | layer | k | signal rank | top-k energy share | overlap with "
-             "A V / with V (chance) | place by norm / by signal eff. rank (of 210) | median noise share |",
+             "A V / with V (chance) | place by norm / by natural gain / by signal eff. rank (of 210) "
+             "| median noise share |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def number(value, digits):
         return "-" if value is None else f"{value:.{digits}f}"
 
-    for line in RESULTS.read_text().splitlines():
-        record = json.loads(line)
+    for record in latest_records():
         for name, layer in record["planted"].items():
             lines.append(
                 f"| {record.get('loss', 'sampled')} | {record['kind']} | {record['scale']:g} "
                 f"| {number(record.get('kl_per_token'), 3)} | {name.removeprefix('model.')} | {layer['k']} "
                 f"| {layer['signal_rank']} | {number(layer.get('top_k_energy_share'), 2)} "
                 f"| {number(layer.get('overlap_with_seen'), 2)} / {layer['overlap_with_planted']:.4f} "
-                f"({layer['chance_overlap']:.4f}) | {layer.get('place_by_norm', '-')} / {layer['place_by_signal_erank']} "
+                f"({layer['chance_overlap']:.4f}) | {layer.get('place_by_norm', '-')} / {layer.get('place_by_gain', '-')} "
+                f"/ {layer['place_by_signal_erank']} "
                 f"| {record['median_noise_fraction']:.2f} |"
             )
-    lines.append("\nThe three layers with the largest ||G||_F in each run that recorded them:\n")
-    for line in RESULTS.read_text().splitlines():
-        record = json.loads(line)
-        if "top_norm" in record:
-            planted = ", ".join(f"{name.removeprefix('model.')}:{layer['k']}" for name, layer in record["planted"].items())
-            lines.append(f"- {record['kind']} {planted}: "
-                         + ", ".join(name.removeprefix("model.") for name, _, _ in record["top_norm"][:3]))
+    for key, what in (("top_norm", "the largest ||G||_F"), ("top_gain", "the largest natural gain (and the "
+                                                                    "first's over the second's)")):
+        lines.append(f"\nThe three layers with {what} in each run that recorded them:\n")
+        for record in latest_records():
+            if key in record:
+                planted = ", ".join(f"{n.removeprefix('model.')}:{layer['k']}" for n, layer in record["planted"].items())
+                ratio = f" ({record[key][0][1] / record[key][1][1]:.2f}x)" if key == "top_gain" else ""
+                lines.append(f"- {record['kind']} {planted}: "
+                             + ", ".join(entry[0].removeprefix("model.") for entry in record[key][:3]) + ratio)
     return "\n".join(lines)
 
 

@@ -102,6 +102,16 @@ def test_calibrated_alpha_mode_writes_the_predicted_scaling_and_needs_an_alpha_m
     assert all(0.5 <= s <= 4.0 for s in predicted.values())  # within the best scalings the fit saw
 
 
+def test_reasons_name_the_layer_type_with_the_most_natural_gain(probed):
+    _, result = probed
+    by_type = {}
+    for stats in result.layers.values():
+        by_type[stats.layer_type] = by_type.get(stats.layer_type, 0.0) + stats.natural_gain
+    top = max(by_type, key=by_type.get)
+    (reason,) = [r for r in advice_from_probe(result).reasons if "natural gain" in r]
+    assert reason.startswith(f"{top} layers carry {by_type[top] / sum(by_type.values()):.0%} of the natural gain")
+
+
 def test_exports_read_back_as_the_same_config(probed, tmp_path):
     _, result = probed
     advice = advice_from_probe(result, budget="r=8", min_rank=1)
