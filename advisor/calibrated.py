@@ -15,7 +15,11 @@ Features are scale-free so that one regression can serve models of different wid
   layer width; whether the base is quantized;
 - layer features: the same per-layer statistics, the layer group (attention = 1), relative depth
   in [0, 1], log2 of out and in, log2 of the training-set size, quantized or not;
-- loss-curve features: the cell features plus log2 r and its square.
+- loss-curve features, and the alpha model's (best PEFT scaling at a rank): the cell features
+  plus log2 r and its square.
+
+``probe_tasks`` in the JSON names the kinds of model (causal-lm, seq-cls) the calibration was
+fitted on; :func:`domain_gaps` declines it for another kind.
 """
 
 from __future__ import annotations

@@ -178,11 +178,13 @@ class _Accumulator:
     def add(self, half: int, delta: torch.Tensor, x: torch.Tensor, keep: torch.Tensor | None = None) -> None:
         """delta [T, out], x [T, in], both float32; ``keep`` [T] bool: the non-padding tokens (None: all)."""
         self.add_gradient(half, delta, x)
+        x_energy, delta_energy = x.square().sum(1, dtype=torch.float64), delta.square().sum(1, dtype=torch.float64)
         if keep is not None:
-            delta, x = delta[keep], x[keep]
-        self.energies[0] += x.square().sum(dtype=torch.float64)
-        self.energies[1] += delta.square().sum(dtype=torch.float64)
-        self.energies[2] += x.shape[0]
+            keep = keep.to(x.device)  # a model spread over devices: the mask lives with the embeddings
+            x_energy, delta_energy = x_energy[keep], delta_energy[keep]
+        self.energies[0] += x_energy.sum()
+        self.energies[1] += delta_energy.sum()
+        self.energies[2] += x_energy.shape[0]
 
     def add_gradient(self, half: int, delta: torch.Tensor, x: torch.Tensor) -> None:
         raise NotImplementedError

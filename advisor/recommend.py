@@ -330,6 +330,14 @@ def _check_options(budget, train_size, alpha_mode: str, min_rank: int, max_rank:
     parse_budget(budget, {})  # the syntax; the amount is checked against the layers later
 
 
+def _check_alpha_model(calibration, declined: str | None = None) -> None:
+    """``alpha_mode="calibrated"`` needs a calibration with an alpha model; ``declined``: why
+    "auto" set the shipped one aside for this probe."""
+    if calibration is None or "alpha" not in calibration.models:
+        why = declined or ("no calibration" if calibration is None else f"{calibration.name} has no alpha model")
+        raise ValueError(f"alpha_mode='calibrated' needs a calibration with an alpha model: {why}")
+
+
 def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | None = None, alpha_mode: str = "scale",
                       min_rank: int = 2, max_rank: int = 64, calibration="auto") -> Advice:
     """Advice from a finished probe (see the module docstring for the rules)."""
@@ -351,11 +359,9 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     ranks, factor = allocate(need, shapes, tokens_budget, min_rank, max_rank)
     scaling = None
     if alpha_mode == "calibrated":
-        scaling = calibration and calibration.predict_scaling(layer_dicts, train_size, result.quantization is not None,
-                                                               ranks=sorted(set(ranks.values())))
-        if not scaling:
-            why = declined or ("no calibration" if calibration is None else f"{calibration.name} has no alpha model")
-            raise ValueError(f"alpha_mode='calibrated' needs a calibration with an alpha model: {why}")
+        _check_alpha_model(calibration, declined)
+        scaling = calibration.predict_scaling(layer_dicts, train_size, result.quantization is not None,
+                                              ranks=sorted(set(ranks.values())))
     alphas = _alphas(ranks, alpha_mode, scaling)
     layers = {
         name: LayerAdvice(
@@ -394,9 +400,8 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     """
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)  # before minutes of probing
     calibration = resolve_calibration(calibration)  # once, and a bad file fails before the probe
-    if alpha_mode == "calibrated" and (calibration is None or "alpha" not in calibration.models):
-        raise ValueError("alpha_mode='calibrated' needs a calibration with an alpha model: "
-                         + ("no calibration" if calibration is None else f"{calibration.name} has none"))
+    if alpha_mode == "calibrated":
+        _check_alpha_model(calibration)
     if train_size is None and dataset is not None:
         dataset, train_size = _rows_and_size(dataset)
     result = probe(model, dataset, **probe_options)

@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from advisor.calibrated import layer_group
-from calibration.labels import CELL_KEYS, best_scaling, pooled_seed_noise, uniform_cells
+from calibration.labels import CELL_KEYS, SCALE_GROUP_KEYS, best_scaling, pooled_seed_noise, uniform_cells
 
 HERE = Path(__file__).resolve().parent
 PLOTS_DIR = HERE / "plots"
@@ -179,10 +179,12 @@ def layer_types(records: list[dict]) -> str:
 
 def loss_rise(record: dict) -> float:
     """Largest rise of the logged train loss above its running minimum, in nats (0 for a loss that
-    only falls): a spike or a divergence shows as a large rise. The curve is the trainer's
+    only falls): a spike shows as a large rise, a divergence to inf or nan as inf. The curve is the trainer's
     ``train_loss_curve`` (each point a mean over the steps since the last one)."""
     lowest, rise = math.inf, 0.0
     for _, loss in record.get("train_loss_curve", []):
+        if not math.isfinite(loss):
+            return math.inf  # diverged
         rise = max(rise, loss - lowest)
         lowest = min(lowest, loss)
     return rise
@@ -196,24 +198,25 @@ def alpha_scaling(records: list[dict]) -> str:
     rows = best_scaling(records)
     if not rows:
         return "*No alpha-grid results yet.*"
-    rises: dict[tuple, list[float]] = defaultdict(list)
+    rises: dict[tuple, list[float]] = defaultdict(list)  # by (the group's SCALE_GROUP_KEYS values, scaling)
     for record in records:
         config = record["config"]
         if config.get("rank") is not None and config.get("eva_rho") is None:
             scaling = round(record["lora"]["scaling_by_group"]["attention"], 6)
-            rises[(config["model"], config["task"], config["train_size"], config["rank"], scaling)].append(loss_rise(record))
-    lines = ["| model | task | train rows | r | scaling s: mean eval loss [largest train-loss rise] | seed noise "
-             "| best s | s within noise | best s x sqrt(r) |", "|---|---|---|---|---|---|---|---|---|"]
-    for row in sorted(rows, key=lambda r: (r["model"], r["task"], r["train_size"], r["rank"])):
+            rises[(tuple(config.get(k) for k in SCALE_GROUP_KEYS), scaling)].append(loss_rise(record))
+    lines = ["| model | task | train rows | lr | r | scaling s: mean eval loss [largest train-loss rise] | seed noise "
+             "| best s | s within noise of the best | best s x sqrt(r) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in sorted(rows, key=lambda r: (r["model"], r["task"], r["train_size"], r["learning_rate"], r["rank"])):
         arms = ", ".join(
             f"{s:.3g}: {mean:.3f}" + ("" if len(row["losses"][s]) > 1 else "*")
-            + f" [{max(rises[(row['model'], row['task'], row['train_size'], row['rank'], s)]):.2f}]"
+            + f" [{max(rises[(row['key'], s)]):.2f}]"
             for s, mean in row["scales"].items())
+        arms += "".join(f", {s:.3g}: diverged ({n} run{'s' if n > 1 else ''})" for s, n in row["diverged"].items())
         noise = row["seed_noise"]
         within = row["within_noise"]
-        lines.append(f"| {row['model']} | {row['task']} | {row['train_size']} | {row['rank']} | {arms} | "
+        lines.append(f"| {row['model']} | {row['task']} | {row['train_size']} | {row['learning_rate']:g} | {row['rank']} | {arms} | "
                      f"{'-' if noise is None else f'{noise:.3f}'} | {row['best_scaling']:.3g} | "
-                     f"{min(within):.3g} to {max(within):.3g} | {row['best_scaling'] * math.sqrt(row['rank']):.3g} |")
+                     f"{', '.join(f'{x:.3g}' for x in within)} | {row['best_scaling'] * math.sqrt(row['rank']):.3g} |")
     _plot_alpha(rows)
     return "\n".join(lines) + "\n\n(* one seed so far; the seed noise pools the scalings with two seeds.)"
 
@@ -227,8 +230,9 @@ def _plot_alpha(rows: list[dict]) -> None:
     for ax, panel in zip(axes[0], panels):
         for row in sorted((r for r in rows if (r["model"], r["task"], r["train_size"]) == panel), key=lambda r: r["rank"]):
             scales = list(row["scales"])
+            several_rates = len({r["learning_rate"] for r in rows}) > 1
             ax.errorbar(scales, list(row["scales"].values()), yerr=row["seed_noise"] or 0.0, marker="o", capsize=2,
-                        label=f"r={row['rank']}")
+                        label=f"r={row['rank']}" + (f", lr {row['learning_rate']:g}" if several_rates else ""))
         ax.set_xscale("log", base=2)
         ax.set_xlabel("PEFT scaling s (multiplies B A)")
         ax.set_title(f"{panel[0]}/{panel[1]} n={panel[2]}", fontsize=9)

@@ -144,33 +144,42 @@ def uniform_cells(records: list[dict], min_ranks: int = 3) -> list[Cell]:
 def best_scaling(records: list[dict]) -> list[dict]:
     """Per (model, task, train size, rank, learning rate, ...) trained at >= 2 scalings: the best one.
 
-    Returns rows {model, task, train_size, rank, learning_rate, losses: {scaling: [eval loss per
-    run]}, scales: {scaling: mean loss}, seed_noise (None without two seeds anywhere),
-    best_scaling, within_noise: [scalings within one seed noise of the best], quantized, probe:
-    the step-0 probe of the group's data}, scalings ascending.
+    Returns rows {key (the SCALE_GROUP_KEYS values), model, task, train_size, rank, learning_rate,
+    losses: {scaling: [eval loss per seed]}, scales: {scaling: mean loss}, seed_noise (None
+    without two seeds anywhere), best_scaling, within_noise: [scalings within one seed noise of
+    the best], diverged: {scaling: runs whose eval loss is not finite (left out of the rest)},
+    quantized, probe: the step-0 probe of the group's data}, scalings ascending. A scaling that
+    both rules give (rsLoRA alpha 2 and alpha / r = 1 at r = 4) counts each seed once: it is the
+    same training.
     """
-    groups: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
-    probes: dict[tuple, dict] = {}
+    groups: dict[tuple, dict[float, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    diverged: dict[tuple, dict[float, int]] = defaultdict(lambda: defaultdict(int))
+    probes: dict[tuple, tuple[bool, dict]] = {}
     for record in records:
         config = record.get("config", {})
-        if config.get("rank") is None or config.get("eva_rho") is not None or not _finite_loss(record):
+        if config.get("rank") is None or config.get("eva_rho") is not None:
             continue
         key = tuple(config.get(k) for k in SCALE_GROUP_KEYS)
         scaling = round(record["lora"]["scaling_by_group"]["attention"], 6)
-        groups[key][scaling].append(record["eval_loss"])
-        probes.setdefault(key, (bool(config.get("quantized", False)), record.get("probe")))
+        if not _finite_loss(record):
+            diverged[key][scaling] += 1
+            continue
+        groups[key][scaling].setdefault(config.get("seed"), record["eval_loss"])
+        if record.get("probe") and key not in probes:
+            probes[key] = (bool(config.get("quantized", False)), record["probe"])
     rows = []
     for key, by_scale in groups.items():
-        if len(by_scale) < 2:
+        if len(by_scale) + len(diverged[key]) < 2:
             continue
-        losses = dict(sorted(by_scale.items()))
+        losses = {s: list(seeds.values()) for s, seeds in sorted(by_scale.items())}
         means = {s: statistics.mean(v) for s, v in losses.items()}
         best = min(means, key=means.get)
         noise = pooled_seed_noise(losses.values())
+        quantized, probe = probes.get(key, (False, None))
         rows.append({
-            "model": key[0], "task": key[1], "train_size": key[2], "rank": key[3], "learning_rate": key[4],
+            "key": key, "model": key[0], "task": key[1], "train_size": key[2], "rank": key[3], "learning_rate": key[4],
             "losses": losses, "scales": means, "seed_noise": noise, "best_scaling": best,
             "within_noise": [s for s, m in means.items() if m <= means[best] + (noise or 0.0)],
-            "quantized": probes[key][0], "probe": probes[key][1],
+            "diverged": dict(diverged[key]), "quantized": quantized, "probe": probe,
         })
     return rows

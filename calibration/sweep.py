@@ -394,9 +394,18 @@ def find_config(run_id: str, paths: Iterable[Path]) -> RunConfig:
     raise ValueError(f"run {run_id!r} is in no results file ({', '.join(str(p) for p in paths) or 'none found'})")
 
 
+def recorded_elsewhere(results: ResultsFile) -> frozenset[str]:
+    """The run_ids of the other sweep results files (the files ``calibration.fit`` reads): runs
+    that another grid already trained with the same config."""
+    from calibration.fit import sweep_result_files
+
+    return frozenset().union(*(ResultsFile(path).run_ids() for path in sweep_result_files()
+                               if path.resolve() != results.path.resolve()))
+
+
 def _print_plan(configs: list[RunConfig], results: ResultsFile, shard: tuple[int, int], limit: int | None) -> None:
     """``--dry-run``: every run of this shard with its status, and the hours left."""
-    mine, todo = shard_plan(configs, results.run_ids(), shard)
+    mine, todo = shard_plan(configs, results.run_ids() | recorded_elsewhere(results), shard)
     waiting = {config.run_id for _, config in todo}
     for i, config in mine:
         status = "todo" if config.run_id in waiting else "done"
@@ -459,7 +468,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, build in GRIDS.items():
             configs = build()
             hours = sum(map(estimated_seconds, configs)) / 3600
-            done = len(ResultsFile(RESULTS_DIR / f"{name}.jsonl").run_ids() & {c.run_id for c in configs})
+            results = ResultsFile(RESULTS_DIR / f"{name}.jsonl")
+            done = len((results.run_ids() | recorded_elsewhere(results)) & {c.run_id for c in configs})
             print(f"{name:20s} {len(configs):4d} runs  {done:4d} done  ~{hours:5.1f} h on one thread")
         return 0
 
@@ -472,9 +482,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.dry_run:
                 _print_plan(configs, results, args.shard, args.limit)
             else:
-                elsewhere = frozenset().union(*(ResultsFile(p).run_ids() for p in RESULTS_DIR.glob("*.jsonl")
-                                                if p.resolve() != results.path.resolve()))
-                run_grid(configs, results, limit=args.limit, shard=args.shard, done_elsewhere=elsewhere)
+                run_grid(configs, results, limit=args.limit, shard=args.shard,
+                         done_elsewhere=recorded_elsewhere(results))
         return 0
 
     from calibration.train import train_run

@@ -68,15 +68,25 @@ def test_relative_need_comes_from_the_largest_rank_adapters():
 
 
 def test_best_scaling_pools_the_two_rules_and_keeps_the_scalings_within_noise():
-    # alpha / r = 0.5 and rsLoRA alpha 8 at r = 16 (s = 2) are one group: only s reaches the forward pass
+    # alpha / r = 0.5 (no rsLoRA) and rsLoRA alpha 8 at r = 16 (s = 2) are one group: only s reaches the forward pass
     records = [record("t", 16, seed, loss, scaling=s) for s, losses in ((0.5, (0.9, 0.92)), (2.0, (0.8, 0.82)),
                                                                          (4.0, (0.81, 0.83))) for seed, loss in enumerate(losses)]
     for r in records[:2]:
-        r["config"].update(alpha=8.0, alpha_over_r=0.5, use_rslora=False)
+        r["config"].update(alpha=None, alpha_over_r=0.5, use_rslora=False)
     (row,) = best_scaling(records)
     assert row["scales"] == {0.5: pytest.approx(0.91), 2.0: pytest.approx(0.81), 4.0: pytest.approx(0.82)}
     assert row["best_scaling"] == 2.0 and row["seed_noise"] == pytest.approx(0.02 / 2**0.5)
     assert row["within_noise"] == [2.0, 4.0]  # 4.0 is 0.01 worse, inside the 0.014 noise; 0.5 is not
+
+
+def test_best_scaling_counts_a_seed_once_and_reports_divergence():
+    # rsLoRA alpha 2 and alpha / r = 1 at r = 4 are both s = 1: the same training, one seed
+    same = [record("t", 4, 0, 0.7, scaling=1.0), record("t", 4, 0, 0.7, scaling=1.0)]
+    same[1]["config"].update(alpha=None, alpha_over_r=1.0, use_rslora=False)
+    other = [record("t", 4, seed, 0.8 + 0.01 * seed, scaling=2.0) for seed in (0, 1)]
+    blown = record("t", 4, 0, float("nan"), scaling=8.0)
+    (row,) = best_scaling(same + other + [blown])
+    assert row["losses"][1.0] == [0.7] and row["diverged"] == {8.0: 1} and 8.0 not in row["scales"]
 
 
 def test_loss_rise_measures_spikes_above_the_running_minimum():
@@ -84,6 +94,7 @@ def test_loss_rise_measures_spikes_above_the_running_minimum():
 
     assert loss_rise({"train_loss_curve": [[10, 2.0], [20, 1.5], [30, 1.2]]}) == 0.0
     assert loss_rise({"train_loss_curve": [[10, 2.0], [20, 1.0], [30, 1.6], [40, 1.1], [50, 2.5]]}) == pytest.approx(1.5)
+    assert loss_rise({"train_loss_curve": [[10, 2.0], [20, float("nan")]]}) == float("inf")
 
 
 def synthetic_sweep(model="minilm"):
@@ -118,9 +129,13 @@ def test_fit_saves_files_the_verified_loader_reads(tmp_path):
 
 
 def scaling_sweep(task, signal, best_s):
-    """Runs of ``task`` at ranks 2, 8, 32 and scalings 0.5-4, two seeds, best at ``best_s``."""
-    return [record(task, rank, seed, 1.0 + 0.1 * abs(math.log2(s / best_s)) + 0.01 * seed, signal=signal, scaling=s)
-            for rank in (2, 8, 32) for s in (0.5, 1.0, 2.0, 4.0) for seed in (0, 1)]
+    """Runs of ``task`` at ranks 2, 8, 32 and alpha / r = 0.5-4, two seeds, best at ``best_s``; trained
+    for 400 steps, so that they form groups of their own, apart from synthetic_sweep's rank cells."""
+    records = [record(task, rank, seed, 1.0 + 0.1 * abs(math.log2(s / best_s)) + 0.01 * seed, signal=signal, scaling=s)
+               for rank in (2, 8, 32) for s in (0.5, 1.0, 2.0, 4.0) for seed in (0, 1)]
+    for r in records:
+        r["config"].update(steps=400, alpha=None, alpha_over_r=r["lora"]["scaling_by_group"]["attention"], use_rslora=False)
+    return records
 
 
 def test_alpha_model_needs_two_tasks_and_learns_the_best_scaling():
@@ -128,9 +143,11 @@ def test_alpha_model_needs_two_tasks_and_learns_the_best_scaling():
     records = synthetic_sweep()
     _, one_task = fit(records + scaling_sweep("a", 1.0, 0.5))
     assert one_task["alpha_points"] == 0 and "alpha_leave_one_task_out" not in one_task["cv"]
+    assert one_task["cells"] == 4  # the alpha runs add no rank cell: another scale rule
     models, metadata = fit(records + scaling_sweep("a", 1.0, 0.5) + scaling_sweep("c", 7.0, 4.0)
                            + scaling_sweep("b", 3.0, 2.0))
     assert metadata["alpha_points"] == 9 and metadata["cv"]["alpha_leave_one_task_out"]["n"] == 9
+    assert sorted(2 ** metadata["alpha_target_range"][i] for i in (0, 1)) == [0.5, 4.0]  # the planted bests
     calibration = Calibration("t", metadata, models)
     assert calibration.predict_scaling(probe_layers(7.0), 1000, False)[8] > calibration.predict_scaling(probe_layers(1.0), 1000, False)[8]
     assert Calibration("t", metadata, {k: v for k, v in models.items() if k != "alpha"}).predict_scaling(

@@ -3,9 +3,10 @@
 The teacher is SmolLM2 plus a rank-k update dW = U V^T in one layer; the probe's loss is
 KL(teacher || base), so every bit of gradient comes from the plant. To first order the planted
 layer's gradient is S dW A (A: the layer's input covariance), whose row space is span(A V).
-The planted layer is not the one with the largest gradient, but it is the one with the largest
-natural gain (the gradient over the layer's Fisher scale). What does not hold
-(calibration/README.md): the measured rank tracks k only loosely.
+The planted layer is not the one with the largest gradient; by natural gain (the gradient over the
+layer's Fisher scale) it is in the top 3 of 210 in all ten recorded plants and first in four, one
+of which (q_proj, k = 2) is tested here. What does not hold (calibration/README.md): the measured
+rank tracks k only loosely.
 """
 
 import pytest

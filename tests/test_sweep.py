@@ -165,6 +165,18 @@ def test_runs_another_grid_already_holds_are_skipped_and_read_once(tmp_path):
     assert [r["run_id"] for r in read_records([other, mine.path])] == [c.run_id for c in (configs[0], configs[1], configs[2])]
 
 
+def test_recorded_elsewhere_reads_the_other_sweep_files_only(tmp_path, monkeypatch):
+    from calibration import fit
+    from calibration.sweep import recorded_elsewhere
+
+    monkeypatch.setattr(fit, "RESULTS_DIR", tmp_path)
+    (tmp_path / "grid-a.jsonl").write_text('{"run_id": "a1"}\n{"run_id": "a2"}\n')
+    (tmp_path / "grid-b.jsonl").write_text('{"run_id": "b1"}\n')
+    (tmp_path / "planted.jsonl").write_text('{"kind": "input"}\n')  # a study: no run_id
+    (tmp_path / "grid-lr.jsonl").write_text('{"run_id": "lr1"}\n')  # a learning-rate check
+    assert recorded_elsewhere(ResultsFile(tmp_path / "grid-b.jsonl")) == {"a1", "a2"}
+
+
 def test_a_corrupt_middle_line_is_an_error(tmp_path):
     path = tmp_path / "grid.jsonl"
     path.write_text('{"run_id": "a"}\nnot json\n{"run_id": "b"}\n')
