@@ -73,7 +73,7 @@ PROBE_SETTINGS = {  # the step-0 probe stored with every record
     "smollm2": {"num_samples": 32, "batch_size": 8},
 }
 PROBE_SEED = 0  # probe row sample, and the seq-cls head of the probed model
-PROBE_VERSION = 1  # bump to recompute cached probes
+PROBE_VERSION = 2  # bump to recompute cached probes (2: natural_gain)
 LAYER_GROUPS = ("attention", "mlp")
 _SCALAR_PROBE_FIELDS_LEFT_OUT = ("singular_values", "noise_singular_values")
 

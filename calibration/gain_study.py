@@ -1,0 +1,98 @@
+"""Does a layer's step-0 natural gain say which layers use more of their rank once trained?
+
+For every labelled uniform-rank cell of the sweeps, the step-0 probe of the cell's training rows
+is recomputed exactly as the sweep stored it (``calibration.train.probe_training_rows``, now with
+the probe's ``natural_gain``), and each layer's statistic is set against its *relative need*:
+the effective rank of its trained B A at the cell's largest rank over the cell's mean
+(``calibration.labels.Cell.relative_need``, the target of the per-layer regression).
+
+Per cell it records Spearman's rho between the relative need and natural gain, ||G||_F and
+signal effective rank (each over the cell's layers), and each layer group's share of the summed
+natural gain beside its mean relative need. One record per cell in
+``calibration/results/gain.jsonl`` (append-only, with the command).
+
+    python -m calibration.gain_study [--models minilm smollm2]
+    python -m calibration.gain_study --table
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import statistics
+import sys
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+RESULTS = Path(__file__).resolve().parent / "results" / "gain.jsonl"
+STATISTICS = {"natural gain": "natural_gain", "||G||_F": "frobenius_norm", "signal effective rank": "signal_effective_rank"}
+
+
+def study_cell(cell) -> dict:
+    """The record of one labelled cell (see the module docstring)."""
+    from advisor.calibrated import layer_group
+    from calibration.findings import spearman
+    from calibration.train import RunConfig, probe_training_rows
+
+    result = probe_training_rows(RunConfig.from_dict(cell.records[0]["config"]))
+    need = cell.relative_need()
+    names = [name for name in need if name in result.layers]
+    rho = {label: round(spearman([getattr(result.layers[n], field) for n in names], [need[n] for n in names]), 3)
+           for label, field in STATISTICS.items()}
+    total_gain = sum(result.layers[n].natural_gain for n in names)
+    groups = {}
+    for group in ("attention", "mlp"):
+        members = [n for n in names if layer_group(n) == group]
+        groups[group] = {"gain_share": round(sum(result.layers[n].natural_gain for n in members) / total_gain, 4),
+                         "mean_relative_need": round(statistics.mean(need[n] for n in members), 4)}
+    return {"model": cell.model, "task": cell.task, "train_size": cell.train_size, "optimal_rank": cell.optimal_rank,
+            "largest_rank": cell.ranks[-1], "layers": len(names), "spearman_with_relative_need": rho, "groups": groups,
+            "per_layer": {n: [round(result.layers[n].natural_gain, 4), round(need[n], 4)] for n in names}}
+
+
+def markdown_table() -> str:
+    """Every stored cell: the correlations and the groups' gain shares (for calibration/README.md)."""
+    lines = ["| model | task | layers | Spearman with relative need: " + " / ".join(STATISTICS)
+             + " | attention: gain share / mean relative need | MLP: gain share / mean relative need |",
+             "|---|---|---|---|---|---|"]
+    for line in RESULTS.read_text().splitlines():
+        record = json.loads(line)
+        rho = " / ".join(f"{record['spearman_with_relative_need'][label]:+.2f}" for label in STATISTICS)
+        cells = [f"{record['groups'][g]['gain_share']:.0%} / {record['groups'][g]['mean_relative_need']:.2f}"
+                 for g in ("attention", "mlp")]
+        lines.append(f"| {record['model']} | {record['task']} | {record['layers']} | {rho} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m calibration.gain_study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["minilm", "smollm2", "mpnet"], help="the sweeps' models to study")
+    parser.add_argument("--table", action="store_true", help="print the stored records as a markdown table")
+    args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table())
+        return 0
+    import torch
+
+    from calibration.findings import read_records
+    from calibration.labels import uniform_cells
+
+    torch.set_num_threads(1)
+    cells = [c for c in uniform_cells(read_records()) if c.optimal_rank is not None and c.model in args.models]
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    for cell in cells:
+        record = study_cell(cell)
+        record["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        record["command"] = "python -m calibration.gain_study " + shlex.join(["--models", *args.models])
+        with open(RESULTS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        print(f"{cell.model}/{cell.task}: {record['spearman_with_relative_need']}", file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
