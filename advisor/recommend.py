@@ -301,7 +301,7 @@ def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int
     if gains and sum(gains.values()) > 0:
         top = max(gains, key=gains.get)
         reasons.append(f"{top} layers carry {gains[top] / sum(gains.values()):.0%} of the natural gain (gradient "
-                       f"over each layer's Fisher scale: where adapting moves the loss most)")
+                       f"over each layer's Fisher scale; a diagnostic, it does not set the ranks)")
     unconverged = [s for s in result.layers.values() if not s.converged]
     if unconverged:
         needed = [s.samples_needed for s in unconverged if s.samples_needed]
