@@ -43,6 +43,14 @@ def read_records() -> list[dict]:
     return read(sweep_result_files())
 
 
+def rank_grid(records: list[dict]) -> list[dict]:
+    """The runs trained under the rank grids' scale rule (rsLoRA, alpha 8; ``fit.FIT_SCALE_RULE``),
+    so that the alpha grid's other scalings do not mix into the rank questions."""
+    from calibration.fit import FIT_SCALE_RULE
+
+    return [r for r in records if all(r["config"].get(k) == v for k, v in FIT_SCALE_RULE.items())]
+
+
 def utilisation_means(records: list[dict], key) -> dict[tuple, float]:
     """Mean effective rank of B A / r over the layers of uniform-rank runs (EVA-initialised runs
     left out), keyed by (``key(record, layer)``, r)."""
@@ -89,10 +97,11 @@ def utilisation(records: list[dict]) -> tuple[str, dict]:
     return f"Mean effective rank of B A / r over the layers of {runs} uniform-rank runs:\n\n" + "\n".join(lines), means
 
 
-def utilisation_by(records: list[dict], key, label: str, ranks=(1, 4, 16, 64)) -> str:
-    """Mean effective rank of B A / r over all layers, per ``key(record)`` and rank."""
+def utilisation_by(records: list[dict], key, label: str, ranks=(1, 4, 16, 64), order=None) -> str:
+    """Mean effective rank of B A / r over all layers, per ``key(record)`` (a string, rows sorted
+    by ``order`` of it, default alphabetical) and rank."""
     means = utilisation_means(records, lambda record, layer: key(record))
-    groups = sorted({k[0] for k in means})
+    groups = sorted({k[0] for k in means}, key=order)
     if not groups:
         return "*No runs.*"
     ranks = [r for r in ranks if any((g, r) in means for g in groups)]
@@ -106,7 +115,7 @@ def utilisation_by(records: list[dict], key, label: str, ranks=(1, 4, 16, 64)) -
 def layer_groups(records: list[dict]) -> str:
     """Q3 from uniform cells: mean adapter effective rank at the largest rank, attention vs MLP."""
     lines = ["| model | task | train rows | r | attention | mlp | mlp / attention |", "|---|---|---|---|---|---|---|"]
-    for cell in uniform_cells(records):
+    for cell in uniform_cells(rank_grid(records)):
         need = cell.layer_need()
         if not need or cell.ranks[-1] < 16:
             continue
@@ -278,7 +287,7 @@ def _bootstrap_interval(pairs: list[tuple[float, float]], draws: int = 2000) -> 
 def prediction(records: list[dict]) -> str:
     """Q4: Spearman(a step-0 probe statistic, optimal uniform rank) per model, for each statistic."""
     by_model: dict[str, list[tuple[dict, int]]] = defaultdict(list)
-    for cell in uniform_cells(records):
+    for cell in uniform_cells(rank_grid(records)):
         optimal = cell.optimal_rank
         if optimal is None:
             continue
@@ -303,11 +312,14 @@ def cells_summary(records: list[dict]) -> str:
     cells = uniform_cells(records)
     if not cells:
         return "*No cell with three or more ranks yet.*"
-    lines = ["| model | task | train rows | ranks (mean eval loss) | seed noise | optimal rank |", "|---|---|---|---|---|---|"]
+    lines = ["| model | task | train rows | scale rule | ranks (mean eval loss) | seed noise | optimal rank |",
+             "|---|---|---|---|---|---|---|"]
     for cell in cells:
         losses = ", ".join(f"{r}: {cell.mean_loss(r):.3f}" for r in cell.ranks)
         noise = cell.seed_noise
-        lines.append(f"| {cell.model} | {cell.task} | {cell.train_size} | {losses} | "
+        alpha, alpha_over_r, rslora = (cell.key[CELL_KEYS.index(k)] for k in ("alpha", "alpha_over_r", "use_rslora"))
+        rule = f"rsLoRA alpha {alpha:g}" if rslora else f"alpha/r {alpha_over_r:g}" if alpha_over_r else f"alpha {alpha:g}"
+        lines.append(f"| {cell.model} | {cell.task} | {cell.train_size} | {rule} | {losses} | "
                      f"{'-' if noise is None else f'{noise:.3f}'} | {cell.optimal_rank or '-'} |")
     return "\n".join(lines)
 
@@ -318,9 +330,16 @@ def main() -> int:
     print("### Cells\n")
     print(cells_summary(records))
     print("\n### Q1 utilisation\n")
-    print(utilisation(records)[0])
+    grid = rank_grid(records)
+    print(utilisation(grid)[0])
     print("\nBy task (1000 training rows):\n")
-    print(utilisation_by([r for r in records if r["train_size"] in (1000, 1905)], lambda r: f"{r['model']}/{r['task']}", "task"))
+    print(utilisation_by([r for r in grid if r["train_size"] in (1000, 1905)], lambda r: f"{r['model']}/{r['task']}", "task"))
+    scaled_tasks = {(r["model"], r["task"]) for r in records if r not in grid and r["config"].get("rank") is not None}
+    print("\nBy PEFT scaling s (the tasks of the alpha grid, 1000 rows, every scale rule):\n")
+    print(utilisation_by([r for r in records if (r["model"], r["task"]) in scaled_tasks and r["train_size"] in (1000, 1905)
+                          and r["config"].get("rank") in (2, 8, 32)],
+                         lambda r: f"{r['task']} s={r['lora']['scaling_by_group']['attention']:.3g}", "task, scaling",
+                         ranks=(2, 8, 32), order=lambda g: (g.split(" s=")[0], float(g.split(" s=")[1]))))
     from calibration.fit import RESULTS_DIR
     from calibration.fit import read_records as read
 

@@ -52,7 +52,7 @@ MODEL_DESCRIPTION = "StandardScaler + RidgeCV(alphas=10**-2..10**4, leave-one-ou
 RIDGE_ALPHAS = tuple(10.0**k for k in (-2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4))
 
 
-STUDY_FILES = ("quantization.jsonl", "planted.jsonl", "validate.jsonl")  # results of studies, not of sweeps
+STUDY_FILES = ("quantization.jsonl", "planted.jsonl", "validate.jsonl", "gain.jsonl")  # studies' results, not sweeps'
 LR_CHECK_SUFFIX = "-lr.jsonl"  # the learning-rate checks train off the grids' settings
 FIT_SCALE_RULE = {"use_rslora": True, "alpha": 8.0, "alpha_over_r": None}  # the rank grids' rule
 

@@ -1,6 +1,7 @@
 """Does a layer's step-0 natural gain say which layers use more of their rank once trained?
 
-For every labelled uniform-rank cell of the sweeps, the step-0 probe of the cell's training rows
+For every labelled uniform-rank cell of the rank grids (rsLoRA alpha 8, the rule the regression
+is fitted on), the step-0 probe of the cell's training rows
 is recomputed exactly as the sweep stored it (``calibration.train.probe_training_rows``, now with
 the probe's ``natural_gain``), and each layer's statistic is set against its *relative need*:
 the effective rank of its trained B A at the cell's largest rank over the cell's mean
@@ -79,10 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from calibration.findings import read_records
+    from calibration.fit import FIT_SCALE_RULE
     from calibration.labels import uniform_cells
 
     torch.set_num_threads(1)
-    cells = [c for c in uniform_cells(read_records()) if c.optimal_rank is not None and c.model in args.models]
+    rule = tuple(FIT_SCALE_RULE[k] for k in ("alpha", "alpha_over_r", "use_rslora"))
+    cells = [c for c in uniform_cells(read_records())
+             if c.optimal_rank is not None and c.model in args.models and c.key[7:10] == rule]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for cell in cells:
         record = study_cell(cell)
