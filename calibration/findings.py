@@ -308,6 +308,19 @@ def prediction(records: list[dict]) -> str:
     return "\n".join(lines) if lines else "*No labelled cell yet (a cell needs its ranks trained with two seeds).*"
 
 
+def lr_checks() -> str:
+    """The learning-rate checks (``results/*-lr.jsonl``): each run's eval loss at every evaluation."""
+    from calibration.fit import LR_CHECK_SUFFIX, RESULTS_DIR
+    from calibration.fit import read_records as read
+
+    lines = ["| model | task | r | lr | base eval loss | eval loss by step |", "|---|---|---|---|---|---|"]
+    for record in read(sorted(RESULTS_DIR.glob(f"*{LR_CHECK_SUFFIX}"))):
+        curve = ", ".join(f"{step}: {loss:.3f}" for step, loss, *_ in record["eval_curve"])
+        lines.append(f"| {record['model']} | {record['task']} | {record['lora']['r']} | {record['learning_rate']:g} "
+                     f"| {record['initial_eval_loss']:.3f} | {curve} |")
+    return "\n".join(lines) if len(lines) > 2 else "*No learning-rate check yet.*"
+
+
 def cells_summary(records: list[dict]) -> str:
     cells = uniform_cells(records)
     if not cells:
@@ -329,6 +342,8 @@ def main() -> int:
     print(f"## Findings from {len(records)} runs\n")
     print("### Cells\n")
     print(cells_summary(records))
+    print("\n### Learning-rate checks\n")
+    print(lr_checks())
     print("\n### Q1 utilisation\n")
     grid = rank_grid(records)
     print(utilisation(grid)[0])
