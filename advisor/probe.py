@@ -111,6 +111,17 @@ class ProbeResult:
         """Layer-type aggregates (``q_proj``, ``mlp.down_proj``, ...), in first-seen order."""
         return _aggregate(self.layers.values(), key=lambda s: s.layer_type)
 
+    def natural_gain_shares(self) -> dict[str, float] | None:
+        """Each layer type's share of the layers' summed ``natural_gain``, in first-seen order;
+        None when a layer has none (a probe saved before it existed) or the sum is 0."""
+        gains: dict[str, float] = {}
+        for stats in self.layers.values():
+            if stats.natural_gain is None:
+                return None
+            gains[stats.layer_type] = gains.get(stats.layer_type, 0.0) + stats.natural_gain
+        total = sum(gains.values())
+        return {layer_type: gain / total for layer_type, gain in gains.items()} if total > 0 else None
+
     def by_depth(self) -> dict[int, dict]:
         """Per-block aggregates keyed by block index (layers outside blocks are left out)."""
         return _aggregate((s for s in self.layers.values() if s.depth is not None), key=lambda s: s.depth)

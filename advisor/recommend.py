@@ -294,13 +294,10 @@ def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int
         if means[top] >= 1.5 * means[low]:
             reasons.append(f"blocks {thirds[top][0]}-{thirds[top][-1]} need {means[top] / means[low]:.1f}x the rank "
                            f"of blocks {thirds[low][0]}-{thirds[low][-1]}")
-    gains = {}
-    for stats in result.layers.values():
-        if stats.natural_gain is not None:
-            gains[stats.layer_type] = gains.get(stats.layer_type, 0.0) + stats.natural_gain
-    if gains and sum(gains.values()) > 0:
-        top = max(gains, key=gains.get)
-        reasons.append(f"{top} layers carry {gains[top] / sum(gains.values()):.0%} of the natural gain (gradient "
+    gain_shares = result.natural_gain_shares()
+    if gain_shares:
+        top = max(gain_shares, key=gain_shares.get)
+        reasons.append(f"{top} layers carry {gain_shares[top]:.0%} of the natural gain (gradient "
                        f"over each layer's Fisher scale; a diagnostic, it does not set the ranks)")
     unconverged = [s for s in result.layers.values() if not s.converged]
     if unconverged:

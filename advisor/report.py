@@ -29,7 +29,7 @@ def layer_type_table(result: ProbeResult, ranks: dict[str, int] | None = None) -
 def layer_type_rows(result: ProbeResult, ranks: dict[str, int] | None = None) -> list[list[str]]:
     """The header and one row of strings per layer type (see :func:`layer_type_table`)."""
     header = ["layer type", "n", "shape", "eff.rank", "stable", "E90", "signal", "noise", "conv.", "gain"]
-    total_gain = sum(s.natural_gain or 0.0 for s in result.layers.values())
+    gain_shares = result.natural_gain_shares()
     compared = any(s.quantization_share is not None for s in result.layers.values())
     if compared:
         header.append("q-share (flagged)")
@@ -48,8 +48,7 @@ def layer_type_rows(result: ProbeResult, ranks: dict[str, int] | None = None) ->
             f"{summary['signal_effective_rank']:.1f}",
             f"{100 * summary['noise_fraction']:.0f}%",
             f"{100 * summary['converged']:.0f}%",
-            f"{100 * sum(m.natural_gain for m in members) / total_gain:.0f}%"
-            if total_gain > 0 and all(m.natural_gain is not None for m in members) else "-",
+            f"{100 * gain_shares[layer_type]:.0f}%" if gain_shares else "-",
         ]
         if compared:
             shares = [m.quantization_share for m in members if m.quantization_share is not None]
