@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from advisor.calibrated import layer_group
-from calibration.labels import CELL_KEYS, SCALE_GROUP_KEYS, best_scaling, pooled_seed_noise, uniform_cells
+from calibration.labels import CELL_KEYS, best_scaling, pooled_seed_noise, rank_grid, uniform_cells
 
 HERE = Path(__file__).resolve().parent
 PLOTS_DIR = HERE / "plots"
@@ -41,14 +41,6 @@ def read_records() -> list[dict]:
     from calibration.fit import read_records as read, sweep_result_files
 
     return read(sweep_result_files())
-
-
-def rank_grid(records: list[dict]) -> list[dict]:
-    """The runs trained under the rank grids' scale rule (rsLoRA, alpha 8; ``fit.FIT_SCALE_RULE``),
-    so that the alpha grid's other scalings do not mix into the rank questions."""
-    from calibration.fit import FIT_SCALE_RULE
-
-    return [r for r in records if all(r["config"].get(k) == v for k, v in FIT_SCALE_RULE.items())]
 
 
 def utilisation_means(records: list[dict], key) -> dict[tuple, float]:
@@ -207,18 +199,12 @@ def alpha_scaling(records: list[dict]) -> str:
     rows = best_scaling(records)
     if not rows:
         return "*No alpha-grid results yet.*"
-    rises: dict[tuple, list[float]] = defaultdict(list)  # by (the group's SCALE_GROUP_KEYS values, scaling)
-    for record in records:
-        config = record["config"]
-        if config.get("rank") is not None and config.get("eva_rho") is None:
-            scaling = round(record["lora"]["scaling_by_group"]["attention"], 6)
-            rises[(tuple(config.get(k) for k in SCALE_GROUP_KEYS), scaling)].append(loss_rise(record))
     lines = ["| model | task | train rows | lr | r | scaling s: mean eval loss [largest train-loss rise] | seed noise "
              "| best s | s within noise of the best | best s x sqrt(r) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in sorted(rows, key=lambda r: (r["model"], r["task"], r["train_size"], r["learning_rate"], r["rank"])):
         arms = ", ".join(
             f"{s:.3g}: {mean:.3f}" + ("" if len(row["losses"][s]) > 1 else "*")
-            + f" [{max(rises[(row['key'], s)]):.2f}]"
+            + f" [{max(map(loss_rise, row['runs'][s])):.2f}]"
             for s, mean in row["scales"].items())
         arms += "".join(f", {s:.3g}: diverged ({n} run{'s' if n > 1 else ''})" for s, n in row["diverged"].items())
         noise = row["seed_noise"]
@@ -235,11 +221,11 @@ def _plot_alpha(rows: list[dict]) -> None:
 
     plt = pyplot()
     panels = sorted({(r["model"], r["task"], r["train_size"]) for r in rows})
+    several_rates = len({r["learning_rate"] for r in rows}) > 1
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         for row in sorted((r for r in rows if (r["model"], r["task"], r["train_size"]) == panel), key=lambda r: r["rank"]):
             scales = list(row["scales"])
-            several_rates = len({r["learning_rate"] for r in rows}) > 1
             ax.errorbar(scales, list(row["scales"].values()), yerr=row["seed_noise"] or 0.0, marker="o", capsize=2,
                         label=f"r={row['rank']}" + (f", lr {row['learning_rate']:g}" if several_rates else ""))
         ax.set_xscale("log", base=2)

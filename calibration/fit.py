@@ -8,7 +8,7 @@ need); features from :mod:`advisor.calibrated` (scale-free probe statistics). Tw
 
 - ``cell``: ridge regression (standardised features; the penalty chosen by leave-one-out within
   the training rows) of log2(optimal uniform rank), over the
-  cells of one scale rule (rsLoRA, alpha 8: the rank grids'; :data:`FIT_SCALE_RULE`);
+  cells of one scale rule (rsLoRA, alpha 8: the rank grids'; :data:`calibration.labels.RANK_GRID_RULE`);
 - ``layer``: ridge regression of log2(relative need) of each layer (its trained adapter's
   effective rank over the cell's mean);
 - ``alpha``: ridge regression of log2(best PEFT scaling s) of each (cell, rank) trained at several
@@ -44,7 +44,7 @@ from pathlib import Path
 
 from advisor.calibrated import MODELS_DIR, cell_features, curve_rank_features, layer_features, sha256_of
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS
-from calibration.labels import best_scaling, uniform_cells
+from calibration.labels import RANK_GRID_RULE, best_scaling, rank_grid, uniform_cells
 from calibration.models import MODELS
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -54,7 +54,6 @@ RIDGE_ALPHAS = tuple(10.0**k for k in (-2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 2.
 
 STUDY_FILES = ("quantization.jsonl", "planted.jsonl", "validate.jsonl", "gain.jsonl")  # studies' results, not sweeps'
 LR_CHECK_SUFFIX = "-lr.jsonl"  # the learning-rate checks train off the grids' settings
-FIT_SCALE_RULE = {"use_rslora": True, "alpha": 8.0, "alpha_over_r": None}  # the rank grids' rule
 
 
 def sweep_result_files() -> list[Path]:
@@ -85,10 +84,7 @@ def probe_task(model: str) -> str:
 def training_table(records: list[dict]):
     """(cell rows, layer rows, curve rows): dicts with features, target, and the task / model for grouping."""
     cell_rows, layer_rows, curve_rows = [], [], []
-    for cell in uniform_cells(records):
-        rule = dict(zip(("alpha", "alpha_over_r", "use_rslora"), (cell.key[7], cell.key[8], cell.key[9])))
-        if rule != {k: FIT_SCALE_RULE[k] for k in rule}:
-            continue  # one scale rule only: the regression has no scaling feature
+    for cell in uniform_cells(rank_grid(records)):  # one scale rule only: the regression has no scaling feature
         layers = cell.probe()["layers"]
         quantized = bool(cell.records[0]["config"].get("quantized", False))
         features = cell_features(layers, cell.train_size, quantized)
@@ -214,7 +210,7 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
                     "curve": "log(eval loss at uniform rank r / eval loss at the cell's best rank)",
                     "alpha": "log2 best PEFT scaling s (multiplies B A) at rank r"},
         "model": MODEL_DESCRIPTION,
-        "scale_rule": FIT_SCALE_RULE,
+        "scale_rule": RANK_GRID_RULE,
         "cells": len(cell_rows),
         "layers": len(layer_rows),
         "curve_points": len(curve_rows),

@@ -80,13 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from calibration.findings import read_records
-    from calibration.fit import FIT_SCALE_RULE
-    from calibration.labels import uniform_cells
+    from calibration.labels import rank_grid, uniform_cells
 
     torch.set_num_threads(1)
-    rule = tuple(FIT_SCALE_RULE[k] for k in ("alpha", "alpha_over_r", "use_rslora"))
-    cells = [c for c in uniform_cells(read_records())
-             if c.optimal_rank is not None and c.model in args.models and c.key[7:10] == rule]
+    cells = [c for c in uniform_cells(rank_grid(read_records())) if c.optimal_rank is not None and c.model in args.models]
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for cell in cells:
         record = study_cell(cell)

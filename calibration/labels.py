@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 SCALE_GROUP_KEYS = ("model", "task", "train_size", "rank", "learning_rate", "steps", "batch_size", "max_length",
                     "data_seed", "eval_rows")
+RANK_GRID_RULE = {"use_rslora": True, "alpha": 8.0, "alpha_over_r": None}  # the rank grids' scale rule
 CELL_KEYS = ("model", "task", "train_size", "learning_rate", "steps", "batch_size", "max_length",
              "alpha", "alpha_over_r", "use_rslora", "data_seed", "eval_rows")
 
@@ -127,6 +128,12 @@ def pooled_seed_noise(loss_groups: Iterable[list[float]]) -> float | None:
     return math.sqrt(statistics.mean(variances)) if variances else None
 
 
+def rank_grid(records: list[dict]) -> list[dict]:
+    """The runs trained under the rank grids' scale rule (RANK_GRID_RULE: rsLoRA, alpha 8), so that
+    the alpha grid's other scalings do not mix into the rank labels and questions."""
+    return [r for r in records if all(r["config"].get(k) == v for k, v in RANK_GRID_RULE.items())]
+
+
 def uniform_cells(records: list[dict], min_ranks: int = 3) -> list[Cell]:
     """Group uniform-rank records into cells with at least ``min_ranks`` ranks, in first-seen order."""
     cells: dict[tuple, Cell] = {}
@@ -144,15 +151,15 @@ def uniform_cells(records: list[dict], min_ranks: int = 3) -> list[Cell]:
 def best_scaling(records: list[dict]) -> list[dict]:
     """Per (model, task, train size, rank, learning rate, ...) trained at >= 2 scalings: the best one.
 
-    Returns rows {key (the SCALE_GROUP_KEYS values), model, task, train_size, rank, learning_rate,
-    losses: {scaling: [eval loss per seed]}, scales: {scaling: mean loss}, seed_noise (None
+    Returns rows {model, task, train_size, rank, learning_rate, runs: {scaling: [record per
+    seed]}, losses: {scaling: [eval loss per seed]}, scales: {scaling: mean loss}, seed_noise (None
     without two seeds anywhere), best_scaling, within_noise: [scalings within one seed noise of
     the best], diverged: {scaling: runs whose eval loss is not finite (left out of the rest)},
     quantized, probe: the step-0 probe of the group's data}, scalings ascending. A scaling that
     both rules give (rsLoRA alpha 2 and alpha / r = 1 at r = 4) counts each seed once: it is the
     same training.
     """
-    groups: dict[tuple, dict[float, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    groups: dict[tuple, dict[float, dict[int, dict]]] = defaultdict(lambda: defaultdict(dict))
     diverged: dict[tuple, dict[float, int]] = defaultdict(lambda: defaultdict(int))
     probes: dict[tuple, tuple[bool, dict]] = {}
     for record in records:
@@ -164,21 +171,22 @@ def best_scaling(records: list[dict]) -> list[dict]:
         if not _finite_loss(record):
             diverged[key][scaling] += 1
             continue
-        groups[key][scaling].setdefault(config.get("seed"), record["eval_loss"])
+        groups[key][scaling].setdefault(config.get("seed"), record)
         if record.get("probe") and key not in probes:
             probes[key] = (bool(config.get("quantized", False)), record["probe"])
     rows = []
     for key, by_scale in groups.items():
         if len(by_scale) + len(diverged[key]) < 2:
             continue
-        losses = {s: list(seeds.values()) for s, seeds in sorted(by_scale.items())}
+        runs = {s: list(seeds.values()) for s, seeds in sorted(by_scale.items())}
+        losses = {s: [record["eval_loss"] for record in seed_runs] for s, seed_runs in runs.items()}
         means = {s: statistics.mean(v) for s, v in losses.items()}
         best = min(means, key=means.get)
         noise = pooled_seed_noise(losses.values())
         quantized, probe = probes.get(key, (False, None))
         rows.append({
-            "key": key, "model": key[0], "task": key[1], "train_size": key[2], "rank": key[3], "learning_rate": key[4],
-            "losses": losses, "scales": means, "seed_noise": noise, "best_scaling": best,
+            "model": key[0], "task": key[1], "train_size": key[2], "rank": key[3], "learning_rate": key[4],
+            "runs": runs, "losses": losses, "scales": means, "seed_noise": noise, "best_scaling": best,
             "within_noise": [s for s, m in means.items() if m <= means[best] + (noise or 0.0)],
             "diverged": dict(diverged[key]), "quantized": quantized, "probe": probe,
         })
