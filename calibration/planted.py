@@ -243,7 +243,8 @@ def markdown_table() -> str:
     def number(value, digits):
         return "-" if value is None else f"{value:.{digits}f}"
 
-    for record in latest_records():
+    records = latest_records()
+    for record in records:
         for name, layer in record["planted"].items():
             lines.append(
                 f"| {record.get('loss', 'sampled')} | {record['kind']} | {record['scale']:g} "
@@ -257,7 +258,7 @@ def markdown_table() -> str:
     for key, what in (("top_norm", "the largest ||G||_F"), ("top_gain", "the largest natural gain (and the "
                                                                     "first's over the second's)")):
         lines.append(f"\nThe three layers with {what} in each run that recorded them:\n")
-        for record in latest_records():
+        for record in records:
             if key in record:
                 planted = ", ".join(f"{n.removeprefix('model.')}:{layer['k']}" for n, layer in record["planted"].items())
                 ratio = f" ({record[key][0][1] / record[key][1][1]:.2f}x)" if key == "top_gain" else ""
