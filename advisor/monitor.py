@@ -169,7 +169,7 @@ def _update_sketch(model, name: str) -> torch.Tensor:
 
 def plot(jsonl: str | Path, out: str | Path) -> Path:
     """Effective rank of B A per layer type (mean over layers) against the training step."""
-    from advisor.report import pyplot
+    from advisor.report import pyplot, save_figure
 
     plt = pyplot()
     records = [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
@@ -188,9 +188,7 @@ def plot(jsonl: str | Path, out: str | Path) -> Path:
     ax.set_ylabel("effective rank of BA (mean over layers)")
     ax.set_title("LoRA effective rank during training")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    save_figure(fig, out)
     return Path(out)
 
 

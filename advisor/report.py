@@ -103,9 +103,7 @@ def plot_spectra(result: ProbeResult, path: Path) -> None:
     ax.set_ylabel("sigma_i / sigma_1 (mean over layers)")
     ax.set_title("Gradient spectrum per layer type")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def loss_curve_text(advice: dict) -> str:
@@ -136,9 +134,7 @@ def plot_rank_heatmap(advice: dict, path: Path) -> None:
     ax.set_xlabel("block")
     ax.set_title("Advised LoRA rank")
     fig.colorbar(image, ax=ax, label="log2 rank")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_parameters(advice: dict, path: Path) -> None:
@@ -150,9 +146,7 @@ def plot_parameters(advice: dict, path: Path) -> None:
     ax.bar(labels, [v / 1e6 for v in values], color=["tab:orange"] + ["tab:gray"] * (len(values) - 1))
     ax.set_ylabel("trainable parameters (M)")
     ax.set_title("Adapter size: advice against uniform ranks")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_loss_curve(advice: dict, path: Path) -> None:
@@ -177,9 +171,7 @@ def plot_loss_curve(advice: dict, path: Path) -> None:
     ax.set_ylabel("eval loss / best rank's eval loss")
     ax.set_title("Predicted eval loss against rank")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def pyplot():
@@ -190,6 +182,14 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig, path: Path, dpi: int = 100) -> None:
+    """Lay ``fig`` out, write it to ``path`` (its folder made if missing) and free it."""
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
 
 
 def _html_table(rows: list[list[str]]) -> str:

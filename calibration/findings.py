@@ -63,7 +63,7 @@ def utilisation(records: list[dict]) -> tuple[str, dict]:
         return "*No uniform-rank runs yet.*", {}
     series = sorted({k[0] for k in means})
     ranks = sorted({k[1] for k in means})
-    from advisor.report import pyplot
+    from advisor.report import pyplot, save_figure
 
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -76,10 +76,7 @@ def utilisation(records: list[dict]) -> tuple[str, dict]:
     ax.set_ylabel("effective rank of trained BA / r")
     ax.set_title("Q1: how much of its rank an adapter uses")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    PLOTS_DIR.mkdir(exist_ok=True)
-    fig.savefig(PLOTS_DIR / "utilisation.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, PLOTS_DIR / "utilisation.png")
     lines = ["| model | train rows | group | " + " | ".join(f"r={r}" for r in ranks) + " |",
              "|---|---|---|" + "---|" * len(ranks)]
     for model, size, group in series:
@@ -217,7 +214,7 @@ def alpha_scaling(records: list[dict]) -> str:
 
 
 def _plot_alpha(rows: list[dict]) -> None:
-    from advisor.report import pyplot
+    from advisor.report import pyplot, save_figure
 
     plt = pyplot()
     panels = sorted({(r["model"], r["task"], r["train_size"]) for r in rows})
@@ -234,10 +231,7 @@ def _plot_alpha(rows: list[dict]) -> None:
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("mean eval loss (bars: seed noise)")
     fig.suptitle("Q2: eval loss against the LoRA scaling at a fixed learning rate", fontsize=10)
-    fig.tight_layout()
-    PLOTS_DIR.mkdir(exist_ok=True)
-    fig.savefig(PLOTS_DIR / "alpha.png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, PLOTS_DIR / "alpha.png")
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:

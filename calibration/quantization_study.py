@@ -35,9 +35,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from calibration.sweep import SMOLLM2_TASKS  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results" / "quantization.jsonl"
 PLOT = Path(__file__).resolve().parent / "plots" / "quantization.png"
-SMOLLM2_TASKS = ("stdlib-code", "wordnet-defs", "debian-summary", "shakespeare", "brown-lm")
 TOP_K = 8
 REPAIR_FLAG = 0.5
 
@@ -111,7 +112,7 @@ def summarise(layers: dict) -> dict:
 
 
 def plot(records: list[dict], path: Path) -> None:
-    from advisor.report import pyplot
+    from advisor.report import pyplot, save_figure
 
     plt = pyplot()
 
@@ -133,9 +134,7 @@ def plot(records: list[dict], path: Path) -> None:
     axes[2].axhline(REPAIR_FLAG, color="k", linestyle=":", linewidth=1)
     axes[0].legend(fontsize=8)
     fig.suptitle("SmolLM2-135M-Instruct: probe on the NF4 base against the fp32 base, same rows", fontsize=11)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
 
 
 TYPE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -277,7 +277,7 @@ def print_table(table: dict) -> None:
 
 def plot(table: dict, path: Path = PLOT) -> None:
     """Eval loss against adapter parameters, one panel per task."""
-    from advisor.report import pyplot
+    from advisor.report import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(table), figsize=(4.5 * len(table), 3.6), squeeze=False)
@@ -294,10 +294,7 @@ def plot(table: dict, path: Path = PLOT) -> None:
         ax.set_ylabel("eval loss")
         ax.set_title(task)
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
