@@ -43,8 +43,10 @@ confound itself.
 - ``encoder-alpha``: bbc-news, health-tweets, brown-genre at 1000 rows, seeds 0, 1, r in
   2, 8, 32: alpha / r in 0.5, 1, 2, 4 at the fixed learning rate, and rsLoRA with alpha
   ENCODER_ALPHA / 4 and 4 * ENCODER_ALPHA (ENCODER_ALPHA itself is in ``encoder-rank``).
-- ``smollm2-rank``: SmolLM2 on stdlib-code, wordnet-defs, shakespeare at 1000 rows, r in 1,
-  4, 16, 64, rsLoRA alpha = SMOLLM2_ALPHA, seeds 0, 1.
+- ``smollm2-rank``: SmolLM2 on stdlib-code, wordnet-defs, shakespeare, debian-summary, brown-lm
+  at 1000 rows, r in 1, 4, 16, 64, rsLoRA alpha = SMOLLM2_ALPHA, seeds 0, 1 (the last two
+  tasks were added once the first three were under way: a per-model correlation needs four
+  labelled cells, and leave-one-task-out needs more than two).
 - ``mpnet-rank``: MPNet (same encoder settings as MiniLM) on bbc-news, health-tweets,
   debian-section at 1000 rows, r in 1, 4, 16, 64, rsLoRA alpha = ENCODER_ALPHA, seeds 0, 1.
 - ``encoder-lr`` and ``smollm2-lr``: the learning-rate / budget checks below, kept as grids
@@ -78,7 +80,7 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # --------------------------------------------------------------------------- shared settings
 ENCODER_TASKS = ("bbc-news", "spam", "health-tweets", "debian-section", "brown-genre")
-SMOLLM2_TASKS = ("stdlib-code", "wordnet-defs", "shakespeare")
+SMOLLM2_TASKS = ("stdlib-code", "wordnet-defs", "shakespeare", "debian-summary", "brown-lm")
 MPNET_TASKS = ("bbc-news", "health-tweets", "debian-section")
 ENCODER_RANKS = (1, 2, 4, 8, 16, 32, 64)
 ENCODER_TRAIN_SIZES = (250, 1000, 4000)
