@@ -235,10 +235,10 @@ def latest_records() -> list[dict]:
 
 def markdown_table() -> str:
     """The latest run of each command: one row per planted layer (the table of calibration/README.md)."""
-    lines = ["| loss | plant | scale | KL / token | layer | k | signal rank | top-k energy share | overlap with "
+    lines = ["| loss | plant | scale | rows x tokens | KL / token | layer | k | signal rank | top-k energy share | overlap with "
              "A V / with V (chance) | place by norm / by natural gain / by signal eff. rank (of 210) "
              "| median noise share |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def number(value, digits):
         return "-" if value is None else f"{value:.{digits}f}"
@@ -248,7 +248,7 @@ def markdown_table() -> str:
         for name, layer in record["planted"].items():
             lines.append(
                 f"| {record.get('loss', 'sampled')} | {record['kind']} | {record['scale']:g} "
-                f"| {number(record.get('kl_per_token'), 3)} | {name.removeprefix('model.')} | {layer['k']} "
+                f"| {record['samples']} x {record['max_length']} | {number(record.get('kl_per_token'), 3)} | {name.removeprefix('model.')} | {layer['k']} "
                 f"| {layer['signal_rank']} | {number(layer.get('top_k_energy_share'), 2)} "
                 f"| {number(layer.get('overlap_with_seen'), 2)} / {layer['overlap_with_planted']:.4f} "
                 f"({layer['chance_overlap']:.4f}) | {layer.get('place_by_norm', '-')} / {layer.get('place_by_gain', '-')} "
@@ -262,7 +262,7 @@ def markdown_table() -> str:
             if key in record:
                 planted = ", ".join(f"{n.removeprefix('model.')}:{layer['k']}" for n, layer in record["planted"].items())
                 ratio = f" ({record[key][0][1] / record[key][1][1]:.2f}x)" if key == "top_gain" else ""
-                lines.append(f"- {record['kind']} {planted}: "
+                lines.append(f"- {record['kind']} {planted}, {record['samples']} rows: "
                              + ", ".join(entry[0].removeprefix("model.") for entry in record[key][:3]) + ratio)
     return "\n".join(lines)
 
