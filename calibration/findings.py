@@ -265,8 +265,11 @@ def _bootstrap_interval(pairs: list[tuple[float, float]], draws: int = 2000) -> 
 
 
 def prediction(records: list[dict]) -> str:
-    """Q4: Spearman(a step-0 probe statistic, optimal uniform rank) per model, for each statistic."""
+    """Q4: Spearman(a step-0 probe statistic, optimal uniform rank) per model, for each statistic,
+    and the cells' values behind it."""
     by_model: dict[str, list[tuple[dict, int]]] = defaultdict(list)
+    table = ["| model | task | train rows | optimal rank | " + " | ".join(f"mean {label}" for label in Q4_STATISTICS) + " |",
+             "|---|---|---|---|" + "---|" * len(Q4_STATISTICS)]
     for cell in uniform_cells(rank_grid(records)):
         optimal = cell.optimal_rank
         if optimal is None:
@@ -274,6 +277,8 @@ def prediction(records: list[dict]) -> str:
         layers = cell.probe()["layers"].values()
         means = {label: statistics.mean(s[key] for s in layers) for label, key in Q4_STATISTICS.items()}
         by_model[cell.model].append((means, optimal))
+        table.append(f"| {cell.model} | {cell.task} | {cell.train_size} | {optimal} | "
+                     + " | ".join(f"{means[label]:.3g}" for label in Q4_STATISTICS) + " |")
     lines = []
     for model, cells in sorted(by_model.items()):
         if len(cells) < 4:
@@ -285,7 +290,9 @@ def prediction(records: list[dict]) -> str:
             rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
             lines.append(f"- {model}, mean {label} at step 0: Spearman {rho:+.2f} (bootstrap 95% interval "
                          f"{low:+.2f} to {high:+.2f}) over {len(pairs)} cells")
-    return "\n".join(lines) if lines else "*No labelled cell yet (a cell needs its ranks trained with two seeds).*"
+    if not lines:
+        return "*No labelled cell yet (a cell needs its ranks trained with two seeds).*"
+    return "\n".join(lines) + "\n\nThe cells (means over each cell's step-0 probe layers):\n\n" + "\n".join(table)
 
 
 def lr_checks() -> str:
