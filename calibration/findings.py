@@ -243,6 +243,27 @@ def spearman(xs: list[float], ys: list[float]) -> float:
         return float(spearmanr(xs, ys).statistic)
 
 
+def permutation_p_value(xs: list[float], ys: list[float]) -> float:
+    """Two-sided p-value of Spearman's rho by exact permutation: the share of the n! orderings
+    of ``ys`` whose |rho| reaches the observed one (n <= 8). Unlike a bootstrap over a handful
+    of cells, it says how often chance alone separates them this well (ties included)."""
+    import itertools
+
+    import numpy as np
+    from scipy.stats import rankdata
+
+    if len(xs) > 8:
+        raise ValueError(f"exact permutation needs n <= 8, got {len(xs)}")
+    x = rankdata(xs) - (len(xs) + 1) / 2
+    orderings = np.array(list(itertools.permutations(rankdata(ys) - (len(ys) + 1) / 2)))
+    denominator = math.sqrt((x @ x) * (orderings[0] @ orderings[0]))
+    if denominator == 0:
+        return float("nan")
+    rhos = np.abs(orderings @ x) / denominator
+    observed = abs(float(orderings[0] @ x)) / denominator
+    return float((rhos >= observed - 1e-12).mean())
+
+
 Q4_STATISTICS = {  # name in the table: per-layer probe field, averaged over the layers of a cell
     "signal effective rank": "signal_effective_rank",
     "effective rank": "effective_rank",
@@ -288,8 +309,9 @@ def prediction(records: list[dict]) -> str:
             pairs = [(means[label], optimal) for means, optimal in cells]
             low, high = _bootstrap_interval(pairs)
             rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
+            p_value = permutation_p_value([p[0] for p in pairs], [p[1] for p in pairs])
             lines.append(f"- {model}, mean {label} at step 0: Spearman {rho:+.2f} (bootstrap 95% interval "
-                         f"{low:+.2f} to {high:+.2f}) over {len(pairs)} cells")
+                         f"{low:+.2f} to {high:+.2f}; exact permutation p = {p_value:.2f}) over {len(pairs)} cells")
     if not lines:
         return "*No labelled cell yet (a cell needs its ranks trained with two seeds).*"
     return "\n".join(lines) + "\n\nThe cells (means over each cell's step-0 probe layers):\n\n" + "\n".join(table)

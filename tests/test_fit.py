@@ -97,6 +97,22 @@ def test_loss_rise_measures_spikes_above_the_running_minimum():
     assert loss_rise({"train_loss_curve": [[10, 2.0], [20, float("nan")]]}) == float("inf")
 
 
+def test_permutation_p_value_matches_brute_force_over_orderings():
+    import itertools
+
+    from scipy.stats import spearmanr
+
+    from calibration.findings import permutation_p_value
+
+    # five cells, two labels: perfect separation happens in 2 of the 10 ways to pick the two 1s
+    assert permutation_p_value([1.1, 1.2, 0.8, 0.9, 0.5], [1, 1, 4, 4, 4]) == pytest.approx(0.2)
+    xs, ys = [0.3, 2.0, 1.1, 4.0, 3.5, 0.9], [1, 8, 2, 64, 16, 4]
+    observed = abs(spearmanr(xs, ys).statistic)
+    brute = [abs(spearmanr(xs, list(order)).statistic) >= observed - 1e-12 for order in itertools.permutations(ys)]
+    assert permutation_p_value(xs, ys) == pytest.approx(sum(brute) / len(brute))
+    assert permutation_p_value([1, 2, 3, 4, 5, 6], [1, 2, 4, 8, 16, 32]) == pytest.approx(2 / 720)  # perfect order
+
+
 def synthetic_sweep(model="minilm"):
     """Cells on four tasks whose optimal rank grows with the probe's signal rank."""
     records = []
