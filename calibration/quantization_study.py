@@ -28,6 +28,7 @@ import datetime
 import json
 import os
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -160,6 +161,12 @@ def markdown_table(records: list[dict]) -> str:
             f"{first['quant_error']:.3f}",
             f"{first['quant_error_erank']:.0f}",
         ]) + " |")
+    shares = sorted(100 * layer["repair_share"] for r in records for layer in r["layers"].values())
+    flagged = [v["flagged"] for r in records for v in r["by_type"].values()]
+    layers = records[0]["by_type"][types[0]]["layers"]
+    lines.append(f"\nShare of G_q not in G over single layers: {shares[0]:.0f}-{shares[-1]:.0f} %, median "
+                 f"{statistics.median(shares):.0f} %. Flagged layers (share > {REPAIR_FLAG}) per type and task: "
+                 f"{min(flagged)}-{max(flagged)} of {layers}.")
     return "\n".join(lines)
 
 
