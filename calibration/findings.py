@@ -367,10 +367,13 @@ def main() -> int:
     from calibration.fit import RESULTS_DIR
     from calibration.fit import read_records as read
 
-    lr_path = RESULTS_DIR / "encoder-lr.jsonl"
-    if lr_path.exists():
-        print("\nBy learning rate (the LR check: MiniLM, brown-genre, 1000 rows, 400 steps):\n")
-        print(utilisation_by(read([lr_path]), lambda r: f"{r['learning_rate']:g}", "learning rate", ranks=(1, 8, 64)))
+    lr_paths = [path for path in (RESULTS_DIR / "encoder-lr.jsonl", RESULTS_DIR / "smollm2-lr.jsonl") if path.exists()]
+    if lr_paths:
+        print("\nBy learning rate (the LR checks: MiniLM brown-genre, 400 steps; SmolLM2 wordnet-defs, 200 "
+              "steps; 1000 rows):\n")
+        print(utilisation_by(read(lr_paths), lambda r: f"{r['model']}/{r['task']} lr={r['learning_rate']:g}",
+                             "model/task, learning rate", ranks=(1, 8, 64),
+                             order=lambda g: (g.split(" lr=")[0], float(g.split(" lr=")[1]))))
     print("\n### Q2 alpha\n")
     print(alpha_scaling(records))
     print("\n### Q3 layer types\n")
