@@ -502,7 +502,12 @@ def _sources_for(names: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.acquire", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m calibration.acquire", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=(
+                                         "examples:\n"
+                                         "  python -m calibration.acquire                       # every source, cached\n"
+                                         "  python -m calibration.acquire bbc-news --markdown   # one task and its class balance"))
     parser.add_argument("names", nargs="*", help="sources, tasks or models (default: all sources)")
     parser.add_argument("--force", action="store_true", help="re-fetch even when cached")
     parser.add_argument("--markdown", action="store_true", help="also print the class balance as markdown")

@@ -22,6 +22,7 @@ Sections without enough results say so instead of printing a number.
 
 from __future__ import annotations
 
+import argparse
 import math
 import random
 import statistics
@@ -346,7 +347,13 @@ def cells_summary(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m calibration.findings", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=(
+                                         "examples:\n"
+                                         "  python -m calibration.findings > /tmp/findings.md   # and calibration/plots/*.png"))
+    parser.parse_args(argv)
     records = read_records()
     print(f"## Findings from {len(records)} runs\n")
     print("### Cells\n")

@@ -250,7 +250,13 @@ def save(models: dict, metadata: dict, records: list[dict], name: str, directory
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.fit", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m calibration.fit", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=(
+                                         "examples:\n"
+                                         "  python -m calibration.fit --dry-run                      # scores only\n"
+                                         "  python -m calibration.fit --dry-run --probe-task all     # the pooled fit, leave-one-model-out\n"
+                                         "  python -m calibration.fit                                # refit models/lora-rank-v1"))
     parser.add_argument("--results", nargs="+", type=Path, help="results files (default: calibration/results/*.jsonl)")
     parser.add_argument("--probe-task", choices=(TASK_SEQ_CLS, TASK_CAUSAL_LM, "all"), default=TASK_SEQ_CLS,
                         help="fit the runs of one kind of model only (default: seq-cls, the encoders), or pool all")

@@ -70,7 +70,12 @@ def markdown_table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.gain_study", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m calibration.gain_study", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=(
+                                         "examples:\n"
+                                         "  python -m calibration.gain_study --table\n"
+                                         "  python -m calibration.gain_study --models smollm2"))
     parser.add_argument("--models", nargs="+", default=["minilm", "smollm2", "mpnet"], help="the sweeps' models to study")
     parser.add_argument("--table", action="store_true", help="print the stored records as a markdown table")
     args = parser.parse_args(argv)

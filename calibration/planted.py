@@ -268,7 +268,13 @@ def markdown_table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.planted", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m calibration.planted", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=(
+                                         "examples:\n"
+                                         "  python -m calibration.planted --loss distill --kind input --scale 0.1 --samples 16 --max-length 64 \\\n"
+                                         "      --plant model.layers.5.self_attn.q_proj:2\n"
+                                         "  python -m calibration.planted --table"))
     parser.add_argument("--loss", choices=("sampled", "distill"), default="sampled",
                         help="sampled: teacher-sampled labels (the first attempt); distill: KL to the teacher")
     parser.add_argument("--kind", choices=("input", "input-equal", "random", "top"), default="top")

@@ -177,7 +177,13 @@ def read_records() -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.quantization_study", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m calibration.quantization_study", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=(
+                                         "examples:\n"
+                                         "  python -m calibration.quantization_study --table\n"
+                                         "  python -m calibration.quantization_study --plot-only\n"
+                                         "  python -m calibration.quantization_study --tasks stdlib-code --samples 32"))
     parser.add_argument("--tasks", nargs="+", choices=SMOLLM2_TASKS, default=list(SMOLLM2_TASKS))
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)
