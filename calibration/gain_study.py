@@ -10,7 +10,8 @@ the effective rank of its trained B A at the cell's largest rank over the cell's
 Per cell it records Spearman's rho between the relative need and natural gain, ||G||_F and
 signal effective rank (each over the cell's layers), and each layer group's share of the summed
 natural gain beside its mean relative need. One record per cell in
-``calibration/results/gain.jsonl`` (append-only, with the command).
+``calibration/results/gain.jsonl`` (append-only, with the command); cells already there are
+skipped, so a rerun studies only newly labelled cells.
 
     python -m calibration.gain_study [--models minilm smollm2]
     python -m calibration.gain_study --table
@@ -55,13 +56,19 @@ def study_cell(cell) -> dict:
             "per_layer": {n: [round(result.layers[n].natural_gain, 4), round(need[n], 4)] for n in names}}
 
 
+def stored_records() -> list[dict]:
+    """The studied cells, in the order they were recorded."""
+    if not RESULTS.exists():
+        return []
+    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
+
+
 def markdown_table() -> str:
     """Every stored cell: the correlations and the groups' gain shares (for calibration/README.md)."""
     lines = ["| model | task | layers | Spearman with relative need: " + " / ".join(STATISTICS)
              + " | attention: gain share / mean relative need | MLP: gain share / mean relative need |",
              "|---|---|---|---|---|---|"]
-    for line in RESULTS.read_text().splitlines():
-        record = json.loads(line)
+    for record in stored_records():
         rho = " / ".join(f"{record['spearman_with_relative_need'][label]:+.2f}" for label in STATISTICS)
         cells = [f"{record['groups'][g]['gain_share']:.0%} / {record['groups'][g]['mean_relative_need']:.2f}"
                  for g in ("attention", "mlp")]
@@ -89,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     cells = [c for c in uniform_cells(rank_grid(read_records())) if c.optimal_rank is not None and c.model in args.models]
+    stored = {(r["model"], r["task"], r["train_size"]) for r in stored_records()}
+    cells = [c for c in cells if (c.model, c.task, c.train_size) not in stored]
+    print(f"{len(cells)} labelled cells not studied yet", file=sys.stderr, flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for cell in cells:
         record = study_cell(cell)
