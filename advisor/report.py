@@ -80,8 +80,8 @@ LEGEND = (
     "90% of its energy;\nsignal: effective rank of the directions above the split-half noise edge; "
     "noise: share of the gradient energy that is sampling noise;\nconv.: layers whose noise share is "
     "at most 20% (more rows would change the ranks less);\ngain: the type's share of the layers' summed "
-    "natural gain (gradient energy over the layer's Fisher scale, noise removed;\nit found planted changes "
-    "that the plain gradient missed, but does not set the ranks: calibration/README.md)."
+    "natural gain (gradient energy over the layer's Fisher scale, noise removed;\nit ranks planted changes "
+    "near the top where the plain gradient does not, but does not set the ranks: calibration/README.md)."
 )
 
 
