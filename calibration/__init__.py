@@ -7,3 +7,13 @@ The library (``advisor/``) never imports this package; this package uses the lib
 - :mod:`calibration.models`: the three calibration models as local checkpoint directories;
 - :mod:`calibration.tasks`: the task registry with deterministic train / eval splits.
 """
+
+import argparse
+
+
+def script_parser(module: str, doc: str, examples: list[str]) -> argparse.ArgumentParser:
+    """The parser of ``python -m <module>``: the first paragraph of ``doc`` (the module's
+    docstring) as its description, and ``examples`` (command lines) listed under ``--help``."""
+    return argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0],
+                                   formatter_class=argparse.RawDescriptionHelpFormatter,
+                                   epilog="examples:\n" + "\n".join(f"  {line}" for line in examples))

@@ -27,7 +27,6 @@ prints one line per source (time and disk it cost) and one per task (train / eva
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import json
@@ -42,6 +41,8 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from calibration import script_parser
 
 from advisor.embedded_data import cache_dir
 from advisor.files import atomic_directory
@@ -502,12 +503,10 @@ def _sources_for(names: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.acquire", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=(
-                                         "examples:\n"
-                                         "  python -m calibration.acquire                       # every source, cached\n"
-                                         "  python -m calibration.acquire bbc-news --markdown   # one task and its class balance"))
+    parser = script_parser("calibration.acquire", __doc__, [
+        "python -m calibration.acquire                       # every source, cached",
+        "python -m calibration.acquire bbc-news --markdown   # one task and its class balance",
+    ])
     parser.add_argument("names", nargs="*", help="sources, tasks or models (default: all sources)")
     parser.add_argument("--force", action="store_true", help="re-fetch even when cached")
     parser.add_argument("--markdown", action="store_true", help="also print the class balance as markdown")

@@ -22,7 +22,6 @@ Sections without enough results say so instead of printing a number.
 
 from __future__ import annotations
 
-import argparse
 import math
 import random
 import statistics
@@ -32,6 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from advisor.calibrated import layer_group
+from calibration import script_parser
 from calibration.labels import CELL_KEYS, best_scaling, pooled_seed_noise, rank_grid, uniform_cells
 
 HERE = Path(__file__).resolve().parent
@@ -348,11 +348,9 @@ def cells_summary(records: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.findings", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=(
-                                         "examples:\n"
-                                         "  python -m calibration.findings > /tmp/findings.md   # and calibration/plots/*.png"))
+    parser = script_parser("calibration.findings", __doc__, [
+        "python -m calibration.findings > /tmp/findings.md   # and calibration/plots/*.png",
+    ])
     parser.parse_args(argv)
     records = read_records()
     print(f"## Findings from {len(records)} runs\n")

@@ -35,7 +35,6 @@ joblib file, sha256 of the training records, the scores); ``--dry-run`` prints t
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -44,6 +43,7 @@ from pathlib import Path
 
 from advisor.calibrated import MODELS_DIR, cell_features, curve_rank_features, layer_features, sha256_of
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS
+from calibration import script_parser
 from calibration.labels import RANK_GRID_RULE, best_scaling, rank_grid, uniform_cells
 from calibration.models import MODELS
 
@@ -250,13 +250,11 @@ def save(models: dict, metadata: dict, records: list[dict], name: str, directory
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.fit", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=(
-                                         "examples:\n"
-                                         "  python -m calibration.fit --dry-run                      # scores only\n"
-                                         "  python -m calibration.fit --dry-run --probe-task all     # the pooled fit, leave-one-model-out\n"
-                                         "  python -m calibration.fit                                # refit models/lora-rank-v1"))
+    parser = script_parser("calibration.fit", __doc__, [
+        "python -m calibration.fit --dry-run                      # scores only",
+        "python -m calibration.fit --dry-run --probe-task all     # the pooled fit, leave-one-model-out",
+        "python -m calibration.fit                                # refit models/lora-rank-v1",
+    ])
     parser.add_argument("--results", nargs="+", type=Path, help="results files (default: calibration/results/*.jsonl)")
     parser.add_argument("--probe-task", choices=(TASK_SEQ_CLS, TASK_CAUSAL_LM, "all"), default=TASK_SEQ_CLS,
                         help="fit the runs of one kind of model only (default: seq-cls, the encoders), or pool all")

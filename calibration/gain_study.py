@@ -19,7 +19,6 @@ skipped, so a rerun studies only newly labelled cells.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -27,6 +26,8 @@ import shlex
 import statistics
 import sys
 from pathlib import Path
+
+from calibration import script_parser
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -77,12 +78,10 @@ def markdown_table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.gain_study", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=(
-                                         "examples:\n"
-                                         "  python -m calibration.gain_study --table\n"
-                                         "  python -m calibration.gain_study --models smollm2"))
+    parser = script_parser("calibration.gain_study", __doc__, [
+        "python -m calibration.gain_study --table",
+        "python -m calibration.gain_study --models smollm2",
+    ])
     parser.add_argument("--models", nargs="+", default=["minilm", "smollm2", "mpnet"], help="the sweeps' models to study")
     parser.add_argument("--table", action="store_true", help="print the stored records as a markdown table")
     args = parser.parse_args(argv)

@@ -37,7 +37,6 @@ with the largest ||G||_F and with the largest natural gain.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime
 import json
@@ -46,6 +45,8 @@ import shlex
 import statistics
 import sys
 from pathlib import Path
+
+from calibration import script_parser
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -268,13 +269,11 @@ def markdown_table() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.planted", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=(
-                                         "examples:\n"
-                                         "  python -m calibration.planted --loss distill --kind input --scale 0.1 --samples 16 --max-length 64 \\\n"
-                                         "      --plant model.layers.5.self_attn.q_proj:2\n"
-                                         "  python -m calibration.planted --table"))
+    parser = script_parser("calibration.planted", __doc__, [
+        "python -m calibration.planted --loss distill --kind input --scale 0.1 --samples 16 --max-length 64 \\",
+        "    --plant model.layers.5.self_attn.q_proj:2",
+        "python -m calibration.planted --table",
+    ])
     parser.add_argument("--loss", choices=("sampled", "distill"), default="sampled",
                         help="sampled: teacher-sampled labels (the first attempt); distill: KL to the teacher")
     parser.add_argument("--kind", choices=("input", "input-equal", "random", "top"), default="top")

@@ -23,7 +23,6 @@ command) and ``calibration/plots/quantization.png`` from all records.
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -36,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from calibration import script_parser  # noqa: E402
 from calibration.sweep import SMOLLM2_TASKS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quantization.jsonl"
@@ -177,13 +177,11 @@ def read_records() -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.quantization_study", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=(
-                                         "examples:\n"
-                                         "  python -m calibration.quantization_study --table\n"
-                                         "  python -m calibration.quantization_study --plot-only\n"
-                                         "  python -m calibration.quantization_study --tasks stdlib-code --samples 32"))
+    parser = script_parser("calibration.quantization_study", __doc__, [
+        "python -m calibration.quantization_study --table",
+        "python -m calibration.quantization_study --plot-only",
+        "python -m calibration.quantization_study --tasks stdlib-code --samples 32",
+    ])
     parser.add_argument("--tasks", nargs="+", choices=SMOLLM2_TASKS, default=list(SMOLLM2_TASKS))
     parser.add_argument("--samples", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=128)

@@ -74,6 +74,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
+from calibration import script_parser  # noqa: E402
 from calibration.train import RunConfig  # noqa: E402  (after the thread settings)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -446,14 +447,12 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.sweep", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=(
-                                         "examples:\n"
-                                         "  python -m calibration.sweep --list\n"
-                                         "  python -m calibration.sweep --grid encoder-rank --dry-run\n"
-                                         "  python -m calibration.sweep --grid smollm2-rank --shard 0/2   # and --shard 1/2 beside it\n"
-                                         "  python -m calibration.sweep --rerun 313b4c0206a9              # prints a new record, stores nothing"))
+    parser = script_parser("calibration.sweep", __doc__, [
+        "python -m calibration.sweep --list",
+        "python -m calibration.sweep --grid encoder-rank --dry-run",
+        "python -m calibration.sweep --grid smollm2-rank --shard 0/2   # and --shard 1/2 beside it",
+        "python -m calibration.sweep --rerun 313b4c0206a9              # prints a new record, stores nothing",
+    ])
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--grid", nargs="+", choices=sorted(GRIDS), metavar="GRID",
                         help=f"run named grids, one after the other ({', '.join(GRIDS)})")

@@ -36,7 +36,6 @@ eval loss within 1 % with at most 60 % of its parameters, and beats EVA at equal
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -45,6 +44,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+from calibration import script_parser  # noqa: E402
 from calibration.labels import pooled_seed_noise  # noqa: E402
 from calibration.sweep import ENCODER_ALPHA, ENCODER_TASKS, RESULTS_DIR, ResultsFile, _encoder, _rslora  # noqa: E402
 from calibration.train import RunConfig  # noqa: E402
@@ -298,8 +298,9 @@ def plot(table: dict, path: Path = PLOT) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m calibration.validate", description=__doc__.split("\n\n")[0],
-                                     epilog="example: python -m calibration.validate --task debian-section --seeds 0")
+    parser = script_parser("calibration.validate", __doc__, [
+        "python -m calibration.validate --task debian-section --seeds 0",
+    ])
     parser.add_argument("--task", nargs="+", choices=ENCODER_TASKS, default=list(ENCODER_TASKS), help="validation tasks")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
