@@ -17,3 +17,15 @@ def script_parser(module: str, doc: str, examples: list[str]) -> argparse.Argume
     return argparse.ArgumentParser(prog=f"python -m {module}", description=doc.split("\n\n")[0],
                                    formatter_class=argparse.RawDescriptionHelpFormatter,
                                    epilog="examples:\n" + "\n".join(f"  {line}" for line in examples))
+
+
+def read_results(path) -> list[dict]:
+    """The JSON records of an append-only results file, one per line, in the order written;
+    [] while the file does not exist."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -27,7 +27,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from calibration import script_parser
+from calibration import read_results, script_parser
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -57,19 +57,12 @@ def study_cell(cell) -> dict:
             "per_layer": {n: [round(result.layers[n].natural_gain, 4), round(need[n], 4)] for n in names}}
 
 
-def stored_records() -> list[dict]:
-    """The studied cells, in the order they were recorded."""
-    if not RESULTS.exists():
-        return []
-    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
-
-
 def markdown_table() -> str:
     """Every stored cell: the correlations and the groups' gain shares (for calibration/README.md)."""
     lines = ["| model | task | layers | Spearman with relative need: " + " / ".join(STATISTICS)
              + " | attention: gain share / mean relative need | MLP: gain share / mean relative need |",
              "|---|---|---|---|---|---|"]
-    for record in stored_records():
+    for record in read_results(RESULTS):
         rho = " / ".join(f"{record['spearman_with_relative_need'][label]:+.2f}" for label in STATISTICS)
         cells = [f"{record['groups'][g]['gain_share']:.0%} / {record['groups'][g]['mean_relative_need']:.2f}"
                  for g in ("attention", "mlp")]
@@ -95,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     cells = [c for c in uniform_cells(rank_grid(read_records())) if c.optimal_rank is not None and c.model in args.models]
-    stored = {(r["model"], r["task"], r["train_size"]) for r in stored_records()}
+    stored = {(r["model"], r["task"], r["train_size"]) for r in read_results(RESULTS)}
     cells = [c for c in cells if (c.model, c.task, c.train_size) not in stored]
     print(f"{len(cells)} labelled cells not studied yet", file=sys.stderr, flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

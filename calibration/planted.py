@@ -46,7 +46,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from calibration import script_parser
+from calibration import read_results, script_parser
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -228,8 +228,7 @@ def latest_records() -> list[dict]:
     """The stored runs, the latest of each command only (a rerun with more fields supersedes its
     earlier record in the table; the file keeps both), in first-run order."""
     by_command: dict[str, dict] = {}
-    for line in RESULTS.read_text().splitlines():
-        record = json.loads(line)
+    for record in read_results(RESULTS):
         by_command[record["command"]] = record
     return list(by_command.values())
 

@@ -35,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from calibration import script_parser  # noqa: E402
+from calibration import read_results, script_parser  # noqa: E402
 from calibration.sweep import SMOLLM2_TASKS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quantization.jsonl"
@@ -170,12 +170,6 @@ def markdown_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def read_records() -> list[dict]:
-    if not RESULTS.exists():
-        return []
-    return [json.loads(line) for line in RESULTS.read_text().splitlines() if line.strip()]
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = script_parser("calibration.quantization_study", __doc__, [
         "python -m calibration.quantization_study --table",
@@ -190,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print the README table of the records with these --samples / --max-length (no probing)")
     args = parser.parse_args(argv)
     if args.table:
-        chosen = [r for r in read_records() if (r["samples"], r["max_length"]) == (args.samples, args.max_length)]
+        chosen = [r for r in read_results(RESULTS) if (r["samples"], r["max_length"]) == (args.samples, args.max_length)]
         print(markdown_table(chosen))
         return 0
     if not args.plot_only:
@@ -206,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         full, tokenizer = load_model(model_dir("smollm2"))
         quantized, _ = load_model(model_dir("smollm2"), quantization=Quantization(bits=4))
         errors = quantization_errors(full, quantized)
-        done = {(r["task"], r["samples"], r["max_length"]) for r in read_records()}
+        done = {(r["task"], r["samples"], r["max_length"]) for r in read_results(RESULTS)}
         for task in args.tasks:
             if (task, args.samples, args.max_length) in done:
                 print(f"{task}: already in {RESULTS.name}", file=sys.stderr)
@@ -225,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             with open(RESULTS, "a") as f:
                 f.write(json.dumps(record) + "\n")
             print(json.dumps({"task": task, "by_type": record["by_type"]}, indent=1))
-    records = read_records()
+    records = read_results(RESULTS)
     if records:
         plot(records, PLOT)
         print(f"wrote {PLOT}", file=sys.stderr)
