@@ -369,10 +369,10 @@ def main(argv: list[str] | None = None) -> int:
                           and r["config"].get("rank") in (2, 8, 32)],
                          lambda r: f"{r['task']} s={r['lora']['scaling_by_group']['attention']:.3g}", "task, scaling",
                          ranks=(2, 8, 32), order=lambda g: (g.split(" s=")[0], float(g.split(" s=")[1]))))
-    from calibration.fit import RESULTS_DIR
+    from calibration.fit import LR_CHECK_SUFFIX, RESULTS_DIR
     from calibration.fit import read_records as read
 
-    lr_paths = [path for path in (RESULTS_DIR / "encoder-lr.jsonl", RESULTS_DIR / "smollm2-lr.jsonl") if path.exists()]
+    lr_paths = sorted(RESULTS_DIR.glob(f"*{LR_CHECK_SUFFIX}"))  # the same files as lr_checks()
     if lr_paths:
         print("\nBy learning rate (the LR checks: MiniLM brown-genre, 400 steps; SmolLM2 wordnet-defs, 200 "
               "steps; 1000 rows):\n")
