@@ -19,7 +19,8 @@ Features are scale-free so that one regression can serve models of different wid
   plus log2 r and its square.
 
 ``probe_tasks`` in the JSON names the kinds of model (causal-lm, seq-cls) the calibration was
-fitted on; :func:`domain_gaps` declines it for another kind.
+fitted on: ``models/`` may ship one calibration per kind, :func:`shipped_calibration` picks the
+one for the probe, and :func:`domain_gaps` declines a calibration for a kind it never saw.
 """
 
 from __future__ import annotations
@@ -146,22 +147,31 @@ class Calibration:
         return {r: 2.0 ** min(max(float(v), low), high) for r, v in zip(ranks, self.models["alpha"].predict(rows))}
 
 
-def shipped_calibration() -> Path | None:
-    """The calibration shipped in ``models/`` (the last ``*.json`` by name), or None."""
+def shipped_calibration(task: str | None = None) -> Path | None:
+    """The calibration ``models/`` ships for a probe of kind ``task`` (causal-lm, seq-cls): the last
+    ``*.json`` by name whose ``probe_tasks`` include it. Without one (or without a task), the last
+    ``*.json`` by name, which :func:`domain_gaps` then declines for a kind it never saw; None when
+    ``models/`` ships nothing."""
     candidates = sorted(MODELS_DIR.glob("*.json"))
+    for path in reversed(candidates if task is not None else []):
+        try:
+            if task in json.loads(path.read_text()).get("probe_tasks", []):
+                return path
+        except (ValueError, AttributeError):  # not a calibration description: load_calibration says so
+            continue
     return candidates[-1] if candidates else None
 
 
-def resolve_calibration(calibration) -> Calibration | None:
-    """None or ``"none"``: the uncalibrated rule (None); ``"auto"``: the shipped calibration when
-    ``models/`` has one (marked ``automatic``), else None; a path: that file, verified; a loaded
-    calibration: itself."""
+def resolve_calibration(calibration, task: str | None = None) -> Calibration | None:
+    """None or ``"none"``: the uncalibrated rule (None); ``"auto"``: the shipped calibration for
+    probes of kind ``task`` (:func:`shipped_calibration`, marked ``automatic``), None when
+    ``models/`` ships none; a path: that file, verified; a loaded calibration: itself."""
     if calibration is None or isinstance(calibration, Calibration):
         return calibration
     if str(calibration).lower() == "none":
         return None
-    if str(calibration).lower() == "auto":
-        path = shipped_calibration()
+    if is_auto(calibration):
+        path = shipped_calibration(task)
         if path is None:
             return None
         try:
@@ -173,6 +183,11 @@ def resolve_calibration(calibration) -> Calibration | None:
                           stacklevel=2)
             return None
     return load_calibration(calibration)
+
+
+def is_auto(calibration) -> bool:
+    """Whether ``calibration`` asks for the shipped calibration that fits the probe."""
+    return isinstance(calibration, str) and calibration.lower() == "auto"
 
 
 def features_outside(calibration: Calibration, layers: dict[str, dict], train_size: int, quantized: bool) -> list[str]:

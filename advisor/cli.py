@@ -79,7 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     advice.add_argument("--max-rank", type=int, default=64, help="largest advised rank (default: 64)")
     advice.add_argument("--calibration", default="auto",
                         help="a calibration file, 'none' for the uncalibrated rule, or 'auto' (default): the one "
-                             "shipped in models/, the uncalibrated rule when none is")
+                             "shipped in models/ for the model's kind (causal LM or classifier), the "
+                             "uncalibrated rule when none covers the probe")
     advice.add_argument("--compare", metavar="ADAPTER_CONFIG",
                         help="your planned adapter_config.json (or its directory), shown beside the advice")
     advise.add_argument("--out", default="advice",

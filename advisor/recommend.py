@@ -6,7 +6,8 @@ Each probed layer gets a *need*, a number of directions:
   signal effective rank, the entropy effective rank of the gradient directions above the
   split-half noise edge (:mod:`advisor.probe`), so sampling noise is not counted;
 - calibrated (``calibration=`` a verified file of :mod:`advisor.calibrated`, or ``"auto"`` when
-  ``models/`` ships one that covers the probe): 2 ** (the regression's log2 optimal uniform rank
+  ``models/`` ships one that covers the probe; it may ship one per kind of model and "auto" takes
+  the one fitted on the probe's kind): 2 ** (the regression's log2 optimal uniform rank
   + the layer's log2 relative need). ``"auto"`` falls back to the uncalibrated rule, and says
   so, when the model's median layer width or the training-set size lies more than 2x outside
   what the shipped calibration was fitted on, the base is quantized and it saw none, or the
@@ -47,7 +48,7 @@ from pathlib import Path
 
 from peft import LoraConfig
 
-from advisor.calibrated import domain_gaps, features_outside, layer_group, resolve_calibration
+from advisor.calibrated import domain_gaps, features_outside, is_auto, layer_group, resolve_calibration
 from advisor.loading import TASK_SEQ_CLS
 from advisor.probe import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
@@ -345,7 +346,7 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
                       min_rank: int = 2, max_rank: int = 64, calibration="auto") -> Advice:
     """Advice from a finished probe (see the module docstring for the rules)."""
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)
-    calibration = resolve_calibration(calibration)
+    calibration = resolve_calibration(calibration, task=result.task)
     shapes = {name: stats.shape for name, stats in result.layers.items()}
     tokens_budget = parse_budget(budget, shapes)
     train_size = train_size or result.num_rows
@@ -402,9 +403,10 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     returns the :class:`Advice` (config, per-layer evidence, reasons) instead of the config.
     """
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)  # before minutes of probing
-    calibration = resolve_calibration(calibration)  # once, and a bad file fails before the probe
+    if not is_auto(calibration):  # a bad file fails before the probe; "auto" picks by the probe's kind of model
+        calibration = resolve_calibration(calibration)
     if alpha_mode == "calibrated":
-        _check_alpha_model(calibration)
+        _check_alpha_model(resolve_calibration(calibration, task=probe_options.get("task")))
     if train_size is None and dataset is not None:
         dataset, train_size = _rows_and_size(dataset)
     result = probe(model, dataset, **probe_options)

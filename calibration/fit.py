@@ -26,11 +26,13 @@ median at the same rank; for ``layer`` against "every layer the same" (log2
 relative need 0); for ``curve`` in log loss ratio (0.01 = 1 % of the loss) against the
 training folds' median at the same rank.
 Only the cells of one probe task (``--probe-task``, default seq-cls: the encoders' sequence
-classification) are fitted by default: pooling the one causal-LM cell with the encoder cells made
-every cross-validated error worse than the constant's (calibration/README.md, "The regression").
-The metadata's ``probe_tasks`` lets ``advisor`` decline the calibration for another kind of model.
-Writes ``models/NAME.joblib`` and ``models/NAME.json`` (feature names, versions, sha256 of the
-joblib file, sha256 of the training records, the scores); ``--dry-run`` prints the scores only.
+classification) are fitted by default: pooling SmolLM2's cells with the encoder cells made the
+leave-one-model-out errors worse than the constant's (calibration/README.md, "The regression").
+The metadata's ``probe_tasks`` lets ``advisor`` pick the shipped calibration for the probe's kind
+of model and decline one fitted on another kind.
+Writes ``models/NAME.joblib`` and ``models/NAME.json`` (default NAME: ``lora-rank-PROBE_TASK``;
+feature names, versions, sha256 of the joblib file, sha256 of the training records, the scores);
+``--dry-run`` prints the scores only.
 """
 
 from __future__ import annotations
@@ -253,12 +255,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = script_parser("calibration.fit", __doc__, [
         "python -m calibration.fit --dry-run                      # scores only",
         "python -m calibration.fit --dry-run --probe-task all     # the pooled fit, leave-one-model-out",
-        "python -m calibration.fit                                # refit models/lora-rank-v1",
+        "python -m calibration.fit                                # refit models/lora-rank-seq-cls",
+        "python -m calibration.fit --probe-task causal-lm         # fit models/lora-rank-causal-lm",
     ])
     parser.add_argument("--results", nargs="+", type=Path, help="results files (default: calibration/results/*.jsonl)")
     parser.add_argument("--probe-task", choices=(TASK_SEQ_CLS, TASK_CAUSAL_LM, "all"), default=TASK_SEQ_CLS,
                         help="fit the runs of one kind of model only (default: seq-cls, the encoders), or pool all")
-    parser.add_argument("--name", default="lora-rank-v1", help="file name in models/ (default: lora-rank-v1)")
+    parser.add_argument("--name", help="file name in models/ (default: lora-rank-PROBE_TASK; advise picks the "
+                                       "shipped file whose probe_tasks cover the probe)")
     parser.add_argument("--dry-run", action="store_true", help="print the scores, write nothing")
     args = parser.parse_args(argv)
     paths = args.results or sweep_result_files()
@@ -271,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: metadata[k] for k in ("cells", "layers", "alpha_points", "runs", "tasks", "models_seen", "cv")},
                      indent=1))
     if not args.dry_run:
-        print(f"wrote {save(models, metadata, records, args.name)}", file=sys.stderr)
+        name = args.name or f"lora-rank-{args.probe_task}"
+        print(f"wrote {save(models, metadata, records, name)}", file=sys.stderr)
     return 0
 
 

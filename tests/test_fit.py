@@ -222,6 +222,24 @@ def test_an_unloadable_calibration_is_a_clear_error_and_auto_falls_back(tmp_path
         assert resolve_calibration("auto") is None
 
 
+def test_auto_picks_the_shipped_calibration_fitted_on_the_probes_kind_of_model(tmp_path, monkeypatch):
+    from advisor import calibrated
+    from advisor.calibrated import resolve_calibration, shipped_calibration
+
+    monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
+    assert shipped_calibration("seq-cls") is None and resolve_calibration("auto", task="seq-cls") is None
+    for name, model in (("a-causal", "smollm2"), ("b-encoders", "minilm")):
+        records = synthetic_sweep(model=model)
+        save(*fit(records), records, name, tmp_path)
+    (tmp_path / "c-notes.json").write_text("[1, 2]")  # not a calibration description: never picked for a kind
+    assert shipped_calibration("causal-lm").name == "a-causal.json"
+    assert shipped_calibration("seq-cls").name == "b-encoders.json"
+    assert shipped_calibration(None).name == shipped_calibration("token-cls").name == "c-notes.json"
+    resolved = resolve_calibration("auto", task="causal-lm")
+    assert resolved.automatic and resolved.metadata["probe_tasks"] == ["causal-lm"]
+    assert resolve_calibration("AUTO", task="seq-cls").name == "b-encoders"
+
+
 def test_layer_type_arms_pair_restricted_runs_with_the_cells_uniform_runs():
     from calibration.findings import layer_type_arms, layer_types
 

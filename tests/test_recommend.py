@@ -235,6 +235,8 @@ def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed,
     save(*fit(records), records, "shipped", tmp_path)
     advice = advice_from_probe(result, min_rank=1, train_size=1000)
     assert advice.calibration.startswith("calibrated: shipped (fitted on smollm2")
+    save(*fit(encoders), encoders, "zz-encoders", tmp_path)  # last by name, but for another kind of model
+    assert advice_from_probe(result, min_rank=1, train_size=1000).calibration == advice.calibration
     # the tiny model is 32 wide, the synthetic calibration's layers 64: within the 2x that "auto"
     # trusts, but outside the fitted range, which the label says
     assert "extrapolating" in advice.calibration and "log2_width" in advice.calibration
