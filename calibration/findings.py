@@ -8,6 +8,8 @@
   well below 1 the adapter did not use the rank it was given;
 - Q1 by task and by learning rate: utilisation at each rank per task (train size 1000), and in
   the learning-rate check's runs (``results/encoder-lr.jsonl``);
+- Q1 data size: per task trained at several training-set sizes, the optimal rank at each (the
+  literature expects it to grow with the data);
 - Q2 alpha: per (task, rank) of the alpha grid, eval loss and train-loss rises at each PEFT
   scaling, the best scaling and those within seed noise of it (a table and ``plots/alpha.png``);
 - Q3 layer types: from the uniform-rank cells, the mean effective rank of trained B A at the
@@ -318,6 +320,27 @@ def prediction(records: list[dict]) -> str:
     return "\n".join(lines) + "\n\nThe cells (means over each cell's step-0 probe layers):\n\n" + "\n".join(table)
 
 
+def data_size(records: list[dict]) -> str:
+    """Does the optimal rank grow with the training set? Per (model, task) of the rank grid with cells
+    at two or more training-set sizes: each size's optimal rank (best rank in brackets while a cell
+    is incomplete), seed noise, and the loss gain from r = 1 to the best rank in seed noises."""
+    by_task: dict[tuple[str, str], list] = defaultdict(list)
+    for cell in uniform_cells(rank_grid(records)):
+        by_task[(cell.model, cell.task)].append(cell)
+    lines = ["| model | task | train rows | ranks trained | optimal rank | seed noise | r=1 minus best (noises) |",
+             "|---|---|---|---|---|---|---|"]
+    for (model, task), cells in sorted(by_task.items()):
+        if len({cell.train_size for cell in cells}) < 2:
+            continue
+        for cell in sorted(cells, key=lambda c: c.train_size):
+            noise = cell.seed_noise
+            gain = (cell.mean_loss(cell.ranks[0]) - cell.mean_loss(cell.best_rank)) / noise if noise and cell.ranks[0] == 1 else None
+            optimal = cell.optimal_rank or f"({cell.best_rank}, incomplete)"
+            lines.append(f"| {model} | {task} | {cell.train_size} | {len(cell.ranks)} | {optimal} | "
+                         f"{'-' if noise is None else f'{noise:.3f}'} | {'-' if gain is None else f'{gain:.1f}'} |")
+    return "\n".join(lines) if len(lines) > 2 else "*No task with cells at two training-set sizes yet.*"
+
+
 def lr_checks() -> str:
     """The learning-rate checks (``results/*-lr.jsonl``): each run's eval loss at every evaluation."""
     from calibration.fit import LR_CHECK_SUFFIX, RESULTS_DIR
@@ -386,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     print(layer_groups(records))
     print("\nThe layer-type grid: mean eval loss per attention r / MLP r arm (uniform runs give r/r):\n")
     print(layer_types(records))
+    print("\n### Q1 data size: the optimal rank at each training-set size\n")
+    print(data_size(records))
     print("\n### Q4 prediction\n")
     print(prediction(records))
     return 0

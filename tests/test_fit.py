@@ -257,3 +257,15 @@ def test_layer_type_arms_pair_restricted_runs_with_the_cells_uniform_runs():
     # every arm's seeds differ by 0.02: seed noise 0.0141; MLP-only - attention-only at r 8 = 0.1 / 0.0141
     assert "| 0.014 | +7.1 / - |" in table
     assert "- minilm/t: 8/0 1, 0/8 1, 8/8 8, 32/32 32" in table  # trainable parameters in thousands
+
+
+def test_data_size_table_pairs_a_tasks_cells_across_training_set_sizes():
+    from calibration.findings import data_size
+
+    small = cell_records("t", {1: [0.99, 1.01], 4: [0.98, 1.0], 16: [0.99, 1.01]}, train_size=250)
+    large = cell_records("t", {1: [1.0, 1.02], 4: [0.8, 0.82], 16: [0.7, 0.72]}, train_size=4000)
+    single_size = cell_records("u", {1: [1.0, 1.0], 4: [1.0, 1.0], 16: [1.0, 1.0]})
+    rows = data_size(small + large + single_size).splitlines()[2:]
+    assert [row.split(" | ")[2:5] for row in rows] == [["250", "3", "1"], ["4000", "3", "16"]]
+    assert rows[1].endswith("| 21.2 |")  # (1.01 - 0.71) / 0.0141 (the seeds' sd): the r=1 gap in seed noises
+    assert "No task" in data_size(single_size)
