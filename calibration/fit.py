@@ -32,7 +32,9 @@ The metadata's ``probe_tasks`` lets ``advisor`` pick the shipped calibration for
 of model and decline one fitted on another kind.
 Writes ``models/NAME.joblib`` and ``models/NAME.json`` (default NAME: ``lora-rank-PROBE_TASK``;
 feature names, versions, sha256 of the joblib file, sha256 of the training records, the scores);
-``--dry-run`` prints the scores only.
+``--dry-run`` prints the scores only. A fit whose rank model is not 10 % better than the constant
+best rank leave-one-task-out (``--min-gain``) is not written: shipped, it would only dress a
+constant up as a measurement.
 """
 
 from __future__ import annotations
@@ -251,6 +253,19 @@ def save(models: dict, metadata: dict, records: list[dict], name: str, directory
     return model_path
 
 
+MIN_GAIN = 0.10  # a shipped rank model must beat the constant best rank by 10 % leave-one-task-out
+
+
+def release_shortfall(metadata: dict, min_gain: float = MIN_GAIN) -> str | None:
+    """Why this fit should not be shipped (None: it may be): its rank model's leave-one-task-out
+    error is not ``min_gain`` (a share) below the constant best rank's."""
+    scores = metadata["cv"]["cell_leave_one_task_out"]
+    if scores["model_mae"] < (1 - min_gain) * scores["baseline_mae"]:
+        return None
+    return (f"the rank model's leave-one-task-out error ({scores['model_mae']:.2f} log2 units over {scores['n']} "
+            f"cells) is not {min_gain:.0%} below the constant best rank's ({scores['baseline_mae']:.2f})")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = script_parser("calibration.fit", __doc__, [
         "python -m calibration.fit --dry-run                      # scores only",
@@ -264,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="file name in models/ (default: lora-rank-PROBE_TASK; advise picks the "
                                        "shipped file whose probe_tasks cover the probe)")
     parser.add_argument("--dry-run", action="store_true", help="print the scores, write nothing")
+    parser.add_argument("--min-gain", type=float, default=MIN_GAIN,
+                        help=f"write only when the rank model's leave-one-task-out error is at least this share "
+                             f"below the constant best rank's (default {MIN_GAIN:g})")
     args = parser.parse_args(argv)
     paths = args.results or sweep_result_files()
     records = [r for r in read_records(paths) if args.probe_task in ("all", probe_task(r["model"]))]
@@ -274,9 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps({k: metadata[k] for k in ("cells", "layers", "alpha_points", "runs", "tasks", "models_seen", "cv")},
                      indent=1))
-    if not args.dry_run:
-        name = args.name or f"lora-rank-{args.probe_task}"
-        print(f"wrote {save(models, metadata, records, name)}", file=sys.stderr)
+    if args.dry_run:
+        return 0
+    shortfall = release_shortfall(metadata, args.min_gain)
+    if shortfall:
+        print(f"error: not written: {shortfall}", file=sys.stderr)
+        return 2
+    name = args.name or f"lora-rank-{args.probe_task}"
+    print(f"wrote {save(models, metadata, records, name)}", file=sys.stderr)
     return 0
 
 

@@ -269,3 +269,14 @@ def test_data_size_table_pairs_a_tasks_cells_across_training_set_sizes():
     assert [row.split(" | ")[2:5] for row in rows] == [["250", "3", "1"], ["4000", "3", "16"]]
     assert rows[1].endswith("| 21.2 |")  # (1.01 - 0.71) / 0.0141 (the seeds' sd): the r=1 gap in seed noises
     assert "No task" in data_size(single_size)
+
+
+def test_a_fit_whose_rank_model_only_matches_the_constant_is_not_released():
+    from calibration.fit import release_shortfall
+
+    learned = fit(synthetic_sweep())[1]  # the rank grows with the signal: the model beats the constant
+    assert release_shortfall(learned) is None
+    flat = fit([r for task, signal in (("a", 1.0), ("b", 7.0), ("c", 3.0))  # same best rank whatever the signal
+                for r in cell_records(task, {1: [1.1, 1.11], 4: [1.0, 1.01], 16: [1.0, 1.01]}, signal=signal)])[1]
+    scores = flat["cv"]["cell_leave_one_task_out"]
+    assert scores["baseline_mae"] == 0 and "is not 10% below the constant best rank's (0.00)" in release_shortfall(flat)
