@@ -368,6 +368,9 @@ def run_grid(
     for i, config in todo:
         if limit is not None and counts["ran"] >= limit:
             break
+        if config.run_id in results.run_ids():  # another process on the same file ran it meanwhile
+            counts["skipped"] += 1
+            continue
         started = time.perf_counter()
         record = run(config)
         gc.collect()  # the run's model and optimizer, before the next one is loaded
@@ -451,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
         "python -m calibration.sweep --list",
         "python -m calibration.sweep --grid encoder-rank --dry-run",
         "python -m calibration.sweep --grid smollm2-rank --shard 0/2   # and --shard 1/2 beside it",
+        "python -m calibration.sweep --grid encoder-rank --task health-tweets --train-size 250 4000",
         "python -m calibration.sweep --rerun 313b4c0206a9              # prints a new record, stores nothing",
     ])
     action = parser.add_mutually_exclusive_group(required=True)
@@ -462,6 +466,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, help="results file (default calibration/results/<grid>.jsonl)")
     parser.add_argument("--limit", type=int, help="run at most this many new runs")
     parser.add_argument("--shard", type=_parse_shard, default=(0, 1), metavar="K/N", help="run positions i with i %% N == K")
+    parser.add_argument("--task", nargs="+", metavar="TASK", help="only the grid's runs on these tasks")
+    parser.add_argument("--train-size", nargs="+", type=int, metavar="ROWS", help="only the grid's runs at these sizes")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their status, train nothing")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 0:
@@ -485,7 +491,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.results and len(args.grid) > 1:
             parser.error("--results takes one grid")
         for name in args.grid:
-            configs = GRIDS[name]()
+            configs = [c for c in GRIDS[name]() if (not args.task or c.task in args.task)
+                       and (not args.train_size or c.train_size in args.train_size)]
             results = ResultsFile(args.results or RESULTS_DIR / f"{name}.jsonl")
             if args.dry_run:
                 _print_plan(configs, results, args.shard, args.limit)

@@ -151,6 +151,27 @@ def test_limit_and_shards(tmp_path):
     assert results.run_ids() == {c.run_id for c in configs}
 
 
+def test_a_run_another_process_wrote_meanwhile_is_not_trained_again(tmp_path):
+    configs = [config(seed=s) for s in range(3)]
+    results = ResultsFile(tmp_path / "grid.jsonl")
+    calls = []
+
+    def run_while_another_process_writes(c: RunConfig) -> dict:
+        if not calls:  # the other process finishes configs[1] while this one trains configs[0]
+            ResultsFile(results.path).append(fake_run([])(configs[1]))
+        return fake_run(calls)(c)
+
+    counts = run_grid(configs, results, run=run_while_another_process_writes, log=lambda m: None)
+    assert calls == [configs[0].run_id, configs[2].run_id] and counts["skipped"] == 1
+    assert len(lines(results.path)) == 3
+
+
+def test_task_and_size_filters_pick_the_grids_runs(capsys):
+    assert sweep.main(["--grid", "encoder-rank", "--task", "health-tweets", "--train-size", "4000", "--dry-run"]) == 0
+    plan = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(plan) == 14 and all("minilm/health-tweets n=4000 " in line for line in plan)
+
+
 def test_runs_another_grid_already_holds_are_skipped_and_read_once(tmp_path):
     from calibration.fit import read_records
 
