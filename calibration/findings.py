@@ -2,6 +2,7 @@
 
     python -m calibration.findings            # prints a markdown summary, writes calibration/plots/*.png
 
+- trainings: the real training runs in each results file, per model, and the tasks covered;
 - cells: each labelled cell's mean eval loss per rank, its seed noise and optimal rank;
 - Q1 utilisation: effective rank of the trained B A divided by the nominal rank r, per model,
   train size, rank and layer group (a table and ``plots/utilisation.png``); where it falls
@@ -24,12 +25,13 @@ Sections without enough results say so instead of printing a number.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
 import sys
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 from advisor.calibrated import layer_group
@@ -44,6 +46,27 @@ def read_records() -> list[dict]:
     from calibration.fit import read_records as read, sweep_result_files
 
     return read(sweep_result_files())
+
+
+def training_runs() -> str:
+    """How many real trainings each results file holds, per model, and the tasks they cover (the
+    sweeps, the learning-rate checks and the validation; the probe-only studies are not trainings)."""
+    from calibration.fit import RESULTS_DIR, STUDY_FILES
+    from calibration.validate import RESULTS as VALIDATION
+
+    paths = [p for p in sorted(RESULTS_DIR.glob("*.jsonl")) if p.name not in STUDY_FILES or p == VALIDATION]
+    lines = ["| results file | runs | by model | tasks |", "|---|---|---|---|"]
+    total, tasks, models = 0, set(), set()
+    for path in paths:
+        configs = [json.loads(line)["config"] for line in path.read_text().splitlines() if line.strip()]
+        by_model = Counter(c["model"] for c in configs)
+        total += len(configs)
+        tasks |= {c["task"] for c in configs}
+        models |= set(by_model)
+        lines.append(f"| {path.name} | {len(configs)} | {', '.join(f'{m} {n}' for m, n in sorted(by_model.items()))} | "
+                     f"{len({c['task'] for c in configs})} |")
+    lines.append(f"| all | {total} | {len(models)} models | {len(tasks)}: {', '.join(sorted(tasks))} |")
+    return "\n".join(lines)
 
 
 def utilisation_means(records: list[dict], key) -> dict[tuple, float]:
@@ -386,8 +409,10 @@ def main(argv: list[str] | None = None) -> int:
     ])
     parser.parse_args(argv)
     records = read_records()
-    print(f"## Findings from {len(records)} runs\n")
-    print("### Cells\n")
+    print(f"## Findings from {len(records)} sweep runs (rank, alpha and layer-type grids)\n")
+    print("### Trainings\n")
+    print(training_runs())
+    print("\n### Cells\n")
     print(cells_summary(records))
     print("\n### Learning-rate checks\n")
     print(lr_checks())

@@ -290,3 +290,23 @@ def test_a_fit_whose_rank_model_only_matches_the_constant_is_not_released():
                 for r in cell_records(task, {1: [1.1, 1.11], 4: [1.0, 1.01], 16: [1.0, 1.01]}, signal=signal)])[1]
     scores = flat["cv"]["cell_leave_one_task_out"]
     assert scores["baseline_mae"] == 0 and "is not 10% below the constant best rank's (0.00)" in release_shortfall(flat)
+
+
+def test_training_runs_counts_the_trainings_not_the_probe_studies(tmp_path, monkeypatch):
+    import json
+
+    from calibration import fit as fit_module
+    from calibration import validate
+    from calibration.findings import training_runs
+
+    def write(name, configs):
+        (tmp_path / name).write_text("".join(json.dumps({"config": c}) + "\n" for c in configs))
+
+    write("grid.jsonl", [{"model": "minilm", "task": "a"}, {"model": "mpnet", "task": "b"}])
+    write("planted.jsonl", [{"model": "smollm2", "task": "planted"}])  # probes only, no training
+    write("validate.jsonl", [{"model": "minilm", "task": "c"}])
+    monkeypatch.setattr(fit_module, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(validate, "RESULTS", tmp_path / "validate.jsonl")
+    rows = training_runs().splitlines()
+    assert rows[2:] == ["| grid.jsonl | 2 | minilm 1, mpnet 1 | 2 |", "| validate.jsonl | 1 | minilm 1 | 1 |",
+                        "| all | 3 | 2 models | 3: a, b, c |"]
