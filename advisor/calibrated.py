@@ -149,17 +149,37 @@ class Calibration:
 
 def shipped_calibration(task: str | None = None) -> Path | None:
     """The calibration ``models/`` ships for a probe of kind ``task`` (causal-lm, seq-cls): the last
-    ``*.json`` by name whose ``probe_tasks`` include it. Without one (or without a task), the last
-    ``*.json`` by name, which :func:`domain_gaps` then declines for a kind it never saw; None when
-    ``models/`` ships nothing."""
+    calibration description by name whose ``probe_tasks`` include it (one that does not list them
+    covers every kind). Without one (or without a task), the last description by name, which
+    :func:`domain_gaps` then declines for a kind it never saw; without any description, the
+    last ``*.json`` (which :func:`load_calibration` refuses, saying why); None for no file."""
+    descriptions = _shipped_descriptions()
+    for path, kinds in reversed(descriptions):
+        if task is None or kinds is None or task in kinds:
+            return path
+    if descriptions:
+        return descriptions[-1][0]
     candidates = sorted(MODELS_DIR.glob("*.json"))
-    for path in reversed(candidates if task is not None else []):
-        try:
-            if task in json.loads(path.read_text()).get("probe_tasks", []):
-                return path
-        except (ValueError, AttributeError):  # not a calibration description: load_calibration says so
-            continue
     return candidates[-1] if candidates else None
+
+
+def _shipped_descriptions() -> list[tuple[Path, list[str] | None]]:
+    """(path, fitted kinds) of each readable calibration description in ``models/``, by name."""
+    found = []
+    for path in sorted(MODELS_DIR.glob("*.json")):
+        try:
+            metadata = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(metadata, dict) and "cell_features" in metadata:
+            found.append((path, fitted_kinds(metadata)))
+    return found
+
+
+def fitted_kinds(metadata: dict) -> list[str] | None:
+    """The kinds of model (causal-lm, seq-cls) a calibration was fitted on; None: not recorded."""
+    kinds = metadata.get("probe_tasks")
+    return kinds if isinstance(kinds, list) and kinds else None
 
 
 def resolve_calibration(calibration, task: str | None = None) -> Calibration | None:
@@ -208,7 +228,7 @@ def domain_gaps(calibration: Calibration, layers: dict[str, dict], train_size: i
     ranges = calibration.metadata.get("cell_feature_ranges") or {}
     features = cell_features(layers, train_size, quantized)
     gaps = []
-    fitted_tasks = calibration.metadata.get("probe_tasks")
+    fitted_tasks = fitted_kinds(calibration.metadata)
     if task is not None and fitted_tasks and task not in fitted_tasks:
         gaps.append(f"a {task} model, fitted on {' and '.join(fitted_tasks)} models only")
     for key, what in (("log2_width", "layer width"), ("log2_train_size", "training rows")):

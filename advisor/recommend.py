@@ -46,10 +46,11 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from peft import LoraConfig
 
 from advisor.calibrated import domain_gaps, features_outside, is_auto, layer_group, resolve_calibration
-from advisor.loading import TASK_SEQ_CLS
+from advisor.loading import TASK_SEQ_CLS, model_task
 from advisor.probe import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
 
@@ -396,17 +397,21 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     ``budget``: trainable parameters (a number, "1.5M", or "r=16" for what uniform rank 16
     costs on the same layers), None for what the evidence supports. ``train_size``: rows you
     will train on (default: the rows the probe could sample from). ``alpha_mode``: "scale"
-    (alpha = 2r), "rslora", or "calibrated" (the calibration's best scaling at each rank). ``calibration``: "auto" (default: the calibration shipped in
-    ``models/``, the uncalibrated rule when there is none), None for the uncalibrated rule, or
-    a calibration file. ``probe_options`` go to :func:`advisor.probe` (``target_modules``,
+    (alpha = 2r), "rslora", or "calibrated" (the calibration's best scaling at each rank).
+    ``calibration``: "auto" (default: the calibration shipped in ``models/`` for the model's
+    kind, causal LM or sequence classifier, when it covers the probe; else the uncalibrated
+    rule, and the advice says why), None for the uncalibrated rule, or a calibration file. ``probe_options`` go to :func:`advisor.probe` (``target_modules``,
     ``task``, ``num_samples``, ``load_in_4bit``, ``seed``, ...). ``return_advice=True``
     returns the :class:`Advice` (config, per-layer evidence, reasons) instead of the config.
     """
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)  # before minutes of probing
-    if not is_auto(calibration):  # a bad file fails before the probe; "auto" picks by the probe's kind of model
-        calibration = resolve_calibration(calibration)
-    if alpha_mode == "calibrated":
-        _check_alpha_model(resolve_calibration(calibration, task=probe_options.get("task")))
+    # a bad file fails before the probe; "auto" picks by the kind of model, after the probe when
+    # only the probe's loading tells it (a model given by name or path)
+    task = probe_options.get("task") or (model_task(model) if isinstance(model, torch.nn.Module) else None)
+    if not is_auto(calibration) or task is not None:
+        calibration = resolve_calibration(calibration, task=task)
+    if alpha_mode == "calibrated" and not is_auto(calibration):
+        _check_alpha_model(calibration)
     if train_size is None and dataset is not None:
         dataset, train_size = _rows_and_size(dataset)
     result = probe(model, dataset, **probe_options)

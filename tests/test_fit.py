@@ -241,13 +241,22 @@ def test_auto_picks_the_shipped_calibration_fitted_on_the_probes_kind_of_model(t
     for name, model in (("a-causal", "smollm2"), ("b-encoders", "minilm")):
         records = synthetic_sweep(model=model)
         save(*fit(records), records, name, tmp_path)
-    (tmp_path / "c-notes.json").write_text("[1, 2]")  # not a calibration description: never picked for a kind
+    (tmp_path / "c-notes.json").write_text("[1, 2]")  # not a calibration description: never picked
+    (tmp_path / "d-odd.json").write_text('{"cell_features": [], "probe_tasks": null}')  # a description, kinds unknown
+    assert shipped_calibration("causal-lm").name == "d-odd.json"  # one that does not list its kinds covers all
+    (tmp_path / "d-odd.json").unlink()
     assert shipped_calibration("causal-lm").name == "a-causal.json"
     assert shipped_calibration("seq-cls").name == "b-encoders.json"
-    assert shipped_calibration(None).name == shipped_calibration("token-cls").name == "c-notes.json"
+    assert shipped_calibration(None).name == shipped_calibration("token-cls").name == "b-encoders.json"
     resolved = resolve_calibration("auto", task="causal-lm")
     assert resolved.automatic and resolved.metadata["probe_tasks"] == ["causal-lm"]
     assert resolve_calibration("AUTO", task="seq-cls").name == "b-encoders"
+    for path in tmp_path.glob("[ab]-*.json"):
+        path.unlink()
+    assert shipped_calibration("seq-cls").name == "c-notes.json"  # only a non-description: load_calibration says why
+    (tmp_path / "c-notes.joblib").write_bytes(b"")
+    with pytest.raises(ValueError, match="is not a calibration description"):
+        load_calibration(shipped_calibration("seq-cls"))
 
 
 def test_layer_type_arms_pair_restricted_runs_with_the_cells_uniform_runs():
@@ -290,6 +299,9 @@ def test_a_fit_whose_rank_model_only_matches_the_constant_is_not_released():
                 for r in cell_records(task, {1: [1.1, 1.11], 4: [1.0, 1.01], 16: [1.0, 1.01]}, signal=signal)])[1]
     scores = flat["cv"]["cell_leave_one_task_out"]
     assert scores["baseline_mae"] == 0 and "is not 10% below the constant best rank's (0.00)" in release_shortfall(flat)
+    one_task = fit([r for size in (250, 1000) for r in cell_records("a", {1: [1.1, 1.11], 4: [1.0, 1.01], 16: [1.0, 1.01]},
+                                                                  train_size=size)])[1]
+    assert "fewer than 2 tasks" in release_shortfall(one_task)
 
 
 def test_training_runs_counts_the_trainings_not_the_probe_studies(tmp_path, monkeypatch):
@@ -300,13 +312,24 @@ def test_training_runs_counts_the_trainings_not_the_probe_studies(tmp_path, monk
     from calibration.findings import training_runs
 
     def write(name, configs):
-        (tmp_path / name).write_text("".join(json.dumps({"config": c}) + "\n" for c in configs))
+        (tmp_path / name).write_text("".join(json.dumps({"run_id": c["task"] + c["model"], "config": c}) + "\n"
+                                             for c in configs))
 
     write("grid.jsonl", [{"model": "minilm", "task": "a"}, {"model": "mpnet", "task": "b"}])
     write("planted.jsonl", [{"model": "smollm2", "task": "planted"}])  # probes only, no training
-    write("validate.jsonl", [{"model": "minilm", "task": "c"}])
+    write("validate.jsonl", [{"model": "minilm", "task": "c"}, {"model": "minilm", "task": "a"}])  # a: also a grid run
+    with open(tmp_path / "validate.jsonl", "a") as f:
+        f.write('{"run_id": "x", "note": "no config"}\n{"run_id": "cut sh')  # a record being written
     monkeypatch.setattr(fit_module, "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(validate, "RESULTS", tmp_path / "validate.jsonl")
     rows = training_runs().splitlines()
-    assert rows[2:] == ["| grid.jsonl | 2 | minilm 1, mpnet 1 | 2 |", "| validate.jsonl | 1 | minilm 1 | 1 |",
+    assert rows[2:] == ["| grid.jsonl | 2 | minilm 1, mpnet 1 | 2 |", "| validate.jsonl | 2 | minilm 2 | 2 |",
                         "| all | 3 | 2 models | 3: a, b, c |"]
+
+
+def test_permutation_p_value_is_nan_for_a_constant_or_missing_value():
+    from calibration.findings import permutation_p_value
+
+    assert math.isnan(permutation_p_value([1.0, 2.0, 3.0, 4.0], [4, 4, 4, 4]))
+    assert math.isnan(permutation_p_value([1.0, float("nan"), 3.0, 4.0], [1, 2, 4, 8]))
+    assert math.isnan(permutation_p_value([float(i) for i in range(9)], [1, 2, 4, 8, 16, 32, 64, 1, float("nan")]))

@@ -251,7 +251,8 @@ def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed,
 
 
 def test_advise_keeps_auto_until_it_has_seen_the_probe(tmp_path, monkeypatch):
-    """advise() (the CLI's path) must let "auto" decline a calibration that does not cover the probe."""
+    """advise() (the CLI's path) must let "auto" decline a calibration that does not cover the probe,
+    and take the one fitted on the model's kind when models/ ships one per kind."""
     from advisor import calibrated
     from advisor.recommend import advise
     from calibration.fit import fit, save
@@ -259,7 +260,14 @@ def test_advise_keeps_auto_until_it_has_seen_the_probe(tmp_path, monkeypatch):
 
     records = synthetic_sweep(model="smollm2")
     save(*fit(records), records, "shipped", tmp_path)
+    encoders = synthetic_sweep()
+    save(*fit(encoders), encoders, "zz-encoders", tmp_path)  # last by name, fitted on sequence classifiers
     monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
-    advice = advise(tiny_llama(), token_rows(16, 16), num_samples=16, batch_size=4, progress=False,
-                    train_size=100, min_rank=1, return_advice=True)
+    options = dict(num_samples=16, batch_size=4, progress=False, min_rank=1, return_advice=True)
+    advice = advise(tiny_llama(), token_rows(16, 16), train_size=100, **options)
     assert advice.calibration.startswith("uncalibrated") and "training rows 100, fitted on 1,000" in advice.calibration
+    assert advise(tiny_llama(), token_rows(16, 16), train_size=1000, **options).calibration.startswith(
+        "calibrated: shipped (fitted on smollm2")
+    # neither synthetic calibration has an alpha model: refused before the probe, naming the causal-LM one
+    with pytest.raises(ValueError, match="shipped has no alpha model"):
+        advise(tiny_llama(), None, alpha_mode="calibrated", **options)
