@@ -25,7 +25,6 @@ Sections without enough results say so instead of printing a number.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import statistics
@@ -50,22 +49,24 @@ def read_records() -> list[dict]:
 
 def training_runs() -> str:
     """How many real trainings each results file holds, per model, and the tasks they cover (the
-    sweeps, the learning-rate checks and the validation; the probe-only studies are not trainings)."""
+    sweeps, the learning-rate checks and the validation; the probe-only studies are not trainings;
+    a run two files share counts once in the total)."""
     from calibration.fit import RESULTS_DIR, STUDY_FILES
+    from calibration.sweep import ResultsFile
     from calibration.validate import RESULTS as VALIDATION
 
     paths = [p for p in sorted(RESULTS_DIR.glob("*.jsonl")) if p.name not in STUDY_FILES or p == VALIDATION]
     lines = ["| results file | runs | by model | tasks |", "|---|---|---|---|"]
-    total, tasks, models = 0, set(), set()
+    every: dict[str, dict] = {}
     for path in paths:
-        configs = [json.loads(line)["config"] for line in path.read_text().splitlines() if line.strip()]
-        by_model = Counter(c["model"] for c in configs)
-        total += len(configs)
-        tasks |= {c["task"] for c in configs}
-        models |= set(by_model)
-        lines.append(f"| {path.name} | {len(configs)} | {', '.join(f'{m} {n}' for m, n in sorted(by_model.items()))} | "
-                     f"{len({c['task'] for c in configs})} |")
-    lines.append(f"| all | {total} | {len(models)} models | {len(tasks)}: {', '.join(sorted(tasks))} |")
+        runs = {r["run_id"]: r["config"] for r in ResultsFile(path).records() if "config" in r}
+        every.update(runs)
+        by_model = Counter(c["model"] for c in runs.values())
+        lines.append(f"| {path.name} | {len(runs)} | {', '.join(f'{m} {n}' for m, n in sorted(by_model.items()))} | "
+                     f"{len({c['task'] for c in runs.values()})} |")
+    tasks = sorted({c["task"] for c in every.values()})
+    lines.append(f"| all | {len(every)} | {len({c['model'] for c in every.values()})} models | "
+                 f"{len(tasks)}: {', '.join(tasks)} |")
     return "\n".join(lines)
 
 
@@ -287,7 +288,7 @@ def permutation_p_value(xs: list[float], ys: list[float]) -> float:
     x = rankdata(xs) - (len(xs) + 1) / 2
     y = rankdata(ys) - (len(ys) + 1) / 2
     denominator = math.sqrt((x @ x) * (y @ y))
-    if denominator == 0:
+    if not math.isfinite(denominator) or denominator == 0:  # a constant side, or a nan value
         return float("nan")
     observed = abs(float(y @ x)) / denominator
     if len(xs) <= EXACT_PERMUTATION_MAX_N:
@@ -332,7 +333,7 @@ def prediction(records: list[dict]) -> str:
             continue
         layers = cell.probe()["layers"].values()
         means = {label: statistics.mean(s[key] for s in layers) for label, key in Q4_STATISTICS.items()}
-        by_model[cell.model].append((means, optimal))
+        by_model[cell.model].append((means, optimal, cell.task))
         table.append(f"| {cell.model} | {cell.task} | {cell.train_size} | {optimal} | "
                      + " | ".join(f"{means[label]:.3g}" for label in Q4_STATISTICS) + " |")
     lines = []
@@ -340,8 +341,12 @@ def prediction(records: list[dict]) -> str:
         if len(cells) < 4:
             lines.append(f"- {model}: {len(cells)} labelled cells, too few for a correlation (need 4).")
             continue
+        tasks = len({task for *_, task in cells})
+        if tasks < len(cells):
+            lines.append(f"- {model}: {len(cells)} cells from {tasks} tasks. A task's cells at several training-set "
+                         f"sizes are not independent draws, so the p-values below are optimistic.")
         for label in Q4_STATISTICS:
-            pairs = [(means[label], optimal) for means, optimal in cells]
+            pairs = [(means[label], optimal) for means, optimal, _ in cells]
             low, high = _bootstrap_interval(pairs)
             rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
             p_value = permutation_p_value([p[0] for p in pairs], [p[1] for p in pairs])
@@ -354,22 +359,25 @@ def prediction(records: list[dict]) -> str:
 
 
 def data_size(records: list[dict]) -> str:
-    """Does the optimal rank grow with the training set? Per (model, task) of the rank grid with cells
-    at two or more training-set sizes: each size's optimal rank (best rank in brackets while a cell
-    is incomplete), seed noise, and the loss gain from r = 1 to the best rank in seed noises."""
-    by_task: dict[tuple[str, str], list] = defaultdict(list)
+    """Does the optimal rank grow with the training set? Per cell of the rank grid that was also
+    trained at other training-set sizes (all else equal): each size's optimal rank (the best rank
+    in parentheses while a cell is incomplete), seed noise, and the loss gain from r = 1 to the
+    best rank in seed noises. The step budget is fixed, so a smaller set is also seen for more
+    epochs (encoders: 200 steps x 16 rows = 13 epochs of 250 rows, 0.8 of 4000)."""
+    size_at = CELL_KEYS.index("train_size")
+    by_setting: dict[tuple, list] = defaultdict(list)
     for cell in uniform_cells(rank_grid(records)):
-        by_task[(cell.model, cell.task)].append(cell)
+        by_setting[cell.key[:size_at] + cell.key[size_at + 1:]].append(cell)
     lines = ["| model | task | train rows | ranks trained | optimal rank | seed noise | r=1 minus best (noises) |",
              "|---|---|---|---|---|---|---|"]
-    for (model, task), cells in sorted(by_task.items()):
-        if len({cell.train_size for cell in cells}) < 2:
+    for _, cells in sorted(by_setting.items(), key=lambda item: str(item[0])):
+        if len(cells) < 2:
             continue
         for cell in sorted(cells, key=lambda c: c.train_size):
             noise = cell.seed_noise
             gain = (cell.mean_loss(cell.ranks[0]) - cell.mean_loss(cell.best_rank)) / noise if noise and cell.ranks[0] == 1 else None
             optimal = cell.optimal_rank or f"({cell.best_rank}, incomplete)"
-            lines.append(f"| {model} | {task} | {cell.train_size} | {len(cell.ranks)} | {optimal} | "
+            lines.append(f"| {cell.model} | {cell.task} | {cell.train_size} | {len(cell.ranks)} | {optimal} | "
                          f"{'-' if noise is None else f'{noise:.3f}'} | {'-' if gain is None else f'{gain:.1f}'} |")
     return "\n".join(lines) if len(lines) > 2 else "*No task with cells at two training-set sizes yet.*"
 

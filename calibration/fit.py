@@ -259,7 +259,9 @@ MIN_GAIN = 0.10  # a shipped rank model must beat the constant best rank by 10 %
 def release_shortfall(metadata: dict, min_gain: float = MIN_GAIN) -> str | None:
     """Why this fit should not be shipped (None: it may be): its rank model's leave-one-task-out
     error is not ``min_gain`` (a share) below the constant best rank's."""
-    scores = metadata["cv"]["cell_leave_one_task_out"]
+    scores = metadata["cv"].get("cell_leave_one_task_out")
+    if scores is None:
+        return f"no leave-one-task-out score: the {metadata['cells']} cells come from fewer than 2 tasks"
     if scores["model_mae"] < (1 - min_gain) * scores["baseline_mae"]:
         return None
     return (f"the rank model's leave-one-task-out error ({scores['model_mae']:.2f} log2 units over {scores['n']} "
@@ -283,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"write only when the rank model's leave-one-task-out error is at least this share "
                              f"below the constant best rank's (default {MIN_GAIN:g})")
     args = parser.parse_args(argv)
+    if not 0 <= args.min_gain < 1:
+        parser.error(f"--min-gain is a share in [0, 1), got {args.min_gain}")
     paths = args.results or sweep_result_files()
     records = [r for r in read_records(paths) if args.probe_task in ("all", probe_task(r["model"]))]
     try:
@@ -292,9 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(json.dumps({k: metadata[k] for k in ("cells", "layers", "alpha_points", "runs", "tasks", "models_seen", "cv")},
                      indent=1))
-    if args.dry_run:
-        return 0
     shortfall = release_shortfall(metadata, args.min_gain)
+    if args.dry_run:
+        print(f"would {'not be written: ' + shortfall if shortfall else 'be written'}", file=sys.stderr)
+        return 0
     if shortfall:
         print(f"error: not written: {shortfall}", file=sys.stderr)
         return 2

@@ -369,6 +369,7 @@ def run_grid(
         if limit is not None and counts["ran"] >= limit:
             break
         if config.run_id in results.run_ids():  # another process on the same file ran it meanwhile
+            say(f"[{i + 1}/{len(configs)}] {config.run_id} skipped: another process wrote it meanwhile")
             counts["skipped"] += 1
             continue
         started = time.perf_counter()
@@ -467,7 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="run at most this many new runs")
     parser.add_argument("--shard", type=_parse_shard, default=(0, 1), metavar="K/N", help="run positions i with i %% N == K")
     parser.add_argument("--task", nargs="+", metavar="TASK", help="only the grid's runs on these tasks")
-    parser.add_argument("--train-size", nargs="+", type=int, metavar="ROWS", help="only the grid's runs at these sizes")
+    parser.add_argument("--train-size", nargs="+", type=int, metavar="ROWS",
+                        help="only the grid's runs at these sizes (shards split what the filters keep: give two "
+                             "processes the same filters and --shard 0/2, 1/2, or disjoint filters)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their status, train nothing")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 0:
@@ -491,7 +494,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.results and len(args.grid) > 1:
             parser.error("--results takes one grid")
         for name in args.grid:
-            configs = [c for c in GRIDS[name]() if (not args.task or c.task in args.task)
+            configs = GRIDS[name]()
+            for option, values, field in (("--task", args.task, "task"), ("--train-size", args.train_size, "train_size")):
+                unknown = sorted(set(values or ()) - {getattr(c, field) for c in configs})
+                if unknown:
+                    parser.error(f"{option} {' '.join(map(str, unknown))}: not in grid {name} "
+                                 f"({', '.join(map(str, sorted({getattr(c, field) for c in configs})))})")
+            configs = [c for c in configs if (not args.task or c.task in args.task)
                        and (not args.train_size or c.train_size in args.train_size)]
             results = ResultsFile(args.results or RESULTS_DIR / f"{name}.jsonl")
             if args.dry_run:

@@ -170,6 +170,9 @@ def test_task_and_size_filters_pick_the_grids_runs(capsys):
     assert sweep.main(["--grid", "encoder-rank", "--task", "health-tweets", "--train-size", "4000", "--dry-run"]) == 0
     plan = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
     assert len(plan) == 14 and all("minilm/health-tweets n=4000 " in line for line in plan)
+    with pytest.raises(SystemExit) as error:
+        sweep.main(["--grid", "encoder-rank", "--task", "health-tweet", "--dry-run"])
+    assert error.value.code == 2 and "--task health-tweet: not in grid encoder-rank" in capsys.readouterr().err
 
 
 def test_runs_another_grid_already_holds_are_skipped_and_read_once(tmp_path):
