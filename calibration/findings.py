@@ -317,14 +317,31 @@ def _bootstrap_interval(pairs: list[tuple[float, float]], draws: int = 2000) -> 
         value = spearman([p[0] for p in sample], [p[1] for p in sample])
         if value == value:
             boot.append(value)
+    if not boot:  # a constant statistic: no correlation to bound
+        return float("nan"), float("nan")
     boot.sort()
     return boot[int(0.025 * len(boot))], boot[int(0.975 * len(boot)) - 1]
 
 
+def _correlations(model: str, cells: list[tuple[dict, int, str, int]], scope: str) -> list[str]:
+    """One line per Q4 statistic: Spearman, bootstrap interval and permutation p over ``cells``."""
+    lines = []
+    for label in Q4_STATISTICS:
+        xs, ys = [means[label] for means, *_ in cells], [optimal for _, optimal, *_ in cells]
+        low, high = _bootstrap_interval(list(zip(xs, ys)))
+        exact = "exact " if len(cells) <= EXACT_PERMUTATION_MAX_N else ""
+        lines.append(f"- {model}, mean {label} at step 0: Spearman {spearman(xs, ys):+.2f} (bootstrap 95% interval "
+                     f"{low:+.2f} to {high:+.2f}; {exact}permutation p = {permutation_p_value(xs, ys):.3f}) over "
+                     f"{len(cells)} {scope}")
+    return lines
+
+
 def prediction(records: list[dict]) -> str:
     """Q4: Spearman(a step-0 probe statistic, optimal uniform rank) per model, for each statistic,
-    and the cells' values behind it."""
-    by_model: dict[str, list[tuple[dict, int]]] = defaultdict(list)
+    and the cells' values behind it. Cells of one task at several training-set sizes are not
+    independent draws, so when a model has them the same is also given over one cell per task
+    (those at the model's most common training-set size)."""
+    by_model: dict[str, list[tuple[dict, int, str, int]]] = defaultdict(list)
     table = ["| model | task | train rows | optimal rank | " + " | ".join(f"mean {label}" for label in Q4_STATISTICS) + " |",
              "|---|---|---|---|" + "---|" * len(Q4_STATISTICS)]
     for cell in uniform_cells(rank_grid(records)):
@@ -333,7 +350,7 @@ def prediction(records: list[dict]) -> str:
             continue
         layers = cell.probe()["layers"].values()
         means = {label: statistics.mean(s[key] for s in layers) for label, key in Q4_STATISTICS.items()}
-        by_model[cell.model].append((means, optimal, cell.task))
+        by_model[cell.model].append((means, optimal, cell.task, cell.train_size))
         table.append(f"| {cell.model} | {cell.task} | {cell.train_size} | {optimal} | "
                      + " | ".join(f"{means[label]:.3g}" for label in Q4_STATISTICS) + " |")
     lines = []
@@ -341,18 +358,17 @@ def prediction(records: list[dict]) -> str:
         if len(cells) < 4:
             lines.append(f"- {model}: {len(cells)} labelled cells, too few for a correlation (need 4).")
             continue
-        tasks = len({task for *_, task in cells})
-        if tasks < len(cells):
-            lines.append(f"- {model}: {len(cells)} cells from {tasks} tasks. A task's cells at several training-set "
-                         f"sizes are not independent draws, so the p-values below are optimistic.")
-        for label in Q4_STATISTICS:
-            pairs = [(means[label], optimal) for means, optimal, _ in cells]
-            low, high = _bootstrap_interval(pairs)
-            rho = spearman([p[0] for p in pairs], [p[1] for p in pairs])
-            p_value = permutation_p_value([p[0] for p in pairs], [p[1] for p in pairs])
-            lines.append(f"- {model}, mean {label} at step 0: Spearman {rho:+.2f} (bootstrap 95% interval "
-                         f"{low:+.2f} to {high:+.2f}; {'exact ' if len(pairs) <= EXACT_PERMUTATION_MAX_N else ''}"
-                         f"permutation p = {p_value:.3f}) over {len(pairs)} cells")
+        tasks = {task for _, _, task, _ in cells}
+        if len(tasks) == len(cells):
+            lines += _correlations(model, cells, "cells")
+            continue
+        lines.append(f"- {model}: {len(cells)} cells from {len(tasks)} tasks. A task's cells at several training-set "
+                     f"sizes are not independent draws, so the p-values over all cells are optimistic.")
+        lines += _correlations(model, cells, "cells (all sizes)")
+        size = Counter(rows for *_, rows in cells).most_common(1)[0][0]
+        one_per_task = [c for c in cells if c[3] == size]
+        if len(one_per_task) >= 4 and len({c[2] for c in one_per_task}) == len(one_per_task):
+            lines += _correlations(model, one_per_task, f"tasks at {size} rows (one cell per task)")
     if not lines:
         return "*No labelled cell yet (a cell needs its ranks trained with two seeds).*"
     return "\n".join(lines) + "\n\nThe cells (means over each cell's step-0 probe layers):\n\n" + "\n".join(table)

@@ -333,3 +333,20 @@ def test_permutation_p_value_is_nan_for_a_constant_or_missing_value():
     assert math.isnan(permutation_p_value([1.0, 2.0, 3.0, 4.0], [4, 4, 4, 4]))
     assert math.isnan(permutation_p_value([1.0, float("nan"), 3.0, 4.0], [1, 2, 4, 8]))
     assert math.isnan(permutation_p_value([float(i) for i in range(9)], [1, 2, 4, 8, 16, 32, 64, 1, float("nan")]))
+
+
+def test_q4_correlates_the_probe_with_the_optimal_rank_and_flags_a_tasks_repeated_cells():
+    from calibration.findings import prediction
+
+    best_by_task = {"a": 1, "b": 4, "c": 16, "d": 64}  # signal effective rank grows with the optimal rank
+    records = []
+    for signal, (task, best) in enumerate(best_by_task.items(), 1):
+        losses = {r: [1.0 + 0.5 * (r < best), 1.01 + 0.5 * (r < best)] for r in (1, 4, 16, 64)}
+        records += cell_records(task, losses, signal=float(signal))
+    lines = prediction(records).splitlines()
+    assert "mean signal effective rank at step 0: Spearman +1.00" in lines[0] and "p = 0.083) over 4 cells" in lines[0]
+    assert "mean stable rank at step 0: Spearman +nan (bootstrap 95% interval +nan to +nan" in lines[2]  # constant
+    records += cell_records("a", {1: [1.0, 1.01], 4: [1.0, 1.01], 16: [1.0, 1.01]}, signal=0.5, train_size=250)
+    lines = prediction(records).splitlines()
+    assert "5 cells from 4 tasks" in lines[0] and "over 5 cells (all sizes)" in lines[1]
+    assert "Spearman +1.00" in lines[5] and "over 4 tasks at 1000 rows (one cell per task)" in lines[5]
