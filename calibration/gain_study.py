@@ -59,14 +59,15 @@ def study_cell(cell) -> dict:
 
 def markdown_table() -> str:
     """Every stored cell: the correlations and the groups' gain shares (for calibration/README.md)."""
-    lines = ["| model | task | layers | Spearman with relative need: " + " / ".join(STATISTICS)
+    lines = ["| model | task | train rows | layers | Spearman with relative need: " + " / ".join(STATISTICS)
              + " | attention: gain share / mean relative need | MLP: gain share / mean relative need |",
-             "|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|"]
     for record in read_results(RESULTS):
         rho = " / ".join(f"{record['spearman_with_relative_need'][label]:+.2f}" for label in STATISTICS)
         cells = [f"{record['groups'][g]['gain_share']:.0%} / {record['groups'][g]['mean_relative_need']:.2f}"
                  for g in ("attention", "mlp")]
-        lines.append(f"| {record['model']} | {record['task']} | {record['layers']} | {rho} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {record['model']} | {record['task']} | {record['train_size']} | {record['layers']} | {rho} | "
+                     f"{cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 
