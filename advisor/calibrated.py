@@ -147,6 +147,15 @@ class Calibration:
         return {r: 2.0 ** min(max(float(v), low), high) for r, v in zip(ranks, self.models["alpha"].predict(rows))}
 
 
+MIN_GAIN = 0.10  # a model is used only when its leave-one-task-out error is 10 % below its baseline's
+
+
+def beats_baseline(scores: dict, min_gain: float = MIN_GAIN) -> bool:
+    """Whether cross-validated ``scores`` (``model_mae``, ``baseline_mae``) put the model at least
+    ``min_gain`` (a share) below its baseline: less is a constant dressed up as a measurement."""
+    return scores["model_mae"] < (1 - min_gain) * scores["baseline_mae"]
+
+
 def shipped_calibration(task: str | None = None) -> Path | None:
     """The calibration ``models/`` ships for a probe of kind ``task`` (causal-lm, seq-cls): the last
     calibration description by name whose ``probe_tasks`` include it (one that does not list them

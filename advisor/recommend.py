@@ -49,7 +49,8 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
-from advisor.calibrated import domain_gaps, features_outside, is_auto, layer_group, resolve_calibration
+from advisor.calibrated import (MIN_GAIN, beats_baseline, domain_gaps, features_outside, is_auto, layer_group,
+                                resolve_calibration)
 from advisor.loading import TASK_SEQ_CLS, model_task
 from advisor.probe import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
@@ -330,17 +331,18 @@ def _check_options(budget, train_size, alpha_mode: str, min_rank: int, max_rank:
 
 
 def _check_alpha_model(calibration, declined: str | None = None) -> None:
-    """``alpha_mode="calibrated"`` needs a calibration with an alpha model that beats its baseline
-    (the per-rank median scaling) leave-one-task-out; ``declined``: why "auto" set the shipped
-    one aside for this probe."""
+    """``alpha_mode="calibrated"`` needs a calibration with an alpha model at least 10 % better than
+    its baseline (the per-rank median scaling) leave-one-task-out (:func:`beats_baseline`, the
+    rule ``calibration.fit`` ships a rank model by); ``declined``: why "auto" set the shipped one
+    aside for this probe."""
     if calibration is None or "alpha" not in calibration.models:
         why = declined or ("no calibration" if calibration is None else f"{calibration.name} has no alpha model")
         raise ValueError(f"alpha_mode='calibrated' needs a calibration with an alpha model: {why}")
     scores = calibration.metadata.get("cv", {}).get("alpha_leave_one_task_out") or {}
-    if scores and scores["model_mae"] >= scores["baseline_mae"]:
-        raise ValueError(f"alpha_mode='calibrated': the alpha model of {calibration.name} is no better than the "
-                         f"per-rank median scaling in leave-one-task-out validation ({scores['model_mae']:.2f} "
-                         f"against {scores['baseline_mae']:.2f} log2 units); use scale or rslora")
+    if scores and not beats_baseline(scores):
+        raise ValueError(f"alpha_mode='calibrated': the alpha model of {calibration.name} is not {MIN_GAIN:.0%} better "
+                         f"than the per-rank median scaling in leave-one-task-out validation "
+                         f"({scores['model_mae']:.2f} against {scores['baseline_mae']:.2f} log2 units); use scale or rslora")
 
 
 def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | None = None, alpha_mode: str = "scale",

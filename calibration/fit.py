@@ -45,7 +45,8 @@ import math
 import sys
 from pathlib import Path
 
-from advisor.calibrated import MODELS_DIR, cell_features, curve_rank_features, layer_features, sha256_of
+from advisor.calibrated import (MIN_GAIN, MODELS_DIR, beats_baseline, cell_features, curve_rank_features, layer_features,
+                                sha256_of)
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS
 from calibration import script_parser
 from calibration.labels import RANK_GRID_RULE, best_scaling, rank_grid, uniform_cells
@@ -253,16 +254,13 @@ def save(models: dict, metadata: dict, records: list[dict], name: str, directory
     return model_path
 
 
-MIN_GAIN = 0.10  # a shipped rank model must beat the constant best rank by 10 % leave-one-task-out
-
-
 def release_shortfall(metadata: dict, min_gain: float = MIN_GAIN) -> str | None:
     """Why this fit should not be shipped (None: it may be): its rank model's leave-one-task-out
     error is not ``min_gain`` (a share) below the constant best rank's."""
     scores = metadata["cv"].get("cell_leave_one_task_out")
     if scores is None:
         return f"no leave-one-task-out score: the {metadata['cells']} cells come from fewer than 2 tasks"
-    if scores["model_mae"] < (1 - min_gain) * scores["baseline_mae"]:
+    if beats_baseline(scores, min_gain):
         return None
     return (f"the rank model's leave-one-task-out error ({scores['model_mae']:.2f} log2 units over {scores['n']} "
             f"cells) is not {min_gain:.0%} below the constant best rank's ({scores['baseline_mae']:.2f})")

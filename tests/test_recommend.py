@@ -100,11 +100,12 @@ def test_calibrated_alpha_mode_writes_the_predicted_scaling_and_needs_an_alpha_m
             checked += 1
     assert checked == len(advice.layers) and not advice.config.use_rslora
     assert all(0.5 <= s <= 4.0 for s in predicted.values())  # within the best scalings the fit saw
-    # an alpha model no better than its baseline in cross-validation is refused
+    # an alpha model less than 10 % better than its baseline in cross-validation is refused
     models, metadata = fit(records)
-    metadata["cv"]["alpha_leave_one_task_out"]["model_mae"] = metadata["cv"]["alpha_leave_one_task_out"]["baseline_mae"]
+    scores = metadata["cv"]["alpha_leave_one_task_out"]
+    scores["model_mae"] = 0.91 * scores["baseline_mae"]
     save(models, metadata, records, "weak", tmp_path)
-    with pytest.raises(ValueError, match="no better than the per-rank median"):
+    with pytest.raises(ValueError, match="is not 10% better than the per-rank median"):
         advice_from_probe(result, alpha_mode="calibrated", train_size=1000, calibration=tmp_path / "weak.json")
 
 
