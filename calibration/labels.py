@@ -6,7 +6,7 @@ a fixed alpha, or a fixed alpha / r (see ``calibration/sweep.py``).
 
 - **Seed noise** of a cell: the pooled standard deviation of eval loss between seeds,
   sqrt(mean over ranks with >= 2 seeds of the sample variance). A cell gives a label only when
-  every one of its ranks was trained with at least two seeds.
+  its ranks span 1 to 64 and every one of them was trained with at least two seeds.
 - **Optimal uniform rank**: the smallest rank whose mean eval loss is within one seed-noise
   of the best rank's mean eval loss ("within the seed-to-seed noise of the best").
 - **Per-layer need**: from the adapters of the cell's largest rank, each layer's entropy
@@ -75,8 +75,14 @@ class Cell:
 
     @property
     def complete(self) -> bool:
-        """Every rank of the cell trained with at least two seeds."""
-        return all(len(values) >= 2 for values in self.losses.values())
+        """Every rank of the cell trained with at least two seeds, and the ranks span 1 to 64 (a
+        cell still being swept, say up to r = 8, would otherwise get a label from its small ranks)."""
+        return self.spans_grid and all(len(values) >= 2 for values in self.losses.values())
+
+    @property
+    def spans_grid(self) -> bool:
+        """The cell's ranks run from 1 to at least 64, so its best rank lies inside what was tried."""
+        return self.ranks[0] == 1 and self.ranks[-1] >= 64
 
     @property
     def optimal_rank(self) -> int | None:
@@ -106,7 +112,7 @@ class Cell:
 
     def log_loss_over_best(self) -> dict[int, float] | None:
         """Per rank: log(mean eval loss / the best rank's); None unless the ranks span 1 to 64."""
-        if self.ranks[0] != 1 or self.ranks[-1] < 64:
+        if not self.spans_grid:
             return None
         best = self.mean_loss(self.best_rank)
         return {rank: math.log(self.mean_loss(rank) / best) for rank in self.ranks}

@@ -45,10 +45,13 @@ def cell_records(task, losses_by_rank, **kwargs):
 
 def test_optimal_rank_is_the_smallest_within_seed_noise_of_the_best():
     # seed pairs differ by 0.02 everywhere: pooled std 0.0141; best mean 0.855 (r=8); r=4 is 0.005 worse
-    records = cell_records("t", {1: [1.0, 1.02], 2: [0.9, 0.92], 4: [0.85, 0.87], 8: [0.845, 0.865]})
+    records = cell_records("t", {1: [1.0, 1.02], 2: [0.9, 0.92], 4: [0.85, 0.87], 8: [0.845, 0.865], 64: [0.88, 0.9]})
     (cell,) = uniform_cells(records)
     assert cell.seed_noise == pytest.approx(0.02 / 2**0.5)
     assert cell.best_rank == 8 and cell.optimal_rank == 4
+    # without r = 64 the cell is still being swept: its best rank may lie above what it has tried
+    (unfinished,) = uniform_cells([r for r in records if r["config"]["rank"] != 64])
+    assert unfinished.best_rank == 8 and unfinished.optimal_rank is None
 
 
 def test_a_cell_without_two_seeds_at_every_rank_has_no_label():
@@ -281,11 +284,11 @@ def test_layer_type_arms_pair_restricted_runs_with_the_cells_uniform_runs():
 def test_data_size_table_pairs_a_tasks_cells_across_training_set_sizes():
     from calibration.findings import data_size
 
-    small = cell_records("t", {1: [0.99, 1.01], 4: [0.98, 1.0], 16: [0.99, 1.01]}, train_size=250)
-    large = cell_records("t", {1: [1.0, 1.02], 4: [0.8, 0.82], 16: [0.7, 0.72]}, train_size=4000)
-    single_size = cell_records("u", {1: [1.0, 1.0], 4: [1.0, 1.0], 16: [1.0, 1.0]})
+    small = cell_records("t", {1: [0.99, 1.01], 4: [0.98, 1.0], 64: [0.99, 1.01]}, train_size=250)
+    large = cell_records("t", {1: [1.0, 1.02], 4: [0.8, 0.82], 64: [0.7, 0.72]}, train_size=4000)
+    single_size = cell_records("u", {1: [1.0, 1.0], 4: [1.0, 1.0], 64: [1.0, 1.0]})
     rows = data_size(small + large + single_size).splitlines()[2:]
-    assert [row.split(" | ")[2:5] for row in rows] == [["250", "3", "1"], ["4000", "3", "16"]]
+    assert [row.split(" | ")[2:5] for row in rows] == [["250", "3", "1"], ["4000", "3", "64"]]
     assert rows[1].endswith("| 21.2 |")  # (1.01 - 0.71) / 0.0141 (the seeds' sd): the r=1 gap in seed noises
     assert "No task" in data_size(single_size)
 
@@ -296,10 +299,10 @@ def test_a_fit_whose_rank_model_only_matches_the_constant_is_not_released():
     learned = fit(synthetic_sweep())[1]  # the rank grows with the signal: the model beats the constant
     assert release_shortfall(learned) is None
     flat = fit([r for task, signal in (("a", 1.0), ("b", 7.0), ("c", 3.0))  # same best rank whatever the signal
-                for r in cell_records(task, {1: [1.1, 1.11], 4: [1.0, 1.01], 16: [1.0, 1.01]}, signal=signal)])[1]
+                for r in cell_records(task, {1: [1.1, 1.11], 4: [1.0, 1.01], 64: [1.0, 1.01]}, signal=signal)])[1]
     scores = flat["cv"]["cell_leave_one_task_out"]
     assert scores["baseline_mae"] == 0 and "is not 10% below the constant best rank's (0.00)" in release_shortfall(flat)
-    one_task = fit([r for size in (250, 1000) for r in cell_records("a", {1: [1.1, 1.11], 4: [1.0, 1.01], 16: [1.0, 1.01]},
+    one_task = fit([r for size in (250, 1000) for r in cell_records("a", {1: [1.1, 1.11], 4: [1.0, 1.01], 64: [1.0, 1.01]},
                                                                   train_size=size)])[1]
     assert "fewer than 2 tasks" in release_shortfall(one_task)
 
@@ -346,7 +349,7 @@ def test_q4_correlates_the_probe_with_the_optimal_rank_and_flags_a_tasks_repeate
     lines = prediction(records).splitlines()
     assert "mean signal effective rank at step 0: Spearman +1.00" in lines[0] and "p = 0.083) over 4 cells" in lines[0]
     assert "mean stable rank at step 0: Spearman +nan (bootstrap 95% interval +nan to +nan" in lines[2]  # constant
-    records += cell_records("a", {1: [1.0, 1.01], 4: [1.0, 1.01], 16: [1.0, 1.01]}, signal=0.5, train_size=250)
+    records += cell_records("a", {1: [1.0, 1.01], 4: [1.0, 1.01], 64: [1.0, 1.01]}, signal=0.5, train_size=250)
     lines = prediction(records).splitlines()
     assert "5 cells from 4 tasks" in lines[0] and "over 5 cells (all sizes)" in lines[1]
     assert "Spearman +1.00" in lines[5] and "over 4 tasks at 1000 rows (one cell per task)" in lines[5]
