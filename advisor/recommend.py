@@ -266,14 +266,17 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
 
 def _loss_curve(result: ProbeResult, layers: dict[str, dict], calibration,
                 train_size: int) -> tuple[dict[int, float] | None, float | None]:
-    """(predicted relative eval loss per uniform rank, its error factor), or (None, None) uncalibrated."""
+    """(predicted relative eval loss per uniform rank, its error factor), or (None, None) uncalibrated
+    or when the calibration's curve model is not 10 % better than its baseline (:func:`beats_baseline`)."""
     if calibration is None:
+        return None, None
+    scores = calibration.metadata.get("cv", {}).get("curve_leave_one_task_out")
+    if scores and not beats_baseline(scores):
         return None, None
     curve = calibration.predict_loss_curve(layers, train_size, result.quantization is not None)
     if curve is None:
         return None, None
-    error = (calibration.metadata.get("cv", {}).get("curve_leave_one_task_out") or {}).get("model_mae")
-    return {r: round(v, 4) for r, v in curve.items()}, None if error is None else round(math.exp(error), 4)
+    return {r: round(v, 4) for r, v in curve.items()}, None if scores is None else round(math.exp(scores["model_mae"]), 4)
 
 
 def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int, uniform: dict[int, int]) -> list[str]:

@@ -217,6 +217,14 @@ def test_calibrated_advice_follows_the_regression(probed, tmp_path):
     write_html_report(tmp_path / "out")
     assert (tmp_path / "out" / "loss_curve.png").stat().st_size > 0
     assert "Predicted eval loss against rank" in (tmp_path / "out" / "report.html").read_text()
+    # a curve model within 10 % of its baseline's error is not shown; the ranks still follow the regression
+    scores = metadata["cv"]["curve_leave_one_task_out"]
+    scores["model_mae"] = 0.95 * scores["baseline_mae"]
+    save(models, metadata, records, "flat-curve", tmp_path)
+    withheld = advice_from_probe(result, train_size=1000, alpha_mode="rslora", min_rank=1,
+                                 calibration=tmp_path / "flat-curve.json")
+    assert withheld.loss_curve is None and withheld.loss_curve_error is None
+    assert [a.rank for a in withheld.layers.values()] == [a.rank for a in advice.layers.values()]
 
 
 def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed, tmp_path, monkeypatch):
