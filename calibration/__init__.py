@@ -20,12 +20,22 @@ def script_parser(module: str, doc: str, examples: list[str]) -> argparse.Argume
 
 
 def read_results(path) -> list[dict]:
-    """The JSON records of an append-only results file, one per line, in the order written;
-    [] while the file does not exist."""
+    """The JSON records of an append-only results file, one per line, in the order written: every
+    complete line (a last line without its newline is still being written, not a record yet);
+    [] while the file does not exist. A line that is not JSON is an error naming it."""
     import json
     from pathlib import Path
 
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    data = path.read_bytes()
+    records = []
+    for number, line in enumerate(data[:data.rfind(b"\n") + 1].splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError as error:
+            raise ValueError(f"{path}:{number}: not a JSON record ({error}); fix the file by hand") from error
+    return records

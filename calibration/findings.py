@@ -34,7 +34,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from advisor.calibrated import layer_group
-from calibration import script_parser
+from calibration import read_results, script_parser
 from calibration.labels import CELL_KEYS, best_scaling, pooled_seed_noise, rank_grid, uniform_cells
 
 HERE = Path(__file__).resolve().parent
@@ -52,14 +52,13 @@ def training_runs() -> str:
     sweeps, the learning-rate checks and the validation; the probe-only studies are not trainings;
     a run two files share counts once in the total)."""
     from calibration.fit import RESULTS_DIR, STUDY_FILES
-    from calibration.sweep import ResultsFile
     from calibration.validate import RESULTS as VALIDATION
 
     paths = [p for p in sorted(RESULTS_DIR.glob("*.jsonl")) if p.name not in STUDY_FILES or p == VALIDATION]
     lines = ["| results file | runs | by model | tasks |", "|---|---|---|---|"]
     every: dict[str, dict] = {}
     for path in paths:
-        runs = {r["run_id"]: r["config"] for r in ResultsFile(path).records() if "config" in r}
+        runs = {r["run_id"]: r["config"] for r in read_results(path) if "config" in r}
         every.update(runs)
         by_model = Counter(c["model"] for c in runs.values())
         lines.append(f"| {path.name} | {len(runs)} | {', '.join(f'{m} {n}' for m, n in sorted(by_model.items()))} | "

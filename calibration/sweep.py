@@ -74,7 +74,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-from calibration import script_parser  # noqa: E402
+from calibration import read_results, script_parser  # noqa: E402
 from calibration.train import RunConfig  # noqa: E402  (after the thread settings)
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -252,19 +252,7 @@ class ResultsFile:
 
     def records(self) -> list[dict]:
         """Every complete record (a last line without its newline is not a record yet)."""
-        if not self.path.exists():
-            return []
-        data = self.path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        records = []
-        for number, line in enumerate(data[:end].splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError as error:
-                raise ValueError(f"{self.path}:{number}: not a JSON record ({error}); fix the file by hand") from error
-        return records
+        return read_results(self.path)
 
     def run_ids(self) -> set[str]:
         return {record["run_id"] for record in self.records()}
@@ -496,10 +484,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.grid:
             configs = GRIDS[name]()
             for option, values, field in (("--task", args.task, "task"), ("--train-size", args.train_size, "train_size")):
-                unknown = sorted(set(values or ()) - {getattr(c, field) for c in configs})
+                in_grid = {getattr(c, field) for c in configs}
+                unknown = sorted(set(values or ()) - in_grid)
                 if unknown:
                     parser.error(f"{option} {' '.join(map(str, unknown))}: not in grid {name} "
-                                 f"({', '.join(map(str, sorted({getattr(c, field) for c in configs})))})")
+                                 f"({', '.join(map(str, sorted(in_grid)))})")
             configs = [c for c in configs if (not args.task or c.task in args.task)
                        and (not args.train_size or c.train_size in args.train_size)]
             results = ResultsFile(args.results or RESULTS_DIR / f"{name}.jsonl")
