@@ -55,6 +55,7 @@ from calibration.models import MODELS
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 MODEL_DESCRIPTION = "StandardScaler + RidgeCV(alphas=10**-2..10**4, leave-one-out)"
 RIDGE_ALPHAS = tuple(10.0**k for k in (-2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 2.5, 3, 3.5, 4))
+MIN_TRAIN_ROWS = 2  # one training row in a fold: no leave-one-out choice of the ridge penalty
 
 
 STUDY_FILES = ("quantization.jsonl", "planted.jsonl", "validate.jsonl", "gain.jsonl")  # studies' results, not sweeps'
@@ -138,14 +139,19 @@ def _matrix(rows, names):
 
 def grouped_errors(rows: list[dict], names: list[str], group: str, baseline) -> dict | None:
     """Leave-one-``group``-out MAE of the ridge model and of the baseline:
-    ``baseline(train_rows)`` returns a function of a test row."""
+    ``baseline(train_rows)`` returns a function of a test row. A fold whose training side has
+    fewer than MIN_TRAIN_ROWS rows is skipped (named in ``skipped``): its penalty could not be
+    chosen by leave-one-out; None when no fold is left."""
     groups = sorted({row[group] for row in rows})
     if len(groups) < 2:
         return None
-    model_errors, baseline_errors, folds = [], [], {}
+    model_errors, baseline_errors, folds, skipped = [], [], {}, {}
     for held_out in groups:
         train = [row for row in rows if row[group] != held_out]
         test = [row for row in rows if row[group] == held_out]
+        if len(train) < MIN_TRAIN_ROWS:
+            skipped[held_out] = f"{len(train)} training rows"
+            continue
         x, y = _matrix(train, names)
         x_test, y_test = _matrix(test, names)
         predicted = _ridge().fit(x, y).predict(x_test)
@@ -156,9 +162,11 @@ def grouped_errors(rows: list[dict], names: list[str], group: str, baseline) -> 
         baseline_errors += fold_base
         folds[held_out] = {"model_mae": round(sum(fold_model) / len(fold_model), 4),
                            "baseline_mae": round(sum(fold_base) / len(fold_base), 4), "n": len(test)}
+    if not folds:
+        return None
     return {"model_mae": round(sum(model_errors) / len(model_errors), 4),
             "baseline_mae": round(sum(baseline_errors) / len(baseline_errors), 4),
-            "n": len(model_errors), "folds": folds}
+            "n": len(model_errors), "folds": folds, "skipped": skipped}
 
 
 def _median(values):
@@ -259,7 +267,8 @@ def release_shortfall(metadata: dict, min_gain: float = MIN_GAIN) -> str | None:
     error is not ``min_gain`` (a share) below the constant best rank's."""
     scores = metadata["cv"].get("cell_leave_one_task_out")
     if scores is None:
-        return f"no leave-one-task-out score: the {metadata['cells']} cells come from fewer than 2 tasks"
+        return (f"no leave-one-task-out score: the {metadata['cells']} cells come from fewer than 2 tasks, "
+                f"or every fold would train on a single cell")
     if beats_baseline(scores, min_gain):
         return None
     return (f"the rank model's leave-one-task-out error ({scores['model_mae']:.2f} log2 units over {scores['n']} "

@@ -6,7 +6,7 @@ import pickle
 import pytest
 
 from advisor.calibrated import Calibration, cell_features, load_calibration
-from calibration.fit import fit, save
+from calibration.fit import fit, grouped_errors, save
 from calibration.labels import best_scaling, uniform_cells
 
 
@@ -353,3 +353,16 @@ def test_q4_correlates_the_probe_with_the_optimal_rank_and_flags_a_tasks_repeate
     lines = prediction(records).splitlines()
     assert "5 cells from 4 tasks" in lines[0] and "over 5 cells (all sizes)" in lines[1]
     assert "Spearman +1.00" in lines[5] and "over 4 tasks at 1000 rows (one cell per task)" in lines[5]
+
+
+def test_a_fold_with_too_few_training_rows_is_skipped_not_scored():
+    """Leave-one-model-out with one cell of a second model: the fold that trains on that one
+    cell cannot choose its ridge penalty, so it is named in ``skipped`` and scores nothing."""
+    records = synthetic_sweep() + cell_records("e", {r: [1.0, 1.01] for r in (1, 2, 4, 8, 16, 32, 64)},
+                                               signal=1.0, model="mpnet")
+    _, metadata = fit(records)
+    lomo = metadata["cv"]["cell_leave_one_model_out"]
+    assert lomo["skipped"] == {"minilm": "1 training rows"}
+    assert set(lomo["folds"]) == {"mpnet"} and lomo["n"] == 1
+    assert grouped_errors([{"features": {"x": 1.0}, "target": 0.0, "task": t} for t in "ab"],
+                          ["x"], "task", lambda train: lambda row: 0.0) is None
