@@ -156,6 +156,14 @@ def beats_baseline(scores: dict, min_gain: float = MIN_GAIN) -> bool:
     return scores["model_mae"] < (1 - min_gain) * scores["baseline_mae"]
 
 
+def earns_its_place(metadata: dict, kind: str, min_gain: float = MIN_GAIN) -> bool:
+    """Whether the calibration's ``kind`` model (cell, layer, curve, alpha) may be used: its
+    leave-one-task-out error is ``min_gain`` below its baseline's (:func:`beats_baseline`), or the
+    description records no such score (a fit on one task)."""
+    scores = (metadata.get("cv") or {}).get(f"{kind}_leave_one_task_out")
+    return not scores or beats_baseline(scores, min_gain)
+
+
 def shipped_calibration(task: str | None = None) -> Path | None:
     """The calibration ``models/`` ships for a probe of kind ``task`` (causal-lm, seq-cls): the last
     calibration description by name whose ``probe_tasks`` include it (one that does not list them

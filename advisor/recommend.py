@@ -14,6 +14,10 @@ Each probed layer gets a *need*, a number of directions:
   model is of a kind (causal LM, sequence classifier) it saw none of
   (:func:`advisor.calibrated.domain_gaps`). An explicit calibration is applied anyway, and the
   label says which probe features lie outside its range: the advice then extrapolates.
+  Each of the calibration's models is used only when it beat its baseline by 10 % in
+  leave-one-task-out validation (:func:`advisor.calibrated.earns_its_place`): when the rank
+  model did not, the calibration gives the shape only, 2 ** (the uncalibrated rule's mean log2
+  need + the layer's log2 relative need); when neither did, the advice is uncalibrated.
 
 Rounding: rank = 2 ** ceil(log2(c * need)), clipped to [min_rank, max_rank], with c = 1 when
 there is no budget. With a budget (trainable parameters; a layer of rank r costs
@@ -49,7 +53,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
-from advisor.calibrated import (MIN_GAIN, beats_baseline, domain_gaps, features_outside, is_auto, layer_group,
+from advisor.calibrated import (MIN_GAIN, domain_gaps, earns_its_place, features_outside, is_auto, layer_group,
                                 resolve_calibration)
 from advisor.loading import TASK_SEQ_CLS, model_task
 from advisor.probe import ProbeResult, probe
@@ -244,35 +248,45 @@ def build_lora_config(ranks: dict[str, int], alphas: dict[str, float], *, task_t
 
 def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size: int):
     """(need, low need, high need) per layer, and a label saying where they come from;
-    ``layers``: the probe's LayerStats as dicts, what the calibration reads."""
+    ``layers``: the probe's LayerStats as dicts, what the calibration reads. A calibration whose
+    rank model does not earn its place (:func:`earns_its_place`) gives the shape only: the
+    per-layer relative need around the uncalibrated rule's level (the geometric mean need)."""
+    need = {n: max(s.signal_effective_rank, 1.0) for n, s in result.layers.items()}
+    high = {n: max(float(s.signal_rank), need[n]) for n, s in result.layers.items()}
     if calibration is None:
-        need = {n: max(s.signal_effective_rank, 1.0) for n, s in result.layers.items()}
-        high = {n: max(float(s.signal_rank), need[n]) for n, s in result.layers.items()}
         return need, need, high, UNCALIBRATED_LABEL
     quantized = result.quantization is not None
+    relative = (calibration.predict_log2_relative_need(layers, train_size, quantized)
+                if "layer" in calibration.models and earns_its_place(calibration.metadata, "layer") else {})
+    seen = ", ".join(calibration.metadata.get("models_seen", [])) or "?"
+    if not earns_its_place(calibration.metadata, "cell"):
+        level, level_high = (statistics.mean(math.log2(v[n]) for n in layers) for v in (need, high))
+        scores = calibration.metadata["cv"]["cell_leave_one_task_out"]
+        label = (f"calibrated shape, uncalibrated level: the per-layer need of {calibration.name} (fitted on {seen}) "
+                 f"around the signal effective rank's level; its rank model is not {MIN_GAIN:.0%} better than the "
+                 f"constant best rank ({scores['model_mae']:.2f} against {scores['baseline_mae']:.2f} log2 units)")
+        center = {n: level + relative.get(n, 0.0) for n in layers}
+        return ({n: 2**x for n, x in center.items()}, {n: 2**x for n, x in center.items()},
+                {n: 2 ** (level_high + relative.get(n, 0.0)) for n in layers}, label)
     log2_rank = calibration.predict_log2_rank(layers, train_size, quantized)
-    relative = calibration.predict_log2_relative_need(layers, train_size, quantized) if "layer" in calibration.models else {}
     error = (calibration.metadata.get("cv", {}).get("cell_leave_one_task_out") or {}).get("model_mae", 1.0)
     center = {n: log2_rank + relative.get(n, 0.0) for n in layers}
-    need = {n: 2**x for n, x in center.items()}
     outside = features_outside(calibration, layers, train_size, quantized)
-    seen = ", ".join(calibration.metadata.get("models_seen", [])) or "?"
     named = sorted(outside, key=lambda f: f not in ("log2_width", "log2_train_size", "quantized"))[:3]
     label = f"calibrated: {calibration.name} (fitted on {seen}" + (
         f"; extrapolating: {len(outside)} of {len(calibration.metadata['cell_features'])} probe features outside "
         f"its range, e.g. {', '.join(named)})" if outside else ")")
-    return need, {n: 2 ** (x - error) for n, x in center.items()}, {n: 2 ** (x + error) for n, x in center.items()}, label
+    return ({n: 2**x for n, x in center.items()}, {n: 2 ** (x - error) for n, x in center.items()},
+            {n: 2 ** (x + error) for n, x in center.items()}, label)
 
 
 def _loss_curve(result: ProbeResult, layers: dict[str, dict], calibration,
                 train_size: int) -> tuple[dict[int, float] | None, float | None]:
     """(predicted relative eval loss per uniform rank, its error factor), or (None, None) uncalibrated
-    or when the calibration's curve model is not 10 % better than its baseline (:func:`beats_baseline`)."""
-    if calibration is None:
+    or when the calibration's curve model is not 10 % better than its baseline (:func:`earns_its_place`)."""
+    if calibration is None or not earns_its_place(calibration.metadata, "curve"):
         return None, None
     scores = calibration.metadata.get("cv", {}).get("curve_leave_one_task_out")
-    if scores and not beats_baseline(scores):
-        return None, None
     curve = calibration.predict_loss_curve(layers, train_size, result.quantization is not None)
     if curve is None:
         return None, None
@@ -335,14 +349,14 @@ def _check_options(budget, train_size, alpha_mode: str, min_rank: int, max_rank:
 
 def _check_alpha_model(calibration, declined: str | None = None) -> None:
     """``alpha_mode="calibrated"`` needs a calibration with an alpha model at least 10 % better than
-    its baseline (the per-rank median scaling) leave-one-task-out (:func:`beats_baseline`, the
-    rule ``calibration.fit`` ships a rank model by); ``declined``: why "auto" set the shipped one
+    its baseline (the per-rank median scaling) leave-one-task-out (:func:`earns_its_place`, the
+    rule ``calibration.fit`` ships a calibration by); ``declined``: why "auto" set the shipped one
     aside for this probe."""
     if calibration is None or "alpha" not in calibration.models:
         why = declined or ("no calibration" if calibration is None else f"{calibration.name} has no alpha model")
         raise ValueError(f"alpha_mode='calibrated' needs a calibration with an alpha model: {why}")
-    scores = calibration.metadata.get("cv", {}).get("alpha_leave_one_task_out") or {}
-    if scores and not beats_baseline(scores):
+    if not earns_its_place(calibration.metadata, "alpha"):
+        scores = calibration.metadata["cv"]["alpha_leave_one_task_out"]
         raise ValueError(f"alpha_mode='calibrated': the alpha model of {calibration.name} is not {MIN_GAIN:.0%} better "
                          f"than the per-rank median scaling in leave-one-task-out validation "
                          f"({scores['model_mae']:.2f} against {scores['baseline_mae']:.2f} log2 units); use scale or rslora")
@@ -363,6 +377,11 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
         if gaps:  # the default does not extrapolate; an explicit calibration= still can
             declined = f"the shipped calibration {calibration.name} does not cover this probe ({'; '.join(gaps)})"
             calibration = None
+    if calibration is not None and not any(earns_its_place(calibration.metadata, kind) and kind in calibration.models
+                                           for kind in ("cell", "layer")):
+        declined = (f"neither the rank model nor the per-layer model of {calibration.name} is {MIN_GAIN:.0%} better "
+                    f"than its baseline")
+        calibration = None
     need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size)
     if declined:
         label = f"{label} ({declined})"

@@ -32,9 +32,11 @@ The metadata's ``probe_tasks`` lets ``advisor`` pick the shipped calibration for
 of model and decline one fitted on another kind.
 Writes ``models/NAME.joblib`` and ``models/NAME.json`` (default NAME: ``lora-rank-PROBE_TASK``;
 feature names, versions, sha256 of the joblib file, sha256 of the training records, the scores);
-``--dry-run`` prints the scores only. A fit whose rank model is not 10 % better than the constant
-best rank leave-one-task-out (``--min-gain``) is not written: shipped, it would only dress a
-constant up as a measurement.
+``--dry-run`` prints the scores only. A fit is written only when its rank model (against the
+constant best rank) or its per-layer model (against "every layer the same") is 10 % better than
+its baseline leave-one-task-out (``--min-gain``); ``advisor`` then uses only the models that are
+(:func:`advisor.calibrated.earns_its_place`): a model that is not would dress a constant up as a
+measurement.
 """
 
 from __future__ import annotations
@@ -45,8 +47,8 @@ import math
 import sys
 from pathlib import Path
 
-from advisor.calibrated import (MIN_GAIN, MODELS_DIR, beats_baseline, cell_features, curve_rank_features, layer_features,
-                                sha256_of)
+from advisor.calibrated import (MIN_GAIN, MODELS_DIR, cell_features, curve_rank_features, earns_its_place,
+                                layer_features, sha256_of)
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS
 from calibration import script_parser
 from calibration.labels import RANK_GRID_RULE, best_scaling, rank_grid, uniform_cells
@@ -263,16 +265,24 @@ def save(models: dict, metadata: dict, records: list[dict], name: str, directory
 
 
 def release_shortfall(metadata: dict, min_gain: float = MIN_GAIN) -> str | None:
-    """Why this fit should not be shipped (None: it may be): its rank model's leave-one-task-out
-    error is not ``min_gain`` (a share) below the constant best rank's."""
-    scores = metadata["cv"].get("cell_leave_one_task_out")
-    if scores is None:
+    """Why this fit should not be shipped (None: it may be): neither its rank model's nor its
+    per-layer model's leave-one-task-out error is ``min_gain`` (a share) below its baseline's."""
+    if metadata["cv"].get("cell_leave_one_task_out") is None:
         return (f"no leave-one-task-out score: the {metadata['cells']} cells come from fewer than 2 tasks, "
                 f"or every fold would train on a single cell")
-    if beats_baseline(scores, min_gain):
+    if any(earns_its_place(metadata, kind, min_gain) for kind in ("cell", "layer")):
         return None
-    return (f"the rank model's leave-one-task-out error ({scores['model_mae']:.2f} log2 units over {scores['n']} "
-            f"cells) is not {min_gain:.0%} below the constant best rank's ({scores['baseline_mae']:.2f})")
+    rank, layer = (metadata["cv"].get(f"{kind}_leave_one_task_out") for kind in ("cell", "layer"))
+    return (f"neither the rank model ({rank['model_mae']:.2f} log2 units over {rank['n']} cells, against "
+            f"{rank['baseline_mae']:.2f} for the constant best rank) nor the per-layer model ("
+            + (f"{layer['model_mae']:.3f} against {layer['baseline_mae']:.3f} for every layer the same"
+               if layer else "no score") + f") is {min_gain:.0%} better than its baseline leave-one-task-out")
+
+
+def used_models(metadata: dict) -> list[str]:
+    """The models of a fit that ``advisor`` will use (:func:`earns_its_place`)."""
+    return [kind for kind in ("cell", "layer", "curve", "alpha")
+            if metadata["cv"].get(f"{kind}_leave_one_task_out") and earns_its_place(metadata, kind)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,8 +299,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "shipped file whose probe_tasks cover the probe)")
     parser.add_argument("--dry-run", action="store_true", help="print the scores, write nothing")
     parser.add_argument("--min-gain", type=float, default=MIN_GAIN,
-                        help=f"write only when the rank model's leave-one-task-out error is at least this share "
-                             f"below the constant best rank's (default {MIN_GAIN:g})")
+                        help=f"write only when the rank or the per-layer model's leave-one-task-out error is at "
+                             f"least this share below its baseline's (default {MIN_GAIN:g})")
     args = parser.parse_args(argv)
     if not 0 <= args.min_gain < 1:
         parser.error(f"--min-gain is a share in [0, 1), got {args.min_gain}")
@@ -304,6 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: metadata[k] for k in ("cells", "layers", "alpha_points", "runs", "tasks", "models_seen", "cv")},
                      indent=1))
     shortfall = release_shortfall(metadata, args.min_gain)
+    if not shortfall:
+        names = {"cell": "rank", "layer": "per-layer", "curve": "loss-curve", "alpha": "alpha"}
+        print(f"advise would use its models: {', '.join(names[kind] for kind in used_models(metadata))} "
+              f"(each at least {MIN_GAIN:.0%} better than its baseline)", file=sys.stderr)
     if args.dry_run:
         print(f"would {'not be written: ' + shortfall if shortfall else 'be written'}", file=sys.stderr)
         return 0

@@ -293,15 +293,28 @@ def test_data_size_table_pairs_a_tasks_cells_across_training_set_sizes():
     assert "No task" in data_size(single_size)
 
 
-def test_a_fit_whose_rank_model_only_matches_the_constant_is_not_released():
-    from calibration.fit import release_shortfall
+def flat_sweep(mlp_need: float = 1.0, model: str = "minilm"):
+    """Three tasks with the same optimal rank (4) whatever the signal; at every rank the MLP
+    layers' trained adapters use ``mlp_need`` times the attention layers' effective rank."""
+    erank = {name: (mlp_need if "mlp" in name else 1.0) for name in probe_layers(1.0)}
+    return [r for task, signal in (("a", 1.0), ("b", 7.0), ("c", 3.0))
+            for r in cell_records(task, {1: [1.1, 1.11], 4: [1.0, 1.01], 64: [1.0, 1.01]}, signal=signal,
+                                  adapter_erank=erank, model=model)]
+
+
+def test_a_fit_is_released_only_when_its_rank_or_per_layer_model_beats_its_baseline():
+    from calibration.fit import release_shortfall, used_models
 
     learned = fit(synthetic_sweep())[1]  # the rank grows with the signal: the model beats the constant
-    assert release_shortfall(learned) is None
-    flat = fit([r for task, signal in (("a", 1.0), ("b", 7.0), ("c", 3.0))  # same best rank whatever the signal
-                for r in cell_records(task, {1: [1.1, 1.11], 4: [1.0, 1.01], 64: [1.0, 1.01]}, signal=signal)])[1]
+    assert release_shortfall(learned) is None and used_models(learned) == ["cell", "curve"]
+    flat = fit(flat_sweep())[1]  # same best rank whatever the signal, every layer the same need
     scores = flat["cv"]["cell_leave_one_task_out"]
-    assert scores["baseline_mae"] == 0 and "is not 10% below the constant best rank's (0.00)" in release_shortfall(flat)
+    assert scores["baseline_mae"] == 0 and release_shortfall(flat) == (
+        "neither the rank model (0.00 log2 units over 3 cells, against 0.00 for the constant best rank) nor the "
+        "per-layer model (0.000 against 0.000 for every layer the same) is 10% better than its baseline "
+        "leave-one-task-out")
+    shaped = fit(flat_sweep(mlp_need=4.0))[1]  # the MLP layers use 4x the attention's rank on every task
+    assert release_shortfall(shaped) is None and used_models(shaped) == ["layer"]
     one_task = fit([r for size in (250, 1000) for r in cell_records("a", {1: [1.1, 1.11], 4: [1.0, 1.01], 64: [1.0, 1.01]},
                                                                   train_size=size)])[1]
     assert "fewer than 2 tasks" in release_shortfall(one_task)

@@ -227,6 +227,40 @@ def test_calibrated_advice_follows_the_regression(probed, tmp_path):
     assert [a.rank for a in withheld.layers.values()] == [a.rank for a in advice.layers.values()]
 
 
+def test_a_calibration_without_a_rank_model_gives_the_shape_around_the_uncalibrated_level(probed, tmp_path):
+    """A fit whose rank model is no better than the constant but whose per-layer model is: the
+    need is 2 ** (mean log2 signal effective rank + the layer's predicted log2 relative need); a
+    fit with neither is not used at all."""
+    import math
+    import statistics
+    from dataclasses import asdict
+
+    from advisor.calibrated import load_calibration
+    from calibration.fit import fit, save
+    from test_fit import flat_sweep
+
+    _, result = probed
+    records = flat_sweep(mlp_need=4.0, model="smollm2")
+    save(*fit(records), records, "shape", tmp_path)
+    advice = advice_from_probe(result, train_size=1000, min_rank=1, budget="r=8", calibration=tmp_path / "shape.json")
+    assert advice.calibration.startswith("calibrated shape, uncalibrated level: the per-layer need of shape")
+    assert "not 10% better than the constant best rank (0.00 against 0.00 log2 units)" in advice.calibration
+    layers = {name: asdict(stats) for name, stats in result.layers.items()}
+    relative = load_calibration(tmp_path / "shape.json").predict_log2_relative_need(layers, 1000, False)
+    level = statistics.mean(math.log2(max(s.signal_effective_rank, 1.0)) for s in result.layers.values())
+    for name, layer in advice.layers.items():
+        assert layer.need == pytest.approx(2 ** (level + relative[name]), abs=1e-3)
+    mlp = [a for a in advice.layers.values() if a.layer_type in ("gate_proj", "up_proj", "down_proj")]
+    attention = [a for a in advice.layers.values() if a.layer_type in ("q_proj", "k_proj", "v_proj", "o_proj")]
+    assert min(a.need for a in mlp) > 1.5 * max(a.need for a in attention)  # the learned shape (4x in training)
+    assert sum(a.rank for a in mlp) / len(mlp) > 1.5 * sum(a.rank for a in attention) / len(attention)
+    assert advice.trainable_params <= parse_budget("r=8", {n: s.shape for n, s in result.layers.items()})
+    flat = flat_sweep(model="smollm2")  # neither model beats its baseline: the advice is uncalibrated
+    save(*fit(flat), flat, "flat", tmp_path)
+    unused = advice_from_probe(result, train_size=1000, min_rank=1, calibration=tmp_path / "flat.json")
+    assert unused.calibration.startswith("uncalibrated") and "neither the rank model nor the per-layer model of flat" in unused.calibration
+
+
 def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed, tmp_path, monkeypatch):
     from advisor import calibrated
     from calibration.fit import fit, save
