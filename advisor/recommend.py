@@ -17,7 +17,8 @@ Each probed layer gets a *need*, a number of directions:
   Each of the calibration's models is used only when it beat its baseline by 10 % in
   leave-one-task-out validation (:func:`advisor.calibrated.earns_its_place`): when the rank
   model did not, the calibration gives the shape only, 2 ** (the uncalibrated rule's mean log2
-  need + the layer's log2 relative need); when neither did, the advice is uncalibrated.
+  need + the layer's log2 relative need less its mean over the layers); when neither did, the
+  advice is uncalibrated.
 
 Rounding: rank = 2 ** ceil(log2(c * need)), clipped to [min_rank, max_rank], with c = 1 when
 there is no budget. With a budget (trainable parameters; a layer of rank r costs
@@ -250,7 +251,8 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
     """(need, low need, high need) per layer, and a label saying where they come from;
     ``layers``: the probe's LayerStats as dicts, what the calibration reads. A calibration whose
     rank model does not earn its place (:func:`earns_its_place`) gives the shape only: the
-    per-layer relative need around the uncalibrated rule's level (the geometric mean need)."""
+    per-layer log2 relative need, centred on its mean over the layers, added to the uncalibrated
+    rule's level (its mean log2 need), so the layers' geometric-mean need stays the rule's."""
     need = {n: max(s.signal_effective_rank, 1.0) for n, s in result.layers.items()}
     high = {n: max(float(s.signal_rank), need[n]) for n, s in result.layers.items()}
     if calibration is None:
@@ -261,6 +263,8 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
     seen = ", ".join(calibration.metadata.get("models_seen", [])) or "?"
     if not earns_its_place(calibration.metadata, "cell"):
         level, level_high = (statistics.mean(math.log2(v[n]) for n in layers) for v in (need, high))
+        shift = statistics.mean(relative.values()) if relative else 0.0
+        relative = {n: x - shift for n, x in relative.items()}
         scores = calibration.metadata["cv"]["cell_leave_one_task_out"]
         label = (f"calibrated shape, uncalibrated level: the per-layer need of {calibration.name} (fitted on {seen}) "
                  f"around the signal effective rank's level; its rank model is not {MIN_GAIN:.0%} better than the "
