@@ -103,11 +103,13 @@ def adapter_params(ranks: dict[str, int], shapes: dict[str, tuple[int, int]]) ->
 
 # --------------------------------------------------------------------------- the advice per task
 def held_out_calibration(task: str, records: list[dict]):
-    """A :class:`advisor.calibrated.Calibration` fitted on every sweep record except ``task``'s."""
+    """A :class:`advisor.calibrated.Calibration` fitted as the shipped sequence-classifier one is
+    (the encoders' sweep records only: ``calibration.fit``'s default), without ``task``'s records."""
     from advisor.calibrated import Calibration
-    from calibration.fit import fit
+    from advisor.loading import TASK_SEQ_CLS
+    from calibration.fit import fit, probe_task
 
-    kept = [r for r in records if r.get("task") != task]
+    kept = [r for r in records if r.get("task") != task and probe_task(r["model"]) == TASK_SEQ_CLS]
     models, metadata = fit(kept)
     return Calibration(name=f"fit without {task}", metadata=metadata, models=models)
 

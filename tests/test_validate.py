@@ -85,3 +85,14 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     assert "best uniform r in 4-32 (uniform-8)" in lines[0] and "goal (<= x1.01, <= x0.6) met" in lines[0]
     assert "advised lower" in lines[1]
     assert lines[2].endswith(f"{0.01 / 2**0.5:.4f}")  # seeds 0.01 apart at every uniform rank
+
+
+def test_the_held_out_calibration_is_fitted_on_the_encoders_without_the_task():
+    """As the shipped seq-cls calibration: the validated task and the causal LM's cells are left out."""
+    from calibration.validate import held_out_calibration
+    from test_fit import synthetic_sweep
+
+    records = [{**r, "model": r["config"]["model"], "task": r["config"]["task"]}
+               for r in synthetic_sweep() + synthetic_sweep(model="smollm2")]
+    calibration = held_out_calibration("a", records)
+    assert calibration.metadata["models_seen"] == ["minilm"] and calibration.metadata["tasks"] == ["b", "c", "d"]
