@@ -1,22 +1,28 @@
 """Does the advice pay off? Advised ranks against uniform ranks, EVA and hand-made allocations.
 
-    python -m calibration.validate [--task bbc-news ...] [--seeds 0 1] [--arms ...] [--dry-run]
+    python -m calibration.validate [--model minilm] [--task bbc-news ...] [--seeds 0 1] [--arms ...] [--dry-run]
+    python -m calibration.validate --model smollm2 --task debian-summary
     python -m calibration.validate --table          # markdown table + calibration/plots/validate.png
 
-Per validation task (MiniLM, 1,000 training rows, the ``encoder-rank`` protocol of
-:mod:`calibration.sweep`: rsLoRA alpha 8, learning rate 1e-3, 200 steps, batch 16):
+Per validation task (1,000 training rows, the model's rank-grid protocol of
+:mod:`calibration.sweep`: for MiniLM ``encoder-rank``, rsLoRA alpha 8, learning rate 1e-3, 200
+steps, batch 16; for SmolLM2 ``smollm2-rank``, rsLoRA alpha 8, learning rate 5e-4, 150 steps,
+batch 8):
 
-1. the calibration is refitted from the sweep results **without the task** (leave one task out:
-   the advice never saw it), with :func:`calibration.fit.fit`;
+1. the calibration is refitted from the sweep results of the model's kind (sequence
+   classifiers or causal LMs, as ``calibration.fit`` ships them) **without the task** (leave one
+   task out: the advice never saw it), with :func:`calibration.fit.fit`;
 2. the task's training rows are probed as every sweep run's step-0 probe is
    (:func:`calibration.train.probe_training_rows`), and :func:`advisor.recommend.advice_from_probe`
-   turns the probe into per-layer ranks (``alpha_mode="rslora"``, no budget, ranks 1-64);
+   turns the probe into per-layer ranks (``alpha_mode="rslora"``, ranks 1-64; MiniLM: no
+   budget, the advice sets it; SmolLM2: the budget of uniform r = 16, since the causal-LM
+   calibration gives the per-layer shape only, not the rank level);
 3. these arms are trained per seed with :func:`calibration.train.train_run`:
 
    - ``advised``: the calibrated advice's ranks (a ``rank_pattern``);
    - ``uncalibrated``: the uncalibrated rule's ranks (the tool's default without a calibration);
-   - ``uniform-4`` ... ``uniform-32``: the ``encoder-rank`` grid's own configs (the records of
-     calibration/results/encoder-rank.jsonl are reused; a missing one is trained into that file);
+   - ``uniform-4`` ... ``uniform-32``: the rank grid's own configs (its records in
+     calibration/results/GRID.jsonl are reused; a missing one is trained into that file);
    - ``eva``: PEFT's EVA (rho 2) from the uniform rank whose cost is nearest the advised budget;
    - ``linear-decay``: ranks falling linearly with depth (block d of L gets weight L - d);
    - ``attention-heavy``: attention layers at twice the rank of MLP layers;
@@ -24,14 +30,16 @@ Per validation task (MiniLM, 1,000 training rows, the ``encoder-rank`` protocol 
    the two hand-made allocations are scaled to the advised budget (integer ranks >= 1, the
    largest scale that fits; see :func:`scaled_ranks`). Where two arms come out with the same
    ranks (a budget near rank 1 everywhere) they are one run, listed under the first arm.
+   SmolLM2 (about 30 min a run here) runs ``advised``, ``uncalibrated`` and ``uniform-16``.
 
 Records go to calibration/results/validate.jsonl (append-only, resumable like the sweeps), each
-with a ``validation`` field: the arm, the advised budget, the held-out calibration's summary and
-the command that reproduces the whole comparison. Budgets count adapter weights only,
-r * (in + out) per layer; the seq-cls head (trained in every arm) is left out.
+with a ``validation`` field: the model, the arm, the advised budget, the held-out calibration's
+summary and the command that reproduces the whole comparison. Budgets count adapter weights
+only, r * (in + out) per layer; the seq-cls head (trained in every arm) is left out.
 
 The issue's goal, checked by ``--table``: the advised config reaches the best uniform rank's
-eval loss within 1 % with at most 60 % of its parameters, and beats EVA at equal budget.
+eval loss within 1 % with at most 60 % of its parameters, and beats EVA at equal budget; at a
+fixed budget (SmolLM2), the advised config against the uniform rank of that budget.
 """
 
 from __future__ import annotations
@@ -39,18 +47,21 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import textwrap
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from calibration import script_parser  # noqa: E402
 from calibration.labels import pooled_seed_noise  # noqa: E402
-from calibration.sweep import ENCODER_ALPHA, ENCODER_TASKS, RESULTS_DIR, ResultsFile, _encoder, _rslora  # noqa: E402
+from calibration.sweep import (ENCODER_ALPHA, ENCODER_TASKS, RESULTS_DIR, SMOLLM2_ALPHA, SMOLLM2_TASKS,  # noqa: E402
+                               ResultsFile, _encoder, _rslora, _smollm2)
 from calibration.train import RunConfig  # noqa: E402
 
-RESULTS = RESULTS_DIR / "validate.jsonl"
-UNIFORM_RESULTS = RESULTS_DIR / "encoder-rank.jsonl"
+RESULTS_NAME = "validate.jsonl"  # in RESULTS_DIR
 PLOT = Path(__file__).resolve().parent / "plots" / "validate.png"
 TRAIN_SIZE = 1000
 UNIFORM_RANKS = (4, 8, 16, 32)  # the uniform arms of the comparison (the goal's "best uniform rank")
@@ -61,6 +72,33 @@ EVA_RHO = 2.0
 EARLIER_FIT = "StandardScaler + Ridge(alpha=1.0)"  # the validation records written before "fit" was kept
 GOAL_LOSS = 1.01  # advised eval loss at most 1 % above the best uniform rank's
 GOAL_PARAMS = 0.60  # with at most 60 % of its adapter parameters
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one model's advice is validated: the rank grid whose settings and runs it shares."""
+
+    model: str
+    title: str  # as the table names it
+    tasks: tuple[str, ...]
+    config: Callable[..., RunConfig]  # (task, train_size, seed, **lora): the grid's run settings
+    alpha: float  # rsLoRA alpha of the grid
+    grid: str  # the rank grid's results file in RESULTS_DIR, without .jsonl
+    probe_task: str  # the kind of calibration fitted for it (calibration.fit --probe-task)
+    budget: str | None  # None: the advice sets the budget; "r=N": what uniform rank N costs
+    arms: tuple[str, ...]  # the default arms
+
+
+PROTOCOLS = {
+    "minilm": Protocol("minilm", "MiniLM", ENCODER_TASKS, _encoder, ENCODER_ALPHA, "encoder-rank", "seq-cls", None, ARMS),
+    "smollm2": Protocol("smollm2", "SmolLM2", SMOLLM2_TASKS, _smollm2, SMOLLM2_ALPHA, "smollm2-rank", "causal-lm",
+                        "r=16", ("advised", "uncalibrated", "uniform-16")),
+}
+
+
+def uniform_config(protocol: Protocol, task: str, seed: int, rank: int) -> RunConfig:
+    """The rank grid's uniform-rank run of ``task`` (the same run_id as the grid's)."""
+    return protocol.config(task, TRAIN_SIZE, seed, **_rslora(rank, protocol.alpha))
 
 
 # --------------------------------------------------------------------------- allocations
@@ -102,27 +140,28 @@ def adapter_params(ranks: dict[str, int], shapes: dict[str, tuple[int, int]]) ->
 
 
 # --------------------------------------------------------------------------- the advice per task
-def held_out_calibration(task: str, records: list[dict]):
-    """A :class:`advisor.calibrated.Calibration` fitted as the shipped sequence-classifier one is
-    (the encoders' sweep records only: ``calibration.fit``'s default), without ``task``'s records."""
+def held_out_calibration(task: str, records: list[dict], kind: str = "seq-cls"):
+    """A :class:`advisor.calibrated.Calibration` fitted as the shipped one for models of ``kind``
+    (seq-cls or causal-lm: that kind's sweep records only) is, without ``task``'s records."""
     from advisor.calibrated import Calibration
-    from advisor.loading import TASK_SEQ_CLS
     from calibration.fit import fit, probe_task
 
-    kept = [r for r in records if r.get("task") != task and probe_task(r["model"]) == TASK_SEQ_CLS]
+    kept = [r for r in records if r.get("task") != task and probe_task(r["model"]) == kind]
     models, metadata = fit(kept)
     return Calibration(name=f"fit without {task}", metadata=metadata, models=models)
 
 
-def comparison_plan(task: str, seeds, arms, records: list[dict]) -> list[tuple[str, RunConfig, dict]]:
+def comparison_plan(protocol: Protocol, task: str, seeds, arms,
+                    records: list[dict]) -> list[tuple[str, RunConfig, dict]]:
     """(arm, config, validation info) for every arm and seed of ``task``, seed by seed."""
     from advisor.recommend import advice_from_probe
     from calibration.train import probe_training_rows
 
-    base = _encoder(task, TRAIN_SIZE, 0, **_rslora(1, ENCODER_ALPHA))
+    base = uniform_config(protocol, task, 0, 1)
     result = probe_training_rows(base)
-    calibration = held_out_calibration(task, records)
-    options = {"train_size": base.train_size, "alpha_mode": "rslora", "min_rank": 1, "max_rank": 64}
+    calibration = held_out_calibration(task, records, protocol.probe_task)
+    options = {"train_size": base.train_size, "alpha_mode": "rslora", "min_rank": 1, "max_rank": 64,
+               "budget": protocol.budget}
     advised = advice_from_probe(result, calibration=calibration, **options).ranks
     uncalibrated = advice_from_probe(result, calibration=None, **options).ranks
     shapes = {name: stats.shape for name, stats in result.layers.items()}
@@ -137,37 +176,39 @@ def comparison_plan(task: str, seeds, arms, records: list[dict]) -> list[tuple[s
     }
     cv = calibration.metadata["cv"]
     info = {
-        "task": task, "budget": budget, "fit": calibration.metadata["model"],
+        "model": protocol.model, "task": task, "budget": budget, "budget_rule": protocol.budget,
+        "fit": calibration.metadata["model"],
         "calibration": {"name": calibration.name, "cells": calibration.metadata["cells"],
                         "tasks": calibration.metadata["tasks"],
                         "cell_loto_mae": (cv.get("cell_leave_one_task_out") or {}).get("model_mae")},
-        "command": f"python -m calibration.validate --task {task}",
+        "command": f"python -m calibration.validate --model {protocol.model} --task {task}",
     }
     plan = []
     for seed in seeds:
         for arm in arms:
             if arm in patterns:
-                config = _encoder(task, TRAIN_SIZE, seed, rank_pattern=patterns[arm], alpha=ENCODER_ALPHA, use_rslora=True)
+                config = protocol.config(task, TRAIN_SIZE, seed, rank_pattern=patterns[arm], alpha=protocol.alpha,
+                                         use_rslora=True)
             elif arm == "eva":
-                config = _encoder(task, TRAIN_SIZE, seed, eva_rho=EVA_RHO, **_rslora(eva_rank, ENCODER_ALPHA))
+                config = protocol.config(task, TRAIN_SIZE, seed, eva_rho=EVA_RHO, **_rslora(eva_rank, protocol.alpha))
             else:
-                config = _encoder(task, TRAIN_SIZE, seed, **_rslora(int(arm.split("-")[1]), ENCODER_ALPHA))
+                config = uniform_config(protocol, task, seed, int(arm.split("-")[1]))
             params = adapter_params(config.module_ranks(list(shapes)), shapes) if arm != "eva" else None
             plan.append((arm, config, {**info, "arm": arm, "adapter_params": params}))
     return plan
 
 
 # --------------------------------------------------------------------------- running
-def run(tasks, seeds, arms, *, dry_run: bool = False, log=None) -> None:
+def run(protocol: Protocol, tasks, seeds, arms, *, dry_run: bool = False, log=None) -> None:
     from calibration.fit import read_records, sweep_result_files
     from calibration.train import train_run
 
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
     records = read_records(sweep_result_files())
-    results, uniform = ResultsFile(RESULTS), ResultsFile(UNIFORM_RESULTS)
+    results, uniform = ResultsFile(RESULTS_DIR / RESULTS_NAME), ResultsFile(RESULTS_DIR / f"{protocol.grid}.jsonl")
     results.repair()
     for task in tasks:
-        plan = comparison_plan(task, seeds, arms, records)
+        plan = comparison_plan(protocol, task, seeds, arms, records)
         say(f"{task}: advised budget {plan[0][2]['budget']:,} adapter parameters")
         for arm, config, info in plan:
             target = uniform if arm.startswith("uniform-") else results
@@ -195,25 +236,30 @@ def _adapter_params_of(record: dict) -> int:
 def summary(tasks=None) -> dict[str, dict[str, dict]]:
     """Per comparison, per arm: mean eval loss and accuracy over seeds, adapter parameters, seeds.
 
-    A comparison is a task under the current fit (labelled by the task), or under an earlier
-    regression (labelled "task, fit: ...": its advice, hence its budget, differ)."""
+    A comparison is a task under the current fit (labelled "task (Model, 1000 rows)"), or under
+    an earlier regression (labelled "task, fit: ... (...)": its advice, hence its budget, differ);
+    a fixed-budget comparison adds "budget r=N"."""
     from calibration.fit import MODEL_DESCRIPTION
 
-    uniform_by_id = {r["run_id"]: r for r in ResultsFile(UNIFORM_RESULTS).records()}
     table: dict[str, dict[str, dict]] = {}
-    task_of: dict[str, str] = {}
-    for record in ResultsFile(RESULTS).records():
+    source: dict[str, tuple[Protocol, str]] = {}
+    for record in ResultsFile(RESULTS_DIR / RESULTS_NAME).records():
         info = record["validation"]
         if tasks and info["task"] not in tasks:
             continue
+        protocol = PROTOCOLS[info.get("model", "minilm")]
         fit = info.get("fit", EARLIER_FIT)
         label = info["task"] if fit == MODEL_DESCRIPTION else f"{info['task']}, fit: {fit}"
-        task_of[label] = info["task"]
+        label += f" ({protocol.title}, {TRAIN_SIZE} rows" + (f", budget {info['budget_rule']})" if info.get("budget_rule") else ")")
+        source[label] = protocol, info["task"]
         table.setdefault(label, {}).setdefault(info["arm"], []).append(record)
+    uniform_by_id = {}
+    for grid in {protocol.grid for protocol, _ in source.values()}:
+        uniform_by_id.update({r["run_id"]: r for r in ResultsFile(RESULTS_DIR / f"{grid}.jsonl").records()})
     for label, arms in table.items():
-        task = task_of[label]
+        protocol, task = source[label]
         for rank in GRID_RANKS:
-            found = [uniform_by_id[c.run_id] for c in (_encoder(task, TRAIN_SIZE, s, **_rslora(rank, ENCODER_ALPHA)) for s in (0, 1))
+            found = [uniform_by_id[c.run_id] for c in (uniform_config(protocol, task, s, rank) for s in (0, 1))
                      if c.run_id in uniform_by_id]
             if found:
                 arms[f"uniform-{rank}"] = found
@@ -236,8 +282,9 @@ def summary(tasks=None) -> dict[str, dict[str, dict]]:
     return out
 
 
-def goal_check(arms: dict[str, dict]) -> list[str]:
-    """Plain statements of whether the task meets the issue's goal (only with every needed arm)."""
+def goal_check(arms: dict[str, dict], budget_rule: str | None = None) -> list[str]:
+    """Plain statements of whether the task meets the issue's goal (only with every needed arm);
+    ``budget_rule`` "r=N": the arms share uniform rank N's budget, compared at that budget."""
     lines = []
     uniform = {f"uniform-{r}": arms[f"uniform-{r}"] for r in UNIFORM_RANKS if f"uniform-{r}" in arms}
     noise = pooled_seed_noise(v["losses"] for v in uniform.values())
@@ -246,7 +293,15 @@ def goal_check(arms: dict[str, dict]) -> list[str]:
     def in_noise(difference: float) -> str:
         return f" = {difference / noise:+.1f} seed noises" if noise else ""
 
-    if advised and uniform:
+    same_budget = f"uniform-{budget_rule.split('=')[1]}" if budget_rule else None
+    if advised and same_budget in arms:
+        for arm in ("advised", "uncalibrated"):
+            if arm in arms:
+                difference = arms[arm]["eval_loss"] - arms[same_budget]["eval_loss"]
+                lines.append(f"{arm} vs {same_budget} at the same budget: loss {arms[arm]['eval_loss']:.4f} vs "
+                             f"{arms[same_budget]['eval_loss']:.4f} ({difference:+.4f}{in_noise(difference)}), "
+                             f"parameters x{arms[arm]['adapter_params'] / arms[same_budget]['adapter_params']:.2f}")
+    elif advised and uniform:
         best_arm = min(uniform, key=lambda a: uniform[a]["eval_loss"])
         best = uniform[best_arm]
         loss_ratio = advised["eval_loss"] / best["eval_loss"]
@@ -266,14 +321,15 @@ def goal_check(arms: dict[str, dict]) -> list[str]:
 
 def print_table(table: dict) -> None:
     for label, arms in table.items():
-        print(f"\n#### {label} (MiniLM, {TRAIN_SIZE} rows)\n")
+        print(f"\n#### {label}\n")
         print("| arm | adapter params | % of base | eval loss (mean ± half-range) | accuracy | seeds |")
         print("|---|---|---|---|---|---|")
         for arm, v in arms.items():
             accuracy = "-" if v["eval_accuracy"] is None else f"{v['eval_accuracy']:.3f}"
             print(f"| {arm} | {v['adapter_params']:,.0f} | {100 * v['adapter_params'] / v['base_params']:.2f}% | "
                   f"{v['eval_loss']:.4f} ± {v['spread']:.4f} | {accuracy} | {v['seeds']} |")
-        for line in goal_check(arms):
+        budget_rule = label.rsplit("budget ", 1)[1].rstrip(")") if ", budget r=" in label else None
+        for line in goal_check(arms, budget_rule):
             print(f"\n- {line}")
 
 
@@ -287,14 +343,14 @@ def plot(table: dict, path: Path = PLOT) -> None:
         uniform = sorted((v["adapter_params"], v["eval_loss"], v["spread"]) for a, v in arms.items() if a.startswith("uniform-"))
         if uniform:
             x, y, spread = zip(*uniform)
-            ax.errorbar(x, y, yerr=spread, color="gray", marker="o", label="uniform r=4..32")
+            ax.errorbar(x, y, yerr=spread, color="gray", marker="o", label="uniform (the grid's ranks)")
         for arm, v in arms.items():
             if not arm.startswith("uniform-"):
                 ax.errorbar(v["adapter_params"], v["eval_loss"], yerr=v["spread"], marker="s", linestyle="", label=arm)
         ax.set_xscale("log")
         ax.set_xlabel("adapter parameters")
         ax.set_ylabel("eval loss")
-        ax.set_title(task)
+        ax.set_title("\n".join(textwrap.wrap(task, 36)), fontsize=8)
         ax.legend(fontsize=7)
     save_figure(fig, path)
 
@@ -302,10 +358,14 @@ def plot(table: dict, path: Path = PLOT) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = script_parser("calibration.validate", __doc__, [
         "python -m calibration.validate --task debian-section --seeds 0",
+        "python -m calibration.validate --model smollm2 --task debian-summary --dry-run",
     ])
-    parser.add_argument("--task", nargs="+", choices=ENCODER_TASKS, default=list(ENCODER_TASKS), help="validation tasks")
+    parser.add_argument("--model", choices=sorted(PROTOCOLS), default="minilm", help="the model validated (default: minilm)")
+    parser.add_argument("--task", nargs="+", help=f"validation tasks (default: the model's: MiniLM {', '.join(ENCODER_TASKS)}; "
+                                                  f"SmolLM2 {', '.join(SMOLLM2_TASKS)})")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
-    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS))
+    parser.add_argument("--arms", nargs="+", choices=ARMS, help="arms to train (default: the model's: every arm for "
+                                                               "MiniLM; advised, uncalibrated, uniform-16 for SmolLM2)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan (probes and fits, trains nothing)")
     parser.add_argument("--table", action="store_true", help="print the results table and write the plot")
     args = parser.parse_args(argv)
@@ -318,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         plot(table)
         print(f"\nwrote {PLOT}", file=sys.stderr)
         return 0
+    protocol = PROTOCOLS[args.model]
+    unknown = sorted(set(args.task or ()) - set(protocol.tasks))
+    if unknown:
+        parser.error(f"--task {' '.join(unknown)}: not a {protocol.title} task ({', '.join(protocol.tasks)})")
     import torch
 
     from calibration.sweep import _quiet_libraries
@@ -325,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     _quiet_libraries()
     try:
-        run(args.task, args.seeds, args.arms, dry_run=args.dry_run)
+        run(protocol, args.task or protocol.tasks, args.seeds, args.arms or protocol.arms, dry_run=args.dry_run)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -51,6 +51,7 @@ def test_eva_runs_are_not_uniform_rank_cells():
 def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     """summary() pairs the validation records with the uniform grid's by run_id; goal_check
     compares the advice with the best uniform rank and with EVA."""
+    import dataclasses
     import json
 
     from calibration import validate
@@ -75,9 +76,10 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
                   for arm, (ranks, loss) in pattern.items() for seed in (0, 1)]
     for path, records in ((tmp_path / "u.jsonl", uniform), (tmp_path / "v.jsonl", validation)):
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    monkeypatch.setattr(validate, "UNIFORM_RESULTS", tmp_path / "u.jsonl")
-    monkeypatch.setattr(validate, "RESULTS", tmp_path / "v.jsonl")
-    arms = summary()["spam"]
+    monkeypatch.setattr(validate, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(validate, "RESULTS_NAME", "v.jsonl")
+    monkeypatch.setattr(validate, "PROTOCOLS", {"minilm": dataclasses.replace(validate.PROTOCOLS["minilm"], grid="u")})
+    arms = summary()["spam (MiniLM, 1000 rows)"]
     assert list(arms) == ["advised", "uniform-4", "uniform-8", "uniform-16", "eva"]
     assert arms["advised"]["adapter_params"] == 5 * 20 and arms["uniform-8"]["adapter_params"] == 8 * 60
     assert arms["advised"]["base_params"] == 900
@@ -85,6 +87,10 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     assert "best uniform r in 4-32 (uniform-8)" in lines[0] and "goal (<= x1.01, <= x0.6) met" in lines[0]
     assert "advised lower" in lines[1]
     assert lines[2].endswith(f"{0.01 / 2**0.5:.4f}")  # seeds 0.01 apart at every uniform rank
+    # at a fixed budget (SmolLM2's protocol) the advice is set against the uniform rank of that budget
+    fixed = goal_check(arms, budget_rule="r=16")
+    assert fixed[0] == ("advised vs uniform-16 at the same budget: loss 0.9050 vs 0.9550 "
+                        f"(-0.0500 = {-0.05 / (0.01 / 2**0.5):+.1f} seed noises), parameters x0.10")
 
 
 def test_the_held_out_calibration_is_fitted_on_the_encoders_without_the_task():
