@@ -156,12 +156,28 @@ def beats_baseline(scores: dict, min_gain: float = MIN_GAIN) -> bool:
     return scores["model_mae"] < (1 - min_gain) * scores["baseline_mae"]
 
 
-def earns_its_place(metadata: dict, kind: str, min_gain: float = MIN_GAIN) -> bool:
-    """Whether the calibration's ``kind`` model (cell, layer, curve, alpha) may be used: its
-    leave-one-task-out error is ``min_gain`` below its baseline's (:func:`beats_baseline`), or the
-    description records no such score (a fit on one task)."""
+def required_gain(metadata: dict) -> float:
+    """The share by which each model of a calibration must beat its baseline: the ``min_gain``
+    its fit was written with (``calibration.fit --min-gain``), else MIN_GAIN."""
+    value = metadata.get("min_gain")
+    return float(value) if isinstance(value, (int, float)) and 0 <= value < 1 else MIN_GAIN
+
+
+def earns_its_place(metadata: dict, kind: str) -> bool:
+    """Whether the calibration's ``kind`` model (cell, layer, curve, alpha) may be used: it has a
+    leave-one-task-out score (``fit`` records none with fewer than 2 tasks, or when every fold
+    would train on one cell) and that error is :func:`required_gain` below its baseline's."""
     scores = (metadata.get("cv") or {}).get(f"{kind}_leave_one_task_out")
-    return not scores or beats_baseline(scores, min_gain)
+    return bool(scores) and beats_baseline(scores, required_gain(metadata))
+
+
+def why_unused(metadata: dict, kind: str) -> str:
+    """Why the ``kind`` model fails :func:`earns_its_place`, to follow "its rank model" in a message."""
+    scores = (metadata.get("cv") or {}).get(f"{kind}_leave_one_task_out")
+    if not scores:
+        return "has no leave-one-task-out score (fewer than 2 tasks, or every fold would train on one cell)"
+    return (f"is not {required_gain(metadata):.0%} better than its baseline leave-one-task-out "
+            f"({scores['model_mae']:.3f} against {scores['baseline_mae']:.3f})")
 
 
 def shipped_calibration(task: str | None = None) -> Path | None:

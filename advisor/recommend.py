@@ -37,7 +37,8 @@ leave-one-task-out error as a factor (``loss_curve_error``: uncertain by that fa
 The uncertainty interval of a rank: uncalibrated, from the rank of c * signal effective rank
 up to that of c * signal rank (the count of directions above the noise edge), so it only
 reaches upward; calibrated, the rank at log2 need -/+ the regression's leave-one-task-out
-mean absolute error.
+mean absolute error; calibrated shape only, as uncalibrated: from the need up to 2 ** (the mean
+log2 signal rank + the layer's centred log2 relative need).
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
-from advisor.calibrated import (MIN_GAIN, domain_gaps, earns_its_place, features_outside, is_auto, layer_group,
-                                resolve_calibration)
+from advisor.calibrated import (domain_gaps, earns_its_place, features_outside, is_auto, layer_group,
+                                resolve_calibration, why_unused)
 from advisor.loading import TASK_SEQ_CLS, model_task
 from advisor.probe import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
@@ -258,28 +259,28 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
     if calibration is None:
         return need, need, high, UNCALIBRATED_LABEL
     quantized = result.quantization is not None
+    metadata = calibration.metadata
     relative = (calibration.predict_log2_relative_need(layers, train_size, quantized)
-                if "layer" in calibration.models and earns_its_place(calibration.metadata, "layer") else {})
-    seen = ", ".join(calibration.metadata.get("models_seen", [])) or "?"
-    if not earns_its_place(calibration.metadata, "cell"):
-        level, level_high = (statistics.mean(math.log2(v[n]) for n in layers) for v in (need, high))
-        shift = statistics.mean(relative.values()) if relative else 0.0
-        relative = {n: x - shift for n, x in relative.items()}
-        scores = calibration.metadata["cv"]["cell_leave_one_task_out"]
-        label = (f"calibrated shape, uncalibrated level: the per-layer need of {calibration.name} (fitted on {seen}) "
-                 f"around the signal effective rank's level; its rank model is not {MIN_GAIN:.0%} better than the "
-                 f"constant best rank ({scores['model_mae']:.2f} against {scores['baseline_mae']:.2f} log2 units)")
-        center = {n: level + relative.get(n, 0.0) for n in layers}
-        return ({n: 2**x for n, x in center.items()}, {n: 2**x for n, x in center.items()},
-                {n: 2 ** (level_high + relative.get(n, 0.0)) for n in layers}, label)
-    log2_rank = calibration.predict_log2_rank(layers, train_size, quantized)
-    error = (calibration.metadata.get("cv", {}).get("cell_leave_one_task_out") or {}).get("model_mae", 1.0)
-    center = {n: log2_rank + relative.get(n, 0.0) for n in layers}
+                if "layer" in calibration.models and earns_its_place(metadata, "layer") else {})
+    seen = ", ".join(metadata.get("models_seen", [])) or "?"
     outside = features_outside(calibration, layers, train_size, quantized)
     named = sorted(outside, key=lambda f: f not in ("log2_width", "log2_train_size", "quantized"))[:3]
-    label = f"calibrated: {calibration.name} (fitted on {seen}" + (
-        f"; extrapolating: {len(outside)} of {len(calibration.metadata['cell_features'])} probe features outside "
-        f"its range, e.g. {', '.join(named)})" if outside else ")")
+    extrapolating = (f"; extrapolating: {len(outside)} of {len(metadata['cell_features'])} probe features outside "
+                     f"its range, e.g. {', '.join(named)}" if outside else "")
+    if not earns_its_place(metadata, "cell"):
+        level, level_high = (statistics.mean(math.log2(v[n]) for n in layers) for v in (need, high))
+        shift = statistics.mean(relative.values())
+        center = {n: level + x - shift for n, x in relative.items()}
+        label = (f"calibrated shape, uncalibrated level: the per-layer need of {calibration.name} (fitted on {seen}"
+                 f"{extrapolating}) around the signal effective rank's level; its rank model {why_unused(metadata, 'cell')}")
+        return ({n: 2**x for n, x in center.items()}, {n: 2**x for n, x in center.items()},
+                {n: 2 ** (level_high + relative[n] - shift) for n in layers}, label)
+    log2_rank = calibration.predict_log2_rank(layers, train_size, quantized)
+    error = metadata["cv"]["cell_leave_one_task_out"]["model_mae"]
+    center = {n: log2_rank + relative.get(n, 0.0) for n in layers}
+    label = f"calibrated: {calibration.name} (fitted on {seen}{extrapolating})"
+    if "layer" in calibration.models and not relative:
+        label += f"; its per-layer model {why_unused(metadata, 'layer')}, so every layer gets the same need"
     return ({n: 2**x for n, x in center.items()}, {n: 2 ** (x - error) for n, x in center.items()},
             {n: 2 ** (x + error) for n, x in center.items()}, label)
 
@@ -360,10 +361,9 @@ def _check_alpha_model(calibration, declined: str | None = None) -> None:
         why = declined or ("no calibration" if calibration is None else f"{calibration.name} has no alpha model")
         raise ValueError(f"alpha_mode='calibrated' needs a calibration with an alpha model: {why}")
     if not earns_its_place(calibration.metadata, "alpha"):
-        scores = calibration.metadata["cv"]["alpha_leave_one_task_out"]
-        raise ValueError(f"alpha_mode='calibrated': the alpha model of {calibration.name} is not {MIN_GAIN:.0%} better "
-                         f"than the per-rank median scaling in leave-one-task-out validation "
-                         f"({scores['model_mae']:.2f} against {scores['baseline_mae']:.2f} log2 units); use scale or rslora")
+        raise ValueError(f"alpha_mode='calibrated': the alpha model of {calibration.name} "
+                         f"{why_unused(calibration.metadata, 'alpha')} (its baseline: the per-rank median scaling); "
+                         f"use scale or rslora")
 
 
 def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | None = None, alpha_mode: str = "scale",
@@ -383,8 +383,9 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
             calibration = None
     if calibration is not None and not any(earns_its_place(calibration.metadata, kind) and kind in calibration.models
                                            for kind in ("cell", "layer")):
-        declined = (f"neither the rank model nor the per-layer model of {calibration.name} is {MIN_GAIN:.0%} better "
-                    f"than its baseline")
+        declined = f"{calibration.name} is not used: its rank model {why_unused(calibration.metadata, 'cell')}, and " + (
+            f"its per-layer model {why_unused(calibration.metadata, 'layer')}" if "layer" in calibration.models
+            else "it has no per-layer model")
         calibration = None
     need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size)
     if declined:

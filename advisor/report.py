@@ -216,9 +216,13 @@ def write_html_report(directory: str | Path) -> Path:
         plot_loss_curve(advice, directory / "loss_curve.png")
         curve_section = ("<h2>Predicted eval loss against rank</h2>"
                          f"<p>{html.escape(loss_curve_text(advice))}</p><img src=\"loss_curve.png\" alt=\"loss curve\">")
-    else:
+    elif advice["calibration"].startswith("uncalibrated"):
         curve_section = ("<h2>Predicted eval loss against rank</h2><p>Not available: this advice is uncalibrated "
                          "(the loss curve comes from a calibration file, <code>--calibration</code>).</p>")
+    else:
+        curve_section = ("<h2>Predicted eval loss against rank</h2><p>Not shown: the calibration's loss-curve model "
+                         "is not better than its baseline (the median curve of the tasks it was fitted on) by the "
+                         "margin every model it uses must clear in leave-one-task-out validation.</p>")
     ranks = {name: layer["rank"] for name, layer in advice["layers"].items()}
     layer_rows = [["layer", "shape", "need", "rank", "interval", "alpha", "params", "noise", "converged"]]
     for name, layer in advice["layers"].items():

@@ -52,9 +52,9 @@ def training_runs() -> str:
     sweeps, the learning-rate checks and the validation; the probe-only studies are not trainings;
     a run two files share counts once in the total)."""
     from calibration.fit import RESULTS_DIR, STUDY_FILES
-    from calibration.validate import RESULTS as VALIDATION
+    from calibration.validate import RESULTS_NAME as VALIDATION
 
-    paths = [p for p in sorted(RESULTS_DIR.glob("*.jsonl")) if p.name not in STUDY_FILES or p == VALIDATION]
+    paths = [p for p in sorted(RESULTS_DIR.glob("*.jsonl")) if p.name not in STUDY_FILES or p.name == VALIDATION]
     lines = ["| results file | runs | by model | tasks |", "|---|---|---|---|"]
     every: dict[str, dict] = {}
     for path in paths:

@@ -85,14 +85,14 @@ class Protocol:
     alpha: float  # rsLoRA alpha of the grid
     grid: str  # the rank grid's results file in RESULTS_DIR, without .jsonl
     probe_task: str  # the kind of calibration fitted for it (calibration.fit --probe-task)
-    budget: str | None  # None: the advice sets the budget; "r=N": what uniform rank N costs
+    budget_rank: int | None  # None: the advice sets the budget; N: every arm gets what uniform rank N costs
     arms: tuple[str, ...]  # the default arms
 
 
 PROTOCOLS = {
     "minilm": Protocol("minilm", "MiniLM", ENCODER_TASKS, _encoder, ENCODER_ALPHA, "encoder-rank", "seq-cls", None, ARMS),
     "smollm2": Protocol("smollm2", "SmolLM2", SMOLLM2_TASKS, _smollm2, SMOLLM2_ALPHA, "smollm2-rank", "causal-lm",
-                        "r=16", ("advised", "uncalibrated", "uniform-16")),
+                        16, ("advised", "uncalibrated", "uniform-16")),
 }
 
 
@@ -161,7 +161,7 @@ def comparison_plan(protocol: Protocol, task: str, seeds, arms,
     result = probe_training_rows(base)
     calibration = held_out_calibration(task, records, protocol.probe_task)
     options = {"train_size": base.train_size, "alpha_mode": "rslora", "min_rank": 1, "max_rank": 64,
-               "budget": protocol.budget}
+               "budget": None if protocol.budget_rank is None else f"r={protocol.budget_rank}"}
     advised = advice_from_probe(result, calibration=calibration, **options).ranks
     uncalibrated = advice_from_probe(result, calibration=None, **options).ranks
     shapes = {name: stats.shape for name, stats in result.layers.items()}
@@ -176,7 +176,7 @@ def comparison_plan(protocol: Protocol, task: str, seeds, arms,
     }
     cv = calibration.metadata["cv"]
     info = {
-        "model": protocol.model, "task": task, "budget": budget, "budget_rule": protocol.budget,
+        "model": protocol.model, "task": task, "budget": budget, "budget_rank": protocol.budget_rank,
         "fit": calibration.metadata["model"],
         "calibration": {"name": calibration.name, "cells": calibration.metadata["cells"],
                         "tasks": calibration.metadata["tasks"],
@@ -233,46 +233,55 @@ def _adapter_params_of(record: dict) -> int:
     return adapter_params({layer["name"]: layer["r"] for layer in record["adapter_layers"]}, shapes)
 
 
-def summary(tasks=None) -> dict[str, dict[str, dict]]:
-    """Per comparison, per arm: mean eval loss and accuracy over seeds, adapter parameters, seeds.
+@dataclass
+class Comparison:
+    """One validation comparison: per arm, mean eval loss and accuracy over seeds, adapter
+    parameters, seeds; ``budget_rank``: the uniform rank whose budget every arm shares (None:
+    the advice set the budget)."""
 
-    A comparison is a task under the current fit (labelled "task (Model, 1000 rows)"), or under
-    an earlier regression (labelled "task, fit: ... (...)": its advice, hence its budget, differ);
-    a fixed-budget comparison adds "budget r=N"."""
+    arms: dict[str, dict]
+    budget_rank: int | None = None
+
+
+def summary(tasks=None) -> dict[str, Comparison]:
+    """The comparisons by label: a task under the current fit ("task (Model, 1000 rows)"), or
+    under an earlier regression ("task, fit: ... (...)": its advice, hence its budget, differ);
+    a fixed-budget comparison adds "budget of uniform r=N"."""
     from calibration.fit import MODEL_DESCRIPTION
 
-    table: dict[str, dict[str, dict]] = {}
-    source: dict[str, tuple[Protocol, str]] = {}
+    table: dict[str, dict[str, list]] = {}
+    source: dict[str, tuple[Protocol, str, int | None]] = {}
     for record in ResultsFile(RESULTS_DIR / RESULTS_NAME).records():
         info = record["validation"]
         if tasks and info["task"] not in tasks:
             continue
         protocol = PROTOCOLS[info.get("model", "minilm")]
         fit = info.get("fit", EARLIER_FIT)
+        budget_rank = info.get("budget_rank")
         label = info["task"] if fit == MODEL_DESCRIPTION else f"{info['task']}, fit: {fit}"
-        label += f" ({protocol.title}, {TRAIN_SIZE} rows" + (f", budget {info['budget_rule']})" if info.get("budget_rule") else ")")
-        source[label] = protocol, info["task"]
+        label += f" ({protocol.title}, {TRAIN_SIZE} rows" + (f", budget of uniform r={budget_rank})" if budget_rank else ")")
+        source[label] = protocol, info["task"], budget_rank
         table.setdefault(label, {}).setdefault(info["arm"], []).append(record)
     uniform_by_id = {}
-    for grid in {protocol.grid for protocol, _ in source.values()}:
+    for grid in {protocol.grid for protocol, _, _ in source.values()}:
         uniform_by_id.update({r["run_id"]: r for r in ResultsFile(RESULTS_DIR / f"{grid}.jsonl").records()})
     for label, arms in table.items():
-        protocol, task = source[label]
+        protocol, task, _ = source[label]
         for rank in GRID_RANKS:
             found = [uniform_by_id[c.run_id] for c in (uniform_config(protocol, task, s, rank) for s in (0, 1))
                      if c.run_id in uniform_by_id]
             if found:
                 arms[f"uniform-{rank}"] = found
     out = {}
-    for task, arms in table.items():
-        out[task] = {}
+    for label, arms in table.items():
+        out[label] = Comparison({}, source[label][2])
         for arm in TABLE_ROWS:
             runs = arms.get(arm)
             if not runs:
                 continue
             losses = [r["eval_loss"] for r in runs]
             accuracies = [r["eval_accuracy"] for r in runs if r.get("eval_accuracy") is not None]
-            out[task][arm] = {
+            out[label].arms[arm] = {
                 "eval_loss": statistics.mean(losses), "spread": (max(losses) - min(losses)) / 2,
                 "eval_accuracy": statistics.mean(accuracies) if accuracies else None,
                 "adapter_params": statistics.mean(_adapter_params_of(r) for r in runs),
@@ -282,9 +291,9 @@ def summary(tasks=None) -> dict[str, dict[str, dict]]:
     return out
 
 
-def goal_check(arms: dict[str, dict], budget_rule: str | None = None) -> list[str]:
+def goal_check(arms: dict[str, dict], budget_rank: int | None = None) -> list[str]:
     """Plain statements of whether the task meets the issue's goal (only with every needed arm);
-    ``budget_rule`` "r=N": the arms share uniform rank N's budget, compared at that budget."""
+    ``budget_rank`` N: the arms share uniform rank N's budget and are compared with it."""
     lines = []
     uniform = {f"uniform-{r}": arms[f"uniform-{r}"] for r in UNIFORM_RANKS if f"uniform-{r}" in arms}
     noise = pooled_seed_noise(v["losses"] for v in uniform.values())
@@ -293,15 +302,17 @@ def goal_check(arms: dict[str, dict], budget_rule: str | None = None) -> list[st
     def in_noise(difference: float) -> str:
         return f" = {difference / noise:+.1f} seed noises" if noise else ""
 
-    same_budget = f"uniform-{budget_rule.split('=')[1]}" if budget_rule else None
-    if advised and same_budget in arms:
+    same_budget = f"uniform-{budget_rank}"
+    if budget_rank and advised and same_budget not in arms:
+        lines.append(f"{same_budget}, the arm of the same budget, is not run yet")
+    elif budget_rank and advised:
         for arm in ("advised", "uncalibrated"):
             if arm in arms:
                 difference = arms[arm]["eval_loss"] - arms[same_budget]["eval_loss"]
                 lines.append(f"{arm} vs {same_budget} at the same budget: loss {arms[arm]['eval_loss']:.4f} vs "
                              f"{arms[same_budget]['eval_loss']:.4f} ({difference:+.4f}{in_noise(difference)}), "
                              f"parameters x{arms[arm]['adapter_params'] / arms[same_budget]['adapter_params']:.2f}")
-    elif advised and uniform:
+    elif advised and uniform and not budget_rank:
         best_arm = min(uniform, key=lambda a: uniform[a]["eval_loss"])
         best = uniform[best_arm]
         loss_ratio = advised["eval_loss"] / best["eval_loss"]
@@ -320,7 +331,8 @@ def goal_check(arms: dict[str, dict], budget_rule: str | None = None) -> list[st
 
 
 def print_table(table: dict) -> None:
-    for label, arms in table.items():
+    for label, comparison in table.items():
+        arms = comparison.arms
         print(f"\n#### {label}\n")
         print("| arm | adapter params | % of base | eval loss (mean ± half-range) | accuracy | seeds |")
         print("|---|---|---|---|---|---|")
@@ -328,8 +340,7 @@ def print_table(table: dict) -> None:
             accuracy = "-" if v["eval_accuracy"] is None else f"{v['eval_accuracy']:.3f}"
             print(f"| {arm} | {v['adapter_params']:,.0f} | {100 * v['adapter_params'] / v['base_params']:.2f}% | "
                   f"{v['eval_loss']:.4f} ± {v['spread']:.4f} | {accuracy} | {v['seeds']} |")
-        budget_rule = label.rsplit("budget ", 1)[1].rstrip(")") if ", budget r=" in label else None
-        for line in goal_check(arms, budget_rule):
+        for line in goal_check(arms, comparison.budget_rank):
             print(f"\n- {line}")
 
 
@@ -339,7 +350,8 @@ def plot(table: dict, path: Path = PLOT) -> None:
 
     plt = pyplot()
     fig, axes = plt.subplots(1, len(table), figsize=(4.5 * len(table), 3.6), squeeze=False)
-    for ax, (task, arms) in zip(axes[0], table.items()):
+    for ax, (task, comparison) in zip(axes[0], table.items()):
+        arms = comparison.arms
         uniform = sorted((v["adapter_params"], v["eval_loss"], v["spread"]) for a, v in arms.items() if a.startswith("uniform-"))
         if uniform:
             x, y, spread = zip(*uniform)

@@ -105,7 +105,7 @@ def test_calibrated_alpha_mode_writes_the_predicted_scaling_and_needs_an_alpha_m
     scores = metadata["cv"]["alpha_leave_one_task_out"]
     scores["model_mae"] = 0.91 * scores["baseline_mae"]
     save(models, metadata, records, "weak", tmp_path)
-    with pytest.raises(ValueError, match="is not 10% better than the per-rank median"):
+    with pytest.raises(ValueError, match="is not 10% better than its baseline leave-one-task-out .* the per-rank median"):
         advice_from_probe(result, alpha_mode="calibrated", train_size=1000, calibration=tmp_path / "weak.json")
 
 
@@ -224,6 +224,9 @@ def test_calibrated_advice_follows_the_regression(probed, tmp_path):
     withheld = advice_from_probe(result, train_size=1000, alpha_mode="rslora", min_rank=1,
                                  calibration=tmp_path / "flat-curve.json")
     assert withheld.loss_curve is None and withheld.loss_curve_error is None
+    withheld.save(tmp_path / "withheld")
+    write_html_report(tmp_path / "withheld")
+    assert "Not shown: the calibration's loss-curve model" in (tmp_path / "withheld" / "report.html").read_text()
     assert [a.rank for a in withheld.layers.values()] == [a.rank for a in advice.layers.values()]
 
 
@@ -244,7 +247,8 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_around_the_uncalibra
     save(*fit(records), records, "shape", tmp_path)
     advice = advice_from_probe(result, train_size=1000, min_rank=1, budget="r=8", calibration=tmp_path / "shape.json")
     assert advice.calibration.startswith("calibrated shape, uncalibrated level: the per-layer need of shape")
-    assert "not 10% better than the constant best rank (0.00 against 0.00 log2 units)" in advice.calibration
+    assert advice.calibration.endswith("its rank model is not 10% better than its baseline leave-one-task-out "
+                                       "(0.000 against 0.000)")
     layers = {name: asdict(stats) for name, stats in result.layers.items()}
     relative = load_calibration(tmp_path / "shape.json").predict_log2_relative_need(layers, 1000, False)
     level = statistics.mean(math.log2(max(s.signal_effective_rank, 1.0)) for s in result.layers.values())
@@ -259,7 +263,8 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_around_the_uncalibra
     flat = flat_sweep(model="smollm2")  # neither model beats its baseline: the advice is uncalibrated
     save(*fit(flat), flat, "flat", tmp_path)
     unused = advice_from_probe(result, train_size=1000, min_rank=1, calibration=tmp_path / "flat.json")
-    assert unused.calibration.startswith("uncalibrated") and "neither the rank model nor the per-layer model of flat" in unused.calibration
+    assert unused.calibration.startswith("uncalibrated") and "(flat is not used: its rank model is not 10% better" in unused.calibration
+    assert "and its per-layer model is not 10% better" in unused.calibration
 
 
 def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed, tmp_path, monkeypatch):

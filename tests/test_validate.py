@@ -56,17 +56,17 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
 
     from calibration import validate
     from calibration.fit import MODEL_DESCRIPTION
-    from calibration.sweep import ENCODER_ALPHA, _encoder, _rslora
+    from calibration.sweep import ENCODER_ALPHA, _encoder, _rslora, _smollm2
     from calibration.validate import goal_check, summary
 
     layers = {f"l{i}": {"shape": [10, 10]} for i in range(3)}
 
-    def record(config, loss, ranks, arm=None):
+    def record(config, loss, ranks, arm=None, **info):
         out = {"run_id": config.run_id, "config": config.to_dict(), "eval_loss": loss, "eval_accuracy": 0.5,
                "total_params": 1000, "trainable_params": 100, "probe": {"layers": layers},
                "adapter_layers": [{"name": n, "r": r} for n, r in zip(layers, ranks)]}
         if arm:
-            out["validation"] = {"task": "spam", "arm": arm, "fit": MODEL_DESCRIPTION}
+            out["validation"] = {"task": config.task, "arm": arm, "fit": MODEL_DESCRIPTION, **info}
         return out
 
     uniform = [record(_encoder("spam", 1000, seed, **_rslora(r, ENCODER_ALPHA)), loss + 0.01 * seed, [r] * 3)
@@ -74,12 +74,22 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     pattern = {"advised": ([2, 2, 1], 0.905), "eva": ([3, 2, 0], 0.95)}
     validation = [record(_encoder("spam", 1000, seed, rank_pattern={"x": 1}, alpha=8.0, use_rslora=True), loss, ranks, arm)
                   for arm, (ranks, loss) in pattern.items() for seed in (0, 1)]
+    # SmolLM2's protocol: every arm at uniform r=16's budget; its uniform arm not trained yet
+    validation.append(record(_smollm2("brown-lm", 1000, 0, rank_pattern={"x": 1}, alpha=8.0, use_rslora=True), 2.0,
+                             [16, 16, 16], "advised", model="smollm2", budget_rank=16))
     for path, records in ((tmp_path / "u.jsonl", uniform), (tmp_path / "v.jsonl", validation)):
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
     monkeypatch.setattr(validate, "RESULTS_DIR", tmp_path)
     monkeypatch.setattr(validate, "RESULTS_NAME", "v.jsonl")
-    monkeypatch.setattr(validate, "PROTOCOLS", {"minilm": dataclasses.replace(validate.PROTOCOLS["minilm"], grid="u")})
-    arms = summary()["spam (MiniLM, 1000 rows)"]
+    monkeypatch.setattr(validate, "PROTOCOLS", {"minilm": dataclasses.replace(validate.PROTOCOLS["minilm"], grid="u"),
+                                                "smollm2": validate.PROTOCOLS["smollm2"]})
+    table = summary()
+    assert list(table) == ["spam (MiniLM, 1000 rows)", "brown-lm (SmolLM2, 1000 rows, budget of uniform r=16)"]
+    smollm2 = table["brown-lm (SmolLM2, 1000 rows, budget of uniform r=16)"]
+    assert smollm2.budget_rank == 16 and list(smollm2.arms) == ["advised"]
+    assert goal_check(smollm2.arms, smollm2.budget_rank) == ["uniform-16, the arm of the same budget, is not run yet"]
+    arms = table["spam (MiniLM, 1000 rows)"].arms
+    assert table["spam (MiniLM, 1000 rows)"].budget_rank is None
     assert list(arms) == ["advised", "uniform-4", "uniform-8", "uniform-16", "eva"]
     assert arms["advised"]["adapter_params"] == 5 * 20 and arms["uniform-8"]["adapter_params"] == 8 * 60
     assert arms["advised"]["base_params"] == 900
@@ -88,7 +98,7 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     assert "advised lower" in lines[1]
     assert lines[2].endswith(f"{0.01 / 2**0.5:.4f}")  # seeds 0.01 apart at every uniform rank
     # at a fixed budget (SmolLM2's protocol) the advice is set against the uniform rank of that budget
-    fixed = goal_check(arms, budget_rule="r=16")
+    fixed = goal_check(arms, budget_rank=16)
     assert fixed[0] == ("advised vs uniform-16 at the same budget: loss 0.9050 vs 0.9550 "
                         f"(-0.0500 = {-0.05 / (0.01 / 2**0.5):+.1f} seed noises), parameters x0.10")
 
