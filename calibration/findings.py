@@ -338,8 +338,8 @@ def _correlations(model: str, cells: list[tuple[dict, int, str, int]], scope: st
 def prediction(records: list[dict]) -> str:
     """Q4: Spearman(a step-0 probe statistic, optimal uniform rank) per model, for each statistic,
     and the cells' values behind it. Cells of one task at several training-set sizes are not
-    independent draws, so when a model has them the same is also given over one cell per task
-    (those at the model's most common training-set size)."""
+    independent draws, so when a model has them the same is also given over one cell per task,
+    at each training-set size where four or more tasks have a cell."""
     by_model: dict[str, list[tuple[dict, int, str, int]]] = defaultdict(list)
     table = ["| model | task | train rows | optimal rank | " + " | ".join(f"mean {label}" for label in Q4_STATISTICS) + " |",
              "|---|---|---|---|" + "---|" * len(Q4_STATISTICS)]
@@ -364,10 +364,10 @@ def prediction(records: list[dict]) -> str:
         lines.append(f"- {model}: {len(cells)} cells from {len(tasks)} tasks. A task's cells at several training-set "
                      f"sizes are not independent draws, so the p-values over all cells are optimistic.")
         lines += _correlations(model, cells, "cells (all sizes)")
-        size = Counter(rows for *_, rows in cells).most_common(1)[0][0]
-        one_per_task = [c for c in cells if c[3] == size]
-        if len(one_per_task) >= 4 and len({c[2] for c in one_per_task}) == len(one_per_task):
-            lines += _correlations(model, one_per_task, f"tasks at {size} rows (one cell per task)")
+        for size in sorted({rows for *_, rows in cells}):
+            one_per_task = [c for c in cells if c[3] == size]
+            if len(one_per_task) >= 4 and len({c[2] for c in one_per_task}) == len(one_per_task):
+                lines += _correlations(model, one_per_task, f"tasks at {size} rows (one cell per task)")
     if not lines:
         return "*No labelled cell yet (a cell needs its ranks trained with two seeds).*"
     return "\n".join(lines) + "\n\nThe cells (means over each cell's step-0 probe layers):\n\n" + "\n".join(table)
