@@ -30,7 +30,16 @@ layer's place among all layers by ||G||_F (1 = largest), by the probe's ``natura
 effective rank; plus the mean KL per token (distill), the median noise share and the 10 layers
 with the largest ||G||_F and with the largest natural gain.
 
+``--loss-visible`` (distill, one planted layer) adds the plant's rank *as the loss sees it*: for
+j = 1..k, the share of KL(teacher || base) that the best j of the k planted rank-one terms remove
+(base + those terms against the teacher, every subset tried: 2^k forwards on the probe's rows),
+and the fewest directions that remove LOSS_VISIBLE_LEVEL (90 %) of it. A direction that the rows
+barely excite, or whose change the later layers barely pass on, is planted but invisible to any
+loss on these rows, so this, not k, is what a gradient probe of them could at best read.
+
     python -m calibration.planted --loss distill --kind input --scale 0.1 --plant model.layers.20.self_attn.v_proj:2
+    python -m calibration.planted --loss distill --kind input-equal --scale 0.3 --samples 16 --max-length 64 \
+        --loss-visible --plant model.layers.5.self_attn.q_proj:4
     python -m calibration.planted --kind top --scale 1.0      # the first attempt (sampled labels)
     python -m calibration.planted --table
 """
@@ -39,6 +48,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import itertools
 import json
 import os
 import shlex
@@ -54,18 +64,18 @@ import torch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "planted.jsonl"
 DEFAULT_PLANTS = ("model.layers.10.mlp.down_proj:4", "model.layers.20.self_attn.v_proj:2")
+LOSS_VISIBLE_LEVEL = 0.9  # share of the KL that the loss-visible rank's directions remove
 
 
-def plant(model, plants: dict[str, int], kind: str, scale: float, seed: int = 0, covariances: dict | None = None):
-    """A copy of ``model`` with the planted updates; returns (teacher, {name: planted V [in, k]}).
-
-    ``covariances`` (kinds "input", "input-equal"): each planted layer's input covariance [in, in]."""
-    teacher = copy.deepcopy(model)
+def planted_terms(model, plants: dict[str, int], kind: str, scale: float, seed: int = 0,
+                  covariances: dict | None = None) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Each planted layer's update as its k rank-one terms [k, out, in] (float64; their sum is dW),
+    and its planted V [in, k]. ``covariances`` (kinds "input", "input-equal"): each planted
+    layer's input covariance [in, in]."""
     generator = torch.Generator().manual_seed(seed)
-    planted_v = {}
+    terms, planted_v = {}, {}
     for name, k in plants.items():
-        weight = teacher.get_submodule(name).weight
-        w = weight.detach().double()
+        w = model.get_submodule(name).weight.detach().double()
         if kind in ("random", "input", "input-equal"):
             u, _ = torch.linalg.qr(torch.randn(w.shape[0], k, generator=generator, dtype=torch.float64))
             weights = torch.ones(k, dtype=torch.float64)
@@ -76,14 +86,63 @@ def plant(model, plants: dict[str, int], kind: str, scale: float, seed: int = 0,
                 v, top = eigenvectors[:, -k:].flip(1), eigenvalues[-k:].flip(0)
                 if kind == "input-equal":  # every direction moves the output as much as the k-th
                     weights = (top[-1] / top).sqrt()
-            update = scale * torch.linalg.matrix_norm(w, ord=2) * (u * weights) @ v.T
+            u = u * (scale * torch.linalg.matrix_norm(w, ord=2) * weights)
         else:
             u_all, s_all, vh_all = torch.linalg.svd(w, full_matrices=False)
             v = vh_all[:k].T
-            update = scale * (u_all[:, :k] * s_all[:k]) @ vh_all[:k]
-        weight.data += update.to(weight.dtype)
+            u = scale * u_all[:, :k] * s_all[:k]
+        terms[name] = torch.einsum("oi,ni->ion", u, v)
         planted_v[name] = v
+    return terms, planted_v
+
+
+def plant(model, plants: dict[str, int], kind: str, scale: float, seed: int = 0, covariances: dict | None = None):
+    """A copy of ``model`` with the planted updates (:func:`planted_terms`); returns (teacher,
+    {name: planted V [in, k]})."""
+    teacher = copy.deepcopy(model)
+    terms, planted_v = planted_terms(model, plants, kind, scale, seed, covariances)
+    for name, parts in terms.items():
+        weight = teacher.get_submodule(name).weight
+        weight.data += parts.sum(0).to(weight.dtype)
     return teacher, planted_v
+
+
+def kl_by_direction_subset(base, teacher, name: str, terms: torch.Tensor, batches) -> dict[tuple[int, ...], float]:
+    """KL(teacher || base + the planted terms in T) per token over ``batches`` (ProbeBatch), for
+    every subset T of the k planted directions of layer ``name`` (``terms`` [k, out, in]): 2^k
+    forwards of the base with its weight changed and put back. The empty set is the base, the full
+    set the teacher (KL 0 when nothing else is planted)."""
+    loss_fn = distillation_loss(teacher)
+    weight = base.get_submodule(name).weight
+    original = weight.data.clone()
+    kl = {}
+    try:
+        for size in range(terms.shape[0] + 1):
+            for subset in itertools.combinations(range(terms.shape[0]), size):
+                weight.data = original + terms[list(subset)].sum(0).to(original.dtype)
+                summed, count = 0.0, 0
+                with torch.no_grad():
+                    for batch in batches:
+                        logits = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                        batch_sum, batch_count = loss_fn(logits, batch)
+                        summed, count = summed + float(batch_sum), count + batch_count
+                kl[subset] = summed / max(count, 1)
+    finally:
+        weight.data = original
+    return kl
+
+
+def loss_visible_shares(kl: dict[tuple[int, ...], float]) -> list[float]:
+    """From :func:`kl_by_direction_subset`: for j = 1..k, the share of the base's KL to the teacher
+    that the best j of the k planted directions remove, 1 - min over |T| = j of KL(T) / KL(empty)."""
+    k = max(len(subset) for subset in kl)
+    return [1 - min(value for subset, value in kl.items() if len(subset) == j) / kl[()] for j in range(1, k + 1)]
+
+
+def loss_visible_rank(shares: list[float], level: float = LOSS_VISIBLE_LEVEL) -> int:
+    """The fewest planted directions that remove ``level`` of the KL: the plant's rank as the loss
+    on these rows sees it (the rank a probe of these rows could at best read)."""
+    return next(j for j, share in enumerate(shares, 1) if share >= level or j == len(shares))
 
 
 def distillation_loss(teacher):
@@ -179,8 +238,10 @@ def top_k_energy_share(gradient: torch.Tensor, k: int) -> float:
 
 
 def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_length: int, seed: int,
-        loss: str = "sampled") -> dict:
-    """One planted experiment on the embedded SmolLM2 (see the module docstring)."""
+        loss: str = "sampled", loss_visible: bool = False) -> dict:
+    """One planted experiment on the embedded SmolLM2 (see the module docstring); ``loss_visible``
+    (distill, one planted layer) adds the KL share of the best j planted directions."""
+    from advisor.data import make_batches
     from advisor.loading import load_model
     from advisor.probe import gradients, probe
 
@@ -188,6 +249,12 @@ def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_lengt
     settings = dict(tokenizer=tokenizer, batch_size=8, max_length=max_length, seed=seed)
     covariances = input_covariances(base, list(plants), text_rows(), tokenizer, samples, max_length, seed)
     teacher, planted_v = plant(base, plants, kind, scale, seed, covariances)
+    shares = {}
+    if loss_visible:
+        (name, _), = plants.items()
+        terms, _ = planted_terms(base, plants, kind, scale, seed, covariances)
+        batches = make_batches(text_rows(), task="causal-lm", num_samples=samples, **settings)
+        shares[name] = loss_visible_shares(kl_by_direction_subset(base, teacher, name, terms[name], batches))
     teacher.eval()
     if loss == "distill":
         rows, loss_fn = text_rows(), distillation_loss(teacher)
@@ -213,6 +280,9 @@ def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_lengt
             "overlap_with_seen": round(subspace_overlap_with(gradient, covariances[name] @ planted_v[name]), 4),
             "chance_overlap": round(k / stats.shape[1], 4),
         }
+        if name in shares:
+            layers[name]["loss_share_by_directions"] = [round(share, 4) for share in shares[name]]
+            layers[name]["loss_visible_rank"] = loss_visible_rank(shares[name])
     record = {"loss": loss, "kind": kind, "scale": scale, "samples": result.num_rows, "max_length": max_length,
               "seed": seed, "layers_probed": len(result.layers), "planted": layers,
               "median_noise_fraction": round(statistics.median(s.noise_fraction for s in result.layers.values()), 4),
@@ -225,11 +295,11 @@ def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_lengt
 
 
 def latest_records() -> list[dict]:
-    """The stored runs, the latest of each command only (a rerun with more fields supersedes its
-    earlier record in the table; the file keeps both), in first-run order."""
+    """The stored runs, the latest of each command only (a rerun with more fields, ``--loss-visible``
+    included, supersedes its earlier record in the table; the file keeps both), in first-run order."""
     by_command: dict[str, dict] = {}
     for record in read_results(RESULTS):
-        by_command[record["command"]] = record
+        by_command[record["command"].replace(" --loss-visible", "")] = record
     return list(by_command.values())
 
 
@@ -237,8 +307,8 @@ def markdown_table() -> str:
     """The latest run of each command: one row per planted layer (the table of calibration/README.md)."""
     lines = ["| loss | plant | scale | rows x tokens | KL / token | layer | k | signal rank | top-k energy share | overlap with "
              "A V / with V (chance) | place by norm / by natural gain / by signal eff. rank (of 210) "
-             "| median noise share |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| median noise share | loss-visible rank (KL share of the best 1..k directions) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def number(value, digits):
         return "-" if value is None else f"{value:.{digits}f}"
@@ -253,7 +323,7 @@ def markdown_table() -> str:
                 f"| {number(layer.get('overlap_with_seen'), 2)} / {layer['overlap_with_planted']:.4f} "
                 f"({layer['chance_overlap']:.4f}) | {layer.get('place_by_norm', '-')} / {layer.get('place_by_gain', '-')} "
                 f"/ {layer['place_by_signal_erank']} "
-                f"| {record['median_noise_fraction']:.2f} |"
+                f"| {record['median_noise_fraction']:.2f} | {_loss_visible_cell(layer)} |"
             )
     for key, what in (("top_norm", "the largest ||G||_F"), ("top_gain", "the largest natural gain (and the "
                                                                     "first's over the second's)")):
@@ -265,6 +335,12 @@ def markdown_table() -> str:
                 lines.append(f"- {record['kind']} {planted}, {record['samples']} rows: "
                              + ", ".join(entry[0].removeprefix("model.") for entry in record[key][:3]) + ratio)
     return "\n".join(lines)
+
+
+def _loss_visible_cell(layer: dict) -> str:
+    if "loss_visible_rank" not in layer:
+        return "-"
+    return f"{layer['loss_visible_rank']} ({', '.join(f'{share:.2f}' for share in layer['loss_share_by_directions'])})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -281,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--loss-visible", action="store_true",
+                        help="(distill, one plant) also measure how much of the KL the best j planted directions remove")
     parser.add_argument("--table", action="store_true", help="print the stored runs as a markdown table, probe nothing")
     args = parser.parse_args(argv)
     if args.table:
@@ -292,16 +370,19 @@ def main(argv: list[str] | None = None) -> int:
         if not name or not k.isdigit() or int(k) < 1:
             parser.error(f"--plant takes NAME:K with K >= 1, got {item!r}")
         plants[name] = int(k)
+    if args.loss_visible and (args.loss != "distill" or len(plants) != 1):
+        parser.error("--loss-visible needs --loss distill and exactly one --plant")
     import logging
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     torch.set_num_threads(1)
-    record = run(plants, args.kind, args.scale, args.samples, args.max_length, args.seed, args.loss)
+    record = run(plants, args.kind, args.scale, args.samples, args.max_length, args.seed, args.loss, args.loss_visible)
     record["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     loss_option = ["--loss", args.loss] if args.loss != "sampled" else []  # the first attempt's commands had none
     record["command"] = "python -m calibration.planted " + shlex.join(
         [*loss_option, "--kind", args.kind, "--scale", str(args.scale), "--samples", str(args.samples),
-         "--max-length", str(args.max_length), "--seed", str(args.seed), "--plant", *args.plant])
+         "--max-length", str(args.max_length), "--seed", str(args.seed), *(["--loss-visible"] if args.loss_visible else []),
+         "--plant", *args.plant])
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     with open(RESULTS, "a") as f:
         f.write(json.dumps(record) + "\n")
