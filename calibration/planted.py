@@ -50,6 +50,7 @@ import copy
 import datetime
 import itertools
 import json
+import math
 import os
 import shlex
 import statistics
@@ -65,6 +66,7 @@ import torch  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "planted.jsonl"
 DEFAULT_PLANTS = ("model.layers.10.mlp.down_proj:4", "model.layers.20.self_attn.v_proj:2")
 LOSS_VISIBLE_LEVEL = 0.9  # share of the KL that the loss-visible rank's directions remove
+MAX_LOSS_VISIBLE_K = 8  # --loss-visible tries all 2^k subsets of the planted directions
 
 
 def planted_terms(model, plants: dict[str, int], kind: str, scale: float, seed: int = 0,
@@ -91,57 +93,73 @@ def planted_terms(model, plants: dict[str, int], kind: str, scale: float, seed: 
             u_all, s_all, vh_all = torch.linalg.svd(w, full_matrices=False)
             v = vh_all[:k].T
             u = scale * u_all[:, :k] * s_all[:k]
-        terms[name] = torch.einsum("oi,ni->ion", u, v)
+        terms[name] = torch.einsum("ok,ik->koi", u, v)  # [k, out, in]: term j is u_j v_j^T
         planted_v[name] = v
     return terms, planted_v
+
+
+def teacher_with(model, terms: dict[str, torch.Tensor]):
+    """A copy of ``model`` with each named layer's planted terms [k, out, in] added to its weight."""
+    teacher = copy.deepcopy(model)
+    for name, parts in terms.items():
+        weight = teacher.get_submodule(name).weight
+        weight.data += parts.sum(0).to(weight.device, weight.dtype)
+    return teacher.eval()
 
 
 def plant(model, plants: dict[str, int], kind: str, scale: float, seed: int = 0, covariances: dict | None = None):
     """A copy of ``model`` with the planted updates (:func:`planted_terms`); returns (teacher,
     {name: planted V [in, k]})."""
-    teacher = copy.deepcopy(model)
     terms, planted_v = planted_terms(model, plants, kind, scale, seed, covariances)
-    for name, parts in terms.items():
-        weight = teacher.get_submodule(name).weight
-        weight.data += parts.sum(0).to(weight.dtype)
-    return teacher, planted_v
+    return teacher_with(model, terms), planted_v
 
 
 def kl_by_direction_subset(base, teacher, name: str, terms: torch.Tensor, batches) -> dict[tuple[int, ...], float]:
-    """KL(teacher || base + the planted terms in T) per token over ``batches`` (ProbeBatch), for
-    every subset T of the k planted directions of layer ``name`` (``terms`` [k, out, in]): 2^k
-    forwards of the base with its weight changed and put back. The empty set is the base, the full
-    set the teacher (KL 0 when nothing else is planted)."""
-    loss_fn = distillation_loss(teacher)
+    """KL(teacher || base + the planted terms in T) per token over ``batches`` (ProbeBatch, the
+    positions with a label), for every subset T of the k planted directions of layer ``name``
+    (``terms`` [k, out, in]): one teacher forward per batch, then 2^k forwards of the base with
+    that layer's weight changed, and put back afterwards. The empty set is the base; the full set
+    is the teacher when nothing else is planted (KL 0)."""
+    with torch.no_grad():
+        targets = [torch.log_softmax(teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
+                                     .float(), -1) for b in batches]
+    masks = [b.labels[:, 1:] != -100 for b in batches]
+    count = max(sum(int(mask.sum()) for mask in masks), 1)
     weight = base.get_submodule(name).weight
-    original = weight.data.clone()
+    original = weight.detach().clone()
     kl = {}
     try:
         for size in range(terms.shape[0] + 1):
             for subset in itertools.combinations(range(terms.shape[0]), size):
-                weight.data = original + terms[list(subset)].sum(0).to(original.dtype)
-                summed, count = 0.0, 0
+                weight.data.copy_(original + terms[list(subset)].sum(0).to(original.device, original.dtype))
+                summed = 0.0
                 with torch.no_grad():
-                    for batch in batches:
+                    for batch, target, mask in zip(batches, targets, masks):
                         logits = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                        batch_sum, batch_count = loss_fn(logits, batch)
-                        summed, count = summed + float(batch_sum), count + batch_count
-                kl[subset] = summed / max(count, 1)
+                        log_model = torch.log_softmax(logits[:, :-1].float(), -1)
+                        summed += float((target.exp() * (target - log_model)).sum(-1)[mask].sum())
+                kl[subset] = summed / count
     finally:
-        weight.data = original
+        weight.data.copy_(original)
     return kl
 
 
 def loss_visible_shares(kl: dict[tuple[int, ...], float]) -> list[float]:
     """From :func:`kl_by_direction_subset`: for j = 1..k, the share of the base's KL to the teacher
-    that the best j of the k planted directions remove, 1 - min over |T| = j of KL(T) / KL(empty)."""
+    that the best j of the k planted directions remove, 1 - min over |T| = j of KL(T) / KL(empty);
+    nan for a plant that does not change the loss on these rows (KL(empty) = 0)."""
     k = max(len(subset) for subset in kl)
+    if kl[()] <= 0:
+        return [math.nan] * k
     return [1 - min(value for subset, value in kl.items() if len(subset) == j) / kl[()] for j in range(1, k + 1)]
 
 
-def loss_visible_rank(shares: list[float], level: float = LOSS_VISIBLE_LEVEL) -> int:
+def loss_visible_rank(shares: list[float], level: float = LOSS_VISIBLE_LEVEL) -> int | None:
     """The fewest planted directions that remove ``level`` of the KL: the plant's rank as the loss
-    on these rows sees it (the rank a probe of these rows could at best read)."""
+    on these rows sees it (what a probe of these rows could at best read). k when no j reaches
+    ``level`` short of all k (with one planted layer all k remove all of it); None for nan shares."""
+    if any(math.isnan(share) for share in shares):
+        return None
     return next(j for j, share in enumerate(shares, 1) if share >= level or j == len(shares))
 
 
@@ -237,6 +255,12 @@ def top_k_energy_share(gradient: torch.Tensor, k: int) -> float:
     return float(sv[:k].square().sum() / sv.square().sum())
 
 
+def loss_visible_applies(loss: str, plants: dict[str, int]) -> bool:
+    """The loss-visible rank is defined for the distillation loss and one planted layer, and its
+    2^k subsets are tried only up to MAX_LOSS_VISIBLE_K directions."""
+    return loss == "distill" and len(plants) == 1 and max(plants.values()) <= MAX_LOSS_VISIBLE_K
+
+
 def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_length: int, seed: int,
         loss: str = "sampled", loss_visible: bool = False) -> dict:
     """One planted experiment on the embedded SmolLM2 (see the module docstring); ``loss_visible``
@@ -245,17 +269,18 @@ def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_lengt
     from advisor.loading import load_model
     from advisor.probe import gradients, probe
 
+    if loss_visible and not loss_visible_applies(loss, plants):
+        raise ValueError(f"loss_visible needs the distill loss and one planted layer with k <= {MAX_LOSS_VISIBLE_K}")
     base, tokenizer = load_model(None)
     settings = dict(tokenizer=tokenizer, batch_size=8, max_length=max_length, seed=seed)
     covariances = input_covariances(base, list(plants), text_rows(), tokenizer, samples, max_length, seed)
-    teacher, planted_v = plant(base, plants, kind, scale, seed, covariances)
-    shares = {}
+    terms, planted_v = planted_terms(base, plants, kind, scale, seed, covariances)
+    teacher = teacher_with(base, terms)
+    kl_by_subset = {}
     if loss_visible:
         (name, _), = plants.items()
-        terms, _ = planted_terms(base, plants, kind, scale, seed, covariances)
         batches = make_batches(text_rows(), task="causal-lm", num_samples=samples, **settings)
-        shares[name] = loss_visible_shares(kl_by_direction_subset(base, teacher, name, terms[name], batches))
-    teacher.eval()
+        kl_by_subset[name] = kl_by_direction_subset(base, teacher, name, terms[name], batches)
     if loss == "distill":
         rows, loss_fn = text_rows(), distillation_loss(teacher)
     else:
@@ -280,9 +305,11 @@ def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_lengt
             "overlap_with_seen": round(subspace_overlap_with(gradient, covariances[name] @ planted_v[name]), 4),
             "chance_overlap": round(k / stats.shape[1], 4),
         }
-        if name in shares:
-            layers[name]["loss_share_by_directions"] = [round(share, 4) for share in shares[name]]
-            layers[name]["loss_visible_rank"] = loss_visible_rank(shares[name])
+        if name in kl_by_subset:  # KL of the base, a check on kl_per_token, and the shares
+            shares = loss_visible_shares(kl_by_subset[name])
+            layers[name]["loss_visible_base_kl"] = round(kl_by_subset[name][()], 5)
+            layers[name]["loss_share_by_directions"] = [round(share, 4) for share in shares]
+            layers[name]["loss_visible_rank"] = loss_visible_rank(shares)
     record = {"loss": loss, "kind": kind, "scale": scale, "samples": result.num_rows, "max_length": max_length,
               "seed": seed, "layers_probed": len(result.layers), "planted": layers,
               "median_noise_fraction": round(statistics.median(s.noise_fraction for s in result.layers.values()), 4),
@@ -295,8 +322,9 @@ def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_lengt
 
 
 def latest_records() -> list[dict]:
-    """The stored runs, the latest of each command only (a rerun with more fields, ``--loss-visible``
-    included, supersedes its earlier record in the table; the file keeps both), in first-run order."""
+    """The stored runs, the latest of each command only, in first-run order; a command and the same
+    with ``--loss-visible`` count as one (the latter adds fields and reproduces the others), so the
+    later of the two is shown. The file keeps every record."""
     by_command: dict[str, dict] = {}
     for record in read_results(RESULTS):
         by_command[record["command"].replace(" --loss-visible", "")] = record
@@ -347,6 +375,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = script_parser("calibration.planted", __doc__, [
         "python -m calibration.planted --loss distill --kind input --scale 0.1 --samples 16 --max-length 64 \\",
         "    --plant model.layers.5.self_attn.q_proj:2",
+        "python -m calibration.planted --loss distill --kind input --scale 0.1 --samples 64 --max-length 64 \\",
+        "    --loss-visible --plant model.layers.15.mlp.up_proj:4",
         "python -m calibration.planted --table",
     ])
     parser.add_argument("--loss", choices=("sampled", "distill"), default="sampled",
@@ -370,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         if not name or not k.isdigit() or int(k) < 1:
             parser.error(f"--plant takes NAME:K with K >= 1, got {item!r}")
         plants[name] = int(k)
-    if args.loss_visible and (args.loss != "distill" or len(plants) != 1):
-        parser.error("--loss-visible needs --loss distill and exactly one --plant")
+    if args.loss_visible and not loss_visible_applies(args.loss, plants):
+        parser.error(f"--loss-visible needs --loss distill and exactly one --plant with K <= {MAX_LOSS_VISIBLE_K}")
     import logging
 
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)

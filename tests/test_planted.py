@@ -1,4 +1,6 @@
-"""Planted ground truth on the real SmolLM2: the probe's gradient finds a planted change's directions.
+"""Planted ground truth: on the real SmolLM2 the probe's gradient finds a planted change's directions;
+on a tiny random Llama, the loss-visible rank (how many planted directions the KL needs) is
+checked against a KL computed from the logits.
 
 The teacher is SmolLM2 plus a rank-k update dW = U V^T in one layer; the probe's loss is
 KL(teacher || base), so every bit of gradient comes from the plant. To first order the planted
@@ -9,7 +11,7 @@ of which (q_proj, k = 2) is tested here. What does not hold (calibration/README.
 rank tracks k only loosely.
 """
 
-import copy
+import math
 
 import pytest
 import torch
@@ -18,7 +20,7 @@ from advisor.data import make_batches
 from advisor.probe import gradients, probe
 from calibration.planted import (
     distillation_loss, input_covariances, kl_by_direction_subset, loss_visible_rank, loss_visible_shares, plant,
-    planted_terms, subspace_overlap_with, text_rows, top_k_energy_share,
+    planted_terms, subspace_overlap_with, teacher_with, text_rows, top_k_energy_share,
 )
 from conftest import tiny_llama, token_rows
 
@@ -57,32 +59,30 @@ def test_the_planted_layer_has_the_largest_natural_gain_of_all_210(smollm2):
 
 def test_the_loss_visible_rank_counts_the_planted_directions_the_kl_needs():
     """On a tiny random Llama: the KL of every subset of a rank-2 plant's directions, the empty set
-    checked against a KL computed directly from the two models' logits; a plant whose second
-    direction is zero needs one direction, and the base's weight is put back."""
+    checked against a KL computed directly from the two models' logits and the full set against
+    plant()'s teacher; a plant whose second direction is zero needs one direction, one that changes
+    nothing has no rank, and the base's weight is put back."""
     model, name = tiny_llama(), "model.layers.1.self_attn.o_proj"
     batches = make_batches(token_rows(8, 16), None, task="causal-lm", num_samples=8, batch_size=4, max_length=16)
     before = model.get_submodule(name).weight.detach().clone()
     terms, _ = planted_terms(model, {name: 2}, "random", 20.0, seed=0)
-
-    def teacher_of(parts):
-        teacher = copy.deepcopy(model)
-        teacher.get_submodule(name).weight.data += parts.sum(0).float()
-        return teacher
-
-    teacher = teacher_of(terms[name])
+    teacher, _ = plant(model, {name: 2}, "random", 20.0, seed=0)
     kl = kl_by_direction_subset(model, teacher, name, terms[name], batches)
     with torch.no_grad():
         pairs = [(torch.log_softmax(teacher(input_ids=b.input_ids).logits[:, :-1], -1),
                   torch.log_softmax(model(input_ids=b.input_ids).logits[:, :-1], -1)) for b in batches]
     direct = sum(float((t.exp() * (t - s)).sum()) for t, s in pairs) / sum(t.shape[0] * t.shape[1] for t, _ in pairs)
     assert set(kl) == {(), (0,), (1,), (0, 1)} and kl[()] == pytest.approx(direct, rel=1e-3) and kl[()] > 1e-3
-    assert kl[(0, 1)] == pytest.approx(0, abs=1e-6 * kl[()])
+    assert kl[(0, 1)] == pytest.approx(0, abs=1e-6 * kl[()])  # all the terms: plant()'s teacher
     shares = loss_visible_shares(kl)
     assert 0 < shares[0] < 1 and shares[1] == pytest.approx(1)
     assert torch.equal(model.get_submodule(name).weight, before)
 
     one_direction = terms[name].clone()
     one_direction[1] = 0
-    shares = loss_visible_shares(kl_by_direction_subset(model, teacher_of(one_direction), name, one_direction, batches))
+    shares = loss_visible_shares(kl_by_direction_subset(model, teacher_with(model, {name: one_direction}), name,
+                                                        one_direction, batches))
     assert shares == pytest.approx([1.0, 1.0], abs=1e-6) and loss_visible_rank(shares) == 1
+    nothing = loss_visible_shares(kl_by_direction_subset(model, model, name, 0 * one_direction, batches))
+    assert all(math.isnan(share) for share in nothing) and loss_visible_rank(nothing) is None
     assert loss_visible_rank([0.5, 0.95, 1.0]) == 2 and loss_visible_rank([0.2, 0.5]) == 2

@@ -129,6 +129,18 @@ def test_a_width_the_cpu_kernel_dequantizes_wrongly_is_refused(tmp_path):
     assert_same_4bit(before, snapshot_4bit(quantized))
 
 
+def test_a_wrong_kernel_is_refused_on_any_cpu(tmp_path, monkeypatch):
+    """Where this CPU's kernel is right (no AVX512-BF16) the test above skips: here the kernel is
+    made wrong by a quarter, as the AVX512-BF16 one is (relative error ~0.25), and the check,
+    which compares it with the independent reference, must name the layer."""
+    path = save_tiny_llama(tmp_path / "tiny-llama-96", intermediate_size=96)  # down_proj in_features 96
+    quantized, _ = load_model(path, quantization=Quantization(bits=4))
+    kernel = bnb.functional.dequantize_4bit
+    monkeypatch.setattr(bnb.functional, "dequantize_4bit", lambda *args, **kwargs: 1.25 * kernel(*args, **kwargs))
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp\.down_proj \(in_features 96"):
+        check_dequantization(quantized)
+
+
 def test_the_reference_dequantization_matches_the_kernel_on_good_widths(checkpoint):
     quantized, _ = load_model(checkpoint, quantization=Quantization(bits=4, double_quant=True))
     check_dequantization(quantized)
