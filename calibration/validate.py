@@ -15,8 +15,8 @@ batch 8):
 2. the task's training rows are probed as every sweep run's step-0 probe is
    (:func:`calibration.train.probe_training_rows`), and :func:`advisor.recommend.advice_from_probe`
    turns the probe into per-layer ranks (``alpha_mode="rslora"``, ranks 1-64; MiniLM: no
-   budget, the advice sets it; SmolLM2: the budget of uniform r = 16, since the causal-LM
-   calibration gives the per-layer shape only, not the rank level);
+   budget, the advice sets it; SmolLM2: the budget of uniform r = 16, chosen when the causal-LM
+   calibration gave the per-layer shape only, not the rank level);
 3. these arms are trained per seed with :func:`calibration.train.train_run`:
 
    - ``advised``: the calibrated advice's ranks (a ``rank_pattern``);
