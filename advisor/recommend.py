@@ -56,7 +56,7 @@ import torch
 from peft import LoraConfig
 
 from advisor.calibrated import (domain_gaps, earns_its_place, features_outside, is_auto, layer_group,
-                                resolve_calibration, why_unused)
+                                rank_model_extrapolates, resolve_calibration, why_unused)
 from advisor.loading import TASK_SEQ_CLS, model_task
 from advisor.probe import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
@@ -248,12 +248,15 @@ def build_lora_config(ranks: dict[str, int], alphas: dict[str, float], *, task_t
     )
 
 
-def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size: int):
+def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size: int,
+           rank_model_unused: str | None = None):
     """(need, low need, high need) per layer, and a label saying where they come from;
     ``layers``: the probe's LayerStats as dicts, what the calibration reads. A calibration whose
-    rank model does not earn its place (:func:`earns_its_place`) gives the shape only: the
-    per-layer log2 relative need, centred on its mean over the layers, added to the uncalibrated
-    rule's level (its mean log2 need), so the layers' geometric-mean need stays the rule's."""
+    rank model is not used (``rank_model_unused`` says why: it did not earn its place,
+    :func:`earns_its_place`, or "auto" found this probe outside its range,
+    :func:`rank_model_extrapolates`) gives the shape only: the per-layer log2 relative need,
+    centred on its mean over the layers, added to the uncalibrated rule's level (its mean log2
+    need), so the layers' geometric-mean need stays the rule's."""
     need = {n: max(s.signal_effective_rank, 1.0) for n, s in result.layers.items()}
     high = {n: max(float(s.signal_rank), need[n]) for n, s in result.layers.items()}
     if calibration is None:
@@ -267,12 +270,12 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
     named = sorted(outside, key=lambda f: f not in ("log2_width", "log2_train_size", "quantized"))[:3]
     extrapolating = (f"; extrapolating: {len(outside)} of {len(metadata['cell_features'])} probe features outside "
                      f"its range, e.g. {', '.join(named)}" if outside else "")
-    if not earns_its_place(metadata, "cell"):
+    if rank_model_unused:
         level, level_high = (statistics.mean(math.log2(v[n]) for n in layers) for v in (need, high))
         shift = statistics.mean(relative.values())
         center = {n: level + x - shift for n, x in relative.items()}
         label = (f"calibrated shape, uncalibrated level: the per-layer need of {calibration.name} (fitted on {seen}"
-                 f"{extrapolating}) around the signal effective rank's level; its rank model {why_unused(metadata, 'cell')}")
+                 f"{extrapolating}) around the signal effective rank's level; its rank model {rank_model_unused}")
         return ({n: 2**x for n, x in center.items()}, {n: 2**x for n, x in center.items()},
                 {n: 2 ** (level_high + relative[n] - shift) for n in layers}, label)
     log2_rank = calibration.predict_log2_rank(layers, train_size, quantized)
@@ -381,13 +384,18 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
         if gaps:  # the default does not extrapolate; an explicit calibration= still can
             declined = f"the shipped calibration {calibration.name} does not cover this probe ({'; '.join(gaps)})"
             calibration = None
-    if calibration is not None and not any(earns_its_place(calibration.metadata, kind) and kind in calibration.models
-                                           for kind in ("cell", "layer")):
-        declined = f"{calibration.name} is not used: its rank model {why_unused(calibration.metadata, 'cell')}, and " + (
-            f"its per-layer model {why_unused(calibration.metadata, 'layer')}" if "layer" in calibration.models
-            else "it has no per-layer model")
-        calibration = None
-    need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size)
+    rank_model_unused = None  # why the rank model is not used, when the calibration is
+    if calibration is not None:
+        rank_model_unused = (None if earns_its_place(calibration.metadata, "cell") else why_unused(calibration.metadata, "cell"))
+        if rank_model_unused is None and calibration.automatic:
+            rank_model_unused = rank_model_extrapolates(calibration, layer_dicts, train_size,
+                                                        result.quantization is not None)
+        if rank_model_unused and not ("layer" in calibration.models and earns_its_place(calibration.metadata, "layer")):
+            declined = f"{calibration.name} is not used: its rank model {rank_model_unused}, and " + (
+                f"its per-layer model {why_unused(calibration.metadata, 'layer')}" if "layer" in calibration.models
+                else "it has no per-layer model")
+            calibration = None
+    need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size, rank_model_unused)
     if declined:
         label = f"{label} ({declined})"
     ranks, factor = allocate(need, shapes, tokens_budget, min_rank, max_rank)

@@ -283,12 +283,17 @@ def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed,
     records = synthetic_sweep(model="smollm2")
     save(*fit(records), records, "shipped", tmp_path)
     advice = advice_from_probe(result, min_rank=1, train_size=1000)
-    assert advice.calibration.startswith("calibrated: shipped (fitted on smollm2")
+    # the tiny random model's spectra lie outside the synthetic cells' ranges: "auto" sets the rank
+    # model aside, and as its per-layer model earns no place either, the advice is uncalibrated
+    assert advice.calibration.startswith("uncalibrated") and "(shipped is not used: its rank model is not used for " \
+        "this probe: 18 of its 18 spectral features lie outside the ranges it was fitted on" in advice.calibration
     save(*fit(encoders), encoders, "zz-encoders", tmp_path)  # last by name, but for another kind of model
     assert advice_from_probe(result, min_rank=1, train_size=1000).calibration == advice.calibration
-    # the tiny model is 32 wide, the synthetic calibration's layers 64: within the 2x that "auto"
-    # trusts, but outside the fitted range, which the label says
-    assert "extrapolating" in advice.calibration and "log2_width" in advice.calibration
+    # an explicit path extrapolates: the tiny model is 32 wide, the synthetic calibration's layers
+    # 64 (within the 2x that "auto" trusts, but outside the fitted range), which the label says
+    explicit = advice_from_probe(result, min_rank=1, train_size=1000, calibration=tmp_path / "shipped.json")
+    assert explicit.calibration.startswith("calibrated: shipped (fitted on smollm2")
+    assert "extrapolating" in explicit.calibration and "log2_width" in explicit.calibration
     # 100 training rows, 10x below the calibration's 1,000: "auto" declines, an explicit path does not
     declined = advice_from_probe(result, min_rank=1, train_size=100)
     assert declined.calibration.startswith("uncalibrated") and "does not cover" in declined.calibration
@@ -315,8 +320,36 @@ def test_advise_keeps_auto_until_it_has_seen_the_probe(tmp_path, monkeypatch):
     options = dict(num_samples=16, batch_size=4, progress=False, min_rank=1, return_advice=True)
     advice = advise(tiny_llama(), token_rows(16, 16), train_size=100, **options)
     assert advice.calibration.startswith("uncalibrated") and "training rows 100, fitted on 1,000" in advice.calibration
-    assert advise(tiny_llama(), token_rows(16, 16), train_size=1000, **options).calibration.startswith(
-        "calibrated: shipped (fitted on smollm2")
+    # at 1,000 rows "auto" takes the causal-LM calibration (and sets its rank model aside for the
+    # tiny model's spectra, outside its fitted ranges)
+    assert "(shipped is not used: its rank model is not used for this probe" in advise(
+        tiny_llama(), token_rows(16, 16), train_size=1000, **options).calibration
     # neither synthetic calibration has an alpha model: refused before the probe, naming the causal-LM one
     with pytest.raises(ValueError, match="shipped has no alpha model"):
         advise(tiny_llama(), None, alpha_mode="calibrated", **options)
+
+
+def test_auto_sets_a_rank_model_aside_for_a_probe_outside_its_spectral_ranges():
+    """rank_model_extrapolates: a probe like the calibration's cells is covered; one whose noise
+    share, subspace overlap and rank growth lie outside (half the 18 spectral features plus the
+    rest) is not, and the message counts them."""
+    from advisor.calibrated import load_calibration, rank_model_extrapolates
+    from calibration.fit import fit, save
+    from test_fit import probe_layers, synthetic_sweep
+
+    import tempfile
+    from pathlib import Path
+
+    records = synthetic_sweep()
+    with tempfile.TemporaryDirectory() as folder:
+        save(*fit(records), records, "cal", Path(folder))
+        calibration = load_calibration(Path(folder) / "cal.json")
+    assert rank_model_extrapolates(calibration, probe_layers(3.0), 1000, False) is None
+    shifted = probe_layers(3.0)
+    for stats in shifted.values():
+        stats.update(noise_fraction=0.6, subspace_overlap=0.2, rank_growth=2.0)
+    assert rank_model_extrapolates(calibration, shifted, 1000, False) is None  # 9 of 18: not more than half
+    for stats in shifted.values():
+        stats["stable_rank"] = 9.0
+    why = rank_model_extrapolates(calibration, shifted, 1000, False)
+    assert why.startswith("is not used for this probe: 12 of its 18 spectral features lie outside")
