@@ -16,9 +16,11 @@ Each probed layer gets a *need*, a number of directions:
   label says which probe features lie outside its range: the advice then extrapolates.
   Each of the calibration's models is used only when it beat its baseline by 10 % in
   leave-one-task-out validation (:func:`advisor.calibrated.earns_its_place`): when the rank
-  model did not, the calibration gives the shape only, 2 ** (the uncalibrated rule's mean log2
-  need + the layer's log2 relative need less its mean over the layers); when neither did, the
-  advice is uncalibrated.
+  model did not, or ``"auto"`` finds more than half of the probe's spectral features outside
+  the ranges it was fitted on (:func:`advisor.calibrated.rank_model_extrapolates`), the
+  calibration gives the shape only, 2 ** (the uncalibrated rule's mean log2 need + the layer's
+  log2 relative need less its mean over the layers); when the per-layer model is not usable
+  either, the advice is uncalibrated.
 
 Rounding: rank = 2 ** ceil(log2(c * need)), clipped to [min_rank, max_rank], with c = 1 when
 there is no budget. With a budget (trainable parameters; a layer of rank r costs
