@@ -121,10 +121,8 @@ def kl_by_direction_subset(base, teacher, name: str, terms: torch.Tensor, batche
     that layer's weight changed, and put back afterwards. The empty set is the base; the full set
     is the teacher when nothing else is planted (KL 0)."""
     with torch.no_grad():
-        targets = [torch.log_softmax(teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1]
-                                     .float(), -1) for b in batches]
-    masks = [b.labels[:, 1:] != -100 for b in batches]
-    count = max(sum(int(mask.sum()) for mask in masks), 1)
+        targets = [next_token_log_probs(teacher(input_ids=b.input_ids, attention_mask=b.attention_mask).logits)
+                   for b in batches]
     weight = base.get_submodule(name).weight
     original = weight.detach().clone()
     kl = {}
@@ -132,13 +130,13 @@ def kl_by_direction_subset(base, teacher, name: str, terms: torch.Tensor, batche
         for size in range(terms.shape[0] + 1):
             for subset in itertools.combinations(range(terms.shape[0]), size):
                 weight.data.copy_(original + terms[list(subset)].sum(0).to(original.device, original.dtype))
-                summed = 0.0
+                summed, count = 0.0, 0
                 with torch.no_grad():
-                    for batch, target, mask in zip(batches, targets, masks):
+                    for batch, target in zip(batches, targets):
                         logits = base(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-                        log_model = torch.log_softmax(logits[:, :-1].float(), -1)
-                        summed += float((target.exp() * (target - log_model)).sum(-1)[mask].sum())
-                kl[subset] = summed / count
+                        batch_sum, batch_count = summed_kl(target, logits, batch.labels)
+                        summed, count = summed + float(batch_sum), count + batch_count
+                kl[subset] = summed / max(count, 1)
     finally:
         weight.data.copy_(original)
     return kl
@@ -163,6 +161,18 @@ def loss_visible_rank(shares: list[float], level: float = LOSS_VISIBLE_LEVEL) ->
     return next(j for j, share in enumerate(shares, 1) if share >= level or j == len(shares))
 
 
+def next_token_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """[B, T - 1, vocab] float32 log-probabilities of each position's next token from logits [B, T, vocab]."""
+    return torch.log_softmax(logits[:, :-1].float(), -1)
+
+
+def summed_kl(target: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Summed KL(target || the model's next-token distribution) over the positions with a label,
+    and their count; ``target`` from :func:`next_token_log_probs`, ``logits`` [B, T, vocab], ``labels`` [B, T]."""
+    mask = labels[:, 1:] != -100
+    return (target.exp() * (target - next_token_log_probs(logits))).sum(-1)[mask].sum(), int(mask.sum())
+
+
 def distillation_loss(teacher):
     """A probe ``loss_fn``: summed KL(teacher || model) over the next-token distributions of the
     positions with a label, and their count. The teacher runs without gradients; against the
@@ -173,11 +183,7 @@ def distillation_loss(teacher):
         with torch.no_grad():
             teacher_logits = teacher(input_ids=batch.input_ids.to(device),
                                      attention_mask=batch.attention_mask.to(device)).logits
-        target = torch.log_softmax(teacher_logits[:, :-1].float(), -1)
-        log_model = torch.log_softmax(logits[:, :-1].float(), -1)
-        mask = batch.labels[:, 1:].to(device) != -100
-        summed = (target.exp() * (target - log_model)).sum(-1)[mask].sum()
-        count = int(mask.sum())
+        summed, count = summed_kl(next_token_log_probs(teacher_logits), logits, batch.labels.to(device))
         seen[0] += float(summed.detach())
         seen[1] += count
         return summed, count
