@@ -239,6 +239,31 @@ def resolve_calibration(calibration, task: str | None = None) -> Calibration | N
     return load_calibration(calibration)
 
 
+def probe_protocol(calibration, task: str | None = None) -> dict:
+    """How the calibration's cells were probed, ``{"num_samples": rows, "max_length": tokens per
+    row}``, for ``advise`` to probe the same way unless told otherwise: the probe's spectral features
+    then lie where the rank model was fitted (:func:`rank_model_extrapolates`). ``calibration``:
+    "auto" (the shipped calibration for a probe of kind ``task``; {} while the kind is unknown), a
+    file or a loaded :class:`Calibration`; {} for the uncalibrated rule or a calibration that does
+    not record it. Reads the JSON description only (nothing is unpickled)."""
+    if calibration is None or (isinstance(calibration, str) and calibration.lower() == "none"):
+        return {}
+    if isinstance(calibration, Calibration):
+        metadata = calibration.metadata
+    else:
+        if is_auto(calibration):
+            if task is None:
+                return {}
+            calibration = shipped_calibration(task)
+            if calibration is None:
+                return {}
+        try:
+            metadata = json.loads(Path(calibration).with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            return {}  # load_calibration says what is wrong with the file
+    return dict(metadata.get("probe_protocol") or {}) if isinstance(metadata, dict) else {}
+
+
 def is_auto(calibration) -> bool:
     """Whether ``calibration`` asks for the shipped calibration that fits the probe."""
     return isinstance(calibration, str) and calibration.lower() == "auto"

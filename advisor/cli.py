@@ -32,9 +32,11 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint directory, .gguf file or cached hub id (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--data", help=".jsonl/.json/.csv/.parquet/.txt file (default: embedded standard-library code pairs)")
     parser.add_argument("--task", choices=("causal-lm", "seq-cls"), help="default: causal-lm")
-    parser.add_argument("--samples", type=int, default=64, help="rows drawn for the probe (default: 64)")
+    parser.add_argument("--samples", type=int, help="rows drawn for the probe (default: advise probes as the "
+                        "calibration's cells were, e.g. 32 for a causal LM; otherwise 64)")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per probe batch (default: 8)")
-    parser.add_argument("--max-length", type=int, default=256, help="tokens kept per row (default: 256)")
+    parser.add_argument("--max-length", type=int, help="tokens kept per row (default: advise probes as the "
+                        "calibration's cells were, e.g. 128 for a causal LM; otherwise 256)")
     parser.add_argument("--method", choices=("auto", "exact", "sketch"), default="auto",
                         help="gradient accumulator (default: auto: exact while it fits --max-memory, else a sketch that fits)")
     parser.add_argument("--max-memory", default="2GB", help="memory for the probe's accumulators, e.g. 512MB, 8GB (default: 2GB)")
@@ -145,7 +147,7 @@ def _run(args) -> int:
     from advisor.report import LEGEND, QUANTIZATION_LEGEND, layer_type_table, probe_summary
 
     for flag, value in (("--samples", args.samples), ("--batch-size", args.batch_size), ("--max-length", args.max_length)):
-        if value <= 0:
+        if value is not None and value <= 0:
             raise ValueError(f"{flag} must be positive, got {value}")
     data = args.data
     if data is not None and not os.path.exists(data):
@@ -182,7 +184,7 @@ def _run(args) -> int:
     if args.command == "probe":
         from advisor.probe import probe
 
-        result = probe(model, data, **options)
+        result = probe(model, data, **{k: v for k, v in options.items() if v is not None})  # unset: probe()'s defaults
         if args.out:
             result.save(args.out)
         if args.json:

@@ -29,7 +29,8 @@ Only the cells of one probe task (``--probe-task``, default seq-cls: the encoder
 classification) are fitted by default: pooling SmolLM2's cells with the encoder cells made the
 leave-one-model-out errors worse than the constant's (calibration/README.md, "The regression").
 The metadata's ``probe_tasks`` lets ``advisor`` pick the shipped calibration for the probe's kind
-of model and decline one fitted on another kind.
+of model and decline one fitted on another kind; its ``probe_protocol`` (rows and tokens per row of
+the cells' step-0 probes) is how ``advise`` probes by default.
 Writes ``models/NAME.joblib`` and ``models/NAME.json`` (default NAME: ``lora-rank-PROBE_TASK``;
 feature names, versions, sha256 of the joblib file, sha256 of the training records, the scores);
 ``--dry-run`` prints the scores only. A fit is written only when its rank model (against the
@@ -102,7 +103,8 @@ def training_table(records: list[dict]):
         optimal = cell.optimal_rank
         if optimal is None:
             continue
-        cell_rows.append({"features": features, "target": math.log2(optimal), "task": cell.task, "model": cell.model})
+        cell_rows.append({"features": features, "target": math.log2(optimal), "task": cell.task, "model": cell.model,
+                          "probe": cell_probe_protocol(cell)})
         need = cell.relative_need()
         per_layer = layer_features(layers, cell.train_size, quantized)
         for name, value in need.items():
@@ -110,6 +112,24 @@ def training_table(records: list[dict]):
                 layer_rows.append({"features": per_layer[name], "target": math.log2(value),
                                    "task": cell.task, "model": cell.model})
     return cell_rows, layer_rows, curve_rows
+
+
+def cell_probe_protocol(cell) -> dict | None:
+    """How the cell's step-0 probe was taken ({"num_samples", "max_length"}: rows requested, tokens per
+    row; :data:`calibration.train.PROBE_SETTINGS`), None when its record does not say."""
+    from calibration.train import PROBE_SETTINGS
+
+    max_length = cell.probe().get("max_length")
+    if max_length is None or cell.model not in PROBE_SETTINGS:
+        return None
+    return {"num_samples": PROBE_SETTINGS[cell.model]["num_samples"], "max_length": max_length}
+
+
+def probe_protocol(cell_rows: list[dict]) -> dict | None:
+    """The one probe protocol of all the cells, None when they differ or do not say; ``advise``
+    probes this way by default (:func:`advisor.calibrated.probe_protocol`)."""
+    protocols = {json.dumps(row.get("probe"), sort_keys=True) for row in cell_rows}
+    return json.loads(protocols.pop()) if len(protocols) == 1 else None
 
 
 def alpha_table(records: list[dict]) -> list[dict]:
@@ -235,6 +255,7 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
         "tasks": sorted({row["task"] for row in cell_rows}),
         "models_seen": sorted({row["model"] for row in cell_rows}),
         "probe_tasks": sorted({probe_task(row["model"]) for row in cell_rows}),
+        "probe_protocol": probe_protocol(cell_rows),
         "cv": cv,
     }
     return models, metadata

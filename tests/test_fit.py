@@ -157,6 +157,19 @@ def test_fit_saves_files_the_verified_loader_reads(tmp_path):
     assert metadata["cv"]["curve_leave_one_task_out"]["n"] == metadata["curve_points"] == 28
 
 
+def test_the_probe_protocol_is_recorded_when_every_cell_shares_it():
+    """probe_protocol: the rows the sweep's probe drew for the model (PROBE_SETTINGS) and the tokens
+    its records state; None when the cells differ or do not say."""
+    from calibration.train import PROBE_SETTINGS
+
+    records = synthetic_sweep()
+    for r in records:
+        r["probe"] = {**r["probe"], "max_length": 64}
+    assert fit(records)[1]["probe_protocol"] == {"num_samples": PROBE_SETTINGS["minilm"]["num_samples"], "max_length": 64}
+    records[0]["probe"] = {**records[0]["probe"], "max_length": 128}  # the first cell's probe
+    assert fit(records)[1]["probe_protocol"] is None
+
+
 def scaling_sweep(task, signal, best_s):
     """Runs of ``task`` at ranks 2, 8, 32 and alpha / r = 0.5-4, two seeds, best at ``best_s``; trained
     for 400 steps, so that they form groups of their own, apart from synthetic_sweep's rank cells."""

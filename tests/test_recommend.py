@@ -329,6 +329,33 @@ def test_advise_keeps_auto_until_it_has_seen_the_probe(tmp_path, monkeypatch):
         advise(tiny_llama(), None, alpha_mode="calibrated", **options)
 
 
+def test_advise_probes_as_the_calibrations_cells_were_unless_told(tmp_path, monkeypatch):
+    """advise() takes num_samples and max_length from the calibration's probe_protocol (the shipped
+    one for the model's kind under "auto", or an explicit file's); given values win, and without a
+    protocol (the uncalibrated rule) the probe's own defaults apply (64 rows, here all 40)."""
+    from advisor import calibrated
+    from advisor.recommend import advise
+    from calibration.fit import fit, save
+    from test_fit import synthetic_sweep
+
+    records = synthetic_sweep(model="smollm2")
+    models, metadata = fit(records)
+    assert metadata["probe_protocol"] is None  # the synthetic records do not say how they were probed
+    metadata["probe_protocol"] = {"num_samples": 12, "max_length": 10}
+    save(models, metadata, records, "shipped", tmp_path)
+    monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
+    rows = token_rows(40, 16)
+    options = dict(batch_size=4, progress=False, min_rank=1, return_advice=True, train_size=1000)
+    auto = advise(tiny_llama(), rows, **options).probe
+    assert (auto.num_rows, auto.max_length, auto.tokens) == (12, 10, 120)
+    explicit = advise(tiny_llama(), rows, calibration=tmp_path / "shipped.json", **options).probe
+    assert (explicit.num_rows, explicit.max_length) == (12, 10)
+    told = advise(tiny_llama(), rows, num_samples=8, max_length=None, **options).probe
+    assert (told.num_rows, told.max_length) == (8, 10)
+    uncalibrated = advise(tiny_llama(), rows, calibration=None, **options).probe
+    assert (uncalibrated.num_rows, uncalibrated.max_length) == (40, 256)
+
+
 def test_auto_sets_a_rank_model_aside_for_a_probe_outside_its_spectral_ranges():
     """rank_model_extrapolates: a probe like the calibration's cells is covered; one whose noise
     share, subspace overlap and rank growth lie outside (half the 18 spectral features plus the
