@@ -30,6 +30,10 @@ layer's place among all layers by ||G||_F (1 = largest), by the probe's ``natura
 effective rank; plus the mean KL per token (distill), the median noise share and the 10 layers
 with the largest ||G||_F and with the largest natural gain.
 
+Every record also asks the advice whether it finds the plant (:func:`advised_places`): the planted
+layer's advised rank and its place among all layers by advised need, under the uncalibrated rule
+and under the shipped causal-LM calibration.
+
 ``--loss-visible`` (distill, one planted layer) adds the plant's rank *as the loss sees it*: for
 j = 1..k, the share of KL(teacher || base) that the best j of the k planted rank-one terms remove
 (base + those terms against the teacher, every subset tried: 2^k forwards on the probe's rows),
@@ -67,6 +71,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "planted.jsonl"
 DEFAULT_PLANTS = ("model.layers.10.mlp.down_proj:4", "model.layers.20.self_attn.v_proj:2")
 LOSS_VISIBLE_LEVEL = 0.9  # share of the KL that the loss-visible rank's directions remove
 MAX_LOSS_VISIBLE_K = 8  # --loss-visible tries all 2^k subsets of the planted directions
+ADVICE_TRAIN_SIZE = 1000  # the training rows the advice is asked for: those of the calibration's cells
 
 
 def planted_terms(model, plants: dict[str, int], kind: str, scale: float, seed: int = 0,
@@ -324,7 +329,30 @@ def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_lengt
               "top_gain": [[n, round(result.layers[n].natural_gain, 4)] for n in by_gain[:10]]}
     if loss == "distill":
         record["kl_per_token"] = round(loss_fn.kl_per_token(), 5)
+    record.update(advised_places(result, layers))
     return record
+
+
+def advised_places(result, planted: dict[str, dict]) -> dict:
+    """Does the advice find the plant? The probe's advice under the uncalibrated rule and under the
+    shipped causal-LM calibration (applied explicitly, at ADVICE_TRAIN_SIZE rows: it extrapolates
+    from the 16-64-row probes used here); per planted layer (added to ``planted``'s dicts) its need,
+    rank and place among all layers by need (1 = largest; tied layers share the best place); per
+    rule the median need and the calibration's name and joblib sha256."""
+    from advisor.calibrated import resolve_calibration, shipped_calibration
+    from advisor.recommend import advice_from_probe
+
+    calibration = resolve_calibration(str(shipped_calibration("causal-lm")))
+    summary = {}
+    for rule, chosen in (("uncalibrated", None), ("calibrated", calibration)):
+        advice = advice_from_probe(result, train_size=ADVICE_TRAIN_SIZE, calibration=chosen)
+        needs = {name: layer.need for name, layer in advice.layers.items()}
+        for name, layer in planted.items():
+            layer[f"advised_{rule}"] = {"need": needs[name], "rank": advice.layers[name].rank,
+                                        "place_by_need": 1 + sum(need > needs[name] for need in needs.values())}
+        summary[f"advice_{rule}"] = {"median_need": round(statistics.median(needs.values()), 3)}
+    summary["advice_calibrated"].update(name=calibration.name, sha256=calibration.metadata["sha256"])
+    return summary
 
 
 def latest_records() -> list[dict]:
@@ -341,8 +369,9 @@ def markdown_table() -> str:
     """The latest run of each command: one row per planted layer (the table of calibration/README.md)."""
     lines = ["| loss | plant | scale | rows x tokens | KL / token | layer | k | signal rank | top-k energy share | overlap with "
              "A V / with V (chance) | place by norm / by natural gain / by signal eff. rank (of 210) "
-             "| median noise share | loss-visible rank (KL share of the best 1..k directions) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| median noise share | loss-visible rank (KL share of the best 1..k directions) "
+             "| advised rank / place by need (of 210): uncalibrated; calibrated |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def number(value, digits):
         return "-" if value is None else f"{value:.{digits}f}"
@@ -357,7 +386,7 @@ def markdown_table() -> str:
                 f"| {number(layer.get('overlap_with_seen'), 2)} / {layer['overlap_with_planted']:.4f} "
                 f"({layer['chance_overlap']:.4f}) | {layer.get('place_by_norm', '-')} / {layer.get('place_by_gain', '-')} "
                 f"/ {layer['place_by_signal_erank']} "
-                f"| {record['median_noise_fraction']:.2f} | {_loss_visible_cell(layer)} |"
+                f"| {record['median_noise_fraction']:.2f} | {_loss_visible_cell(layer)} | {_advised_cell(layer)} |"
             )
     for key, what in (("top_norm", "the largest ||G||_F"), ("top_gain", "the largest natural gain (and the "
                                                                     "first's over the second's)")):
@@ -369,6 +398,13 @@ def markdown_table() -> str:
                 lines.append(f"- {record['kind']} {planted}, {record['samples']} rows: "
                              + ", ".join(entry[0].removeprefix("model.") for entry in record[key][:3]) + ratio)
     return "\n".join(lines)
+
+
+def _advised_cell(layer: dict) -> str:
+    if "advised_uncalibrated" not in layer:
+        return "-"
+    return "; ".join(f"{layer[key]['rank']} / {layer[key]['place_by_need']}"
+                     for key in ("advised_uncalibrated", "advised_calibrated"))
 
 
 def _loss_visible_cell(layer: dict) -> str:

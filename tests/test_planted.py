@@ -14,15 +14,17 @@ three fewer.
 """
 
 import math
+import statistics
 
 import pytest
 import torch
 
 from advisor.data import make_batches
 from advisor.probe import gradients, probe
+from advisor.calibrated import load_calibration, shipped_calibration
 from calibration.planted import (
-    distillation_loss, input_covariances, kl_by_direction_subset, loss_visible_rank, loss_visible_shares, plant,
-    planted_terms, subspace_overlap_with, teacher_with, text_rows, top_k_energy_share,
+    ADVICE_TRAIN_SIZE, advised_places, distillation_loss, input_covariances, kl_by_direction_subset, loss_visible_rank,
+    loss_visible_shares, plant, planted_terms, subspace_overlap_with, teacher_with, text_rows, top_k_energy_share,
 )
 from conftest import tiny_llama, token_rows
 
@@ -95,3 +97,27 @@ def test_the_loss_visible_rank_counts_the_planted_directions_the_kl_needs():
     nothing = loss_visible_shares(kl_by_direction_subset(model, model, name, 0 * one_direction, batches))
     assert all(math.isnan(share) for share in nothing) and loss_visible_rank(nothing) is None
     assert loss_visible_rank([0.5, 0.95, 1.0]) == 2 and loss_visible_rank([0.2, 0.5]) == 2
+
+
+def test_advised_places_rank_the_planted_layer_by_each_rules_need():
+    """On a tiny random Llama with a plant: the planted layer's place by advised need, checked against
+    the uncalibrated rule's need (the signal effective rank, at least 1) and against the shipped
+    calibration's per-layer model called directly (its rank model adds one number to every layer)."""
+    model, name = tiny_llama(), "model.layers.1.self_attn.o_proj"
+    teacher, _ = plant(model, {name: 2}, "random", 20.0, seed=0)
+    result = probe(model, token_rows(16, 16), num_samples=16, batch_size=8, max_length=16, method="exact",
+                   progress=False, loss_fn=distillation_loss(teacher))
+    planted = {name: {"k": 2}}
+    summary = advised_places(result, planted)
+    uncalibrated = {n: max(s.signal_effective_rank, 1.0) for n, s in result.layers.items()}
+    assert planted[name]["advised_uncalibrated"]["place_by_need"] == 1 + sum(
+        v > uncalibrated[name] for v in uncalibrated.values())
+    assert planted[name]["advised_uncalibrated"]["rank"] == max(2, 2 ** math.ceil(math.log2(uncalibrated[name])))
+    calibration = load_calibration(shipped_calibration("causal-lm"))
+    layers = {n: vars(s) for n, s in result.layers.items()}
+    relative = calibration.predict_log2_relative_need(layers, ADVICE_TRAIN_SIZE, False)
+    assert planted[name]["advised_calibrated"]["place_by_need"] == 1 + sum(
+        v > relative[name] + 1e-9 for v in relative.values())
+    assert summary["advice_calibrated"]["sha256"] == calibration.metadata["sha256"]
+    assert summary["advice_uncalibrated"]["median_need"] == pytest.approx(statistics.median(uncalibrated.values()),
+                                                                         abs=1e-3)
