@@ -1,6 +1,6 @@
 """advise() against PEFT's EVA (``get_eva_state_dict``) on the embedded SmolLM2 and data, one process.
 
-Both at their defaults over the same batches (64 rows x 256 tokens, batches of 8): advise()
+Both over the same batches (64 rows x 256 tokens, the probe's defaults, batches of 8): advise()
 runs the gradient probe and the (uncalibrated) rank rule; EVA runs forward passes with an
 incremental SVD of every target layer's inputs (LoraConfig r=8, EvaConfig rho=2, tau=0.99, the
 same target layers). Interleaved (advise, EVA, advise, EVA, ...); the fastest of each is

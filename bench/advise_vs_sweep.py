@@ -1,6 +1,7 @@
 """advise() time against the 5-point uniform-rank sweep it replaces, on the embedded SmolLM2.
 
-Measured in one process: advise() at its defaults (64 rows x 256 tokens), and the mean time of
+Measured in one process: advise() at 64 rows x 256 tokens (the probe's defaults; advise's own are
+the calibration's protocol, 32 x 128, half the rows and tokens), and the mean time of
 LoRA training steps (r=16, every block linear, AdamW, batches of 8 rows x 256 tokens, the first
 step left out as warm-up). The sweep's cost is modelled as 5 ranks x ``--steps`` steps each at
 that measured step time (ranks change a step's time very little on this model: the adapter is
