@@ -172,7 +172,8 @@ def _run(args) -> int:
             raise ValueError("--compare-full-precision needs --load-in-4bit or --load-in-8bit and a causal LM")
         model = args.model  # the probe loads the checkpoint twice: quantized, then in full precision
         options.update(
-            compare_full_precision=True, load_in_4bit=args.load_in_4bit, load_in_8bit=args.load_in_8bit,
+            compare_full_precision=True, task="causal-lm",  # known before loading: advise probes as calibrated
+            load_in_4bit=args.load_in_4bit, load_in_8bit=args.load_in_8bit,
             bnb_4bit_quant_type=args.bnb_4bit_quant_type, bnb_4bit_use_double_quant=args.bnb_4bit_double_quant,
             bnb_4bit_compute_dtype=args.bnb_4bit_compute_dtype, method="exact" if args.method == "auto" else args.method,
         )
