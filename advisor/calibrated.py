@@ -239,29 +239,16 @@ def resolve_calibration(calibration, task: str | None = None) -> Calibration | N
     return load_calibration(calibration)
 
 
-def probe_protocol(calibration, task: str | None = None) -> dict:
+def probe_protocol(calibration: Calibration | None) -> dict:
     """How the calibration's cells were probed, ``{"num_samples": rows, "max_length": tokens per
     row}``, for ``advise`` to probe the same way unless told otherwise: the probe's spectral features
-    then lie where the rank model was fitted (:func:`rank_model_extrapolates`). ``calibration``:
-    "auto" (the shipped calibration for a probe of kind ``task``; {} while the kind is unknown), a
-    file or a loaded :class:`Calibration`; {} for the uncalibrated rule or a calibration that does
-    not record it. Reads the JSON description only (nothing is unpickled)."""
-    if calibration is None or (isinstance(calibration, str) and calibration.lower() == "none"):
+    then lie where the rank model was fitted (:func:`rank_model_extrapolates`). {} for the
+    uncalibrated rule (None) or a calibration that does not record it (fitted before session 10)."""
+    protocol = calibration.metadata.get("probe_protocol") if calibration is not None else None
+    if not isinstance(protocol, dict):
         return {}
-    if isinstance(calibration, Calibration):
-        metadata = calibration.metadata
-    else:
-        if is_auto(calibration):
-            if task is None:
-                return {}
-            calibration = shipped_calibration(task)
-            if calibration is None:
-                return {}
-        try:
-            metadata = json.loads(Path(calibration).with_suffix(".json").read_text())
-        except (OSError, ValueError):
-            return {}  # load_calibration says what is wrong with the file
-    return dict(metadata.get("probe_protocol") or {}) if isinstance(metadata, dict) else {}
+    return {key: protocol[key] for key in ("num_samples", "max_length")
+            if isinstance(protocol.get(key), int) and protocol[key] > 0}
 
 
 def is_auto(calibration) -> bool:
@@ -310,15 +297,30 @@ def domain_gaps(calibration: Calibration, layers: dict[str, dict], train_size: i
     if task is not None and fitted_tasks and task not in fitted_tasks:
         gaps.append(f"a {task} model, fitted on {' and '.join(fitted_tasks)} models only")
     for key, what in (("log2_width", "layer width"), ("log2_train_size", "training rows")):
-        if key not in ranges:
-            continue
-        low, high = ranges[key]
-        if not low - DOMAIN_TOLERANCE <= features[key] <= high + DOMAIN_TOLERANCE:
-            seen = f"{2**low:,.0f}" if low == high else f"{2**low:,.0f}-{2**high:,.0f}"
-            gaps.append(f"{what} {2 ** features[key]:,.0f}, fitted on {seen}")
+        gap = _range_gap(ranges, key, what, features[key])
+        if gap:
+            gaps.append(gap)
     if quantized and "quantized" in ranges and ranges["quantized"][1] < 1:
         gaps.append("a quantized base, fitted on full precision only")
     return gaps
+
+
+def _range_gap(ranges: dict, key: str, what: str, value: float) -> str | None:
+    """Why ``value`` (log2) lies more than DOMAIN_TOLERANCE outside the fitted range of ``key``, or None."""
+    if key not in ranges:
+        return None
+    low, high = ranges[key]
+    if low - DOMAIN_TOLERANCE <= value <= high + DOMAIN_TOLERANCE:
+        return None
+    seen = f"{2**low:,.0f}" if low == high else f"{2**low:,.0f}-{2**high:,.0f}"
+    return f"{what} {2**value:,.0f}, fitted on {seen}"
+
+
+def training_rows_gap(calibration: Calibration, train_size: int) -> str | None:
+    """The gap of :func:`domain_gaps` that is known before the probe: a training-set size more than
+    2x outside the calibration's; None when it has none."""
+    return _range_gap(calibration.metadata.get("cell_feature_ranges") or {}, "log2_train_size", "training rows",
+                      math.log2(train_size))
 
 
 def load_calibration(path: str | Path | None = None) -> Calibration:

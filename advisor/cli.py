@@ -32,11 +32,11 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint directory, .gguf file or cached hub id (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--data", help=".jsonl/.json/.csv/.parquet/.txt file (default: embedded standard-library code pairs)")
     parser.add_argument("--task", choices=("causal-lm", "seq-cls"), help="default: causal-lm")
-    parser.add_argument("--samples", type=int, help="rows drawn for the probe (default: advise probes as the "
-                        "calibration's cells were, e.g. 32 for a causal LM; otherwise 64)")
+    parser.add_argument("--samples", type=int, help="rows drawn for the probe (default: 64; advise: as the "
+                        "calibration's cells were probed, 32 for causal LMs and 64 for classifiers today)")
     parser.add_argument("--batch-size", type=int, default=8, help="rows per probe batch (default: 8)")
-    parser.add_argument("--max-length", type=int, help="tokens kept per row (default: advise probes as the "
-                        "calibration's cells were, e.g. 128 for a causal LM; otherwise 256)")
+    parser.add_argument("--max-length", type=int, help="tokens kept per row (default: 256; advise: as the "
+                        "calibration's cells were probed, 128 for causal LMs and 64 for classifiers today)")
     parser.add_argument("--method", choices=("auto", "exact", "sketch"), default="auto",
                         help="gradient accumulator (default: auto: exact while it fits --max-memory, else a sketch that fits)")
     parser.add_argument("--max-memory", default="2GB", help="memory for the probe's accumulators, e.g. 512MB, 8GB (default: 2GB)")
@@ -172,8 +172,7 @@ def _run(args) -> int:
             raise ValueError("--compare-full-precision needs --load-in-4bit or --load-in-8bit and a causal LM")
         model = args.model  # the probe loads the checkpoint twice: quantized, then in full precision
         options.update(
-            compare_full_precision=True, task="causal-lm",  # known before loading: advise probes as calibrated
-            load_in_4bit=args.load_in_4bit, load_in_8bit=args.load_in_8bit,
+            compare_full_precision=True, load_in_4bit=args.load_in_4bit, load_in_8bit=args.load_in_8bit,
             bnb_4bit_quant_type=args.bnb_4bit_quant_type, bnb_4bit_use_double_quant=args.bnb_4bit_double_quant,
             bnb_4bit_compute_dtype=args.bnb_4bit_compute_dtype, method="exact" if args.method == "auto" else args.method,
         )

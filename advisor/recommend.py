@@ -57,8 +57,8 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
-from advisor.calibrated import (domain_gaps, earns_its_place, features_outside, is_auto, layer_group, probe_protocol,
-                                rank_model_extrapolates, resolve_calibration, why_unused)
+from advisor.calibrated import (domain_gaps, earns_its_place, features_outside, layer_group, probe_protocol,
+                                rank_model_extrapolates, resolve_calibration, training_rows_gap, why_unused)
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS, model_task
 from advisor.probe import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
@@ -442,28 +442,28 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     rule, and the advice says why), None for the uncalibrated rule, or a calibration file. ``probe_options`` go to :func:`advisor.probe` (``target_modules``,
     ``task``, ``num_samples``, ``load_in_4bit``, ``seed``, ...); ``num_samples`` and ``max_length``
     default to how the calibration's cells were probed (its ``probe_protocol``, e.g. 32 rows x 128
-    tokens for the shipped causal-LM calibration) when the kind of model is known before the probe
-    (a loaded model, ``task=``, or the embedded default), else to the probe's. ``return_advice=True``
+    tokens for the shipped causal-LM calibration), else (no calibration, one that does not record
+    it, or "auto" with a training-set size it will decline) to the probe's. ``return_advice=True``
     returns the :class:`Advice` (config, per-layer evidence, reasons) instead of the config.
     """
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)  # before minutes of probing
-    # a bad file fails before the probe; "auto" picks by the kind of model, after the probe when
-    # only the probe's loading tells it (a model given by name or path)
-    task = probe_options.get("task") or (model_task(model) if isinstance(model, torch.nn.Module) else None)
-    if model is None and task is None:
-        task = TASK_CAUSAL_LM  # the embedded default model
-    if not is_auto(calibration) or task is not None:
-        calibration = resolve_calibration(calibration, task=task)
-    protocol = probe_protocol(calibration, task)  # probe as the calibration's cells were, unless told otherwise
+    # a bad file fails before the probe; "auto" picks by the kind of model (a model loaded from a
+    # name or path without task= is loaded as a causal LM)
+    task = probe_options.get("task") or (model_task(model) if isinstance(model, torch.nn.Module) else TASK_CAUSAL_LM)
+    calibration = resolve_calibration(calibration, task=task)
+    if alpha_mode == "calibrated":
+        _check_alpha_model(calibration)
+    if train_size is None and dataset is not None:
+        dataset, train_size = _rows_and_size(dataset)
+    # probe as the calibration's cells were, unless told otherwise or "auto" will decline it anyway
+    declined_early = (calibration is not None and calibration.automatic and train_size is not None
+                      and training_rows_gap(calibration, train_size))
+    protocol = {} if declined_early else probe_protocol(calibration)
     for setting in ("num_samples", "max_length"):
         if probe_options.get(setting) is None:
             probe_options.pop(setting, None)
             if setting in protocol:
                 probe_options[setting] = protocol[setting]
-    if alpha_mode == "calibrated" and not is_auto(calibration):
-        _check_alpha_model(calibration)
-    if train_size is None and dataset is not None:
-        dataset, train_size = _rows_and_size(dataset)
     result = probe(model, dataset, **probe_options)
     advice = advice_from_probe(result, budget=budget, train_size=train_size, alpha_mode=alpha_mode,
                                min_rank=min_rank, max_rank=max_rank, calibration=calibration)

@@ -339,10 +339,13 @@ def advised_places(result, planted: dict[str, dict]) -> dict:
     from the 16-64-row probes used here); per planted layer (added to ``planted``'s dicts) its need,
     rank and place among all layers by need (1 = largest; tied layers share the best place); per
     rule the median need and the calibration's name and joblib sha256."""
-    from advisor.calibrated import resolve_calibration, shipped_calibration
+    from advisor.calibrated import fitted_kinds, load_calibration, shipped_calibration
     from advisor.recommend import advice_from_probe
 
-    calibration = resolve_calibration(str(shipped_calibration("causal-lm")))
+    path = shipped_calibration("causal-lm")
+    calibration = load_calibration(path) if path is not None else None
+    if calibration is None or "causal-lm" not in (fitted_kinds(calibration.metadata) or []):
+        raise ValueError(f"models/ ships no causal-LM calibration (found: {path})")
     summary = {}
     for rule, chosen in (("uncalibrated", None), ("calibrated", calibration)):
         advice = advice_from_probe(result, train_size=ADVICE_TRAIN_SIZE, calibration=chosen)

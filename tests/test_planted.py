@@ -21,7 +21,7 @@ import torch
 
 from advisor.data import make_batches
 from advisor.probe import gradients, probe
-from advisor.calibrated import load_calibration, shipped_calibration
+from advisor.calibrated import load_calibration, sha256_of, shipped_calibration
 from calibration.planted import (
     ADVICE_TRAIN_SIZE, advised_places, distillation_loss, input_covariances, kl_by_direction_subset, loss_visible_rank,
     loss_visible_shares, plant, planted_terms, subspace_overlap_with, teacher_with, text_rows, top_k_energy_share,
@@ -118,6 +118,6 @@ def test_advised_places_rank_the_planted_layer_by_each_rules_need():
     relative = calibration.predict_log2_relative_need(layers, ADVICE_TRAIN_SIZE, False)
     assert planted[name]["advised_calibrated"]["place_by_need"] == 1 + sum(
         v > relative[name] + 1e-9 for v in relative.values())
-    assert summary["advice_calibrated"]["sha256"] == calibration.metadata["sha256"]
+    assert summary["advice_calibrated"]["sha256"] == sha256_of(shipped_calibration("causal-lm").with_suffix(".joblib"))
     assert summary["advice_uncalibrated"]["median_need"] == pytest.approx(statistics.median(uncalibrated.values()),
                                                                          abs=1e-3)

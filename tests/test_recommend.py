@@ -354,6 +354,17 @@ def test_advise_probes_as_the_calibrations_cells_were_unless_told(tmp_path, monk
     assert (told.num_rows, told.max_length) == (8, 10)
     uncalibrated = advise(tiny_llama(), rows, calibration=None, **options).probe
     assert (uncalibrated.num_rows, uncalibrated.max_length) == (40, 256)
+    # 100 training rows: "auto" will decline the calibration (fitted on 1,000), so the probe's defaults
+    declined = advise(tiny_llama(), rows, **{**options, "train_size": 100})
+    assert (declined.probe.num_rows, declined.probe.max_length) == (40, 256)
+    assert "training rows 100, fitted on 1,000" in declined.calibration
+    # a hand-edited protocol that is not one is ignored, not passed to the probe
+    for broken in ({"num_samples": None, "max_length": 10}, [12, 10], "32x128"):
+        metadata["probe_protocol"] = broken
+        save(models, metadata, records, "shipped", tmp_path)
+        expected = {"max_length": 10} if isinstance(broken, dict) else {}
+        assert calibrated.probe_protocol(calibrated.load_calibration(tmp_path / "shipped.json")) == expected
+    assert calibrated.probe_protocol(None) == {}
 
 
 def test_auto_sets_a_rank_model_aside_for_a_probe_outside_its_spectral_ranges():
