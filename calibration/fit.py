@@ -119,10 +119,11 @@ def cell_probe_protocol(cell) -> dict | None:
     row; :data:`calibration.train.PROBE_SETTINGS`), None when its record does not say."""
     from calibration.train import PROBE_SETTINGS
 
-    max_length = cell.probe().get("max_length")
-    if max_length is None or cell.model not in PROBE_SETTINGS:
-        return None
-    return {"num_samples": PROBE_SETTINGS[cell.model]["num_samples"], "max_length": max_length}
+    probe = cell.probe()
+    max_length, settings = probe.get("max_length"), PROBE_SETTINGS.get(cell.model)
+    if max_length is None or settings is None or probe.get("num_rows", 0) > settings["num_samples"]:
+        return None  # the record does not say, or it was probed with more rows than the sweep draws today
+    return {"num_samples": settings["num_samples"], "max_length": max_length}
 
 
 def probe_protocol(cell_rows: list[dict]) -> dict | None:
