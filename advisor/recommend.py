@@ -453,7 +453,7 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     calibration = resolve_calibration(calibration, task=task)
     if alpha_mode == "calibrated":
         _check_alpha_model(calibration)
-    if train_size is None and dataset is not None:
+    if train_size is None:  # None: the embedded data, whose rows count too
         dataset, train_size = _rows_and_size(dataset)
     # probe as the calibration's cells were, unless told otherwise or "auto" will decline it anyway
     declined_early = (calibration is not None and calibration.automatic and train_size is not None

@@ -8,6 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from advisor.cli import main
+from advisor.data import load_rows
 from advisor.embedded_data import stdlib_code_rows
 from advisor.probe import probe
 from test_probe import assert_same_state, autograd_weight_gradients, model_state
@@ -52,6 +53,9 @@ def test_advised_config_is_applied_by_peft_with_the_advised_ranks(smollm2, tmp_p
     out = tmp_path / "advice"
     assert main(["advise", "--samples", "8", "--max-length", "64", "--out", str(out), "--json"]) == 0
     advice = json.loads(capsys.readouterr().out)
+    # the rows you will train on default to the whole embedded dataset, not to the 8 the probe drew
+    assert advice["train_size"] == len(load_rows(None)) > 1000
+    assert f"training rows {len(load_rows(None)):,}, fitted on 1,000" in advice["calibration"]
     ranks = {name: layer["rank"] for name, layer in advice["layers"].items()}
     config = LoraConfig.from_pretrained(out)
     peft_model = get_peft_model(copy.deepcopy(model), config)
