@@ -304,7 +304,7 @@ def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed,
     assert advice_from_probe(result, min_rank=1, calibration="none").calibration.startswith("uncalibrated")
 
 
-def test_advise_keeps_auto_until_it_has_seen_the_probe(tmp_path, monkeypatch):
+def test_advise_lets_auto_decline_a_calibration_that_does_not_cover_the_probe(tmp_path, monkeypatch):
     """advise() (the CLI's path) must let "auto" decline a calibration that does not cover the probe,
     and take the one fitted on the model's kind when models/ ships one per kind."""
     from advisor import calibrated
