@@ -46,7 +46,10 @@ confound itself.
 - ``smollm2-rank``: SmolLM2 on stdlib-code, wordnet-defs, shakespeare, debian-summary, brown-lm
   at 1000 rows, r in 1, 4, 16, 64, rsLoRA alpha = SMOLLM2_ALPHA, seeds 0, 1 (the last two
   tasks were added once the first three were under way: a per-model correlation needs four
-  labelled cells, and leave-one-task-out needs more than two).
+  labelled cells, and leave-one-task-out needs more than two). Then stdlib-code at 4000 rows
+  (session 11): SmolLM2's first second training-set size, on the embedded data's domain, so
+  the causal-LM calibration spans 1000-4000 rows (the embedded data has 5,383); seed-major,
+  so that shards 0/2 and 1/2 finish every rank's seed 0 first.
 - ``mpnet-rank``: MPNet (same encoder settings as MiniLM) on bbc-news, health-tweets,
   debian-section at 1000 rows, r in 1, 4, 16, 64, rsLoRA alpha = ENCODER_ALPHA, seeds 0, 1.
 - ``encoder-lr`` and ``smollm2-lr``: the learning-rate / budget checks below, kept as grids
@@ -174,12 +177,12 @@ def grid_encoder_alpha() -> list[RunConfig]:
 
 
 def grid_smollm2_rank() -> list[RunConfig]:
-    return _unique([
-        _smollm2(task, 1000, seed, **_rslora(rank, SMOLLM2_ALPHA))
-        for task in SMOLLM2_TASKS
-        for rank in (1, 4, 16, 64)
-        for seed in SEEDS
-    ])
+    ranks = (1, 4, 16, 64)
+    at_1000 = [_smollm2(task, 1000, seed, **_rslora(rank, SMOLLM2_ALPHA))
+               for task in SMOLLM2_TASKS for rank in ranks for seed in SEEDS]
+    stdlib_at_4000 = [_smollm2("stdlib-code", 4000, seed, **_rslora(rank, SMOLLM2_ALPHA))
+                      for seed in SEEDS for rank in ranks]
+    return _unique(at_1000 + stdlib_at_4000)
 
 
 def grid_mpnet_rank() -> list[RunConfig]:
