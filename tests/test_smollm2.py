@@ -7,6 +7,7 @@ import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
+from advisor.calibrated import resolve_calibration, training_rows_gap
 from advisor.cli import main
 from advisor.data import load_rows
 from advisor.embedded_data import stdlib_code_rows
@@ -55,7 +56,13 @@ def test_advised_config_is_applied_by_peft_with_the_advised_ranks(smollm2, tmp_p
     advice = json.loads(capsys.readouterr().out)
     # the rows you will train on default to the whole embedded dataset, not to the 8 the probe drew
     assert advice["train_size"] == len(load_rows(None)) > 1000
-    assert f"training rows {len(load_rows(None)):,}, fitted on 1,000" in advice["calibration"]
+    # ... and "auto" judges the shipped calibration on those rows: it declines it for them exactly
+    # when they lie more than 2x outside the rows it was fitted on
+    gap = training_rows_gap(resolve_calibration("auto", task="causal-lm"), advice["train_size"])
+    if gap is None:
+        assert "training rows" not in advice["calibration"]
+    else:
+        assert gap in advice["calibration"] and advice["calibration"].startswith("uncalibrated")
     ranks = {name: layer["rank"] for name, layer in advice["layers"].items()}
     config = LoraConfig.from_pretrained(out)
     peft_model = get_peft_model(copy.deepcopy(model), config)
