@@ -47,7 +47,7 @@ confound itself.
   at 1000 rows, r in 1, 4, 16, 64, rsLoRA alpha = SMOLLM2_ALPHA, seeds 0, 1 (the last two
   tasks were added once the first three were under way: a per-model correlation needs four
   labelled cells, and leave-one-task-out needs more than two). Then stdlib-code at 4000 rows
-  (session 11): SmolLM2's first second training-set size, on the embedded data's domain, so
+  (session 11): SmolLM2's first cell at a second training-set size, on the embedded data's domain, so
   the causal-LM calibration spans 1000-4000 rows (the embedded data has 5,383); seed-major,
   so that shards 0/2 and 1/2 finish every rank's seed 0 first.
 - ``mpnet-rank``: MPNet (same encoder settings as MiniLM) on bbc-news, health-tweets,
