@@ -397,3 +397,27 @@ def test_a_fold_with_too_few_training_rows_is_skipped_not_scored():
     assert set(lomo["folds"]) == {"mpnet"} and lomo["n"] == 1
     assert grouped_errors([{"features": {"x": 1.0}, "target": 0.0, "task": t} for t in "ab"],
                           ["x"], "task", lambda train: lambda row: 0.0) is None
+
+
+def test_the_gain_ablation_adds_only_the_gain_feature_to_the_fits_per_layer_rows():
+    """On the committed results: the ablation's rows are the fit's per-layer rows plus
+    log2(gain / the cell's median gain), so its 'without' error is the shipped fit's."""
+    import statistics
+
+    from calibration.findings import read_records
+    from calibration.fit import training_table
+    from calibration.gain_study import layer_rows_with_gain
+
+    records = [r for r in read_records() if r["model"] == "smollm2"]
+    _, fit_rows, _ = training_table(records)
+    rows = layer_rows_with_gain("causal-lm")
+    assert len(rows) == len(fit_rows) > 0
+    for mine, theirs in zip(rows, fit_rows):
+        gain = mine["features"].pop("log2_relative_gain")
+        assert mine == theirs and math.isfinite(gain)
+    cell = [r for r in records if r["task"] == "debian-summary" and r["train_size"] == 1000][0]["probe"]["layers"]
+    median = statistics.median(stats["natural_gain"] for stats in cell.values())
+    name = "model.layers.5.mlp.down_proj"
+    expected = math.log2(cell[name]["natural_gain"] / median)
+    debian = [r for r in layer_rows_with_gain("causal-lm") if r["task"] == "debian-summary"]
+    assert any(math.isclose(r["features"]["log2_relative_gain"], expected) for r in debian)
