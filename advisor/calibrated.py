@@ -29,6 +29,7 @@ import dataclasses
 import hashlib
 import json
 import math
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,23 @@ def why_unused(metadata: dict, kind: str) -> str:
         return "has no leave-one-task-out score (fewer than 2 tasks, or every fold would train on one cell)"
     return (f"is not {required_gain(metadata):.0%} better than its baseline leave-one-task-out "
             f"({scores['model_mae']:.3f} against {scores['baseline_mae']:.3f})")
+
+
+def measured_levels(metadata: dict) -> str | None:
+    """What the sweeps behind a calibration measured about the rank level (its ``cell_labels``,
+    written by ``calibration.fit``), for advice whose rank model is not used; None when the
+    metadata does not say."""
+    labels = metadata.get("cell_labels")
+    if not labels:
+        return None
+    counts = Counter(label["optimal_rank"] for label in labels)
+    spreads = sorted(100 * label["worst_over_best"] for label in labels)
+    tasks = len({label["task"] for label in labels})
+    ranks = ", ".join(f"{rank} on {count}" for rank, count in sorted(counts.items()))
+    spread = f"{spreads[0]:.1f}" if f"{spreads[0]:.1f}" == f"{spreads[-1]:.1f}" else f"{spreads[0]:.1f}-{spreads[-1]:.1f}"
+    return (f"the rank level is not calibrated: the sweeps behind {metadata.get('name', 'the calibration')} found "
+            f"optimal uniform ranks {ranks} of {len(labels)} cells ({tasks} tasks), and on each cell the worst uniform "
+            f"rank from 1 to 64 lost {spread} % more eval loss than the best")
 
 
 def shipped_calibration(task: str | None = None) -> Path | None:

@@ -57,8 +57,9 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
-from advisor.calibrated import (domain_gaps, earns_its_place, features_outside, layer_group, probe_protocol,
-                                rank_model_extrapolates, resolve_calibration, training_rows_gap, why_unused)
+from advisor.calibrated import (domain_gaps, earns_its_place, features_outside, layer_group, measured_levels,
+                                probe_protocol, rank_model_extrapolates, resolve_calibration, training_rows_gap,
+                                why_unused)
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS, model_task
 from advisor.probe import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
@@ -420,11 +421,14 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     trainable = sum(layer.params for layer in layers.values())
     uniform = {r: r * sum(sum(s) for s in shapes.values()) for r in UNIFORM_BASELINES}
     curve, curve_error = _loss_curve(result, layer_dicts, calibration, train_size)
+    reasons = _reasons(result, layers, trainable, uniform)
+    if rank_model_unused and calibration is not None and measured_levels(calibration.metadata):
+        reasons.append(measured_levels(calibration.metadata))
     return Advice(
         config=lora_config(result, ranks, alphas, use_rslora=alpha_mode == "rslora"),
         layers=layers, calibration=label, alpha_mode=alpha_mode, budget=tokens_budget, trainable_params=trainable,
         uniform_params=uniform, model_parameters=result.model_parameters, train_size=train_size,
-        reasons=_reasons(result, layers, trainable, uniform), probe=result, loss_curve=curve,
+        reasons=reasons, probe=result, loss_curve=curve,
         loss_curve_error=curve_error,
     )
 

@@ -32,7 +32,8 @@ The metadata's ``probe_tasks`` lets ``advisor`` pick the shipped calibration for
 of model and decline one fitted on another kind; its ``probe_protocol`` (rows and tokens per row of
 the cells' step-0 probes) is how ``advise`` probes by default.
 Writes ``models/NAME.joblib`` and ``models/NAME.json`` (default NAME: ``lora-rank-PROBE_TASK``;
-feature names, versions, sha256 of the joblib file, sha256 of the training records, the scores);
+feature names, versions, sha256 of the joblib file, sha256 of the training records, the scores, and
+each labelled cell's optimal rank and loss spread, which ``advise`` quotes when its rank model is not used);
 ``--dry-run`` prints the scores only. A fit is written only when its rank model (against the
 constant best rank) or its per-layer model (against "every layer the same") is 10 % better than
 its baseline leave-one-task-out (``--min-gain``, recorded in the JSON as ``min_gain``); ``advisor``
@@ -104,7 +105,7 @@ def training_table(records: list[dict]):
         if optimal is None:
             continue
         cell_rows.append({"features": features, "target": math.log2(optimal), "task": cell.task, "model": cell.model,
-                          "probe": cell_probe_protocol(cell)})
+                          "probe": cell_probe_protocol(cell), "label": cell_label(cell)})
         need = cell.relative_need()
         per_layer = layer_features(layers, cell.train_size, quantized)
         for name, value in need.items():
@@ -112,6 +113,15 @@ def training_table(records: list[dict]):
                 layer_rows.append({"features": per_layer[name], "target": math.log2(value),
                                    "task": cell.task, "model": cell.model})
     return cell_rows, layer_rows, curve_rows
+
+
+def cell_label(cell) -> dict:
+    """What the sweep measured on a labelled cell, for ``advise`` to quote when the rank model is not
+    used: its optimal uniform rank and how far the worst rank's mean eval loss lies above the best's
+    (``worst_over_best``: 0.02 = 2 %)."""
+    best = cell.mean_loss(cell.best_rank)
+    return {"model": cell.model, "task": cell.task, "train_size": cell.train_size, "optimal_rank": cell.optimal_rank,
+            "worst_over_best": round(max(cell.mean_loss(r) for r in cell.ranks) / best - 1, 4)}
 
 
 def cell_probe_protocol(cell) -> dict | None:
@@ -248,6 +258,7 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
         "model": MODEL_DESCRIPTION,
         "scale_rule": RANK_GRID_RULE,
         "cells": len(cell_rows),
+        "cell_labels": [row["label"] for row in cell_rows],
         "layers": len(layer_rows),
         "curve_points": len(curve_rows),
         "alpha_points": len(alpha_rows),

@@ -155,6 +155,10 @@ def test_fit_saves_files_the_verified_loader_reads(tmp_path):
     assert list(curve) == [1, 2, 4, 8, 16, 32, 64]
     assert curve[1] > curve[4] > curve[32] and curve[1] > 1.1 * curve[32] and curve[32] == pytest.approx(1.0, abs=0.1)
     assert metadata["cv"]["curve_leave_one_task_out"]["n"] == metadata["curve_points"] == 28
+    # what each cell measured, for advice to quote: a's best rank 2, c's 32; r=1 is 0.2 (1 - 1/best) worse
+    labels = {label["task"]: label for label in calibration.metadata["cell_labels"]}
+    assert [labels[t]["optimal_rank"] for t in "abcd"] == [2, 8, 32, 4]
+    assert labels["c"]["worst_over_best"] == pytest.approx(0.2 * 31 / 32 / 1.005, abs=1e-4)
 
 
 def test_the_probe_protocol_is_recorded_when_every_cell_shares_it():
