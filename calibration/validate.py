@@ -286,7 +286,7 @@ def summary(tasks=None) -> dict[str, Comparison]:
                 "eval_accuracy": statistics.mean(accuracies) if accuracies else None,
                 "adapter_params": statistics.mean(_adapter_params_of(r) for r in runs),
                 "base_params": runs[0]["total_params"] - runs[0]["trainable_params"], "seeds": len(runs),
-                "losses": losses,
+                "losses": losses, "by_seed": {r["config"]["seed"]: r["eval_loss"] for r in runs},
             }
     return out
 
@@ -311,7 +311,8 @@ def goal_check(arms: dict[str, dict], budget_rank: int | None = None) -> list[st
                 difference = arms[arm]["eval_loss"] - arms[same_budget]["eval_loss"]
                 lines.append(f"{arm} vs {same_budget} at the same budget: loss {arms[arm]['eval_loss']:.4f} vs "
                              f"{arms[same_budget]['eval_loss']:.4f} ({difference:+.4f}{in_noise(difference)}), "
-                             f"parameters x{arms[arm]['adapter_params'] / arms[same_budget]['adapter_params']:.2f}")
+                             f"parameters x{arms[arm]['adapter_params'] / arms[same_budget]['adapter_params']:.2f}"
+                             + _paired(arms[arm], arms[same_budget], in_noise))
     elif advised and uniform and not budget_rank:
         best_arm = min(uniform, key=lambda a: uniform[a]["eval_loss"])
         best = uniform[best_arm]
@@ -328,6 +329,17 @@ def goal_check(arms: dict[str, dict], budget_rank: int | None = None) -> list[st
     if noise:
         lines.append(f"seed noise (pooled standard deviation of the uniform arms' two seeds): {noise:.4f}")
     return lines
+
+
+def _paired(arm: dict, reference: dict, in_noise) -> str:
+    """When the two arms ran different seeds: their comparison on the seeds both ran (a mean over
+    other seeds mixes the seed-to-seed noise into the difference); else nothing."""
+    common = sorted(set(arm["by_seed"]) & set(reference["by_seed"]))
+    if not common or set(arm["by_seed"]) == set(reference["by_seed"]):
+        return ""
+    mine, theirs = (statistics.mean(runs["by_seed"][seed] for seed in common) for runs in (arm, reference))
+    return (f"; on the seeds both ran ({', '.join(map(str, common))}): {mine:.4f} vs {theirs:.4f} "
+            f"({mine - theirs:+.4f}{in_noise(mine - theirs)})")
 
 
 def print_table(table: dict) -> None:

@@ -101,6 +101,11 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     fixed = goal_check(arms, budget_rank=16)
     assert fixed[0] == ("advised vs uniform-16 at the same budget: loss 0.9050 vs 0.9550 "
                         f"(-0.0500 = {-0.05 / (0.01 / 2**0.5):+.1f} seed noises), parameters x0.10")
+    # an arm with fewer seeds than the uniform one is also compared on the seeds both ran
+    arms["advised"] = {**arms["advised"], "eval_loss": 0.95, "by_seed": {0: 0.95}}
+    paired = goal_check(arms, budget_rank=16)[0]
+    assert paired.startswith("advised vs uniform-16 at the same budget: loss 0.9500 vs 0.9550 (-0.0050")
+    assert paired.endswith(f"; on the seeds both ran (0): 0.9500 vs 0.9500 (+0.0000 = +0.0 seed noises)")
 
 
 def test_the_held_out_calibration_is_fitted_on_the_encoders_without_the_task():
