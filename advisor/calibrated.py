@@ -193,7 +193,8 @@ def measured_levels(metadata: dict) -> str | None:
     spreads = sorted(100 * label["worst_over_best"] for label in labels)
     tasks = len({label["task"] for label in labels})
     ranks = ", ".join(f"{rank} on {count}" for rank, count in sorted(counts.items()))
-    spread = f"{spreads[0]:.1f}" if f"{spreads[0]:.1f}" == f"{spreads[-1]:.1f}" else f"{spreads[0]:.1f}-{spreads[-1]:.1f}"
+    low, high = f"{spreads[0]:.1f}", f"{spreads[-1]:.1f}"
+    spread = low if low == high else f"{low}-{high}"
     return (f"the rank level is not calibrated: the sweeps behind {metadata.get('name', 'the calibration')} found "
             f"optimal uniform ranks {ranks} of {len(labels)} cells ({tasks} tasks), and on each cell the worst uniform "
             f"rank from 1 to 64 lost {spread} % more eval loss than the best")

@@ -422,8 +422,9 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     uniform = {r: r * sum(sum(s) for s in shapes.values()) for r in UNIFORM_BASELINES}
     curve, curve_error = _loss_curve(result, layer_dicts, calibration, train_size)
     reasons = _reasons(result, layers, trainable, uniform)
-    if rank_model_unused and calibration is not None and measured_levels(calibration.metadata):
-        reasons.append(measured_levels(calibration.metadata))
+    levels = measured_levels(calibration.metadata) if rank_model_unused and calibration is not None else None
+    if levels:
+        reasons.append(levels)
     return Advice(
         config=lora_config(result, ranks, alphas, use_rslora=alpha_mode == "rslora"),
         layers=layers, calibration=label, alpha_mode=alpha_mode, budget=tokens_budget, trainable_params=trainable,

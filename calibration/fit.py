@@ -111,7 +111,7 @@ def training_table(records: list[dict]):
         for name, value in need.items():
             if name in per_layer and value > 0:
                 layer_rows.append({"features": per_layer[name], "target": math.log2(value),
-                                   "task": cell.task, "model": cell.model})
+                                   "task": cell.task, "model": cell.model, "cell": cell, "layer": name})
     return cell_rows, layer_rows, curve_rows
 
 

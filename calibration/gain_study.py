@@ -70,34 +70,38 @@ def study_cell(cell) -> dict:
             "per_layer": {n: [round(layers[n]["natural_gain"], 4), round(need[n], 4)] for n in names}}
 
 
+def _log2_relative_gains(cell, studied: dict) -> dict[str, float]:
+    """Per layer of a cell: log2 of its natural gain over the cell's median layer's, from the
+    record's probe or else from ``gain.jsonl`` (``studied``); empty when neither has them."""
+    gains = {name: stats.get("natural_gain") for name, stats in cell.probe()["layers"].items()}
+    if None in gains.values():
+        stored = studied.get((cell.model, cell.task, cell.train_size)) or {}
+        gains = {name: gain for name, (gain, _) in stored.items()}
+    if not gains:
+        return {}
+    median = statistics.median(gains.values())
+    return {name: math.log2(max(gain, 1e-12) / median) for name, gain in gains.items()}
+
+
 def layer_rows_with_gain(probe_task: str) -> list[dict]:
     """The per-layer regression's rows (:func:`calibration.fit.training_table`) of one probe task,
     each with ``log2_relative_gain`` (the layer's natural gain over its cell's median layer's) added;
     a cell with no natural gain in its record nor in ``gain.jsonl`` is left out."""
-    from advisor.calibrated import layer_features
     from calibration.findings import read_records
     from calibration.fit import probe_task as task_of
-    from calibration.labels import rank_grid, uniform_cells
+    from calibration.fit import training_table
 
     studied = {(r["model"], r["task"], r["train_size"]): r["per_layer"] for r in read_results(RESULTS)}
-    records = [r for r in read_records() if task_of(r["model"]) == probe_task]
+    _, layer_rows, _ = training_table([r for r in read_records() if task_of(r["model"]) == probe_task])
+    by_cell: dict[int, dict[str, float]] = {}  # id(cell) -> its layers' log2 relative gains
     rows = []
-    for cell in uniform_cells(rank_grid(records)):
-        if cell.optimal_rank is None:
-            continue
-        layers = cell.probe()["layers"]
-        gains = {name: stats.get("natural_gain") for name, stats in layers.items()}
-        if None in gains.values():
-            stored = studied.get((cell.model, cell.task, cell.train_size))
-            if stored is None:
-                continue
-            gains = {name: gain for name, (gain, _) in stored.items()}
-        median_gain = statistics.median(gains.values())
-        features = layer_features(layers, cell.train_size, bool(cell.records[0]["config"].get("quantized", False)))
-        for name, need in cell.relative_need().items():
-            if name in features and name in gains and need > 0:
-                row = {**features[name], "log2_relative_gain": math.log2(max(gains[name], 1e-12) / median_gain)}
-                rows.append({"features": row, "target": math.log2(need), "task": cell.task, "model": cell.model})
+    for row in layer_rows:
+        cell = row["cell"]
+        if id(cell) not in by_cell:
+            by_cell[id(cell)] = _log2_relative_gains(cell, studied)
+        gain = by_cell[id(cell)].get(row["layer"])
+        if gain is not None:
+            rows.append({**row, "features": {**row["features"], "log2_relative_gain": gain}})
     return rows
 
 
