@@ -48,6 +48,7 @@ import os
 import statistics
 import sys
 import textwrap
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -287,6 +288,7 @@ def summary(tasks=None) -> dict[str, Comparison]:
                 "adapter_params": statistics.mean(_adapter_params_of(r) for r in runs),
                 "base_params": runs[0]["total_params"] - runs[0]["trainable_params"], "seeds": len(runs),
                 "losses": losses, "by_seed": {r["config"]["seed"]: r["eval_loss"] for r in runs},
+                "layers_by_rank": Counter(layer["r"] for layer in runs[0]["adapter_layers"]),
             }
     return out
 
@@ -354,6 +356,15 @@ def print_table(table: dict) -> None:
                   f"{v['eval_loss']:.4f} ± {v['spread']:.4f} | {accuracy} | {v['seeds']} |")
         for line in goal_check(arms, comparison.budget_rank):
             print(f"\n- {line}")
+        for arm, v in arms.items():
+            if not arm.startswith("uniform-"):
+                print(f"\n- {arm}: {rank_counts(v['layers_by_rank'])}")
+
+
+def rank_counts(layers_by_rank: Counter) -> str:
+    """How an arm's ranks are spread over its layers, most common first: "195 layers at rank 16, 12 at 8"."""
+    counts = layers_by_rank.most_common()
+    return ", ".join(f"{n} layers at rank {r}" if i == 0 else f"{n} at {r}" for i, (r, n) in enumerate(counts))
 
 
 def plot(table: dict, path: Path = PLOT) -> None:

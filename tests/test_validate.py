@@ -93,6 +93,7 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     assert list(arms) == ["advised", "uniform-4", "uniform-8", "uniform-16", "eva"]
     assert arms["advised"]["adapter_params"] == 5 * 20 and arms["uniform-8"]["adapter_params"] == 8 * 60
     assert arms["advised"]["base_params"] == 900
+    assert validate.rank_counts(arms["advised"]["layers_by_rank"]) == "2 layers at rank 2, 1 at 1"
     lines = goal_check(arms)
     assert "best uniform r in 4-32 (uniform-8)" in lines[0] and "goal (<= x1.01, <= x0.6) met" in lines[0]
     assert "advised lower" in lines[1]
