@@ -183,9 +183,9 @@ def why_unused(metadata: dict, kind: str) -> str:
 
 
 def measured_levels(metadata: dict) -> str | None:
-    """What the sweeps behind a calibration measured about the rank level (its ``cell_labels``,
-    written by ``calibration.fit``), for advice whose rank model is not used; None when the
-    metadata does not say."""
+    """What the sweeps behind a calibration measured about the rank level (its ``cell_labels`` and
+    ``levels``, written by ``calibration.fit``), for advice whose rank model is not used; None when
+    the metadata does not say."""
     labels = metadata.get("cell_labels")
     if not labels:
         return None
@@ -195,9 +195,17 @@ def measured_levels(metadata: dict) -> str | None:
     ranks = ", ".join(f"{rank} on {count}" for rank, count in sorted(counts.items()))
     low, high = f"{spreads[0]:.1f}", f"{spreads[-1]:.1f}"
     spread = low if low == high else f"{low}-{high}"
-    return (f"the rank level is not calibrated: the sweeps behind {metadata.get('name', 'the calibration')} found "
+    text = (f"the rank level is not calibrated: the sweeps behind {metadata.get('name', 'the calibration')} found "
             f"optimal uniform ranks {ranks} of {len(labels)} cells ({tasks} tasks), and on each cell the worst uniform "
             f"rank from 1 to 64 lost {spread} % more eval loss than the best")
+    levels = metadata.get("levels") or {}
+    rule, habits = levels.get("rule"), [h for h in ("r = 16", "r = 64") if h in levels]
+    if rule and habits:
+        low, high = (f"{x:.3g}" for x in rule["rank_range"])
+        text += (f"; the probe's level used here (uniform-equivalent ranks {low if low == high else f'{low}-{high}'} on "
+                 f"those cells) was within one seed noise of the best uniform rank on {rule['within_noise']} of "
+                 f"{rule['cells']} cells, uniform " + " and ".join(f"{h} on {levels[h]['within_noise']}" for h in habits))
+    return text
 
 
 def shipped_calibration(task: str | None = None) -> Path | None:

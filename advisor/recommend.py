@@ -69,6 +69,12 @@ ALPHA_OVER_R = 2.0  # "scale" mode: alpha = 2 r
 RSLORA_ALPHA = 8.0  # "rslora" mode: one alpha for every layer, scaling alpha / sqrt(r)
 UNIFORM_BASELINES = (4, 8, 16, 32)
 UNCALIBRATED_LABEL = "uncalibrated: rank = next power of two >= signal effective rank"
+MIN_RANK, MAX_RANK = 2, 64  # the advised ranks' default bounds
+
+
+def signal_need(signal_effective_rank: float) -> float:
+    """The uncalibrated need of a layer (directions): its signal effective rank, at least 1."""
+    return max(signal_effective_rank, 1.0)
 
 
 @dataclass
@@ -260,7 +266,7 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
     :func:`rank_model_extrapolates`) gives the shape only: the per-layer log2 relative need,
     centred on its mean over the layers, added to the uncalibrated rule's level (its mean log2
     need), so the layers' geometric-mean need stays the rule's."""
-    need = {n: max(s.signal_effective_rank, 1.0) for n, s in result.layers.items()}
+    need = {n: signal_need(s.signal_effective_rank) for n, s in result.layers.items()}
     high = {n: max(float(s.signal_rank), need[n]) for n, s in result.layers.items()}
     if calibration is None:
         return need, need, high, UNCALIBRATED_LABEL
@@ -373,7 +379,7 @@ def _check_alpha_model(calibration, declined: str | None = None) -> None:
 
 
 def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | None = None, alpha_mode: str = "scale",
-                      min_rank: int = 2, max_rank: int = 64, calibration="auto") -> Advice:
+                      min_rank: int = MIN_RANK, max_rank: int = MAX_RANK, calibration="auto") -> Advice:
     """Advice from a finished probe (see the module docstring for the rules)."""
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)
     calibration = resolve_calibration(calibration, task=result.task)
@@ -435,7 +441,7 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
 
 
 def advise(model=None, dataset=None, *, budget=None, train_size: int | None = None, alpha_mode: str = "scale",
-           min_rank: int = 2, max_rank: int = 64, calibration="auto", return_advice: bool = False, **probe_options):
+           min_rank: int = MIN_RANK, max_rank: int = MAX_RANK, calibration="auto", return_advice: bool = False, **probe_options):
     """Probe ``model`` on ``dataset`` and return the advised ``peft.LoraConfig``.
 
     ``budget``: trainable parameters (a number, "1.5M", or "r=16" for what uniform rank 16

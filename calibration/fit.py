@@ -33,7 +33,8 @@ of model and decline one fitted on another kind; its ``probe_protocol`` (rows an
 the cells' step-0 probes) is how ``advise`` probes by default.
 Writes ``models/NAME.joblib`` and ``models/NAME.json`` (default NAME: ``lora-rank-PROBE_TASK``;
 feature names, versions, sha256 of the joblib file, sha256 of the training records, the scores, and
-each labelled cell's optimal rank and loss spread, which ``advise`` quotes when its rank model is not used);
+each labelled cell's optimal rank and loss spread, and how each way of choosing one rank fared on them
+(``levels``, :mod:`calibration.level_study`), which ``advise`` quotes when its rank model is not used);
 ``--dry-run`` prints the scores only. A fit is written only when its rank model (against the
 constant best rank) or its per-layer model (against "every layer the same") is 10 % better than
 its baseline leave-one-task-out (``--min-gain``, recorded in the JSON as ``min_gain``); ``advisor``
@@ -105,7 +106,7 @@ def training_table(records: list[dict]):
         if optimal is None:
             continue
         cell_rows.append({"features": features, "target": math.log2(optimal), "task": cell.task, "model": cell.model,
-                          "probe": cell_probe_protocol(cell), "label": cell_label(cell)})
+                          "probe": cell_probe_protocol(cell), "label": cell_label(cell), "cell": cell})
         need = cell.relative_need()
         per_layer = layer_features(layers, cell.train_size, quantized)
         for name, value in need.items():
@@ -170,27 +171,36 @@ def _matrix(rows, names):
     return [[row["features"][k] for k in names] for row in rows], [row["target"] for row in rows]
 
 
-def grouped_errors(rows: list[dict], names: list[str], group: str, baseline) -> dict | None:
-    """Leave-one-``group``-out MAE of the ridge model and of the baseline:
-    ``baseline(train_rows)`` returns a function of a test row. A fold whose training side has
-    fewer than MIN_TRAIN_ROWS rows is skipped (named in ``skipped``): its penalty could not be
-    chosen by leave-one-out; None when no fold is left."""
+def held_out_predictions(rows: list[dict], names: list[str], group: str, baseline):
+    """Per ``group`` held out: (the group, its rows, the ridge model's predictions and the baseline's),
+    both fitted on the other groups' rows (``baseline(train_rows)`` returns a function of a test row);
+    a group whose training side has fewer than MIN_TRAIN_ROWS rows (its penalty could not be chosen
+    by leave-one-out) comes with None for both. Nothing when there are fewer than two groups."""
     groups = sorted({row[group] for row in rows})
     if len(groups) < 2:
-        return None
-    model_errors, baseline_errors, folds, skipped = [], [], {}, {}
+        return
     for held_out in groups:
         train = [row for row in rows if row[group] != held_out]
         test = [row for row in rows if row[group] == held_out]
         if len(train) < MIN_TRAIN_ROWS:
-            skipped[held_out] = f"{len(train)} training rows"
+            yield held_out, test, None, None
             continue
-        x, y = _matrix(train, names)
-        x_test, y_test = _matrix(test, names)
-        predicted = _ridge().fit(x, y).predict(x_test)
+        predicted = _ridge().fit(*_matrix(train, names)).predict(_matrix(test, names)[0])
         guess = baseline(train)
-        fold_model = [abs(p - t) for p, t in zip(predicted, y_test)]
-        fold_base = [abs(guess(row) - row["target"]) for row in test]
+        yield held_out, test, [float(p) for p in predicted], [guess(row) for row in test]
+
+
+def grouped_errors(rows: list[dict], names: list[str], group: str, baseline) -> dict | None:
+    """Leave-one-``group``-out MAE of the ridge model and of the baseline
+    (:func:`held_out_predictions`); a fold that could not be fitted is named in ``skipped``; None
+    when no fold is left."""
+    model_errors, baseline_errors, folds, skipped = [], [], {}, {}
+    for held_out, test, predicted, guessed in held_out_predictions(rows, names, group, baseline):
+        if predicted is None:
+            skipped[held_out] = f"{len(rows) - len(test)} training rows"
+            continue
+        fold_model = [abs(p - row["target"]) for p, row in zip(predicted, test)]
+        fold_base = [abs(g - row["target"]) for g, row in zip(guessed, test)]
         model_errors += fold_model
         baseline_errors += fold_base
         folds[held_out] = {"model_mae": round(sum(fold_model) / len(fold_model), 4),
@@ -229,6 +239,8 @@ def _same_rank_median_baseline(train: list[dict]):
 
 def fit(records: list[dict]) -> tuple[dict, dict]:
     """(models, metadata without the file hashes)."""
+    from calibration.level_study import level_rows, level_summary
+
     cell_rows, layer_rows, curve_rows = training_table(records)
     if len(cell_rows) < 2:
         raise ValueError(f"only {len(cell_rows)} labelled cells in the results: need at least 2 to fit")
@@ -259,6 +271,7 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
         "scale_rule": RANK_GRID_RULE,
         "cells": len(cell_rows),
         "cell_labels": [row["label"] for row in cell_rows],
+        "levels": level_summary(level_rows(records)),
         "layers": len(layer_rows),
         "curve_points": len(curve_rows),
         "alpha_points": len(alpha_rows),

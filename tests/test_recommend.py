@@ -249,10 +249,14 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_around_the_uncalibra
     assert advice.calibration.startswith("calibrated shape, uncalibrated level: the per-layer need of shape")
     assert advice.calibration.endswith("its rank model is not 10% better than its baseline leave-one-task-out "
                                        "(0.000 against 0.000)")
-    # the sweeps' measured level is quoted: rank 4 best on all three cells, r=1 at 1.105 against 1.005
+    # the sweeps' measured level is quoted: rank 4 best on all three cells, r=1 at 1.105 against 1.005;
+    # the probe's level on the cells (signal 1, 7, 3: ranks 2, 8, 4) misses only task a's, where r = 2
+    # interpolates to 1.055, 7 seed noises (0.0071) above the best
     assert advice.reasons[-1] == ("the rank level is not calibrated: the sweeps behind shape found optimal uniform "
                                   "ranks 4 on 3 of 3 cells (3 tasks), and on each cell the worst uniform rank from 1 to "
-                                  "64 lost 10.0 % more eval loss than the best")
+                                  "64 lost 10.0 % more eval loss than the best; the probe's level used here "
+                                  "(uniform-equivalent ranks 2-8 on those cells) was within one seed noise of the best "
+                                  "uniform rank on 2 of 3 cells, uniform r = 16 on 3 and r = 64 on 3")
     layers = {name: asdict(stats) for name, stats in result.layers.items()}
     relative = load_calibration(tmp_path / "shape.json").predict_log2_relative_need(layers, 1000, False)
     level = statistics.mean(math.log2(max(s.signal_effective_rank, 1.0)) for s in result.layers.values())

@@ -1,0 +1,215 @@
+"""What the advice's rank level costs: every way of choosing one rank, scored on the labelled cells.
+
+With no budget the advice's level comes from the probe (the uncalibrated rule: each layer's
+signal effective rank, at least ``min_rank`` 2) whenever the calibration's rank model is not
+used, as for both shipped calibrations. This scores that rule the way :mod:`calibration.fit`
+scores the rank model, on every labelled uniform-rank cell of the rank grids (rsLoRA alpha 8),
+beside the other ways a user could choose:
+
+- ``rule``: the uniform rank with as many adapter parameters as the uncalibrated advice of the
+  cell's step-0 probe (:func:`advisor.recommend.allocate`, defaults: ranks 2-64, no budget);
+- ``constant``: the training folds' median optimal rank, leave one task out (fit's baseline);
+- ``rank model``: the ridge rank model, leave one task out (fit's ``cell`` model), clipped to
+  ranks 1-64 as the advice clips (so its log2 error can be below fit's unclipped score);
+- ``r = N``: the habit, one uniform rank for every task.
+
+Per cell and level: |log2 rank - log2 optimal rank| (the label's metric, 1.0 = a factor of 2),
+and the regret: the cell's mean eval loss at that rank over its best rank's, in % and in seed
+noises. Where a cell did not train the rank (SmolLM2 and MPNet trained 1, 4, 16, 64) the loss is
+interpolated linearly in log2 rank, marked ``~``; the rule's regret is that of a uniform rank of
+equal parameters, not a training of its per-layer ranks (``calibration.validate`` trains those).
+Writes ``calibration/plots/levels.png``: mean regret against adapter parameters, per kind of model.
+
+    python -m calibration.level_study
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from pathlib import Path
+
+from calibration import script_parser
+
+PLOTS_DIR = Path(__file__).resolve().parent / "plots"
+HABITS = (1, 2, 4, 8, 16, 32, 64)
+KINDS = ("seq-cls", "causal-lm")
+
+
+def rule_rank(layers: dict[str, dict]) -> float:
+    """The uniform rank with the uncalibrated advice's adapter parameters (``layers``: a record's
+    probe statistics by layer name, with ``shape`` and ``signal_effective_rank``)."""
+    from advisor.recommend import MAX_RANK, MIN_RANK, allocate, signal_need
+
+    shapes = {name: tuple(stats["shape"]) for name, stats in layers.items()}
+    need = {name: signal_need(stats["signal_effective_rank"]) for name, stats in layers.items()}
+    ranks, _ = allocate(need, shapes, None, MIN_RANK, MAX_RANK)
+    return sum(ranks[n] * sum(shapes[n]) for n in shapes) / sum(sum(s) for s in shapes.values())
+
+
+def loss_at(cell, rank: float) -> tuple[float, bool]:
+    """(the cell's mean eval loss at ``rank``, whether it was interpolated in log2 rank between the
+    ranks it trained); ``rank`` is clipped to the trained range."""
+    ranks = cell.ranks
+    rank = min(max(rank, ranks[0]), ranks[-1])
+    if rank in ranks:
+        return cell.mean_loss(rank), False
+    low = max(r for r in ranks if r < rank)
+    high = min(r for r in ranks if r > rank)
+    t = (math.log2(rank) - math.log2(low)) / (math.log2(high) - math.log2(low))
+    return (1 - t) * cell.mean_loss(low) + t * cell.mean_loss(high), True
+
+
+def held_out_ranks(cell_rows: list[dict]) -> dict[str, list[float | None]]:
+    """Per labelled cell (in ``cell_rows`` order): the rank model's and the constant's rank, each
+    fitted leave-one-task-out as :func:`calibration.fit.fit` scores them and clipped to the grid's
+    1-64, as the advice clips (None: a skipped fold)."""
+    from calibration.fit import _median_baseline, held_out_predictions
+
+    names = list(cell_rows[0]["features"])
+    fitted = {"rank model": [None] * len(cell_rows), "constant": [None] * len(cell_rows)}
+    position = {id(row): index for index, row in enumerate(cell_rows)}
+    for _, test, predicted, guessed in held_out_predictions(cell_rows, names, "task", _median_baseline):
+        if predicted is None:
+            continue
+        for row, model_log2, constant_log2 in zip(test, predicted, guessed):
+            for level, log2_rank in (("rank model", model_log2), ("constant", constant_log2)):
+                fitted[level][position[id(row)]] = min(max(2**log2_rank, HABITS[0]), HABITS[-1])
+    return fitted
+
+
+def level_rows(records: list[dict]) -> list[dict]:
+    """One row per (labelled cell, way of choosing the level): rank, log2 error, regret (``within_noise``:
+    the loss at the rank is within one seed noise of the cell's best)."""
+    from calibration.fit import probe_task, training_table
+
+    cell_rows, _, _ = training_table(records)
+    cells = [row["cell"] for row in cell_rows]
+    fitted = held_out_ranks(cell_rows) if len({c.task for c in cells}) > 1 else {}
+    rows = []
+    for index, cell in enumerate(cells):
+        best, noise = cell.mean_loss(cell.best_rank), cell.seed_noise
+        levels = {"rule": rule_rank(cell.probe()["layers"]), **{k: v[index] for k, v in fitted.items()},
+                  **{f"r = {r}": r for r in HABITS}}
+        for level, rank in levels.items():
+            if rank is None:
+                continue
+            loss, interpolated = loss_at(cell, rank)
+            rows.append({"kind": probe_task(cell.model), "model": cell.model, "task": cell.task,
+                         "train_size": cell.train_size, "optimal_rank": cell.optimal_rank, "level": level,
+                         "rank": rank, "log2_error": abs(math.log2(rank) - math.log2(cell.optimal_rank)),
+                         "regret": loss / best - 1, "regret_noises": (loss - best) / noise if noise > 0 else None,
+                         "within_noise": loss <= best + noise, "interpolated": interpolated})
+    return rows
+
+
+def level_summary(rows: list[dict]) -> dict[str, dict]:
+    """Per level over ``rows`` (one kind of model's): its mean and range of rank, mean log2 error,
+    mean and max regret (a share of the best loss, and in seed noises), cells within one seed noise
+    of the best, and mean parameters over uniform r = 16's."""
+    summary = {}
+    for level in dict.fromkeys(row["level"] for row in rows):
+        group = [row for row in rows if row["level"] == level]
+        noises = [row["regret_noises"] for row in group if row["regret_noises"] is not None]
+        summary[level] = {
+            "cells": len(group),
+            "mean_rank": round(2 ** statistics.mean(math.log2(row["rank"]) for row in group), 3),
+            "rank_range": [round(min(row["rank"] for row in group), 3), round(max(row["rank"] for row in group), 3)],
+            "log2_error": round(statistics.mean(row["log2_error"] for row in group), 4),
+            "regret_mean": round(statistics.mean(row["regret"] for row in group), 5),
+            "regret_max": round(max(row["regret"] for row in group), 5),
+            "regret_noises_mean": round(statistics.mean(noises), 3) if noises else None,
+            "regret_noises_max": round(max(noises), 3) if noises else None,
+            "within_noise": sum(row["within_noise"] for row in group),
+            "params_vs_r16": round(statistics.mean(row["rank"] for row in group) / 16, 4),
+        }
+    return summary
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def summary_table(rows: list[dict], kind: str) -> str:
+    """Per level, over a kind's cells: :func:`level_summary` as a markdown table."""
+    lines = ["| level | mean rank | log2 error vs optimal rank | regret: mean / max | regret in seed noises: "
+             "mean / max | cells within one seed noise of the best | parameters vs r = 16 |",
+             "|---|---|---|---|---|---|---|"]
+    for level, s in level_summary([row for row in rows if row["kind"] == kind]).items():
+        lines.append(f"| {level} | {s['mean_rank']:.1f} | {s['log2_error']:.2f} | {s['regret_mean']:.2%} / "
+                     f"{s['regret_max']:.2%} | {_number(s['regret_noises_mean'])} / {_number(s['regret_noises_max'])} | "
+                     f"{s['within_noise']} of {s['cells']} | {s['params_vs_r16']:.2f}x |")
+    return "\n".join(lines)
+
+
+def cell_table(rows: list[dict], kind: str, levels=("rule", "constant", "rank model", "r = 16", "r = 64")) -> str:
+    """Per cell of a kind: each level's rank and regret in seed noises (~: interpolated loss)."""
+    lines = ["| model | task | train rows | optimal rank | " + " | ".join(levels) + " |",
+             "|---|---|---|---|" + "---|" * len(levels)]
+    by_cell: dict[tuple, dict[str, dict]] = {}
+    for row in rows:
+        if row["kind"] == kind:
+            by_cell.setdefault((row["model"], row["task"], row["train_size"], row["optimal_rank"]), {})[row["level"]] = row
+    for (model, task, size, optimal), found in by_cell.items():
+        entries = [f"r {found[l]['rank']:.3g}: {'~' if found[l]['interpolated'] else ''}{_number(found[l]['regret_noises'])}"
+                   if l in found else "-" for l in levels]
+        lines.append(f"| {model} | {task} | {size} | {optimal} | " + " | ".join(entries) + " |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict]) -> Path:
+    """Mean regret in seed noises against mean adapter parameters (x r = 16's), one panel per kind."""
+    from advisor.report import pyplot, save_figure
+
+    plt = pyplot()
+    kinds = [k for k in KINDS if any(row["kind"] == k for row in rows)]
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 3.8), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        ours = [row for row in rows if row["kind"] == kind]
+
+        summary = level_summary(ours)
+
+        def point(level):
+            return summary[level]["params_vs_r16"], summary[level]["regret_noises_mean"]
+
+        habits = [point(f"r = {r}") for r in HABITS]
+        ax.plot([p[0] for p in habits], [p[1] for p in habits], marker="o", color="grey", label="uniform habit r = 1..64")
+        for r, (x, y) in zip(HABITS, habits):
+            ax.annotate(str(r), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
+        for level, marker in (("rule", "s"), ("constant", "^"), ("rank model", "v")):
+            if level in summary:
+                x, y = point(level)
+                ax.plot([x], [y], marker=marker, linestyle="none", markersize=8, label=level)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("adapter parameters (x uniform r = 16)")
+        ax.set_ylabel("mean regret (seed noises above the best rank)")
+        ax.set_title(f"{kind}: {summary['rule']['cells']} labelled cells", fontsize=9)
+        ax.legend(fontsize=7)
+    path = PLOTS_DIR / "levels.png"
+    save_figure(fig, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = script_parser("calibration.level_study", __doc__, ["python -m calibration.level_study"])
+    parser.parse_args(argv)
+    from calibration.findings import read_records
+    from calibration.fit import probe_task
+
+    records = read_records()
+    rows = []
+    for kind in KINDS:  # the rank model and the constant are fitted within one kind, as shipped
+        rows += level_rows([r for r in records if probe_task(r["model"]) == kind])
+    if not rows:
+        print("error: no labelled cell in the results", file=sys.stderr)
+        return 2
+    for kind in KINDS:
+        if any(row["kind"] == kind for row in rows):
+            print(f"### {kind}\n\n{summary_table(rows, kind)}\n\n{cell_table(rows, kind)}\n")
+    print(f"wrote {plot(rows)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

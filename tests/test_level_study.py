@@ -1,0 +1,49 @@
+"""The level study: every way of choosing one rank, scored on labelled cells."""
+
+from dataclasses import asdict, replace
+
+import pytest
+
+from advisor.probe import probe
+from advisor.recommend import advice_from_probe
+from calibration.labels import uniform_cells
+from calibration.level_study import level_rows, level_summary, loss_at, rule_rank
+from conftest import tiny_llama, token_rows
+from test_fit import cell_records, synthetic_sweep
+
+
+def test_the_rule_is_the_uniform_rank_with_the_uncalibrated_advices_parameters():
+    """Computed from a probe's statistics as a sweep record stores them, against the advice itself
+    (the layers' signal effective ranks spread over 1-40 so the advice mixes ranks 2 to 64)."""
+    result = probe(tiny_llama(), token_rows(16, 16), num_samples=16, batch_size=4, method="exact", progress=False)
+    result = replace(result, layers={name: replace(stats, signal_effective_rank=1.0 + 3.0 * i)
+                                     for i, (name, stats) in enumerate(result.layers.items())})
+    advice = advice_from_probe(result, calibration=None)
+    per_unit_rank = sum(sum(stats.shape) for stats in result.layers.values())
+    layers = {name: asdict(stats) for name, stats in result.layers.items()}
+    assert rule_rank(layers) == pytest.approx(advice.trainable_params / per_unit_rank)
+    assert {layer.rank for layer in advice.layers.values()} >= {2, 4, 8, 16, 32}
+
+
+def test_loss_between_trained_ranks_is_interpolated_in_log2_rank_and_clipped_to_the_grid():
+    (cell,) = uniform_cells(cell_records("t", {1: [1.0, 1.02], 4: [0.8, 0.82], 64: [0.7, 0.72]}))
+    assert loss_at(cell, 4) == (pytest.approx(0.81), False)
+    assert loss_at(cell, 2) == (pytest.approx(0.91), True)  # halfway from 1 to 4 in log2
+    assert loss_at(cell, 16)[0] == pytest.approx(0.81 - 0.1 * 2 / 4)  # 2 of the 4 doublings from 4 to 64
+    assert loss_at(cell, 0.25) == (pytest.approx(1.01), False) and loss_at(cell, 500)[0] == pytest.approx(0.71)
+
+
+def test_every_level_is_scored_against_the_cells_label_and_loss():
+    """synthetic_sweep: optimal ranks 2, 8, 32, 4 grow with the signal (1, 3, 7, 2)."""
+    rows = level_rows(synthetic_sweep())
+    by = {(row["task"], row["level"]): row for row in rows}
+    assert {row["level"] for row in rows} == {"rule", "rank model", "constant", *(f"r = {r}" for r in (1, 2, 4, 8, 16, 32, 64))}
+    # the rule: signal 3 -> rank 4 on every layer; the optimal rank there is 8, the loss 0.2 * (8 - 4) / 8 above the best
+    assert by[("b", "rule")]["rank"] == 4 and by[("b", "rule")]["log2_error"] == pytest.approx(1.0)
+    assert by[("b", "rule")]["regret"] == pytest.approx(0.1 / 1.005)
+    assert not by[("b", "rule")]["within_noise"] and by[("b", "r = 8")]["within_noise"]
+    # the constant is the other tasks' median optimal rank: of 2, 8 and 4 when c (32) is out, 4
+    assert by[("c", "constant")]["rank"] == pytest.approx(4) and by[("c", "constant")]["log2_error"] == pytest.approx(3)
+    summary = level_summary(rows)
+    assert summary["r = 64"]["within_noise"] == 4 and summary["r = 1"]["within_noise"] == 0
+    assert summary["r = 16"]["params_vs_r16"] == 1.0 and summary["r = 8"]["log2_error"] == pytest.approx((2 + 0 + 2 + 1) / 4)
