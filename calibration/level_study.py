@@ -11,7 +11,9 @@ beside the other ways a user could choose:
 - ``constant``: the training folds' median optimal rank, leave one task out (fit's baseline);
 - ``rank model``: the ridge rank model, leave one task out (fit's ``cell`` model), clipped to
   ranks 1-64 as the advice clips (so its log2 error can be below fit's unclipped score);
-- ``r = N``: the habit, one uniform rank for every task.
+- ``r = N``: the habit, one uniform rank for every task;
+- ``pooled``: the habit the label's rule picks on the other tasks' cells pooled (the smallest whose
+  mean regret is within one seed noise of the best's), leave one task out.
 
 Per cell and level: |log2 rank - log2 optimal rank| (the label's metric, 1.0 = a factor of 2),
 and the regret: the cell's mean eval loss at that rank over its best rank's, in % and in seed
@@ -101,7 +103,21 @@ def level_rows(records: list[dict]) -> list[dict]:
                          "rank": rank, "log2_error": abs(math.log2(rank) - math.log2(cell.optimal_rank)),
                          "regret": loss / best - 1, "regret_noises": (loss - best) / noise if noise > 0 else None,
                          "within_noise": loss <= best + noise, "interpolated": interpolated})
-    return rows
+    return rows + (pooled_rows(rows) if fitted else [])
+
+
+def pooled_rows(rows: list[dict]) -> list[dict]:
+    """The ``pooled`` level's rows, leave one task out: the label's rule applied to the training
+    tasks' cells together, the smallest habit whose mean regret over them is within one seed noise
+    of the best habit's; each held-out cell scored at that habit (its habit row, renamed)."""
+    habits = [row for row in rows if row["level"].startswith("r = ") and row["regret_noises"] is not None]
+    pooled = []
+    for task in dict.fromkeys(row["task"] for row in habits):
+        train = [row for row in habits if row["task"] != task]
+        mean = {rank: statistics.mean(row["regret_noises"] for row in train if row["rank"] == rank) for rank in HABITS}
+        pick = min(rank for rank in HABITS if mean[rank] <= min(mean.values()) + 1)
+        pooled += [{**row, "level": "pooled"} for row in habits if row["task"] == task and row["rank"] == pick]
+    return pooled
 
 
 def level_summary(rows: list[dict]) -> dict[str, dict]:
@@ -143,7 +159,7 @@ def summary_table(rows: list[dict], kind: str) -> str:
     return "\n".join(lines)
 
 
-def cell_table(rows: list[dict], kind: str, levels=("rule", "constant", "rank model", "r = 16", "r = 64")) -> str:
+def cell_table(rows: list[dict], kind: str, levels=("rule", "constant", "rank model", "pooled", "r = 16", "r = 64")) -> str:
     """Per cell of a kind: each level's rank and regret in seed noises (~: interpolated loss)."""
     lines = ["| model | task | train rows | optimal rank | " + " | ".join(levels) + " |",
              "|---|---|---|---|" + "---|" * len(levels)]
@@ -177,7 +193,7 @@ def plot(rows: list[dict]) -> Path:
         ax.plot([p[0] for p in habits], [p[1] for p in habits], marker="o", color="grey", label="uniform habit r = 1..64")
         for r, (x, y) in zip(HABITS, habits):
             ax.annotate(str(r), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
-        for level, marker in (("rule", "s"), ("constant", "^"), ("rank model", "v")):
+        for level, marker in (("rule", "s"), ("constant", "^"), ("rank model", "v"), ("pooled", "D")):
             if level in summary:
                 x, y = point(level)
                 ax.plot([x], [y], marker=marker, linestyle="none", markersize=8, label=level)

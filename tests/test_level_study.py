@@ -37,13 +37,16 @@ def test_every_level_is_scored_against_the_cells_label_and_loss():
     """synthetic_sweep: optimal ranks 2, 8, 32, 4 grow with the signal (1, 3, 7, 2)."""
     rows = level_rows(synthetic_sweep())
     by = {(row["task"], row["level"]): row for row in rows}
-    assert {row["level"] for row in rows} == {"rule", "rank model", "constant", *(f"r = {r}" for r in (1, 2, 4, 8, 16, 32, 64))}
+    assert {row["level"] for row in rows} == {"rule", "rank model", "constant", "pooled",
+                                               *(f"r = {r}" for r in (1, 2, 4, 8, 16, 32, 64))}
     # the rule: signal 3 -> rank 4 on every layer; the optimal rank there is 8, the loss 0.2 * (8 - 4) / 8 above the best
     assert by[("b", "rule")]["rank"] == 4 and by[("b", "rule")]["log2_error"] == pytest.approx(1.0)
     assert by[("b", "rule")]["regret"] == pytest.approx(0.1 / 1.005)
     assert not by[("b", "rule")]["within_noise"] and by[("b", "r = 8")]["within_noise"]
     # the constant is the other tasks' median optimal rank: of 2, 8 and 4 when c (32) is out, 4
     assert by[("c", "constant")]["rank"] == pytest.approx(4) and by[("c", "constant")]["log2_error"] == pytest.approx(3)
+    # pooled: the other tasks need up to 32 (c's cell) until c is held out, when 8 is enough for a, b, d
+    assert {row["task"]: row["rank"] for row in rows if row["level"] == "pooled"} == {"a": 32, "b": 32, "c": 8, "d": 32}
     summary = level_summary(rows)
     assert summary["r = 64"]["within_noise"] == 4 and summary["r = 1"]["within_noise"] == 0
     assert summary["r = 16"]["params_vs_r16"] == 1.0 and summary["r = 8"]["log2_error"] == pytest.approx((2 + 0 + 2 + 1) / 4)
