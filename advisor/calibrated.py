@@ -182,10 +182,11 @@ def why_unused(metadata: dict, kind: str) -> str:
             f"({scores['model_mae']:.3f} against {scores['baseline_mae']:.3f})")
 
 
-def measured_levels(metadata: dict) -> str | None:
+def measured_levels(metadata: dict, rule_level: bool = True) -> str | None:
     """What the sweeps behind a calibration measured about the rank level (its ``cell_labels`` and
-    ``levels``, written by ``calibration.fit``), for advice whose rank model is not used; None when
-    the metadata does not say."""
+    ``levels``, written by ``calibration.fit``), for advice whose rank model is not used; with
+    ``rule_level`` (advice with no budget and the default rank bounds, whose level is the probe's
+    rule) also how that rule's level fared on the same cells. None when the metadata does not say."""
     labels = metadata.get("cell_labels")
     if not labels:
         return None
@@ -200,11 +201,12 @@ def measured_levels(metadata: dict) -> str | None:
             f"rank from 1 to 64 lost {spread} % more eval loss than the best")
     levels = metadata.get("levels") or {}
     rule, habits = levels.get("rule"), [h for h in ("r = 16", "r = 64") if h in levels]
-    if rule and habits:
+    if rule_level and rule and habits:
         low, high = (f"{x:.3g}" for x in rule["rank_range"])
-        text += (f"; the probe's level used here (uniform-equivalent ranks {low if low == high else f'{low}-{high}'} on "
-                 f"those cells) was within one seed noise of the best uniform rank on {rule['within_noise']} of "
-                 f"{rule['cells']} cells, uniform " + " and ".join(f"{h} on {levels[h]['within_noise']}" for h in habits))
+        text += (f"; the probe's rule, which sets the level here (the calibration's shape spreads the ranks around "
+                 f"it), gave uniform-equivalent ranks {low if low == high else f'{low}-{high}'} on those cells, "
+                 f"within one seed noise of the best uniform rank on {rule['within_noise']} of "
+                 f"{rule['cells']} cells; uniform " + " and ".join(f"{h} on {levels[h]['within_noise']}" for h in habits))
     return text
 
 

@@ -172,7 +172,8 @@ def parse_budget(budget, shapes: dict[str, tuple[int, int]]) -> int | None:
     return int(value)
 
 
-def _rank(need: float, factor: float, min_rank: int, max_rank: int) -> int:
+def rounded_rank(need: float, factor: float, min_rank: int, max_rank: int) -> int:
+    """The advised rank of a layer of ``need`` directions at factor c (the module docstring's rounding)."""
     return min(max(2 ** math.ceil(math.log2(max(need * factor, 1.0))), min_rank), max_rank)
 
 
@@ -183,7 +184,7 @@ def allocate(needs: dict[str, float], shapes: dict[str, tuple[int, int]], budget
         return sum(r * sum(shapes[n]) for n, r in ranks.items())
 
     def ranks_at(factor):
-        return {n: _rank(need, factor, min_rank, max_rank) for n, need in needs.items()}
+        return {n: rounded_rank(need, factor, min_rank, max_rank) for n, need in needs.items()}
 
     if budget is None:
         return ranks_at(1.0), 1.0
@@ -418,8 +419,8 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
         name: LayerAdvice(
             name=name, layer_type=stats.layer_type, depth=stats.depth, shape=stats.shape, need=round(need[name], 3),
             rank=ranks[name], alpha=alphas[name],
-            rank_low=min(ranks[name], _rank(need_low[name], factor, min_rank, max_rank)),
-            rank_high=max(ranks[name], _rank(need_high[name], factor, min_rank, max_rank)),
+            rank_low=min(ranks[name], rounded_rank(need_low[name], factor, min_rank, max_rank)),
+            rank_high=max(ranks[name], rounded_rank(need_high[name], factor, min_rank, max_rank)),
             params=ranks[name] * sum(stats.shape),
         )
         for name, stats in result.layers.items()
@@ -428,7 +429,9 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     uniform = {r: r * sum(sum(s) for s in shapes.values()) for r in UNIFORM_BASELINES}
     curve, curve_error = _loss_curve(result, layer_dicts, calibration, train_size)
     reasons = _reasons(result, layers, trainable, uniform)
-    levels = measured_levels(calibration.metadata) if rank_model_unused and calibration is not None else None
+    levels = (measured_levels(calibration.metadata, rule_level=tokens_budget is None
+                              and (min_rank, max_rank) == (MIN_RANK, MAX_RANK))
+              if rank_model_unused and calibration is not None else None)
     if levels:
         reasons.append(levels)
     return Advice(

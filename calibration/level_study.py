@@ -1,19 +1,22 @@
 """What the advice's rank level costs: every way of choosing one rank, scored on the labelled cells.
 
 With no budget the advice's level comes from the probe (the uncalibrated rule: each layer's
-signal effective rank, at least ``min_rank`` 2) whenever the calibration's rank model is not
-used, as for both shipped calibrations. This scores that rule the way :mod:`calibration.fit`
+signal effective rank rounded up to a power of two, within ranks 2-64) whenever the
+calibration's rank model is not used, as for both shipped calibrations (whose per-layer shape
+then spreads the ranks around that level; the shape is not scored here). This scores that rule the way :mod:`calibration.fit`
 scores the rank model, on every labelled uniform-rank cell of the rank grids (rsLoRA alpha 8),
 beside the other ways a user could choose:
 
 - ``rule``: the uniform rank with as many adapter parameters as the uncalibrated advice of the
   cell's step-0 probe (:func:`advisor.recommend.allocate`, defaults: ranks 2-64, no budget);
 - ``constant``: the training folds' median optimal rank, leave one task out (fit's baseline);
-- ``rank model``: the ridge rank model, leave one task out (fit's ``cell`` model), clipped to
-  ranks 1-64 as the advice clips (so its log2 error can be below fit's unclipped score);
+- ``rank model``: the ridge rank model, leave one task out (fit's ``cell`` model);
+  both rounded as the advice rounds a need (the next power of two, within ranks 2-64; fit scores
+  them unrounded);
 - ``r = N``: the habit, one uniform rank for every task;
 - ``pooled``: the habit the label's rule picks on the other tasks' cells pooled (the smallest whose
-  mean regret is within one seed noise of the best's), leave one task out.
+  mean regret, counted in each cell's seed noises, is at most the lowest habit's + 1), leave one
+  task out.
 
 Per cell and level: |log2 rank - log2 optimal rank| (the label's metric, 1.0 = a factor of 2),
 and the regret: the cell's mean eval loss at that rank over its best rank's, in % and in seed
@@ -65,8 +68,9 @@ def loss_at(cell, rank: float) -> tuple[float, bool]:
 
 def held_out_ranks(cell_rows: list[dict]) -> dict[str, list[float | None]]:
     """Per labelled cell (in ``cell_rows`` order): the rank model's and the constant's rank, each
-    fitted leave-one-task-out as :func:`calibration.fit.fit` scores them and clipped to the grid's
-    1-64, as the advice clips (None: a skipped fold)."""
+    fitted leave-one-task-out as :func:`calibration.fit.fit` scores them and rounded as the advice
+    rounds a need (None: a fold fit skips, too few training rows for the model, so for both)."""
+    from advisor.recommend import MAX_RANK, MIN_RANK, rounded_rank
     from calibration.fit import _median_baseline, held_out_predictions
 
     names = list(cell_rows[0]["features"])
@@ -77,7 +81,7 @@ def held_out_ranks(cell_rows: list[dict]) -> dict[str, list[float | None]]:
             continue
         for row, model_log2, constant_log2 in zip(test, predicted, guessed):
             for level, log2_rank in (("rank model", model_log2), ("constant", constant_log2)):
-                fitted[level][position[id(row)]] = min(max(2**log2_rank, HABITS[0]), HABITS[-1])
+                fitted[level][position[id(row)]] = rounded_rank(2**log2_rank, 1.0, MIN_RANK, MAX_RANK)
     return fitted
 
 
@@ -114,6 +118,8 @@ def pooled_rows(rows: list[dict]) -> list[dict]:
     pooled = []
     for task in dict.fromkeys(row["task"] for row in habits):
         train = [row for row in habits if row["task"] != task]
+        if not train:
+            continue
         mean = {rank: statistics.mean(row["regret_noises"] for row in train if row["rank"] == rank) for rank in HABITS}
         pick = min(rank for rank in HABITS if mean[rank] <= min(mean.values()) + 1)
         pooled += [{**row, "level": "pooled"} for row in habits if row["task"] == task and row["rank"] == pick]
@@ -121,7 +127,7 @@ def pooled_rows(rows: list[dict]) -> list[dict]:
 
 
 def level_summary(rows: list[dict]) -> dict[str, dict]:
-    """Per level over ``rows`` (one kind of model's): its mean and range of rank, mean log2 error,
+    """Per level over ``rows`` (the cells of one fit): its geometric mean and range of rank, mean log2 error,
     mean and max regret (a share of the best loss, and in seed noises), cells within one seed noise
     of the best, and mean parameters over uniform r = 16's."""
     summary = {}
@@ -149,7 +155,7 @@ def _number(value: float | None) -> str:
 
 def summary_table(rows: list[dict], kind: str) -> str:
     """Per level, over a kind's cells: :func:`level_summary` as a markdown table."""
-    lines = ["| level | mean rank | log2 error vs optimal rank | regret: mean / max | regret in seed noises: "
+    lines = ["| level | geometric mean rank | log2 error vs optimal rank | regret: mean / max | regret in seed noises: "
              "mean / max | cells within one seed noise of the best | parameters vs r = 16 |",
              "|---|---|---|---|---|---|---|"]
     for level, s in level_summary([row for row in rows if row["kind"] == kind]).items():
@@ -189,12 +195,12 @@ def plot(rows: list[dict]) -> Path:
         def point(level):
             return summary[level]["params_vs_r16"], summary[level]["regret_noises_mean"]
 
-        habits = [point(f"r = {r}") for r in HABITS]
-        ax.plot([p[0] for p in habits], [p[1] for p in habits], marker="o", color="grey", label="uniform habit r = 1..64")
-        for r, (x, y) in zip(HABITS, habits):
+        habits = [(r, *point(f"r = {r}")) for r in HABITS if summary[f"r = {r}"]["regret_noises_mean"] is not None]
+        ax.plot([h[1] for h in habits], [h[2] for h in habits], marker="o", color="grey", label="uniform habit r = 1..64")
+        for r, x, y in habits:
             ax.annotate(str(r), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
         for level, marker in (("rule", "s"), ("constant", "^"), ("rank model", "v"), ("pooled", "D")):
-            if level in summary:
+            if level in summary and summary[level]["regret_noises_mean"] is not None:
                 x, y = point(level)
                 ax.plot([x], [y], marker=marker, linestyle="none", markersize=8, label=level)
         ax.set_xscale("log", base=2)

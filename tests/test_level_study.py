@@ -49,4 +49,19 @@ def test_every_level_is_scored_against_the_cells_label_and_loss():
     assert {row["task"]: row["rank"] for row in rows if row["level"] == "pooled"} == {"a": 32, "b": 32, "c": 8, "d": 32}
     summary = level_summary(rows)
     assert summary["r = 64"]["within_noise"] == 4 and summary["r = 1"]["within_noise"] == 0
-    assert summary["r = 16"]["params_vs_r16"] == 1.0 and summary["r = 8"]["log2_error"] == pytest.approx((2 + 0 + 2 + 1) / 4)
+    assert summary["r = 8"]["log2_error"] == pytest.approx((2 + 0 + 2 + 1) / 4)
+    assert summary["r = 32"]["params_vs_r16"] == 2.0 and summary["rule"]["params_vs_r16"] == pytest.approx((2 + 4 + 8 + 2) / 64)
+    # the fitted levels are rounded as the advice rounds a need: powers of two from 2 to 64
+    assert {row["rank"] for row in rows if row["level"] in ("rank model", "constant")} <= {2, 4, 8, 16, 32, 64}
+
+
+def test_the_fit_stores_the_levels_and_the_advice_quotes_them_only_when_it_has_them():
+    from advisor.calibrated import measured_levels
+    from calibration.fit import fit
+
+    metadata = fit(synthetic_sweep())[1]
+    assert metadata["levels"] == level_summary(level_rows(synthetic_sweep()))
+    assert "the probe's rule, which sets the level here" in measured_levels(metadata)
+    assert "the probe's rule" not in measured_levels(metadata, rule_level=False)
+    older = {k: v for k, v in metadata.items() if k != "levels"}  # a calibration fitted before the study
+    assert measured_levels(older) == measured_levels(metadata, rule_level=False)

@@ -9,7 +9,7 @@ from peft import LoraConfig, get_peft_model
 
 from advisor.cli import main
 from advisor.probe import probe
-from advisor.recommend import _rank, advice_from_probe, allocate, compare_with, parse_budget, planned_rank
+from advisor.recommend import advice_from_probe, allocate, compare_with, parse_budget, planned_rank, rounded_rank
 from conftest import tiny_llama, token_rows
 
 
@@ -36,7 +36,7 @@ def test_budget_is_spent_by_need_and_not_exceeded(probed):
     # the factor is the largest that fits: twice it would not
     assert sum(r * sum(shapes[n]) for n, r in allocate({n: v * factor * 2 for n, v in needs.items()}, shapes, None, 1, 64)[0].items()) > budget
     # the top-up spends what one power-of-two factor leaves: a layer it did not double could not be
-    at_factor = {n: _rank(v, factor, 1, 64) for n, v in needs.items()}
+    at_factor = {n: rounded_rank(v, factor, 1, 64) for n, v in needs.items()}
     spent = advice.trainable_params
     for name, layer in advice.layers.items():
         assert layer.rank in (at_factor[name], 2 * at_factor[name])
@@ -208,8 +208,8 @@ def test_calibrated_advice_follows_the_regression(probed, tmp_path):
     for name, layer in advice.layers.items():
         center = log2_rank + relative[name]
         assert layer.need == pytest.approx(2**center, abs=1e-3)
-        assert layer.rank == _rank(2**center, 1.0, 1, 64)
-        assert layer.rank_low == min(layer.rank, _rank(2 ** (center - error), 1.0, 1, 64))
+        assert layer.rank == rounded_rank(2**center, 1.0, 1, 64)
+        assert layer.rank_low == min(layer.rank, rounded_rank(2 ** (center - error), 1.0, 1, 64))
     assert advice.calibration.startswith("calibrated: cal (fitted on minilm") and advice.config.use_rslora
     assert advice.loss_curve == pytest.approx(calibration.predict_loss_curve(layers, 1000, False), abs=1e-4)
     assert advice.loss_curve_error == pytest.approx(math.exp(metadata["cv"]["curve_leave_one_task_out"]["model_mae"]), abs=1e-4)
@@ -250,13 +250,18 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_around_the_uncalibra
     assert advice.calibration.endswith("its rank model is not 10% better than its baseline leave-one-task-out "
                                        "(0.000 against 0.000)")
     # the sweeps' measured level is quoted: rank 4 best on all three cells, r=1 at 1.105 against 1.005;
-    # the probe's level on the cells (signal 1, 7, 3: ranks 2, 8, 4) misses only task a's, where r = 2
-    # interpolates to 1.055, 7 seed noises (0.0071) above the best
-    assert advice.reasons[-1] == ("the rank level is not calibrated: the sweeps behind shape found optimal uniform "
-                                  "ranks 4 on 3 of 3 cells (3 tasks), and on each cell the worst uniform rank from 1 to "
-                                  "64 lost 10.0 % more eval loss than the best; the probe's level used here "
-                                  "(uniform-equivalent ranks 2-8 on those cells) was within one seed noise of the best "
-                                  "uniform rank on 2 of 3 cells, uniform r = 16 on 3 and r = 64 on 3")
+    # with a budget (and ranks from 1) the level is the budget's, so the rule's record is not
+    measured = ("the rank level is not calibrated: the sweeps behind shape found optimal uniform ranks 4 on 3 of 3 "
+                "cells (3 tasks), and on each cell the worst uniform rank from 1 to 64 lost 10.0 % more eval loss "
+                "than the best")
+    assert advice.reasons[-1] == measured
+    # with no budget and the default ranks 2-64 the rule sets the level: on the cells (signal 1, 7, 3: ranks
+    # 2, 8, 4) it misses only task a's, where r = 2 interpolates to 1.055, 7 seed noises (0.0071) above the best
+    no_budget = advice_from_probe(result, train_size=1000, calibration=tmp_path / "shape.json")
+    assert no_budget.reasons[-1] == measured + (
+        "; the probe's rule, which sets the level here (the calibration's shape spreads the ranks around it), gave "
+        "uniform-equivalent ranks 2-8 on those cells, within one seed noise of the best uniform rank on 2 of 3 cells; "
+        "uniform r = 16 on 3 and r = 64 on 3")
     layers = {name: asdict(stats) for name, stats in result.layers.items()}
     relative = load_calibration(tmp_path / "shape.json").predict_log2_relative_need(layers, 1000, False)
     level = statistics.mean(math.log2(max(s.signal_effective_rank, 1.0)) for s in result.layers.values())
