@@ -288,7 +288,7 @@ def summary(tasks=None) -> dict[str, Comparison]:
                 "adapter_params": statistics.mean(_adapter_params_of(r) for r in runs),
                 "base_params": runs[0]["total_params"] - runs[0]["trainable_params"], "seeds": len(runs),
                 "losses": losses, "by_seed": {r["config"]["seed"]: r["eval_loss"] for r in runs},
-                "layers_by_rank": Counter(layer["r"] for layer in runs[0]["adapter_layers"]),
+                "allocations": {r["config"]["seed"]: Counter(layer["r"] for layer in r["adapter_layers"]) for r in runs},
             }
     return out
 
@@ -358,13 +358,22 @@ def print_table(table: dict) -> None:
             print(f"\n- {line}")
         for arm, v in arms.items():
             if not arm.startswith("uniform-"):
-                print(f"\n- {arm}: {rank_counts(v['layers_by_rank'])}")
+                print(f"\n- {arm}: {allocation_text(v['allocations'])}")
 
 
 def rank_counts(layers_by_rank: Counter) -> str:
     """How an arm's ranks are spread over its layers, most common first: "195 layers at rank 16, 12 at 8"."""
     counts = layers_by_rank.most_common()
     return ", ".join(f"{n} layers at rank {r}" if i == 0 else f"{n} at {r}" for i, (r, n) in enumerate(counts))
+
+
+def allocation_text(allocations: dict[int, Counter]) -> str:
+    """An arm's ranks over its layers (:func:`rank_counts`), per seed when its seeds' allocations differ
+    (an advice refitted between the seeds' runs)."""
+    distinct = {tuple(sorted(counts.items())) for counts in allocations.values()}
+    if len(distinct) == 1:
+        return rank_counts(next(iter(allocations.values())))
+    return "; ".join(f"seed {seed}: {rank_counts(counts)}" for seed, counts in sorted(allocations.items()))
 
 
 def plot(table: dict, path: Path = PLOT) -> None:

@@ -1,5 +1,7 @@
 """The validation's hand-made allocations and its exclusion from the regression's training data."""
 
+from collections import Counter
+
 import pytest
 
 from calibration.labels import uniform_cells
@@ -93,7 +95,9 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     assert list(arms) == ["advised", "uniform-4", "uniform-8", "uniform-16", "eva"]
     assert arms["advised"]["adapter_params"] == 5 * 20 and arms["uniform-8"]["adapter_params"] == 8 * 60
     assert arms["advised"]["base_params"] == 900
-    assert validate.rank_counts(arms["advised"]["layers_by_rank"]) == "2 layers at rank 2, 1 at 1"
+    assert validate.allocation_text(arms["advised"]["allocations"]) == "2 layers at rank 2, 1 at 1"
+    differing = {1: Counter({16: 2, 8: 1}), 0: Counter({16: 1, 8: 2})}  # an advice refitted between its seeds' runs
+    assert validate.allocation_text(differing) == "seed 0: 2 layers at rank 8, 1 at 16; seed 1: 2 layers at rank 16, 1 at 8"
     lines = goal_check(arms)
     assert "best uniform r in 4-32 (uniform-8)" in lines[0] and "goal (<= x1.01, <= x0.6) met" in lines[0]
     assert "advised lower" in lines[1]
