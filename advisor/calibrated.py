@@ -182,6 +182,11 @@ def why_unused(metadata: dict, kind: str) -> str:
             f"({scores['model_mae']:.3f} against {scores['baseline_mae']:.3f})")
 
 
+def span(low: str, high: str) -> str:
+    """A range as written in the advice: "2-8", or one value when both ends read the same."""
+    return low if low == high else f"{low}-{high}"
+
+
 def measured_levels(metadata: dict, rule_level: bool = True) -> str | None:
     """What the sweeps behind a calibration measured about the rank level (its ``cell_labels`` and
     ``levels``, written by ``calibration.fit``), for advice whose rank model is not used; with
@@ -194,17 +199,15 @@ def measured_levels(metadata: dict, rule_level: bool = True) -> str | None:
     spreads = sorted(100 * label["worst_over_best"] for label in labels)
     tasks = len({label["task"] for label in labels})
     ranks = ", ".join(f"{rank} on {count}" for rank, count in sorted(counts.items()))
-    low, high = f"{spreads[0]:.1f}", f"{spreads[-1]:.1f}"
-    spread = low if low == high else f"{low}-{high}"
     text = (f"the rank level is not calibrated: the sweeps behind {metadata.get('name', 'the calibration')} found "
             f"optimal uniform ranks {ranks} of {len(labels)} cells ({tasks} tasks), and on each cell the worst uniform "
-            f"rank from 1 to 64 lost {spread} % more eval loss than the best")
+            f"rank from 1 to 64 lost {span(f'{spreads[0]:.1f}', f'{spreads[-1]:.1f}')} % more eval loss than the best")
     levels = metadata.get("levels") or {}
     rule, habits = levels.get("rule"), [h for h in ("r = 16", "r = 64") if h in levels]
     if rule_level and rule and habits:
         low, high = (f"{x:.3g}" for x in rule["rank_range"])
         text += (f"; the probe's rule, which sets the level here (the calibration's shape spreads the ranks around "
-                 f"it), gave uniform-equivalent ranks {low if low == high else f'{low}-{high}'} on those cells, "
+                 f"it), gave uniform-equivalent ranks {span(low, high)} on those cells, "
                  f"within one seed noise of the best uniform rank on {rule['within_noise']} of "
                  f"{rule['cells']} cells; uniform " + " and ".join(f"{h} on {levels[h]['within_noise']}" for h in habits))
     return text

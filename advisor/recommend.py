@@ -57,7 +57,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
-from advisor.calibrated import (domain_gaps, earns_its_place, features_outside, layer_group, measured_levels,
+from advisor.calibrated import (domain_gaps, earns_its_place, features_outside, layer_group, measured_levels, span,
                                 probe_protocol, rank_model_extrapolates, resolve_calibration, training_rows_gap,
                                 why_unused)
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS, model_task
@@ -539,5 +539,4 @@ def compare_with(advice: Advice, config: LoraConfig) -> dict:
 
 
 def _range(values: list[int]) -> str:
-    low, high = min(values), max(values)
-    return str(low) if low == high else f"{low}-{high}"
+    return span(str(min(values)), str(max(values)))

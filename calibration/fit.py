@@ -271,7 +271,7 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
         "scale_rule": RANK_GRID_RULE,
         "cells": len(cell_rows),
         "cell_labels": [row["label"] for row in cell_rows],
-        "levels": level_summary(level_rows(records)),
+        "levels": level_summary(level_rows(cell_rows)),
         "layers": len(layer_rows),
         "curve_points": len(curve_rows),
         "alpha_points": len(alpha_rows),

@@ -85,12 +85,12 @@ def held_out_ranks(cell_rows: list[dict]) -> dict[str, list[float | None]]:
     return fitted
 
 
-def level_rows(records: list[dict]) -> list[dict]:
+def level_rows(cell_rows: list[dict]) -> list[dict]:
     """One row per (labelled cell, way of choosing the level): rank, log2 error, regret (``within_noise``:
-    the loss at the rank is within one seed noise of the cell's best)."""
-    from calibration.fit import probe_task, training_table
+    the loss at the rank is within one seed noise of the cell's best); ``cell_rows``: the labelled
+    cells' rows of :func:`calibration.fit.training_table`."""
+    from calibration.fit import probe_task
 
-    cell_rows, _, _ = training_table(records)
     cells = [row["cell"] for row in cell_rows]
     fitted = held_out_ranks(cell_rows) if len({c.task for c in cells}) > 1 else {}
     rows = []
@@ -217,12 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = script_parser("calibration.level_study", __doc__, ["python -m calibration.level_study"])
     parser.parse_args(argv)
     from calibration.findings import read_records
-    from calibration.fit import probe_task
+    from calibration.fit import probe_task, training_table
 
     records = read_records()
     rows = []
     for kind in KINDS:  # the rank model and the constant are fitted within one kind, as shipped
-        rows += level_rows([r for r in records if probe_task(r["model"]) == kind])
+        rows += level_rows(training_table([r for r in records if probe_task(r["model"]) == kind])[0])
     if not rows:
         print("error: no labelled cell in the results", file=sys.stderr)
         return 2

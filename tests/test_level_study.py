@@ -6,6 +6,7 @@ import pytest
 
 from advisor.probe import probe
 from advisor.recommend import advice_from_probe
+from calibration.fit import training_table
 from calibration.labels import uniform_cells
 from calibration.level_study import level_rows, level_summary, loss_at, rule_rank
 from conftest import tiny_llama, token_rows
@@ -35,7 +36,7 @@ def test_loss_between_trained_ranks_is_interpolated_in_log2_rank_and_clipped_to_
 
 def test_every_level_is_scored_against_the_cells_label_and_loss():
     """synthetic_sweep: optimal ranks 2, 8, 32, 4 grow with the signal (1, 3, 7, 2)."""
-    rows = level_rows(synthetic_sweep())
+    rows = level_rows(training_table(synthetic_sweep())[0])
     by = {(row["task"], row["level"]): row for row in rows}
     assert {row["level"] for row in rows} == {"rule", "rank model", "constant", "pooled",
                                                *(f"r = {r}" for r in (1, 2, 4, 8, 16, 32, 64))}
@@ -60,7 +61,7 @@ def test_the_fit_stores_the_levels_and_the_advice_quotes_them_only_when_it_has_t
     from calibration.fit import fit
 
     metadata = fit(synthetic_sweep())[1]
-    assert metadata["levels"] == level_summary(level_rows(synthetic_sweep()))
+    assert metadata["levels"] == level_summary(level_rows(training_table(synthetic_sweep())[0]))
     assert "the probe's rule, which sets the level here" in measured_levels(metadata)
     assert "the probe's rule" not in measured_levels(metadata, rule_level=False)
     older = {k: v for k, v in metadata.items() if k != "levels"}  # a calibration fitted before the study
