@@ -106,7 +106,8 @@ def level_rows(cell_rows: list[dict]) -> list[dict]:
                          "train_size": cell.train_size, "optimal_rank": cell.optimal_rank, "level": level,
                          "rank": rank, "log2_error": abs(math.log2(rank) - math.log2(cell.optimal_rank)),
                          "regret": loss / best - 1, "regret_noises": (loss - best) / noise if noise > 0 else None,
-                         "within_noise": loss <= best + noise, "interpolated": interpolated})
+                         "within_noise": loss <= best + noise, "noise_share": noise / best,
+                         "interpolated": interpolated})
     return rows + (pooled_rows(rows) if fitted else [])
 
 
@@ -166,17 +167,19 @@ def summary_table(rows: list[dict], kind: str) -> str:
 
 
 def cell_table(rows: list[dict], kind: str, levels=("rule", "constant", "rank model", "pooled", "r = 16", "r = 64")) -> str:
-    """Per cell of a kind: each level's rank and regret in seed noises (~: interpolated loss)."""
-    lines = ["| model | task | train rows | optimal rank | " + " | ".join(levels) + " |",
-             "|---|---|---|---|" + "---|" * len(levels)]
+    """Per cell of a kind: its seed noise as a share of its best loss, and each level's rank and
+    regret in seed noises (~: interpolated loss)."""
+    lines = ["| model | task | train rows | optimal rank | seed noise / best loss | " + " | ".join(levels) + " |",
+             "|---|---|---|---|---|" + "---|" * len(levels)]
     by_cell: dict[tuple, dict[str, dict]] = {}
     for row in rows:
         if row["kind"] == kind:
-            by_cell.setdefault((row["model"], row["task"], row["train_size"], row["optimal_rank"]), {})[row["level"]] = row
-    for (model, task, size, optimal), found in by_cell.items():
+            key = (row["model"], row["task"], row["train_size"], row["optimal_rank"], row["noise_share"])
+            by_cell.setdefault(key, {})[row["level"]] = row
+    for (model, task, size, optimal, noise_share), found in by_cell.items():
         entries = [f"r {found[l]['rank']:.3g}: {'~' if found[l]['interpolated'] else ''}{_number(found[l]['regret_noises'])}"
                    if l in found else "-" for l in levels]
-        lines.append(f"| {model} | {task} | {size} | {optimal} | " + " | ".join(entries) + " |")
+        lines.append(f"| {model} | {task} | {size} | {optimal} | {noise_share:.1%} | " + " | ".join(entries) + " |")
     return "\n".join(lines)
 
 

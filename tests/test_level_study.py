@@ -44,6 +44,7 @@ def test_every_level_is_scored_against_the_cells_label_and_loss():
     assert by[("b", "rule")]["rank"] == 4 and by[("b", "rule")]["log2_error"] == pytest.approx(1.0)
     assert by[("b", "rule")]["regret"] == pytest.approx(0.1 / 1.005)
     assert not by[("b", "rule")]["within_noise"] and by[("b", "r = 8")]["within_noise"]
+    assert by[("b", "rule")]["noise_share"] == pytest.approx(0.01 / 2**0.5 / 1.005)  # seeds 0.01 apart, best 1.005
     # the constant is the other tasks' median optimal rank: of 2, 8 and 4 when c (32) is out, 4
     assert by[("c", "constant")]["rank"] == pytest.approx(4) and by[("c", "constant")]["log2_error"] == pytest.approx(3)
     # pooled: the other tasks need up to 32 (c's cell) until c is held out, when 8 is enough for a, b, d
