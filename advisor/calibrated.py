@@ -187,24 +187,58 @@ def span(low: str, high: str) -> str:
     return low if low == high else f"{low}-{high}"
 
 
-def measured_levels(metadata: dict, rule_level: bool = True) -> str | None:
-    """What the sweeps behind a calibration measured about the rank level (its ``cell_labels`` and
-    ``levels``, written by ``calibration.fit``), for advice whose rank model is not used; with
-    ``rule_level`` (advice with no budget and the default rank bounds, whose level is the probe's
-    rule) also how that rule's level fared on the same cells. None when the metadata does not say."""
+def calibrated_level(metadata: dict) -> int | None:
+    """The uniform rank whose adapter parameters set the level of advice with no budget, when the
+    calibration's rank model is not used, or None (the probe's rule sets it): its ``pooled_level``
+    (the label's rule on all its cells pooled, ``calibration.level_study``), used only when, leave
+    one task out (``levels["pooled"]``), that choice's mean regret in seed noises was
+    :func:`required_gain` below the rule's (``levels["rule"]``) on the same cells."""
+    levels = metadata.get("levels") or {}
+    pooled, rule, rank = levels.get("pooled"), levels.get("rule"), metadata.get("pooled_level")
+    if not (pooled and rule and isinstance(rank, int)):
+        return None
+    scores = {"model_mae": pooled["regret_noises_mean"], "baseline_mae": rule["regret_noises_mean"]}
+    if None in scores.values():
+        return None
+    return rank if beats_baseline(scores, required_gain(metadata)) else None
+
+
+def _regret(summary: dict, long: bool) -> str:
+    """A level's regret as ``levels`` summarises it, e.g. "1.18 % (4.15 seed noises; within one
+    seed noise of the best on 1 of 6 cells)"; ``long=False``: "1.18 % (4.15; 1 of 6)"."""
+    noises, within = f"{summary['regret_noises_mean']:.2f}", f"{summary['within_noise']} of {summary['cells']}"
+    if long:
+        return f"{100 * summary['regret_mean']:.2f} % ({noises} seed noises; within one seed noise of the best on {within} cells)"
+    return f"{100 * summary['regret_mean']:.2f} % ({noises}; {within})"
+
+
+def measured_levels(metadata: dict, level_by: str | None = "rule") -> str | None:
+    """What the sweeps behind a calibration measured about the rank level (its ``cell_labels``,
+    ``levels`` and ``pooled_level``, written by ``calibration.fit``), for advice whose rank model
+    is not used. ``level_by`` says what sets the advice's level: ``"calibration"``
+    (:func:`calibrated_level`), ``"rule"`` (the probe's rule, with no budget and the default rank
+    bounds: how that rule fared on the same cells is added), or None (a budget, or other bounds).
+    None when the metadata does not say."""
     labels = metadata.get("cell_labels")
     if not labels:
         return None
+    name = metadata.get("name", "the calibration")
+    tasks = len({label["task"] for label in labels})
+    levels = metadata.get("levels") or {}
+    if level_by == "calibration":
+        pooled, rule = levels["pooled"], levels["rule"]
+        return (f"the rank level is calibrated: uniform r = {metadata['pooled_level']}'s parameters, the smallest uniform "
+                f"rank whose mean regret over the {len(labels)} cells ({tasks} tasks) behind {name} is within one seed "
+                f"noise of the best's; chosen that way leave one task out, its eval loss was on average "
+                f"{_regret(pooled, True)} above each cell's best uniform rank's, the probe's rule's {_regret(rule, False)}")
     counts = Counter(label["optimal_rank"] for label in labels)
     spreads = sorted(100 * label["worst_over_best"] for label in labels)
-    tasks = len({label["task"] for label in labels})
     ranks = ", ".join(f"{rank} on {count}" for rank, count in sorted(counts.items()))
-    text = (f"the rank level is not calibrated: the sweeps behind {metadata.get('name', 'the calibration')} found "
+    text = (f"the rank level is not calibrated: the sweeps behind {name} found "
             f"optimal uniform ranks {ranks} of {len(labels)} cells ({tasks} tasks), and on each cell the worst uniform "
             f"rank from 1 to 64 lost {span(f'{spreads[0]:.1f}', f'{spreads[-1]:.1f}')} % more eval loss than the best")
-    levels = metadata.get("levels") or {}
     rule, habits = levels.get("rule"), [h for h in ("r = 16", "r = 64") if h in levels]
-    if rule_level and rule and habits:
+    if level_by == "rule" and rule and habits:
         low, high = (f"{x:.3g}" for x in rule["rank_range"])
         text += (f"; the probe's rule, which sets the level here (the calibration's shape spreads the ranks around "
                  f"it), gave uniform-equivalent ranks {span(low, high)} on those cells, "

@@ -18,9 +18,12 @@ Each probed layer gets a *need*, a number of directions:
   leave-one-task-out validation (:func:`advisor.calibrated.earns_its_place`): when the rank
   model did not, or ``"auto"`` finds more than half of the probe's spectral features outside
   the ranges it was fitted on (:func:`advisor.calibrated.rank_model_extrapolates`), the
-  calibration gives the shape only, 2 ** (the uncalibrated rule's mean log2 need + the layer's
+  calibration gives the shape, 2 ** (the uncalibrated rule's mean log2 need + the layer's
   log2 relative need less its mean over the layers); when the per-layer model is not usable
-  either, the advice is uncalibrated.
+  either, the advice is uncalibrated. The level is then the rule's, unless there is no budget
+  and the calibration's pooled level (the uniform rank its sweeps' cells support together)
+  beat the rule leave one task out (:func:`advisor.calibrated.calibrated_level`): then the
+  budget is that uniform rank's parameters, spent along the shape.
 
 Rounding: rank = 2 ** ceil(log2(c * need)), clipped to [min_rank, max_rank], with c = 1 when
 there is no budget. With a budget (trainable parameters; a layer of rank r costs
@@ -57,7 +60,8 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
-from advisor.calibrated import (domain_gaps, earns_its_place, features_outside, layer_group, measured_levels, span,
+from advisor.calibrated import (calibrated_level, domain_gaps, earns_its_place, features_outside, layer_group,
+                                measured_levels, span,
                                 probe_protocol, rank_model_extrapolates, resolve_calibration, training_rows_gap,
                                 why_unused)
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS, model_task
@@ -259,14 +263,15 @@ def build_lora_config(ranks: dict[str, int], alphas: dict[str, float], *, task_t
 
 
 def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size: int,
-           rank_model_unused: str | None = None):
+           rank_model_unused: str | None = None, pooled_level: int | None = None):
     """(need, low need, high need) per layer, and a label saying where they come from;
     ``layers``: the probe's LayerStats as dicts, what the calibration reads. A calibration whose
     rank model is not used (``rank_model_unused`` says why: it did not earn its place,
     :func:`earns_its_place`, or "auto" found this probe outside its range,
-    :func:`rank_model_extrapolates`) gives the shape only: the per-layer log2 relative need,
+    :func:`rank_model_extrapolates`) gives the shape: the per-layer log2 relative need,
     centred on its mean over the layers, added to the uncalibrated rule's level (its mean log2
-    need), so the layers' geometric-mean need stays the rule's."""
+    need), so the layers' geometric-mean need stays the rule's; ``pooled_level`` (its calibrated
+    level, :func:`calibrated_level`, which the caller turns into a budget) only changes the label."""
     need = {n: signal_need(s.signal_effective_rank) for n, s in result.layers.items()}
     high = {n: max(float(s.signal_rank), need[n]) for n, s in result.layers.items()}
     if calibration is None:
@@ -285,7 +290,10 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
         shift = statistics.mean(relative.values())
         center = {n: level + x - shift for n, x in relative.items()}
         label = (f"calibrated shape, uncalibrated level: the per-layer need of {calibration.name} (fitted on {seen}"
-                 f"{extrapolating}) around the signal effective rank's level; its rank model {rank_model_unused}")
+                 f"{extrapolating}) around the signal effective rank's level; its rank model {rank_model_unused}"
+                 if pooled_level is None else
+                 f"calibrated shape and level: the per-layer need of {calibration.name} (fitted on {seen}{extrapolating}) "
+                 f"at its pooled level, uniform r = {pooled_level}'s parameters; its rank model {rank_model_unused}")
         return ({n: 2**x for n, x in center.items()}, {n: 2**x for n, x in center.items()},
                 {n: 2 ** (level_high + relative[n] - shift) for n in layers}, label)
     log2_rank = calibration.predict_log2_rank(layers, train_size, quantized)
@@ -405,10 +413,13 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
                 f"its per-layer model {why_unused(calibration.metadata, 'layer')}" if "layer" in calibration.models
                 else "it has no per-layer model")
             calibration = None
-    need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size, rank_model_unused)
+    level = (calibrated_level(calibration.metadata)
+             if rank_model_unused and calibration is not None and tokens_budget is None else None)
+    need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size, rank_model_unused, level)
     if declined:
         label = f"{label} ({declined})"
-    ranks, factor = allocate(need, shapes, tokens_budget, min_rank, max_rank)
+    level_budget = None if level is None else min(max(level, min_rank), max_rank) * sum(sum(s) for s in shapes.values())
+    ranks, factor = allocate(need, shapes, tokens_budget or level_budget, min_rank, max_rank)
     scaling = None
     if alpha_mode == "calibrated":
         _check_alpha_model(calibration, declined)
@@ -429,9 +440,9 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     uniform = {r: r * sum(sum(s) for s in shapes.values()) for r in UNIFORM_BASELINES}
     curve, curve_error = _loss_curve(result, layer_dicts, calibration, train_size)
     reasons = _reasons(result, layers, trainable, uniform)
-    levels = (measured_levels(calibration.metadata, rule_level=tokens_budget is None
-                              and (min_rank, max_rank) == (MIN_RANK, MAX_RANK))
-              if rank_model_unused and calibration is not None else None)
+    level_by = ("calibration" if level is not None else
+                "rule" if tokens_budget is None and (min_rank, max_rank) == (MIN_RANK, MAX_RANK) else None)
+    levels = measured_levels(calibration.metadata, level_by) if rank_model_unused and calibration is not None else None
     if levels:
         reasons.append(levels)
     return Advice(

@@ -34,7 +34,10 @@ the cells' step-0 probes) is how ``advise`` probes by default.
 Writes ``models/NAME.joblib`` and ``models/NAME.json`` (default NAME: ``lora-rank-PROBE_TASK``;
 feature names, versions, sha256 of the joblib file, sha256 of the training records, the scores, and
 each labelled cell's optimal rank and loss spread, and how each way of choosing one rank fared on them
-(``levels``, :mod:`calibration.level_study`), which ``advise`` quotes when its rank model is not used);
+(``levels``, :mod:`calibration.level_study`), which ``advise`` quotes when its rank model is not used,
+and ``pooled_level``: the uniform rank the label's rule picks on all the cells pooled, which sets the
+level of advice with no budget when, leave one task out, it beat the probe's rule, as
+:func:`advisor.calibrated.calibrated_level` decides);
 ``--dry-run`` prints the scores only. A fit is written only when its rank model (against the
 constant best rank) or its per-layer model (against "every layer the same") is 10 % better than
 its baseline leave-one-task-out (``--min-gain``, recorded in the JSON as ``min_gain``); ``advisor``
@@ -239,11 +242,12 @@ def _same_rank_median_baseline(train: list[dict]):
 
 def fit(records: list[dict]) -> tuple[dict, dict]:
     """(models, metadata without the file hashes)."""
-    from calibration.level_study import level_rows, level_summary
+    from calibration.level_study import level_rows, level_summary, pooled_level
 
     cell_rows, layer_rows, curve_rows = training_table(records)
     if len(cell_rows) < 2:
         raise ValueError(f"only {len(cell_rows)} labelled cells in the results: need at least 2 to fit")
+    levels = level_rows(cell_rows)
     alpha_rows = alpha_table(records)
     if len({row["task"] for row in alpha_rows}) < 2:
         alpha_rows = []  # one task: nothing to validate a scaling model on
@@ -271,7 +275,8 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
         "scale_rule": RANK_GRID_RULE,
         "cells": len(cell_rows),
         "cell_labels": [row["label"] for row in cell_rows],
-        "levels": level_summary(level_rows(cell_rows)),
+        "levels": level_summary(levels),
+        "pooled_level": pooled_level(levels),
         "layers": len(layer_rows),
         "curve_points": len(curve_rows),
         "alpha_points": len(alpha_rows),

@@ -111,18 +111,35 @@ def level_rows(cell_rows: list[dict]) -> list[dict]:
     return rows + (pooled_rows(rows) if fitted else [])
 
 
+def _habit_rows(rows: list[dict]) -> list[dict]:
+    return [row for row in rows if row["level"].startswith("r = ") and row["regret_noises"] is not None]
+
+
+def pooled_pick(habit_rows: list[dict]) -> int:
+    """The label's rule applied to cells pooled: the smallest habit whose mean regret (in seed
+    noises) over ``habit_rows`` (the habits' rows of :func:`level_rows` for those cells) is within
+    one seed noise of the best habit's."""
+    mean = {rank: statistics.mean(row["regret_noises"] for row in habit_rows if row["rank"] == rank) for rank in HABITS}
+    return min(rank for rank in HABITS if mean[rank] <= min(mean.values()) + 1)
+
+
+def pooled_level(rows: list[dict]) -> int | None:
+    """:func:`pooled_pick` over every cell of ``rows`` (a fit's :func:`level_rows`), the level a
+    calibration offers for advice with no budget; None without cells whose seed noise is known."""
+    habits = _habit_rows(rows)
+    return pooled_pick(habits) if habits else None
+
+
 def pooled_rows(rows: list[dict]) -> list[dict]:
-    """The ``pooled`` level's rows, leave one task out: the label's rule applied to the training
-    tasks' cells together, the smallest habit whose mean regret over them is within one seed noise
-    of the best habit's; each held-out cell scored at that habit (its habit row, renamed)."""
-    habits = [row for row in rows if row["level"].startswith("r = ") and row["regret_noises"] is not None]
+    """The ``pooled`` level's rows, leave one task out: :func:`pooled_pick` on the training tasks'
+    cells, each held-out cell scored at that habit (its habit row, renamed)."""
+    habits = _habit_rows(rows)
     pooled = []
     for task in dict.fromkeys(row["task"] for row in habits):
         train = [row for row in habits if row["task"] != task]
         if not train:
             continue
-        mean = {rank: statistics.mean(row["regret_noises"] for row in train if row["rank"] == rank) for rank in HABITS}
-        pick = min(rank for rank in HABITS if mean[rank] <= min(mean.values()) + 1)
+        pick = pooled_pick(train)
         pooled += [{**row, "level": "pooled"} for row in habits if row["task"] == task and row["rank"] == pick]
     return pooled
 

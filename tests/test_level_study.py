@@ -63,7 +63,33 @@ def test_the_fit_stores_the_levels_and_the_advice_quotes_them_only_when_it_has_t
 
     metadata = fit(synthetic_sweep())[1]
     assert metadata["levels"] == level_summary(level_rows(training_table(synthetic_sweep())[0]))
-    assert "the probe's rule, which sets the level here" in measured_levels(metadata)
-    assert "the probe's rule" not in measured_levels(metadata, rule_level=False)
+    assert "the probe's rule, which sets the level here" in measured_levels(metadata, "rule")
+    assert "the probe's rule" not in measured_levels(metadata, None)
     older = {k: v for k, v in metadata.items() if k != "levels"}  # a calibration fitted before the study
-    assert measured_levels(older) == measured_levels(metadata, rule_level=False)
+    assert measured_levels(older, "rule") == measured_levels(metadata, None)
+
+
+def test_the_pooled_level_is_the_labels_rule_on_every_cell_and_is_used_only_when_it_beat_the_rule():
+    """synthetic_sweep: optimal ranks 2, 8, 32, 4; pooled over all four cells the label's rule
+    needs 32 (c's cell needs it); leave one task out it cost less than the rule did."""
+    from advisor.calibrated import calibrated_level, measured_levels
+    from calibration.fit import fit
+    from calibration.level_study import pooled_level
+
+    rows = level_rows(training_table(synthetic_sweep())[0])
+    habits = {(row["task"], row["rank"]): row["regret_noises"] for row in rows if row["level"].startswith("r = ")}
+    means = {r: sum(habits[(t, r)] for t in "abcd") / 4 for r in (1, 2, 4, 8, 16, 32, 64)}
+    assert pooled_level(rows) == min(r for r, m in means.items() if m <= min(means.values()) + 1) == 32
+    metadata = fit(synthetic_sweep())[1]
+    assert metadata["pooled_level"] == 32
+    pooled, rule = metadata["levels"]["pooled"], metadata["levels"]["rule"]
+    assert pooled["regret_noises_mean"] < 0.9 * rule["regret_noises_mean"] and calibrated_level(metadata) == 32
+    assert measured_levels(metadata, "calibration").startswith(
+        "the rank level is calibrated: uniform r = 32's parameters, the smallest uniform rank whose mean regret over "
+        "the 4 cells (4 tasks) behind the calibration is within one seed noise of the best's; chosen that way leave "
+        f"one task out, its eval loss was on average {100 * pooled['regret_mean']:.2f} % (")
+    # not 10 % better than the rule (or no pooled score, as a calibration fitted before session 14): the rule's level
+    close = {**metadata, "levels": {**metadata["levels"], "pooled": {**pooled, "regret_noises_mean": 0.91 * rule["regret_noises_mean"]}}}
+    assert calibrated_level(close) is None
+    assert calibrated_level({k: v for k, v in metadata.items() if k != "pooled_level"}) is None
+    assert calibrated_level({**metadata, "min_gain": 0.05, "levels": close["levels"]}) == 32

@@ -230,10 +230,11 @@ def test_calibrated_advice_follows_the_regression(probed, tmp_path):
     assert [a.rank for a in withheld.layers.values()] == [a.rank for a in advice.layers.values()]
 
 
-def test_a_calibration_without_a_rank_model_gives_the_shape_around_the_uncalibrated_level(probed, tmp_path):
+def test_a_calibration_without_a_rank_model_gives_the_shape_at_its_pooled_level_or_the_rules(probed, tmp_path):
     """A fit whose rank model is no better than the constant but whose per-layer model is: the
     need is 2 ** (mean log2 signal effective rank + the layer's predicted log2 relative need less
-    its mean); a fit with neither is not used at all."""
+    its mean), at a budget's level, else at its pooled level when that beat the rule, else at the
+    rule's; a fit with neither model is not used at all."""
     import math
     import statistics
     from dataclasses import asdict
@@ -255,10 +256,30 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_around_the_uncalibra
                 "cells (3 tasks), and on each cell the worst uniform rank from 1 to 64 lost 10.0 % more eval loss "
                 "than the best")
     assert advice.reasons[-1] == measured
-    # with no budget and the default ranks 2-64 the rule sets the level: on the cells (signal 1, 7, 3: ranks
-    # 2, 8, 4) it misses only task a's, where r = 2 interpolates to 1.055, 7 seed noises (0.0071) above the best
+    # with no budget the calibration's pooled level sets it: rank 4 is best on every cell, so leave one task
+    # out the pooled level lost nothing, where the rule (signal 1, 7, 3: ranks 2, 8, 4) lost task a's 7 seed
+    # noises (r = 2 interpolates to 1.055, 0.0071 a noise): the budget is uniform r = 4's, spent along the shape
+    shapes = {n: s.shape for n, s in result.layers.items()}
     no_budget = advice_from_probe(result, train_size=1000, calibration=tmp_path / "shape.json")
-    assert no_budget.reasons[-1] == measured + (
+    assert no_budget.calibration.startswith("calibrated shape and level: the per-layer need of shape (fitted on smollm2")
+    assert "at its pooled level, uniform r = 4's parameters; its rank model is not 10% better" in no_budget.calibration
+    assert no_budget.reasons[-1] == (
+        "the rank level is calibrated: uniform r = 4's parameters, the smallest uniform rank whose mean regret over "
+        "the 3 cells (3 tasks) behind shape is within one seed noise of the best's; chosen that way leave one task "
+        "out, its eval loss was on average 0.00 % (0.00 seed noises; within one seed noise of the best on 3 of 3 "
+        "cells) above each cell's best uniform rank's, the probe's rule's 1.66 % (2.36; 2 of 3)")
+    assert parse_budget("r=2", shapes) < no_budget.trainable_params <= parse_budget("r=4", shapes)
+    assert no_budget.budget is None  # the user gave none
+    assert [a.rank for a in advice_from_probe(result, train_size=1000, calibration=tmp_path / "shape.json",
+                                              budget="r=4").layers.values()] == [a.rank for a in no_budget.layers.values()]
+    # a calibration whose pooled level did not beat the rule by 10 %: the rule sets the level, and how it fared is quoted
+    description = tmp_path / "shape.json"
+    metadata = json.loads(description.read_text())
+    metadata["levels"]["pooled"]["regret_noises_mean"] = 0.95 * metadata["levels"]["rule"]["regret_noises_mean"]
+    description.write_text(json.dumps(metadata))
+    ruled = advice_from_probe(result, train_size=1000, calibration=description)
+    assert ruled.calibration.startswith("calibrated shape, uncalibrated level")
+    assert ruled.reasons[-1] == measured + (
         "; the probe's rule, which sets the level here (the calibration's shape spreads the ranks around it), gave "
         "uniform-equivalent ranks 2-8 on those cells, within one seed noise of the best uniform rank on 2 of 3 cells; "
         "uniform r = 16 on 3 and r = 64 on 3")
