@@ -194,11 +194,9 @@ def calibrated_level(metadata: dict) -> int | None:
     one task out (``levels["pooled"]``), that choice's mean regret in seed noises was
     :func:`required_gain` below the rule's (``levels["rule"]``) on the same cells."""
     levels = metadata.get("levels") or {}
-    pooled, rule, rank = levels.get("pooled"), levels.get("rule"), metadata.get("pooled_level")
-    if not (pooled and rule and isinstance(rank, int)):
-        return None
-    scores = {"model_mae": pooled["regret_noises_mean"], "baseline_mae": rule["regret_noises_mean"]}
-    if None in scores.values():
+    pooled, rule, rank = levels.get("pooled") or {}, levels.get("rule") or {}, metadata.get("pooled_level")
+    scores = {"model_mae": pooled.get("regret_noises_mean"), "baseline_mae": rule.get("regret_noises_mean")}
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1 or None in scores.values():
         return None
     return rank if beats_baseline(scores, required_gain(metadata)) else None
 
@@ -215,22 +213,23 @@ def _regret(summary: dict, long: bool) -> str:
 def measured_levels(metadata: dict, level_by: str | None = "rule") -> str | None:
     """What the sweeps behind a calibration measured about the rank level (its ``cell_labels``,
     ``levels`` and ``pooled_level``, written by ``calibration.fit``), for advice whose rank model
-    is not used. ``level_by`` says what sets the advice's level: ``"calibration"``
-    (:func:`calibrated_level`), ``"rule"`` (the probe's rule, with no budget and the default rank
-    bounds: how that rule fared on the same cells is added), or None (a budget, or other bounds).
-    None when the metadata does not say."""
+    is not used. ``level_by`` says what sets the advice's level: ``"calibration"`` (its pooled
+    level, when :func:`calibrated_level` gives one), ``"rule"`` (the probe's rule, with no budget
+    and the default rank bounds: how that rule fared on the same cells is added), or None (a
+    budget, or other bounds). None when the metadata has no cell labels."""
     labels = metadata.get("cell_labels")
     if not labels:
         return None
     name = metadata.get("name", "the calibration")
     tasks = len({label["task"] for label in labels})
     levels = metadata.get("levels") or {}
-    if level_by == "calibration":
+    if level_by == "calibration" and calibrated_level(metadata) is not None:
         pooled, rule = levels["pooled"], levels["rule"]
-        return (f"the rank level is calibrated: uniform r = {metadata['pooled_level']}'s parameters, the smallest uniform "
-                f"rank whose mean regret over the {len(labels)} cells ({tasks} tasks) behind {name} is within one seed "
-                f"noise of the best's; chosen that way leave one task out, its eval loss was on average "
-                f"{_regret(pooled, True)} above each cell's best uniform rank's, the probe's rule's {_regret(rule, False)}")
+        return (f"the rank level is the calibration's pooled level: uniform r = {metadata['pooled_level']}'s parameters, "
+                f"the smallest uniform rank whose mean regret (in seed noises) over the {len(labels)} cells ({tasks} "
+                f"tasks) behind {name} is within one seed noise of the best uniform rank's; chosen that way leave one "
+                f"task out, its eval loss was on average {_regret(pooled, True)} above each cell's best uniform rank's, "
+                f"the probe's rule's {_regret(rule, False)}")
     counts = Counter(label["optimal_rank"] for label in labels)
     spreads = sorted(100 * label["worst_over_best"] for label in labels)
     ranks = ", ".join(f"{rank} on {count}" for rank, count in sorted(counts.items()))

@@ -26,7 +26,7 @@ Each probed layer gets a *need*, a number of directions:
   budget is that uniform rank's parameters, spent along the shape.
 
 Rounding: rank = 2 ** ceil(log2(c * need)), clipped to [min_rank, max_rank], with c = 1 when
-there is no budget. With a budget (trainable parameters; a layer of rank r costs
+there is no budget (and no calibrated level, which is spent as a budget). With a budget (trainable parameters; a layer of rank r costs
 r * (in + out)), c is the largest factor whose ranks fit it, so the budget is spent where the
 need is; then, since power-of-two steps can leave up to half of it unspent, the layers with
 the most need per unit of rank have their rank doubled while the budget allows. Alpha: ``alpha_mode="scale"`` writes alpha = 2 r (PEFT scaling alpha / r = 2, the
@@ -61,9 +61,8 @@ import torch
 from peft import LoraConfig
 
 from advisor.calibrated import (calibrated_level, domain_gaps, earns_its_place, features_outside, layer_group,
-                                measured_levels, span,
-                                probe_protocol, rank_model_extrapolates, resolve_calibration, training_rows_gap,
-                                why_unused)
+                                measured_levels, probe_protocol, rank_model_extrapolates, resolve_calibration, span,
+                                training_rows_gap, why_unused)
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS, model_task
 from advisor.probe import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
@@ -114,6 +113,7 @@ class Advice:
     probe: ProbeResult
     loss_curve: dict[int, float] | None = None  # uniform rank -> predicted eval loss / the best rank's
     loss_curve_error: float | None = None  # leave-one-task-out error of the curve, as a factor (e.g. 1.03)
+    level_rank: int | None = None  # no budget given: the uniform rank whose parameters the calibrated level spends
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -131,6 +131,7 @@ class Advice:
             "reasons": self.reasons,
             "loss_curve": None if self.loss_curve is None else {str(r): v for r, v in self.loss_curve.items()},
             "loss_curve_error": self.loss_curve_error,
+            "level_rank": self.level_rank,
             "layers": {name: {**asdict(layer), "shape": list(layer.shape)} for name, layer in self.layers.items()},
             "adapter_config": json.loads(json.dumps(self.config.to_dict(), default=list)),
         }
@@ -263,15 +264,16 @@ def build_lora_config(ranks: dict[str, int], alphas: dict[str, float], *, task_t
 
 
 def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size: int,
-           rank_model_unused: str | None = None, pooled_level: int | None = None):
+           rank_model_unused: str | None = None, level_rank: int | None = None):
     """(need, low need, high need) per layer, and a label saying where they come from;
     ``layers``: the probe's LayerStats as dicts, what the calibration reads. A calibration whose
     rank model is not used (``rank_model_unused`` says why: it did not earn its place,
     :func:`earns_its_place`, or "auto" found this probe outside its range,
     :func:`rank_model_extrapolates`) gives the shape: the per-layer log2 relative need,
     centred on its mean over the layers, added to the uncalibrated rule's level (its mean log2
-    need), so the layers' geometric-mean need stays the rule's; ``pooled_level`` (its calibrated
-    level, :func:`calibrated_level`, which the caller turns into a budget) only changes the label."""
+    need), so the layers' geometric-mean need stays the rule's; ``level_rank`` (the uniform rank of
+    its calibrated level, :func:`calibrated_level`, within the rank bounds, which the caller spends
+    as a budget) only changes the label."""
     need = {n: signal_need(s.signal_effective_rank) for n, s in result.layers.items()}
     high = {n: max(float(s.signal_rank), need[n]) for n, s in result.layers.items()}
     if calibration is None:
@@ -291,9 +293,9 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
         center = {n: level + x - shift for n, x in relative.items()}
         label = (f"calibrated shape, uncalibrated level: the per-layer need of {calibration.name} (fitted on {seen}"
                  f"{extrapolating}) around the signal effective rank's level; its rank model {rank_model_unused}"
-                 if pooled_level is None else
-                 f"calibrated shape and level: the per-layer need of {calibration.name} (fitted on {seen}{extrapolating}) "
-                 f"at its pooled level, uniform r = {pooled_level}'s parameters; its rank model {rank_model_unused}")
+                 if level_rank is None else
+                 f"calibrated shape, pooled level: the per-layer need of {calibration.name} (fitted on {seen}{extrapolating}) "
+                 f"at uniform r = {level_rank}'s parameters{_clipped(level_rank, metadata)}; its rank model {rank_model_unused}")
         return ({n: 2**x for n, x in center.items()}, {n: 2**x for n, x in center.items()},
                 {n: 2 ** (level_high + relative[n] - shift) for n in layers}, label)
     log2_rank = calibration.predict_log2_rank(layers, train_size, quantized)
@@ -304,6 +306,12 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
         label += f"; its per-layer model {why_unused(metadata, 'layer')}, so every layer gets the same need"
     return ({n: 2**x for n, x in center.items()}, {n: 2 ** (x - error) for n, x in center.items()},
             {n: 2 ** (x + error) for n, x in center.items()}, label)
+
+
+def _clipped(level_rank: int, metadata: dict) -> str:
+    """", the pooled level r = 16 within the ranks asked for" when the bounds moved the level; else ""."""
+    pooled = metadata.get("pooled_level")
+    return "" if pooled == level_rank else f", the pooled level r = {pooled} within the ranks asked for"
 
 
 def _loss_curve(result: ProbeResult, layers: dict[str, dict], calibration,
@@ -413,12 +421,14 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
                 f"its per-layer model {why_unused(calibration.metadata, 'layer')}" if "layer" in calibration.models
                 else "it has no per-layer model")
             calibration = None
-    level = (calibrated_level(calibration.metadata)
-             if rank_model_unused and calibration is not None and tokens_budget is None else None)
-    need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size, rank_model_unused, level)
+    level_rank = (calibrated_level(calibration.metadata)
+                  if rank_model_unused and calibration is not None and tokens_budget is None else None)
+    if level_rank is not None:
+        level_rank = min(max(level_rank, min_rank), max_rank)
+    need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size, rank_model_unused, level_rank)
     if declined:
         label = f"{label} ({declined})"
-    level_budget = None if level is None else min(max(level, min_rank), max_rank) * sum(sum(s) for s in shapes.values())
+    level_budget = None if level_rank is None else level_rank * sum(sum(s) for s in shapes.values())
     ranks, factor = allocate(need, shapes, tokens_budget or level_budget, min_rank, max_rank)
     scaling = None
     if alpha_mode == "calibrated":
@@ -440,7 +450,7 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     uniform = {r: r * sum(sum(s) for s in shapes.values()) for r in UNIFORM_BASELINES}
     curve, curve_error = _loss_curve(result, layer_dicts, calibration, train_size)
     reasons = _reasons(result, layers, trainable, uniform)
-    level_by = ("calibration" if level is not None else
+    level_by = ("calibration" if level_rank is not None else
                 "rule" if tokens_budget is None and (min_rank, max_rank) == (MIN_RANK, MAX_RANK) else None)
     levels = measured_levels(calibration.metadata, level_by) if rank_model_unused and calibration is not None else None
     if levels:
@@ -450,7 +460,7 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
         layers=layers, calibration=label, alpha_mode=alpha_mode, budget=tokens_budget, trainable_params=trainable,
         uniform_params=uniform, model_parameters=result.model_parameters, train_size=train_size,
         reasons=reasons, probe=result, loss_curve=curve,
-        loss_curve_error=curve_error,
+        loss_curve_error=curve_error, level_rank=level_rank,
     )
 
 

@@ -192,6 +192,15 @@ def save_figure(fig, path: Path, dpi: int = 100) -> None:
     pyplot().close(fig)
 
 
+def _budget_text(advice: dict) -> str:
+    """The report's budget: the user's, else the calibrated level's (``level_rank``), else none."""
+    if advice.get("budget"):
+        return f"{advice['budget']:,} parameters"
+    if advice.get("level_rank"):
+        return f"none given; the calibration's pooled level spends uniform r = {advice['level_rank']}'s parameters"
+    return "none (what the evidence supports)"
+
+
 def _html_table(rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows[1:])
@@ -243,7 +252,7 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}code{{backg
 <h1>LoRA rank advice</h1>
 <p>{html.escape(probe_summary(result))}</p>
 <p><b>Advice:</b> {html.escape(advice["calibration"])}; alpha mode <code>{html.escape(advice["alpha_mode"])}</code>;
-budget {f"{advice['budget']:,} parameters" if advice.get("budget") else "none (what the evidence supports)"};
+budget {_budget_text(advice)};
 training rows {advice["train_size"]:,}.</p>
 <h2>Why</h2><ul>{reasons}</ul>
 <h2>Per layer type</h2>{_html_table(layer_type_rows(result, ranks))}

@@ -169,6 +169,12 @@ def test_report_is_written_and_redrawn(capsys, tmp_path, tiny_checkpoint):
         assert (out / name).is_file(), name
     (out / "ranks.png").unlink()
     assert main(["report", str(out)]) == 0 and (out / "ranks.png").is_file()
+    saved = json.loads((out / "advice.json").read_text())
+    assert f"budget {saved['budget']:,} parameters;" in (out / "report.html").read_text()
+    # advice whose level a calibration set (no budget given) says so in the report's header
+    (out / "advice.json").write_text(json.dumps({**saved, "budget": None, "level_rank": 16}))
+    assert main(["report", str(out)]) == 0
+    assert "budget none given; the calibration's pooled level spends uniform r = 16's parameters;" in (out / "report.html").read_text()
     assert main(["report", str(tmp_path)]) == 2
     assert "has no advice.json" in capsys.readouterr().err.strip().splitlines()[-1]
 
@@ -261,17 +267,24 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_at_its_pooled_level_
     # noises (r = 2 interpolates to 1.055, 0.0071 a noise): the budget is uniform r = 4's, spent along the shape
     shapes = {n: s.shape for n, s in result.layers.items()}
     no_budget = advice_from_probe(result, train_size=1000, calibration=tmp_path / "shape.json")
-    assert no_budget.calibration.startswith("calibrated shape and level: the per-layer need of shape (fitted on smollm2")
-    assert "at its pooled level, uniform r = 4's parameters; its rank model is not 10% better" in no_budget.calibration
-    assert no_budget.reasons[-1] == (
-        "the rank level is calibrated: uniform r = 4's parameters, the smallest uniform rank whose mean regret over "
-        "the 3 cells (3 tasks) behind shape is within one seed noise of the best's; chosen that way leave one task "
-        "out, its eval loss was on average 0.00 % (0.00 seed noises; within one seed noise of the best on 3 of 3 "
-        "cells) above each cell's best uniform rank's, the probe's rule's 1.66 % (2.36; 2 of 3)")
+    assert no_budget.calibration.startswith("calibrated shape, pooled level: the per-layer need of shape (fitted on smollm2")
+    assert "at uniform r = 4's parameters; its rank model is not 10% better" in no_budget.calibration
+    level_text = (
+        "the rank level is the calibration's pooled level: uniform r = 4's parameters, the smallest uniform rank whose "
+        "mean regret (in seed noises) over the 3 cells (3 tasks) behind shape is within one seed noise of the best "
+        "uniform rank's; chosen that way leave one task out, its eval loss was on average 0.00 % (0.00 seed noises; "
+        "within one seed noise of the best on 3 of 3 cells) above each cell's best uniform rank's, the probe's "
+        "rule's 1.66 % (2.36; 2 of 3)")
+    assert no_budget.reasons[-1] == level_text
     assert parse_budget("r=2", shapes) < no_budget.trainable_params <= parse_budget("r=4", shapes)
-    assert no_budget.budget is None  # the user gave none
+    assert no_budget.budget is None and no_budget.level_rank == 4  # the user gave no budget; the level spent r = 4's
     assert [a.rank for a in advice_from_probe(result, train_size=1000, calibration=tmp_path / "shape.json",
                                               budget="r=4").layers.values()] == [a.rank for a in no_budget.layers.values()]
+    # ranks capped at 2: the level is r = 2's parameters, and the label says the pooled level was moved
+    capped = advice_from_probe(result, train_size=1000, calibration=tmp_path / "shape.json", max_rank=2)
+    assert capped.level_rank == 2 and {a.rank for a in capped.layers.values()} == {2}
+    assert "at uniform r = 2's parameters, the pooled level r = 4 within the ranks asked for;" in capped.calibration
+    assert capped.reasons[-1] == level_text
     # a calibration whose pooled level did not beat the rule by 10 %: the rule sets the level, and how it fared is quoted
     description = tmp_path / "shape.json"
     metadata = json.loads(description.read_text())
