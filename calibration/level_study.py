@@ -1,11 +1,11 @@
 """What the advice's rank level costs: every way of choosing one rank, scored on the labelled cells.
 
-With no budget the advice's level comes from the probe (the uncalibrated rule: each layer's
+With no budget the advice's level came from the probe (the uncalibrated rule: each layer's
 signal effective rank rounded up to a power of two, within ranks 2-64) whenever the
-calibration's rank model is not used, as for both shipped calibrations (whose per-layer shape
-then spreads the ranks around that level; the shape is not scored here). This scores that rule the way :mod:`calibration.fit`
-scores the rank model, on every labelled uniform-rank cell of the rank grids (rsLoRA alpha 8),
-beside the other ways a user could choose:
+calibration's rank model is not used, as for both shipped calibrations until session 14 (whose
+per-layer shape then spreads the ranks around that level; the shape is not scored here). This
+scores that rule the way :mod:`calibration.fit` scores the rank model, on every labelled
+uniform-rank cell of the rank grids (rsLoRA alpha 8), beside the other ways a user could choose:
 
 - ``rule``: the uniform rank with as many adapter parameters as the uncalibrated advice of the
   cell's step-0 probe (:func:`advisor.recommend.allocate`, defaults: ranks 2-64, no budget);
@@ -16,7 +16,10 @@ beside the other ways a user could choose:
 - ``r = N``: the habit, one uniform rank for every task;
 - ``pooled``: the habit the label's rule picks on the other tasks' cells pooled (the smallest whose
   mean regret, counted in each cell's seed noises, is at most the lowest habit's + 1), leave one
-  task out.
+  task out. ``calibration.fit`` stores the pick on all of a calibration's cells (``pooled_level``),
+  and the advice with no budget spends that uniform rank's parameters when this leave-one-task-out
+  score's mean regret in seed noises is 10 % below the rule's
+  (:func:`advisor.calibrated.calibrated_level`): since session 14, SmolLM2's r = 16.
 
 Per cell and level: |log2 rank - log2 optimal rank| (the label's metric, 1.0 = a factor of 2),
 and the regret: the cell's mean eval loss at that rank over its best rank's, in % and in seed
