@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common_arguments(advise)
     advice = advise.add_argument_group("advice")
     advice.add_argument("--budget", help="trainable parameters to spend (e.g. 2M, 500k) or r=N for what uniform rank N "
-                                         "costs on the same layers (default: what the evidence supports)")
+                                         "costs on the same layers (default: what the evidence supports: the "
+                                         "calibration's pooled level where it beat the probe's rule leave one task "
+                                         "out, else the probe's rule; the advice says which)")
     advice.add_argument("--train-size", type=int, help="rows you will train on (default: the rows of --data)")
     advice.add_argument("--alpha-mode", choices=("scale", "rslora", "calibrated"), default="scale",
                         help="scale: alpha = 2r; rslora: use_rslora with one alpha; calibrated: alpha = the "
