@@ -151,6 +151,11 @@ class Advice:
         (directory / "lora_config.py").write_text(exports.python_snippet(self.config))
 
 
+def uniform_params(rank: int, shapes: dict[str, tuple[int, int]]) -> int:
+    """Adapter parameters of uniform rank ``rank`` on layers of ``shapes`` (r * (in + out) each)."""
+    return rank * sum(out + inp for out, inp in shapes.values())
+
+
 def parse_budget(budget, shapes: dict[str, tuple[int, int]]) -> int | None:
     """Trainable parameters from ``budget``: None; a positive number; "1.5M" / "200k"; or
     "r=16" / "uniform r=16" / "same as uniform r=16" (what uniform rank 16 costs on these layers)."""
@@ -167,7 +172,7 @@ def parse_budget(budget, shapes: dict[str, tuple[int, int]]) -> int | None:
             rank = int(uniform.group(1))
             if rank < 1:
                 raise ValueError(f"budget {budget!r}: the uniform rank must be at least 1")
-            return rank * sum(out + inp for out, inp in shapes.values())
+            return uniform_params(rank, shapes)
         number = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([km]?)", text)
         if not number:
             raise ValueError(f"budget {budget!r} is not a number of parameters (e.g. 1.5M) or 'r=N'")
@@ -428,7 +433,7 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size, rank_model_unused, level_rank)
     if declined:
         label = f"{label} ({declined})"
-    level_budget = None if level_rank is None else level_rank * sum(sum(s) for s in shapes.values())
+    level_budget = None if level_rank is None else uniform_params(level_rank, shapes)
     ranks, factor = allocate(need, shapes, tokens_budget or level_budget, min_rank, max_rank)
     scaling = None
     if alpha_mode == "calibrated":
@@ -447,7 +452,7 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
         for name, stats in result.layers.items()
     }
     trainable = sum(layer.params for layer in layers.values())
-    uniform = {r: r * sum(sum(s) for s in shapes.values()) for r in UNIFORM_BASELINES}
+    uniform = {r: uniform_params(r, shapes) for r in UNIFORM_BASELINES}
     curve, curve_error = _loss_curve(result, layer_dicts, calibration, train_size)
     reasons = _reasons(result, layers, trainable, uniform)
     level_by = ("calibration" if level_rank is not None else

@@ -48,12 +48,12 @@ KINDS = ("seq-cls", "causal-lm")
 def rule_rank(layers: dict[str, dict]) -> float:
     """The uniform rank with the uncalibrated advice's adapter parameters (``layers``: a record's
     probe statistics by layer name, with ``shape`` and ``signal_effective_rank``)."""
-    from advisor.recommend import MAX_RANK, MIN_RANK, allocate, signal_need
+    from advisor.recommend import MAX_RANK, MIN_RANK, allocate, signal_need, uniform_params
 
     shapes = {name: tuple(stats["shape"]) for name, stats in layers.items()}
     need = {name: signal_need(stats["signal_effective_rank"]) for name, stats in layers.items()}
     ranks, _ = allocate(need, shapes, None, MIN_RANK, MAX_RANK)
-    return sum(ranks[n] * sum(shapes[n]) for n in shapes) / sum(sum(s) for s in shapes.values())
+    return sum(ranks[n] * sum(shapes[n]) for n in shapes) / uniform_params(1, shapes)
 
 
 def loss_at(cell, rank: float) -> tuple[float, bool]:

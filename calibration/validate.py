@@ -155,7 +155,7 @@ def held_out_calibration(task: str, records: list[dict], kind: str = "seq-cls"):
 def comparison_plan(protocol: Protocol, task: str, seeds, arms,
                     records: list[dict]) -> list[tuple[str, RunConfig, dict]]:
     """(arm, config, validation info) for every arm and seed of ``task``, seed by seed."""
-    from advisor.recommend import advice_from_probe
+    from advisor.recommend import advice_from_probe, uniform_params
     from calibration.train import probe_training_rows
 
     base = uniform_config(protocol, task, 0, 1)
@@ -168,7 +168,7 @@ def comparison_plan(protocol: Protocol, task: str, seeds, arms,
     shapes = {name: stats.shape for name, stats in result.layers.items()}
     depths = {name: stats.depth for name, stats in result.layers.items()}
     budget = adapter_params(advised, shapes)
-    eva_rank = max(1, round(budget / sum(sum(s) for s in shapes.values())))
+    eva_rank = max(1, round(budget / uniform_params(1, shapes)))
     patterns = {
         "advised": advised,
         "uncalibrated": uncalibrated,
