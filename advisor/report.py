@@ -107,10 +107,14 @@ def plot_spectra(result: ProbeResult, path: Path) -> None:
 
 
 def loss_curve_text(advice: dict) -> str:
-    """One line: the predicted relative eval loss at each uniform rank, and its error factor."""
+    """One line: the predicted relative eval loss at each uniform rank, its error factor, and
+    whether the curve's whole spread (highest over lowest) lies within that error."""
     curve = ", ".join(f"r={r}: {v:.3f}" for r, v in advice["loss_curve"].items())
     factor = advice.get("loss_curve_error")
     error = f" (leave-one-task-out error: x/÷ {factor:.3f})" if factor else ""
+    values = list(advice["loss_curve"].values())
+    if factor and max(values) / min(values) <= factor:
+        error += "; the whole curve lies within that error, so it does not tell these ranks apart"
     return f"predicted eval loss over the best uniform rank's, at uniform rank {curve}{error}"
 
 

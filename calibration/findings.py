@@ -397,6 +397,41 @@ def data_size(records: list[dict]) -> str:
     return "\n".join(lines) if len(lines) > 2 else "*No task with cells at two training-set sizes yet.*"
 
 
+SCALE_RULE_KEYS = ("alpha", "alpha_over_r", "use_rslora")
+
+
+def scale_rule_name(cell) -> str:
+    """How a cell scales B A: 'rsLoRA alpha 8', 'alpha/r 2' (alpha = 2r) or 'alpha 16'."""
+    alpha, alpha_over_r, rslora = (cell.key[CELL_KEYS.index(k)] for k in SCALE_RULE_KEYS)
+    return f"rsLoRA alpha {alpha:g}" if rslora else f"alpha/r {alpha_over_r:g}" if alpha_over_r else f"alpha {alpha:g}"
+
+
+def scale_rule_ranks(records: list[dict]) -> str:
+    """Does the optimal rank depend on how B A is scaled? Cells that differ only in their scale
+    rule (the rank grid's rsLoRA alpha 8 against the conventional alpha = 2r arm) and whose ranks
+    span 1 to 64: each rule's mean eval loss per rank, optimal rank, and its best loss against
+    the other rule's in seed noises pooled over both."""
+    rule_at = [CELL_KEYS.index(k) for k in SCALE_RULE_KEYS]
+    by_setting: dict[tuple, list] = defaultdict(list)
+    for cell in uniform_cells(records):
+        if cell.spans_grid:
+            by_setting[tuple(v for i, v in enumerate(cell.key) if i not in rule_at)].append(cell)
+    lines = ["| model | task | train rows | scale rule | ranks (mean eval loss) | seed noise | optimal rank "
+             "| best loss minus the best rule's (pooled noises) |", "|---|---|---|---|---|---|---|---|"]
+    for cells in by_setting.values():
+        if len(cells) < 2:
+            continue
+        noise = pooled_seed_noise([losses for cell in cells for losses in cell.losses.values()])
+        best_of_all = min(cell.mean_loss(cell.best_rank) for cell in cells)
+        for cell in cells:
+            losses = ", ".join(f"{r}: {cell.mean_loss(r):.3f}" for r in cell.ranks)
+            behind = "-" if not noise else f"{(cell.mean_loss(cell.best_rank) - best_of_all) / noise:.1f}"
+            optimal = cell.optimal_rank or f"({cell.best_rank}, incomplete)"
+            lines.append(f"| {cell.model} | {cell.task} | {cell.train_size} | {scale_rule_name(cell)} | {losses} | "
+                         f"{'-' if cell.seed_noise is None else f'{cell.seed_noise:.3f}'} | {optimal} | {behind} |")
+    return "\n".join(lines) if len(lines) > 2 else "*No cell trained from r = 1 to 64 under two scale rules yet.*"
+
+
 def lr_checks() -> str:
     """The learning-rate checks (``results/*-lr.jsonl``): each run's eval loss at every evaluation."""
     from calibration.fit import LR_CHECK_SUFFIX, RESULTS_DIR
@@ -419,9 +454,7 @@ def cells_summary(records: list[dict]) -> str:
     for cell in cells:
         losses = ", ".join(f"{r}: {cell.mean_loss(r):.3f}" for r in cell.ranks)
         noise = cell.seed_noise
-        alpha, alpha_over_r, rslora = (cell.key[CELL_KEYS.index(k)] for k in ("alpha", "alpha_over_r", "use_rslora"))
-        rule = f"rsLoRA alpha {alpha:g}" if rslora else f"alpha/r {alpha_over_r:g}" if alpha_over_r else f"alpha {alpha:g}"
-        lines.append(f"| {cell.model} | {cell.task} | {cell.train_size} | {rule} | {losses} | "
+        lines.append(f"| {cell.model} | {cell.task} | {cell.train_size} | {scale_rule_name(cell)} | {losses} | "
                      f"{'-' if noise is None else f'{noise:.3f}'} | {cell.optimal_rank or '-'} |")
     return "\n".join(lines)
 
@@ -443,10 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     grid = rank_grid(records)
     print(utilisation(grid)[0])
     print("\nBy task (1000 training rows):\n")
-    print(utilisation_by([r for r in grid if r["train_size"] in (1000, 1905)], lambda r: f"{r['model']}/{r['task']}", "task"))
+    print(utilisation_by([r for r in grid if r["train_size"] == 1000], lambda r: f"{r['model']}/{r['task']}", "task"))
     scaled_tasks = {(r["model"], r["task"]) for r in records if r not in grid and r["config"].get("rank") is not None}
     print("\nBy PEFT scaling s (the tasks of the alpha grid, 1000 rows, every scale rule):\n")
-    print(utilisation_by([r for r in records if (r["model"], r["task"]) in scaled_tasks and r["train_size"] in (1000, 1905)
+    print(utilisation_by([r for r in records if (r["model"], r["task"]) in scaled_tasks and r["train_size"] == 1000
                           and r["config"].get("rank") in (2, 8, 32)],
                          lambda r: f"{r['task']} s={r['lora']['scaling_by_group']['attention']:.3g}", "task, scaling",
                          ranks=(2, 8, 32), order=lambda g: (g.split(" s=")[0], float(g.split(" s=")[1]))))
@@ -462,6 +495,8 @@ def main(argv: list[str] | None = None) -> int:
                              order=lambda g: (g.split(" lr=")[0], float(g.split(" lr=")[1]))))
     print("\n### Q2 alpha\n")
     print(alpha_scaling(records))
+    print("\nThe optimal rank under each scale rule (cells trained from r = 1 to 64 under two rules):\n")
+    print(scale_rule_ranks(records))
     print("\n### Q3 layer types\n")
     print("Mean effective rank of the trained B A at each cell's largest rank (seeds averaged):\n")
     print(layer_groups(records))

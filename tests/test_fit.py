@@ -310,6 +310,21 @@ def test_data_size_table_pairs_a_tasks_cells_across_training_set_sizes():
     assert "No task" in data_size(single_size)
 
 
+def test_scale_rule_table_pairs_cells_that_differ_only_in_how_ba_is_scaled():
+    from calibration.findings import scale_rule_ranks
+
+    rslora = cell_records("t", {1: [1.0, 1.02], 4: [0.8, 0.82], 64: [0.9, 0.92]})
+    two_r = [{**r, "config": {**r["config"], "alpha": None, "alpha_over_r": 2.0, "use_rslora": False}}
+             for r in cell_records("t", {1: [0.95, 0.97], 4: [0.96, 0.98], 64: [1.2, 1.22]})]
+    other_task = cell_records("u", {1: [1.0, 1.02], 4: [0.8, 0.82], 64: [0.9, 0.92]})
+    rows = scale_rule_ranks(rslora + two_r + other_task).splitlines()[2:]
+    assert [row.split(" | ")[3] for row in rows] == ["rsLoRA alpha 8", "alpha/r 2"]
+    assert [row.split(" | ")[6] for row in rows] == ["4", "1"]
+    # best 0.81 against 0.96, pooled seed noise 0.0141: alpha = 2r's best is 10.6 noises behind
+    assert rows[0].endswith("| 0.0 |") and rows[1].endswith("| 10.6 |")
+    assert "No cell" in scale_rule_ranks(rslora + other_task)
+
+
 def flat_sweep(mlp_need: float = 1.0, model: str = "minilm"):
     """Three tasks with the same optimal rank (4) whatever the signal; at every rank the MLP
     layers' trained adapters use ``mlp_need`` times the attention layers' effective rank."""

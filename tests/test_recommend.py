@@ -10,6 +10,7 @@ from peft import LoraConfig, get_peft_model
 from advisor.cli import main
 from advisor.probe import probe
 from advisor.recommend import advice_from_probe, allocate, compare_with, parse_budget, planned_rank, rounded_rank
+from advisor.report import loss_curve_text
 from conftest import tiny_llama, token_rows
 
 
@@ -438,3 +439,13 @@ def test_auto_sets_a_rank_model_aside_for_a_probe_outside_its_spectral_ranges():
         stats["stable_rank"] = 9.0
     why = rank_model_extrapolates(calibration, shifted, 1000, False)
     assert why.startswith("is not used for this probe: 12 of its 18 spectral features lie outside")
+
+
+def test_loss_curve_text_says_when_the_whole_curve_lies_within_its_error():
+    """A curve spanning 1.00-1.11 with an error factor of 1.14 cannot separate the ranks; one
+    spanning 1.00-1.30 can, and one without an error factor makes no claim either way."""
+    flat = {"loss_curve": {"1": 1.0, "16": 1.06, "64": 1.11}, "loss_curve_error": 1.142}
+    steep = {"loss_curve": {"1": 1.0, "16": 1.1, "64": 1.3}, "loss_curve_error": 1.142}
+    assert "does not tell these ranks apart" in loss_curve_text(flat)
+    assert "x/÷ 1.142" in loss_curve_text(steep) and "does not tell" not in loss_curve_text(steep)
+    assert "does not tell" not in loss_curve_text({**flat, "loss_curve_error": None})
