@@ -79,8 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="scale: alpha = 2r; rslora: use_rslora with one alpha; calibrated: alpha = the "
                              "calibration's best scaling at each rank x r (needs a calibration with an alpha "
                              "model) (default: scale)")
-    advice.add_argument("--min-rank", type=int, default=2, help="smallest advised rank (default: 2)")
-    advice.add_argument("--max-rank", type=int, default=64, help="largest advised rank (default: 64)")
+    # the library's defaults (advisor.recommend.MIN_RANK / MAX_RANK), repeated here so that --help
+    # need not import peft; tests/test_cli.py keeps the two equal
+    advice.add_argument("--min-rank", type=int, default=2, help="smallest advised rank (default: %(default)s)")
+    advice.add_argument("--max-rank", type=int, default=64, help="largest advised rank (default: %(default)s)")
     advice.add_argument("--calibration", default="auto",
                         help="a calibration file, 'none' for the uncalibrated rule, or 'auto' (default): the one "
                              "shipped in models/ for the model's kind (causal LM or classifier), the "

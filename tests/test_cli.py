@@ -109,3 +109,12 @@ def test_compare_full_precision_adds_the_quantization_share_column(capsys, tiny_
     code, stdout, _ = run_cli(capsys, "probe", "--model", str(tiny_checkpoint_64), "--load-in-4bit",
                               "--compare-full-precision", "--samples", "8")
     assert code == 0 and "q-share (flagged)" in stdout and "q-share:" in stdout
+
+
+def test_the_rank_bounds_default_to_the_librarys():
+    """--min-rank / --max-rank repeat advisor.recommend's defaults (the CLI does not import peft for --help)."""
+    from advisor.cli import build_parser
+    from advisor.recommend import MAX_RANK, MIN_RANK
+
+    args = build_parser().parse_args(["advise"])
+    assert (args.min_rank, args.max_rank) == (MIN_RANK, MAX_RANK)
