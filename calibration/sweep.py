@@ -49,7 +49,9 @@ confound itself.
   labelled cells, and leave-one-task-out needs more than two). Then stdlib-code at 4000 rows
   (session 11): SmolLM2's first cell at a second training-set size, on the embedded data's domain, so
   the causal-LM calibration spans 1000-4000 rows (the embedded data has 5,383); seed-major,
-  so that shards 0/2 and 1/2 finish every rank's seed 0 first.
+  so that shards 0/2 and 1/2 finish every rank's seed 0 first. Then brown-lm at 4000 rows
+  (session 15, the same order): a second task at two sizes, one whose optimal rank at 1000
+  rows (4) leaves room to grow, with the smallest seed noise of the five.
 - ``mpnet-rank``: MPNet (same encoder settings as MiniLM) on bbc-news, health-tweets,
   debian-section at 1000 rows, r in 1, 4, 16, 64, rsLoRA alpha = ENCODER_ALPHA, seeds 0, 1.
 - ``encoder-lr`` and ``smollm2-lr``: the learning-rate / budget checks below, kept as grids
@@ -180,9 +182,9 @@ def grid_smollm2_rank() -> list[RunConfig]:
     ranks = (1, 4, 16, 64)
     at_1000 = [_smollm2(task, 1000, seed, **_rslora(rank, SMOLLM2_ALPHA))
                for task in SMOLLM2_TASKS for rank in ranks for seed in SEEDS]
-    stdlib_at_4000 = [_smollm2("stdlib-code", 4000, seed, **_rslora(rank, SMOLLM2_ALPHA))
-                      for seed in SEEDS for rank in ranks]
-    return _unique(at_1000 + stdlib_at_4000)
+    at_4000 = [_smollm2(task, 4000, seed, **_rslora(rank, SMOLLM2_ALPHA))
+               for task in ("stdlib-code", "brown-lm") for seed in SEEDS for rank in ranks]
+    return _unique(at_1000 + at_4000)
 
 
 def grid_mpnet_rank() -> list[RunConfig]:
