@@ -410,7 +410,9 @@ def scale_rule_ranks(records: list[dict]) -> str:
     """Does the optimal rank depend on how B A is scaled? Cells that differ only in their scale
     rule (the rank grid's rsLoRA alpha 8 against the conventional alpha = 2r arm) and whose ranks
     span 1 to 64: each rule's mean eval loss per rank, optimal rank, and its best loss against
-    the other rule's in seed noises pooled over both."""
+    the other rule's in seed noises pooled over both. Where the two rules give the same scaling s
+    at a rank (rsLoRA alpha 8 and alpha = 2r both give s = 2 at r = 16), the runs of a seed are
+    the same training twice: their eval losses are listed, a measure of run-to-run nondeterminism."""
     rule_at = [CELL_KEYS.index(k) for k in SCALE_RULE_KEYS]
     by_setting: dict[tuple, list] = defaultdict(list)
     for cell in uniform_cells(records):
@@ -418,6 +420,7 @@ def scale_rule_ranks(records: list[dict]) -> str:
             by_setting[tuple(v for i, v in enumerate(cell.key) if i not in rule_at)].append(cell)
     lines = ["| model | task | train rows | scale rule | ranks (mean eval loss) | seed noise | optimal rank "
              "| best loss minus the best rule's (pooled noises) |", "|---|---|---|---|---|---|---|---|"]
+    repeats: list[str] = []
     for cells in by_setting.values():
         if len(cells) < 2:
             continue
@@ -429,7 +432,26 @@ def scale_rule_ranks(records: list[dict]) -> str:
             optimal = cell.optimal_rank or f"({cell.best_rank}, incomplete)"
             lines.append(f"| {cell.model} | {cell.task} | {cell.train_size} | {scale_rule_name(cell)} | {losses} | "
                          f"{'-' if cell.seed_noise is None else f'{cell.seed_noise:.3f}'} | {optimal} | {behind} |")
-    return "\n".join(lines) if len(lines) > 2 else "*No cell trained from r = 1 to 64 under two scale rules yet.*"
+        repeats.extend(_same_training_twice(cells))
+    if len(lines) == 2:
+        return "*No cell trained from r = 1 to 64 under two scale rules yet.*"
+    if repeats:
+        lines += ["", "The same training twice (equal scaling s under both rules; eval loss of each run):", *repeats]
+    return "\n".join(lines)
+
+
+def _same_training_twice(cells: list) -> list[str]:
+    """Bullets for the runs of ``cells`` (one setting, several scale rules) that share rank, seed
+    and PEFT scaling s, so differ only in how s was written down."""
+    runs: dict[tuple, list[float]] = defaultdict(list)
+    for cell in cells:
+        for record in cell.records:
+            scaling = round(record["lora"]["scaling_by_group"]["attention"], 6)
+            runs[(record["config"]["rank"], record["config"]["seed"], scaling)].append(record["eval_loss"])
+    cell = cells[0]
+    return [f"- {cell.model}/{cell.task} n={cell.train_size} r={rank} seed {seed} (s = {scaling:g}): "
+            + " vs ".join(f"{loss:.6f}" for loss in losses) + f" (|difference| {max(losses) - min(losses):.4f})"
+            for (rank, seed, scaling), losses in sorted(runs.items()) if len(losses) > 1]
 
 
 def lr_checks() -> str:

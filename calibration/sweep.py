@@ -31,7 +31,8 @@ Rank and step size are confounded (``shared/DESIGN.md``): with alpha = 2r the up
 larger at higher r, so higher ranks can win by moving faster. The rank grids therefore use
 rsLoRA (scaling alpha / sqrt(r), which keeps the update's size independent of r under Adam)
 with one alpha per model, and a conventional alpha = 2r arm on a subset to measure the
-confound itself.
+confound itself (it left the optimal rank unchanged on both of its cells and broke r = 64 on
+one: calibration/README.md, "Does the scale rule move the optimal rank?").
 
 - ``encoder-rank``: MiniLM on bbc-news, spam, health-tweets, debian-section, brown-genre;
   uniform r in 1, 2, 4, 8, 16, 32, 64; rsLoRA, alpha = ENCODER_ALPHA; train sizes 250,

@@ -313,15 +313,20 @@ def test_data_size_table_pairs_a_tasks_cells_across_training_set_sizes():
 def test_scale_rule_table_pairs_cells_that_differ_only_in_how_ba_is_scaled():
     from calibration.findings import scale_rule_ranks
 
-    rslora = cell_records("t", {1: [1.0, 1.02], 4: [0.8, 0.82], 64: [0.9, 0.92]})
-    two_r = [{**r, "config": {**r["config"], "alpha": None, "alpha_over_r": 2.0, "use_rslora": False}}
-             for r in cell_records("t", {1: [0.95, 0.97], 4: [0.96, 0.98], 64: [1.2, 1.22]})]
+    rslora = cell_records("t", {1: [1.0, 1.02], 4: [0.8, 0.82], 16: [0.85, 0.87], 64: [0.9, 0.92]})
+    two_r = [{**r, "config": {**r["config"], "alpha": None, "alpha_over_r": 2.0, "use_rslora": False},
+              "lora": {**r["lora"], "scaling_by_group": {"attention": 2.0}}}
+             for r in cell_records("t", {1: [0.95, 0.97], 4: [0.96, 0.98], 16: [0.851, 0.87], 64: [1.2, 1.22]})]
     other_task = cell_records("u", {1: [1.0, 1.02], 4: [0.8, 0.82], 64: [0.9, 0.92]})
-    rows = scale_rule_ranks(rslora + two_r + other_task).splitlines()[2:]
+    table = scale_rule_ranks(rslora + two_r + other_task)
+    rows = [row for row in table.splitlines()[2:] if row.startswith("| minilm")]
     assert [row.split(" | ")[3] for row in rows] == ["rsLoRA alpha 8", "alpha/r 2"]
-    assert [row.split(" | ")[6] for row in rows] == ["4", "1"]
-    # best 0.81 against 0.96, pooled seed noise 0.0141: alpha = 2r's best is 10.6 noises behind
-    assert rows[0].endswith("| 0.0 |") and rows[1].endswith("| 10.6 |")
+    assert [row.split(" | ")[6] for row in rows] == ["4", "16"]
+    # best 0.81 against 0.8605, pooled seed noise 0.0141: alpha = 2r's best is 3.6 noises behind
+    assert rows[0].endswith("| 0.0 |") and rows[1].endswith("| 3.6 |")
+    # at r = 16 both rules give s = 8 / sqrt(16) = 2 = alpha / r: the same training, listed per seed
+    assert "- minilm/t n=1000 r=16 seed 0 (s = 2): 0.850000 vs 0.851000 (|difference| 0.0010)" in table
+    assert "r=16 seed 1 (s = 2): 0.870000 vs 0.870000" in table and "r=4 seed" not in table
     assert "No cell" in scale_rule_ranks(rslora + other_task)
 
 
