@@ -15,8 +15,10 @@ Features are scale-free so that one regression can serve models of different wid
   layer width; whether the base is quantized;
 - layer features: the same per-layer statistics, the layer group (attention = 1), relative depth
   in [0, 1], log2 of out and in, log2 of the training-set size, quantized or not;
-- loss-curve features, and the alpha model's (best PEFT scaling at a rank): the cell features
-  plus log2 r and its square.
+- the alpha model's features (best PEFT scaling at a rank): the cell features plus log2 r and
+  its square;
+- loss-curve features: the same, plus each cell feature times log2 r and times its square, so
+  that the curve's shape (not only its height) can depend on the probe.
 
 ``probe_tasks`` in the JSON names the kinds of model (causal-lm, seq-cls) the calibration was
 fitted on: ``models/`` may ship one calibration per kind, :func:`shipped_calibration` picks the
@@ -92,9 +94,18 @@ def layer_features(layers: dict[str, dict], train_size: int, quantized: bool) ->
 
 
 def curve_rank_features(rank: int) -> dict[str, float]:
-    """The rank terms of the loss-curve model: log2 r and its square (a curve may bend)."""
+    """The rank terms of the alpha and loss-curve models: log2 r and its square (a curve may bend)."""
     x = math.log2(rank)
     return {"log2_rank": x, "log2_rank_squared": x * x}
+
+
+def curve_features(features: dict[str, float], rank: int) -> dict[str, float]:
+    """The loss-curve model's features at uniform rank r: the cell ``features``, the rank terms,
+    and every cell feature times each rank term. Without the products a linear model could only
+    raise or lower one shared curve: every probe would get the same shape."""
+    terms = curve_rank_features(rank)
+    products = {f"{name}*{term}": value * terms[term] for term in terms for name, value in features.items()}
+    return {**features, **terms, **products}
 
 
 def sha256_of(path: Path) -> str:
@@ -128,13 +139,14 @@ class Calibration:
 
     def predict_loss_curve(self, layers: dict[str, dict], train_size: int, quantized: bool,
                            ranks=(1, 2, 4, 8, 16, 32, 64)) -> dict[int, float] | None:
-        """Predicted eval loss at each uniform rank over the best uniform rank's (1.0 = as good as
-        the best; 1.05 = 5 % worse); None for a calibration without a curve model."""
+        """Predicted eval loss at each uniform rank over the predicted best one's (1.0 at the
+        predicted best rank; 1.05 = 5 % worse); None for a calibration without a curve model."""
         if "curve" not in self.models:
             return None
         features = cell_features(layers, train_size, quantized)
-        rows = [[{**features, **curve_rank_features(r)}[k] for k in self.metadata["curve_features"]] for r in ranks]
-        return {r: math.exp(float(v)) for r, v in zip(ranks, self.models["curve"].predict(rows))}
+        rows = [[curve_features(features, r)[k] for k in self.metadata["curve_features"]] for r in ranks]
+        log_ratios = [float(v) for v in self.models["curve"].predict(rows)]
+        return {r: math.exp(v - min(log_ratios)) for r, v in zip(ranks, log_ratios)}
 
     def predict_scaling(self, layers: dict[str, dict], train_size: int, quantized: bool,
                         ranks=(1, 2, 4, 8, 16, 32, 64)) -> dict[int, float] | None:

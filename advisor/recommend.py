@@ -36,8 +36,9 @@ s(r) the calibration's predicted best scaling at the layer's rank (its ``alpha``
 on the alpha grids at the sweeps' learning rate), and needs a calibration that has one.
 
 The predicted loss-vs-rank curve (calibrated only): the regression's eval loss at uniform
-ranks 1-64 over the best uniform rank's (1.0 = as good as the best, 1.05 = 5 % worse), with its
-leave-one-task-out error as a factor (``loss_curve_error``: uncertain by that factor either way).
+ranks 1-64 over the predicted best uniform rank's (1.0 at that rank, 1.05 = 5 % worse), with the
+leave-one-task-out error of its shape as a factor (``loss_curve_error``: uncertain by that
+factor either way).
 
 The uncertainty interval of a rank: uncalibrated, from the rank of c * signal effective rank
 up to that of c * signal rank (the count of directions above the noise edge), so it only
@@ -112,7 +113,7 @@ class Advice:
     reasons: list[str]
     probe: ProbeResult
     loss_curve: dict[int, float] | None = None  # uniform rank -> predicted eval loss / the best rank's
-    loss_curve_error: float | None = None  # leave-one-task-out error of the curve, as a factor (e.g. 1.03)
+    loss_curve_error: float | None = None  # leave-one-task-out error of the curve's shape, as a factor (e.g. 1.03)
     level_rank: int | None = None  # no budget given: the uniform rank whose parameters the calibrated level spends
 
     @property

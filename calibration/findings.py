@@ -419,7 +419,8 @@ def scale_rule_ranks(records: list[dict]) -> str:
         if cell.spans_grid:
             by_setting[tuple(v for i, v in enumerate(cell.key) if i not in rule_at)].append(cell)
     lines = ["| model | task | train rows | scale rule | ranks (mean eval loss) | seed noise | optimal rank "
-             "| best loss minus the best rule's (pooled noises) |", "|---|---|---|---|---|---|---|---|"]
+             "| best loss minus the best rule's (seed noises pooled over the rules' cells) |",
+             "|---|---|---|---|---|---|---|---|"]
     repeats: list[str] = []
     for cells in by_setting.values():
         if len(cells) < 2:
@@ -446,7 +447,7 @@ def _same_training_twice(cells: list) -> list[str]:
     runs: dict[tuple, list[float]] = defaultdict(list)
     for cell in cells:
         for record in cell.records:
-            scaling = round(record["lora"]["scaling_by_group"]["attention"], 6)
+            scaling = round(next(iter(record["lora"]["scaling_by_group"].values())), 6)  # uniform: one s
             runs[(record["config"]["rank"], record["config"]["seed"], scaling)].append(record["eval_loss"])
     cell = cells[0]
     return [f"- {cell.model}/{cell.task} n={cell.train_size} r={rank} seed {seed} (s = {scaling:g}): "

@@ -15,16 +15,20 @@ need); features from :mod:`advisor.calibrated` (scale-free probe statistics). Tw
   scalings (:func:`calibration.labels.best_scaling`, alpha / r and rsLoRA pooled), from the cell
   features plus log2 r and its square; fitted once two tasks have such rows;
 - ``curve``: ridge regression of log(mean eval loss at uniform rank r / the cell's best rank's)
-  (:meth:`calibration.labels.Cell.log_loss_over_best`), from the cell features plus log2 r and
-  its square: the predicted loss-vs-rank curve. Cells without a rank label (one seed
-  somewhere) still give curve points when their ranks span 1 to 64.
+  (:meth:`calibration.labels.Cell.log_loss_over_best`), from the cell features, log2 r and its
+  square, and their products (:func:`advisor.calibrated.curve_features`): the predicted
+  loss-vs-rank curve. Cells without a rank label (one seed somewhere) still give curve points
+  when their ranks span 1 to 64.
 
 Validation: leave-one-task-out and leave-one-model-out mean absolute error, each beside its
 baseline: for ``cell`` in log2 units (1.0 = a factor of 2 in rank) against the constant
 (training-fold median) best rank; for ``alpha`` in log2 units against the training folds'
 median at the same rank; for ``layer`` against "every layer the same" (log2
 relative need 0); for ``curve`` in log loss ratio (0.01 = 1 % of the loss) against the
-training folds' median at the same rank.
+training folds' median at the same rank, scored on the curve's *shape*: within each held-out
+cell the predictions, the baseline's and the measured values are each centred on their mean over
+the cell's ranks, since the curve's job is to compare ranks (a model that only predicts how high
+a cell's curve sits would otherwise score as if it could).
 Only the cells of one probe task (``--probe-task``, default seq-cls: the encoders' sequence
 classification) are fitted by default: pooling SmolLM2's cells with the encoder cells made the
 leave-one-model-out errors worse than the constant's (calibration/README.md, "The regression").
@@ -53,8 +57,8 @@ import math
 import sys
 from pathlib import Path
 
-from advisor.calibrated import (MIN_GAIN, MODELS_DIR, cell_features, curve_rank_features, earns_its_place,
-                                layer_features, required_gain, sha256_of, why_unused)
+from advisor.calibrated import (MIN_GAIN, MODELS_DIR, cell_features, curve_features, curve_rank_features,
+                                earns_its_place, layer_features, required_gain, sha256_of, why_unused)
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS
 from calibration import script_parser
 from calibration.labels import RANK_GRID_RULE, best_scaling, rank_grid, uniform_cells
@@ -103,8 +107,8 @@ def training_table(records: list[dict]):
         quantized = bool(cell.records[0]["config"].get("quantized", False))
         features = cell_features(layers, cell.train_size, quantized)
         for rank, value in (cell.log_loss_over_best() or {}).items():
-            curve_rows.append({"features": {**features, **curve_rank_features(rank)}, "target": value,
-                               "task": cell.task, "model": cell.model})
+            curve_rows.append({"features": curve_features(features, rank), "target": value,
+                               "task": cell.task, "model": cell.model, "cell_key": cell.key})
         optimal = cell.optimal_rank
         if optimal is None:
             continue
@@ -193,17 +197,32 @@ def held_out_predictions(rows: list[dict], names: list[str], group: str, baselin
         yield held_out, test, [float(p) for p in predicted], [guess(row) for row in test]
 
 
-def grouped_errors(rows: list[dict], names: list[str], group: str, baseline) -> dict | None:
+def centred(values: list[float], keys: list) -> list[float]:
+    """Each value minus the mean of the values that share its key (e.g. a cell's points over ranks)."""
+    sums: dict = {}
+    for key, value in zip(keys, values):
+        total, count = sums.get(key, (0.0, 0))
+        sums[key] = (total + value, count + 1)
+    return [value - sums[key][0] / sums[key][1] for key, value in zip(keys, values)]
+
+
+def grouped_errors(rows: list[dict], names: list[str], group: str, baseline, centre_by: str | None = None) -> dict | None:
     """Leave-one-``group``-out MAE of the ridge model and of the baseline
     (:func:`held_out_predictions`); a fold that could not be fitted is named in ``skipped``; None
-    when no fold is left."""
+    when no fold is left. With ``centre_by`` (a row key, e.g. the cell of a curve point) the
+    predictions, the baseline's and the targets are each centred within the rows sharing that key
+    before the errors are taken: what is scored is the shape within each, not its height."""
     model_errors, baseline_errors, folds, skipped = [], [], {}, {}
     for held_out, test, predicted, guessed in held_out_predictions(rows, names, group, baseline):
         if predicted is None:
             skipped[held_out] = f"{len(rows) - len(test)} training rows"
             continue
-        fold_model = [abs(p - row["target"]) for p, row in zip(predicted, test)]
-        fold_base = [abs(g - row["target"]) for g, row in zip(guessed, test)]
+        targets = [row["target"] for row in test]
+        if centre_by is not None:
+            keys = [row[centre_by] for row in test]
+            predicted, guessed, targets = centred(predicted, keys), centred(guessed, keys), centred(targets, keys)
+        fold_model = [abs(p - t) for p, t in zip(predicted, targets)]
+        fold_base = [abs(g - t) for g, t in zip(guessed, targets)]
         model_errors += fold_model
         baseline_errors += fold_base
         folds[held_out] = {"model_mae": round(sum(fold_model) / len(fold_model), 4),
@@ -259,7 +278,8 @@ def fit(records: list[dict]) -> tuple[dict, dict]:
         if not rows:
             continue
         for group in ("task", "model"):
-            cv[f"{kind}_leave_one_{group}_out"] = grouped_errors(rows, names[kind], group, baseline)
+            cv[f"{kind}_leave_one_{group}_out"] = grouped_errors(rows, names[kind], group, baseline,
+                                                                 centre_by="cell_key" if kind == "curve" else None)
         models[kind] = _ridge().fit(*_matrix(rows, names[kind]))
     metadata = {
         "cell_features": names["cell"],

@@ -154,6 +154,11 @@ def test_fit_saves_files_the_verified_loader_reads(tmp_path):
     curve = calibration.predict_loss_curve(layers, 1000, False)
     assert list(curve) == [1, 2, 4, 8, 16, 32, 64]
     assert curve[1] > curve[4] > curve[32] and curve[1] > 1.1 * curve[32] and curve[32] == pytest.approx(1.0, abs=0.1)
+    # over the predicted best rank, and its shape follows the probe: a low-signal probe (task a's,
+    # best rank 2) bottoms out at a smaller rank than task c's
+    low_curve = calibration.predict_loss_curve(probe_layers(1.0), 1000, False)
+    assert min(curve.values()) == 1.0 == min(low_curve.values())
+    assert min(low_curve, key=low_curve.get) < min(curve, key=curve.get)
     assert metadata["cv"]["curve_leave_one_task_out"]["n"] == metadata["curve_points"] == 28
     # what each cell measured, for advice to quote: a's best rank 2, c's 32; r=1 is 0.2 (1 - 1/best) worse
     labels = {label["task"]: label for label in calibration.metadata["cell_labels"]}
@@ -198,6 +203,21 @@ def test_alpha_model_needs_two_tasks_and_learns_the_best_scaling():
     assert calibration.predict_scaling(probe_layers(7.0), 1000, False)[8] > calibration.predict_scaling(probe_layers(1.0), 1000, False)[8]
     assert Calibration("t", metadata, {k: v for k, v in models.items() if k != "alpha"}).predict_scaling(
         probe_layers(1.0), 1000, False) is None
+
+
+def test_the_curve_is_scored_on_its_shape_not_its_height():
+    """Three tasks whose curves share one shape (0.1 per doubling of r) at different heights: a
+    model that predicts the height beats the per-rank median by far on raw errors, but centred
+    within each cell neither has anything left to predict, so the curve earns nothing."""
+    from calibration.fit import _same_rank_median_baseline, centred
+
+    assert centred([1.0, 3.0, 10.0, 20.0], ["a", "a", "b", "b"]) == [-1.0, 1.0, -5.0, 5.0]
+    rows = [{"features": {"height": height, "log2_rank": x}, "target": height + 0.1 * x, "task": task,
+             "cell_key": task} for task, height in (("a", 0.0), ("b", 0.5), ("c", 1.5)) for x in (0.0, 2.0, 4.0)]
+    raw = grouped_errors(rows, ["height", "log2_rank"], "task", _same_rank_median_baseline)
+    shape = grouped_errors(rows, ["height", "log2_rank"], "task", _same_rank_median_baseline, centre_by="cell_key")
+    assert raw["model_mae"] < 0.5 * raw["baseline_mae"]
+    assert shape["baseline_mae"] == pytest.approx(0.0, abs=1e-9) and shape["model_mae"] < 0.05
 
 
 def test_loss_curve_is_over_the_best_rank_and_needs_ranks_1_to_64():
