@@ -235,7 +235,8 @@ def write_html_report(directory: str | Path) -> Path:
     else:
         curve_section = ("<h2>Predicted eval loss against rank</h2><p>Not shown: the calibration's loss-curve model "
                          "is not better than its baseline (the median curve of the tasks it was fitted on) by the "
-                         "margin every model it uses must clear in leave-one-task-out validation.</p>")
+                         "margin every model it uses must clear in leave-one-task-out validation, scored on "
+                         "the curve's shape (how much worse each rank is than the others).</p>")
     ranks = {name: layer["rank"] for name, layer in advice["layers"].items()}
     layer_rows = [["layer", "shape", "need", "rank", "interval", "alpha", "params", "noise", "converged"]]
     for name, layer in advice["layers"].items():
