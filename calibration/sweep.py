@@ -52,7 +52,9 @@ one: calibration/README.md, "Does the scale rule move the optimal rank?").
   the causal-LM calibration spans 1000-4000 rows (the embedded data has 5,383); seed-major,
   so that shards 0/2 and 1/2 finish every rank's seed 0 first. Then brown-lm at 4000 rows
   (session 15, the same order): a second task at two sizes, one whose optimal rank at 1000
-  rows (4) leaves room to grow, with the smallest seed noise of the five.
+  rows (4) leaves room to grow, with the smallest seed noise of the five. Then wordnet-defs
+  at 4000 rows (session 16, the same order): the task whose 1000-row curve is flattest and
+  turns up at r = 64 (optimal rank 1), the sharpest test of whether more data makes rank pay.
 - ``mpnet-rank``: MPNet (same encoder settings as MiniLM) on bbc-news, health-tweets,
   debian-section at 1000 rows, r in 1, 4, 16, 64, rsLoRA alpha = ENCODER_ALPHA, seeds 0, 1.
 - ``encoder-lr`` and ``smollm2-lr``: the learning-rate / budget checks below, kept as grids
@@ -184,7 +186,8 @@ def grid_smollm2_rank() -> list[RunConfig]:
     at_1000 = [_smollm2(task, 1000, seed, **_rslora(rank, SMOLLM2_ALPHA))
                for task in SMOLLM2_TASKS for rank in ranks for seed in SEEDS]
     at_4000 = [_smollm2(task, 4000, seed, **_rslora(rank, SMOLLM2_ALPHA))
-               for task in ("stdlib-code", "brown-lm") for seed in SEEDS for rank in ranks]
+               for task in ("stdlib-code", "brown-lm", "wordnet-defs")
+               for seed in SEEDS for rank in ranks]
     return _unique(at_1000 + at_4000)
 
 
