@@ -57,6 +57,8 @@ one: calibration/README.md, "Does the scale rule move the optimal rank?").
   turns up at r = 64 (optimal rank 1), the sharpest test of whether more data makes rank pay.
   Then debian-summary at 4000 rows (session 17, the same order): the shortest of the two
   tasks still at one size (about 21 minutes a run), with the largest seed noise at 1000 rows.
+  Then shakespeare at 4000 rows (session 18, the same order): the last SmolLM2 task at one
+  size, so every causal-LM task is at both sizes.
 - ``mpnet-rank``: MPNet (same encoder settings as MiniLM) on bbc-news, health-tweets,
   debian-section at 1000 rows, r in 1, 4, 16, 64, rsLoRA alpha = ENCODER_ALPHA, seeds 0, 1.
 - ``encoder-lr`` and ``smollm2-lr``: the learning-rate / budget checks below, kept as grids
@@ -188,7 +190,8 @@ def grid_smollm2_rank() -> list[RunConfig]:
     at_1000 = [_smollm2(task, 1000, seed, **_rslora(rank, SMOLLM2_ALPHA))
                for task in SMOLLM2_TASKS for rank in ranks for seed in SEEDS]
     at_4000 = [_smollm2(task, 4000, seed, **_rslora(rank, SMOLLM2_ALPHA))
-               for task in ("stdlib-code", "brown-lm", "wordnet-defs", "debian-summary")
+               for task in ("stdlib-code", "brown-lm", "wordnet-defs", "debian-summary",
+                             "shakespeare")
                for seed in SEEDS for rank in ranks]
     return _unique(at_1000 + at_4000)
 
