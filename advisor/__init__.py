@@ -9,8 +9,8 @@ advise per-layer ranks and alpha.
 __all__ = ["AuditResult", "LayerStats", "ProbeResult", "RankMonitorCallback", "advise", "audit", "probe"]
 __version__ = "0.1.0"
 
-_EXPORTS = {"LayerStats": "advisor.probe", "ProbeResult": "advisor.probe", "probe": "advisor.probe",
-            "advise": "advisor.recommend", "audit": "advisor.audit", "AuditResult": "advisor.audit",
+_EXPORTS = {"LayerStats": "advisor.probe_pass", "ProbeResult": "advisor.probe_pass", "probe": "advisor.probe_pass",
+            "advise": "advisor.recommend", "audit": "advisor.adapter_audit", "AuditResult": "advisor.adapter_audit",
             "RankMonitorCallback": "advisor.monitor"}
 
 

@@ -186,7 +186,7 @@ def _run(args) -> int:
             seed=args.seed, quantization=quantization,
         )
     if args.command == "probe":
-        from advisor.probe import probe
+        from advisor.probe_pass import probe
 
         result = probe(model, data, **{k: v for k, v in options.items() if v is not None})  # unset: probe()'s defaults
         if args.out:
@@ -237,7 +237,7 @@ def _run(args) -> int:
 
 
 def _audit(args) -> int:
-    from advisor.audit import audit
+    from advisor.adapter_audit import audit
     from advisor.files import atomic_directory
 
     if not os.path.isdir(args.adapter):

@@ -2,7 +2,7 @@
 
 ``RankMonitorCallback`` is a transformers ``TrainerCallback`` (pass it to ``Trainer(callbacks=
 [...])``); in a plain training loop call ``monitor.observe(model, step)`` yourself. Every
-``every`` steps it audits the adapter (:func:`advisor.audit.audit`), appends one JSON line per
+``every`` steps it audits the adapter (:func:`advisor.adapter_audit.audit`), appends one JSON line per
 observation to ``jsonl`` (``{"step", "layers": {name: metrics}, "alerts": [...]}``), and adds
 means to the next log entry of the trainer (``state.log_history`` and the logs later callbacks
 see: ``lora/mean_effective_rank``, ``lora/mean_utilization``, ``lora/max_dominance``,
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from advisor.audit import THRESHOLDS, audit, json_safe
+from advisor.adapter_audit import THRESHOLDS, audit, json_safe
 
 try:
     from transformers import TrainerCallback

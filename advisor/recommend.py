@@ -4,7 +4,7 @@ Each probed layer gets a *need*, a number of directions:
 
 - uncalibrated (``calibration=None``, or the default ``"auto"`` while ``models/`` ships none): the layer's
   signal effective rank, the entropy effective rank of the gradient directions above the
-  split-half noise edge (:mod:`advisor.probe`), so sampling noise is not counted;
+  split-half noise edge (:mod:`advisor.probe_pass`), so sampling noise is not counted;
 - calibrated (``calibration=`` a verified file of :mod:`advisor.calibrated`, or ``"auto"`` when
   ``models/`` ships one that covers the probe; it may ship one per kind of model and "auto" takes
   the one fitted on the probe's kind): 2 ** (the regression's log2 optimal uniform rank
@@ -65,7 +65,7 @@ from advisor.calibrated import (calibrated_level, domain_gaps, earns_its_place, 
                                 measured_levels, probe_protocol, rank_model_extrapolates, resolve_calibration, span,
                                 training_rows_gap, why_unused)
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS, model_task
-from advisor.probe import ProbeResult, probe
+from advisor.probe_pass import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
 
 ALPHA_MODES = ("scale", "rslora", "calibrated")

@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from advisor.probe import ProbeResult
+from advisor.probe_pass import ProbeResult
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
 
 

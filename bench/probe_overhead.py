@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from advisor.data import make_batches
 from advisor.loading import load_model
-from advisor.probe import probe
+from advisor.probe_pass import probe
 from advisor.quantized import Quantization
 from records import add_record_arguments, emit  # bench/records.py
 

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 
 from advisor import spectrum  # noqa: E402
 from advisor.loading import load_model  # noqa: E402
-from advisor.probe import probe  # noqa: E402
+from advisor.probe_pass import probe  # noqa: E402
 from records import add_record_arguments, emit  # noqa: E402  (bench/records.py)
 
 

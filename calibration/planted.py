@@ -278,7 +278,7 @@ def run(plants: dict[str, int], kind: str, scale: float, samples: int, max_lengt
     (distill, one planted layer) adds the KL share of the best j planted directions."""
     from advisor.data import make_batches
     from advisor.loading import load_model
-    from advisor.probe import gradients, probe
+    from advisor.probe_pass import gradients, probe
 
     if loss_visible and not loss_visible_applies(loss, plants):
         raise ValueError(f"loss_visible needs the distill loss and one planted layer with k <= {MAX_LOSS_VISIBLE_K}")

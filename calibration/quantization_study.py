@@ -72,7 +72,7 @@ def quantization_errors(full, quantized) -> dict[str, dict]:
 def study_task(task_name: str, full, quantized, tokenizer, errors, samples: int, max_length: int) -> dict:
     from advisor import spectrum
     from advisor.layers import layer_types
-    from advisor.probe import gradients
+    from advisor.probe_pass import gradients
     from calibration.tasks import TASKS
 
     rows = TASKS[task_name].rows("train")

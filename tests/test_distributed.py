@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from advisor.probe import ProbeResult, probe
+from advisor.probe_pass import ProbeResult, probe
 from conftest import tiny_llama, token_rows
 
 SETTINGS = dict(num_samples=24, batch_size=4, progress=False)
@@ -61,7 +61,7 @@ def test_a_model_dispatched_by_accelerate_with_offloaded_layers(tmp_path):
 
     from accelerate import dispatch_model
 
-    from advisor.probe import gradients
+    from advisor.probe_pass import gradients
 
     model = tiny_llama()
     rows = token_rows(8, 16)

@@ -4,7 +4,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from advisor.probe import probe
+from advisor.probe_pass import probe
 from advisor.recommend import advice_from_probe
 from calibration.fit import training_table
 from calibration.labels import uniform_cells

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from advisor.data import make_batches
-from advisor.probe import gradients, probe
+from advisor.probe_pass import gradients, probe
 from advisor.calibrated import load_calibration, sha256_of, shipped_calibration
 from calibration.planted import (
     ADVICE_TRAIN_SIZE, advised_places, distillation_loss, input_covariances, kl_by_direction_subset, loss_visible_rank,

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from advisor.loading import load_model
-from advisor.probe import gradients, probe
+from advisor.probe_pass import gradients, probe
 from advisor.quantized import (
     Quantization,
     autograd_safe,
@@ -194,7 +194,7 @@ def test_compare_full_precision_measures_what_quantization_adds_to_the_gradient(
 def test_audit_measures_dominance_against_the_dequantized_4bit_weight(checkpoint):
     from peft import LoraConfig, get_peft_model
 
-    from advisor.audit import audit
+    from advisor.adapter_audit import audit
 
     quantized, _ = load_model(checkpoint, quantization=Quantization(bits=4))
     model = get_peft_model(quantized, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))

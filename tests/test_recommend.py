@@ -8,7 +8,7 @@ import yaml
 from peft import LoraConfig, get_peft_model
 
 from advisor.cli import main
-from advisor.probe import probe
+from advisor.probe_pass import probe
 from advisor.recommend import advice_from_probe, allocate, compare_with, parse_budget, planned_rank, rounded_rank
 from advisor.report import loss_curve_text
 from conftest import tiny_llama, token_rows

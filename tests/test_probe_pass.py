@@ -9,7 +9,7 @@ from torch import nn
 
 from advisor import spectrum
 from advisor.layers import find_target_layers
-from advisor.probe import ProbeResult, _ExactAccumulator, _SketchAccumulator, gradients, probe
+from advisor.probe_pass import ProbeResult, _ExactAccumulator, _SketchAccumulator, gradients, probe
 from conftest import VOCAB, autograd_weight_gradients, tiny_bert, tiny_gpt2, tiny_llama, token_rows
 
 
@@ -260,7 +260,7 @@ def test_noise_split_finds_no_signal_when_the_expected_gradient_is_zero():
 
 
 def test_memory_plan_sketches_to_fit_the_budget():
-    from advisor.probe import _ExactAccumulator, _SketchAccumulator, plan_memory
+    from advisor.probe_pass import _ExactAccumulator, _SketchAccumulator, plan_memory
 
     shapes = {"a": (1536, 576), "b": (576, 576)}
     exact = sum(_ExactAccumulator.nbytes(s, 0) for s in shapes.values())

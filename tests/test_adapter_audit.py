@@ -8,7 +8,7 @@ import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
-from advisor.audit import audit
+from advisor.adapter_audit import audit
 from advisor.cli import main
 from conftest import tiny_llama
 
