@@ -29,13 +29,30 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.resources
 import json
 import math
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def shipped_models_dir() -> Path:
+    """Where the shipped calibrations are: the checkout's ``models/`` beside the package, else an
+    installed wheel's copy of it (package data ``advisor/calibrations``, :mod:`importlib.resources`)."""
+    checkout = Path(__file__).resolve().parent.parent / "models"
+    if any(checkout.glob("*.json")):
+        return checkout
+    try:
+        files = list(importlib.resources.files("advisor.calibrations").iterdir())
+    except ModuleNotFoundError:  # neither a checkout with models/ nor a wheel: report the checkout's path
+        return checkout
+    found = [Path(str(entry)).parent for entry in files if entry.name.endswith(".json")]
+    return found[0] if found else checkout
+
+
+MODELS_DIR = shipped_models_dir()
 FEATURE_SCOPES = ("all", "attention", "mlp")  # cell features: each statistic's mean over these layers
 LAYER_STATISTICS = ("erank_ratio", "stable_ratio", "log2_signal_erank", "noise_fraction", "subspace_overlap", "rank_growth")
 
@@ -304,6 +321,10 @@ def resolve_calibration(calibration, task: str | None = None) -> Calibration | N
     if is_auto(calibration):
         path = shipped_calibration(task)
         if path is None:
+            import warnings
+
+            warnings.warn(f"no shipped calibration found in {MODELS_DIR}: the advice uses the uncalibrated rule "
+                          "(reinstall lora-rank-advisor, or pass calibration=PATH)", stacklevel=2)
             return None
         try:
             return dataclasses.replace(load_calibration(path), automatic=True)
