@@ -72,12 +72,13 @@ MIN_TRAIN_ROWS = 2  # one training row in a fold: no leave-one-out choice of the
 
 STUDY_FILES = ("quantization.jsonl", "planted.jsonl", "validate.jsonl", "gain.jsonl")  # studies' results, not sweeps'
 LR_CHECK_SUFFIX = "-lr.jsonl"  # the learning-rate checks train off the grids' settings
+EXPERIMENT_FILES = ("smollm2-scaling.jsonl",)  # trainings off the rank grids' protocol (parametrization)
 
 
 def sweep_result_files() -> list[Path]:
-    """The rank sweeps' results files (not the studies', not the learning-rate checks')."""
+    """The rank sweeps' results files (not the studies', the experiments' or the learning-rate checks')."""
     return sorted(p for p in RESULTS_DIR.glob("*.jsonl")
-                  if p.name not in STUDY_FILES and not p.name.endswith(LR_CHECK_SUFFIX))
+                  if p.name not in STUDY_FILES + EXPERIMENT_FILES and not p.name.endswith(LR_CHECK_SUFFIX))
 
 
 def read_records(paths) -> list[dict]:

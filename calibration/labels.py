@@ -34,7 +34,7 @@ SCALE_GROUP_KEYS = ("model", "task", "train_size", "rank", "learning_rate", "ste
                     "data_seed", "eval_rows")
 RANK_GRID_RULE = {"use_rslora": True, "alpha": 8.0, "alpha_over_r": None}  # the rank grids' scale rule
 CELL_KEYS = ("model", "task", "train_size", "learning_rate", "steps", "batch_size", "max_length",
-             "alpha", "alpha_over_r", "use_rslora", "data_seed", "eval_rows")
+             "alpha", "alpha_over_r", "use_rslora", "data_seed", "eval_rows", "top_blocks")
 
 
 @dataclass

@@ -61,6 +61,12 @@ one: calibration/README.md, "Does the scale rule move the optimal rank?").
   size, so every causal-LM task is at both sizes.
 - ``mpnet-rank``: MPNet (same encoder settings as MiniLM) on bbc-news, health-tweets,
   debian-section at 1000 rows, r in 1, 4, 16, 64, rsLoRA alpha = ENCODER_ALPHA, seeds 0, 1.
+- ``smollm2-scaling``: the parametrization experiment. Under Adam a rank-r adapter's early
+  useful update grows like r * scaling, so the scaling rule decides whether one learning
+  rate serves every rank. SmolLM2 with only its top 4 blocks adapted, on health-source
+  (completions of about 3 tokens) and wordnet-defs (about 12), r in 1, 8, 64, learning
+  rates 3e-4, 1e-3, 3e-3, under alpha = 32 with PEFT's alpha / r and under rsLoRA alpha = 8
+  (the two agree at r = 16), one epoch over 1000 rows, 256 eval rows, seed 0.
 - ``encoder-lr`` and ``smollm2-lr``: the learning-rate / budget checks below, kept as grids
   so their evidence is reproducible.
 
@@ -222,6 +228,38 @@ def grid_smollm2_lr() -> list[RunConfig]:
     ])
 
 
+SCALING_TASKS = ("health-source", "wordnet-defs")
+SCALING_RANKS = (1, 8, 64)
+SCALING_LRS = (1e-3, 3e-4, 3e-3)  # the middle first, so an interrupted grid still brackets it
+SCALING_TRAIN_SIZE = 1000
+SCALING_EPOCHS = 1
+SCALING_TOP_BLOCKS = 4
+# the two parametrizations give the same scaling (2) at r = 16: 32 / 16 = 8 / sqrt(16)
+SCALING_ARMS = {"alpha/r": {"alpha": 32.0, "use_rslora": False}, "rslora": {"alpha": 8.0, "use_rslora": True}}
+
+
+def epoch_steps(train_size: int, batch_size: int, epochs: int) -> int:
+    """Optimizer steps of ``epochs`` passes over ``train_size`` rows (a last partial batch is dropped)."""
+    return epochs * max(1, train_size // batch_size)
+
+
+def grid_smollm2_scaling() -> list[RunConfig]:
+    """Which parametrization keeps the best learning rate rank-invariant: SmolLM2, the top
+    ``SCALING_TOP_BLOCKS`` blocks adapted, r in 1, 8, 64 x three learning rates x (alpha = 32
+    with PEFT's alpha / r, rsLoRA alpha = 8), one epoch over 1000 rows, 256 eval rows, seed 0."""
+    steps = epoch_steps(SCALING_TRAIN_SIZE, SMOLLM2_COMMON["batch_size"], SCALING_EPOCHS)
+    return _unique([
+        RunConfig(model="smollm2", task=task, train_size=SCALING_TRAIN_SIZE, learning_rate=lr, steps=steps,
+                  warmup_steps=max(1, steps // 10), eval_every=0, seed=0, batch_size=SMOLLM2_COMMON["batch_size"],
+                  max_length=SMOLLM2_COMMON["max_length"], eval_rows=256, rank=rank,
+                  top_blocks=SCALING_TOP_BLOCKS, **arm)
+        for task in SCALING_TASKS
+        for lr in SCALING_LRS
+        for arm in SCALING_ARMS.values()
+        for rank in SCALING_RANKS
+    ])
+
+
 GRIDS: dict[str, Callable[[], list[RunConfig]]] = {
     "encoder-rank": grid_encoder_rank,
     "encoder-layer-type": grid_encoder_layer_type,
@@ -230,6 +268,7 @@ GRIDS: dict[str, Callable[[], list[RunConfig]]] = {
     "mpnet-rank": grid_mpnet_rank,
     "encoder-lr": grid_encoder_lr,
     "smollm2-lr": grid_smollm2_lr,
+    "smollm2-scaling": grid_smollm2_scaling,
 }
 
 

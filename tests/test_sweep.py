@@ -262,6 +262,23 @@ def test_rank_pattern_reaches_peft():
         make_lora_config(config(rank=None, rank_pattern={"nope": 2}), targets, "seq-cls")
 
 
+def test_top_blocks_adapts_only_the_last_blocks():
+    from peft import get_peft_model
+
+    from advisor.layers import block_depth
+
+    model = tiny_bert()  # two BERT blocks
+    targets = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layer." in n]
+    c = config(top_blocks=1)
+    assert '"top_blocks":1' in c.to_json() and c.run_id != config().run_id and "top1" in c.summary()
+    assert "top_blocks" not in config().to_json()
+    layers = adapter_layers(get_peft_model(model, make_lora_config(c, targets, "seq-cls")), targets)
+    last = max(block_depth(name) for name in targets)
+    assert {layer["name"] for layer in layers} == {name for name in targets if block_depth(name) == last}
+    with pytest.raises(ValueError, match="top_blocks"):
+        config(top_blocks=0)
+
+
 def test_adapter_spectrum_matches_a_direct_svd():
     from advisor import spectrum
     from peft import get_peft_model
