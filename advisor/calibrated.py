@@ -143,13 +143,24 @@ class Calibration:
     # best rank's; "alpha" (when fitted): log2 best PEFT scaling at a rank
     automatic: bool = False  # chosen by calibration="auto": used only for probes it covers (domain_gaps)
 
+    def saw_quantized(self) -> bool:
+        """Whether the fit saw a quantized base (its ``quantized`` feature reached 1)."""
+        ranges = self.metadata.get("cell_feature_ranges") or {}
+        return "quantized" in ranges and ranges["quantized"][1] >= 1
+
+    def quantized_input(self, quantized: bool) -> bool:
+        """The ``quantized`` feature the models are given: a quantized base is read as full
+        precision by a calibration that saw none, so QLoRA gets the same level as full precision
+        (quantizing the base changes the gradient a little, not how much there is to learn)."""
+        return bool(quantized) and self.saw_quantized()
+
     def predict_log2_rank(self, layers: dict[str, dict], train_size: int, quantized: bool) -> float:
-        features = cell_features(layers, train_size, quantized)
+        features = cell_features(layers, train_size, self.quantized_input(quantized))
         row = [[features[k] for k in self.metadata["cell_features"]]]
         return float(self.models["cell"].predict(row)[0])
 
     def predict_log2_relative_need(self, layers: dict[str, dict], train_size: int, quantized: bool) -> dict[str, float]:
-        features = layer_features(layers, train_size, quantized)
+        features = layer_features(layers, train_size, self.quantized_input(quantized))
         names = list(features)
         rows = [[features[name][k] for k in self.metadata["layer_features"]] for name in names]
         return dict(zip(names, map(float, self.models["layer"].predict(rows))))
@@ -160,7 +171,7 @@ class Calibration:
         predicted best rank; 1.05 = 5 % worse); None for a calibration without a curve model."""
         if "curve" not in self.models:
             return None
-        features = cell_features(layers, train_size, quantized)
+        features = cell_features(layers, train_size, self.quantized_input(quantized))
         rows = [[curve_features(features, r)[k] for k in self.metadata["curve_features"]] for r in ranks]
         log_ratios = [float(v) for v in self.models["curve"].predict(rows)]
         return {r: math.exp(v - min(log_ratios)) for r, v in zip(ranks, log_ratios)}
@@ -172,7 +183,7 @@ class Calibration:
         bound; the sweeps say nothing outside what they tried); None without an alpha model."""
         if "alpha" not in self.models:
             return None
-        features = cell_features(layers, train_size, quantized)
+        features = cell_features(layers, train_size, self.quantized_input(quantized))
         rows = [[{**features, **curve_rank_features(r)}[k] for k in self.metadata["alpha_features"]] for r in ranks]
         low, high = self.metadata["alpha_target_range"]
         return {r: 2.0 ** min(max(float(v), low), high) for r, v in zip(ranks, self.models["alpha"].predict(rows))}
@@ -357,7 +368,7 @@ def is_auto(calibration) -> bool:
 def features_outside(calibration: Calibration, layers: dict[str, dict], train_size: int, quantized: bool) -> list[str]:
     """The cell features of this probe that lie outside the range the calibration was fitted on."""
     ranges = calibration.metadata.get("cell_feature_ranges") or {}
-    features = cell_features(layers, train_size, quantized)
+    features = cell_features(layers, train_size, calibration.quantized_input(quantized))
     return [name for name, (low, high) in ranges.items() if not low <= features[name] <= high]
 
 
@@ -386,10 +397,11 @@ def rank_model_extrapolates(calibration: Calibration, layers: dict[str, dict], t
 def domain_gaps(calibration: Calibration, layers: dict[str, dict], train_size: int, quantized: bool,
                 task: str | None = None) -> list[str]:
     """Where this probe lies beyond what the calibration was fitted on: a kind of model (``task``:
-    causal-lm or seq-cls) it saw none of, a median layer width or a training-set size more than 2x
-    outside its range, or a quantized base it never saw."""
+    causal-lm or seq-cls) it saw none of, or a median layer width or a training-set size more than
+    2x outside its range. A quantized base is no gap: a calibration that saw none reads it as full
+    precision (:meth:`Calibration.quantized_input`)."""
     ranges = calibration.metadata.get("cell_feature_ranges") or {}
-    features = cell_features(layers, train_size, quantized)
+    features = cell_features(layers, train_size, calibration.quantized_input(quantized))
     gaps = []
     fitted_tasks = fitted_kinds(calibration.metadata)
     if task is not None and fitted_tasks and task not in fitted_tasks:
@@ -398,8 +410,6 @@ def domain_gaps(calibration: Calibration, layers: dict[str, dict], train_size: i
         gap = _range_gap(ranges, key, what, features[key])
         if gap:
             gaps.append(gap)
-    if quantized and "quantized" in ranges and ranges["quantized"][1] < 1:
-        gaps.append("a quantized base, fitted on full precision only")
     return gaps
 
 

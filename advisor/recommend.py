@@ -10,8 +10,9 @@ Each probed layer gets a *need*, a number of directions:
   the one fitted on the probe's kind): 2 ** (the regression's log2 optimal uniform rank
   + the layer's log2 relative need). ``"auto"`` falls back to the uncalibrated rule, and says
   so, when the model's median layer width or the training-set size lies more than 2x outside
-  what the shipped calibration was fitted on, the base is quantized and it saw none, or the
-  model is of a kind (causal LM, sequence classifier) it saw none of
+  what the shipped calibration was fitted on, or the model is of a kind (causal LM, sequence
+  classifier) it saw none of; a quantized base it saw none of is read as full precision, so
+  QLoRA and full precision get the same level
   (:func:`advisor.calibrated.domain_gaps`). An explicit calibration is applied anyway, and the
   label says which probe features lie outside its range: the advice then extrapolates.
   Each of the calibration's models is used only when it beat its baseline by 10 % in

@@ -233,3 +233,27 @@ def test_4bit_gradients_equal_autograd_and_biases_keep_their_dtype(tmp_path):
     reference = dequantized_reference(quantized, tmp_path)
     for name, gradient in autograd_weight_gradients(reference, rows, "causal-lm").items():
         torch.testing.assert_close(measured[name], gradient, rtol=1e-4, atol=1e-6 * float(gradient.abs().max()))
+
+
+def test_nf4_and_full_precision_get_the_same_calibrated_level(tmp_path):
+    """QLoRA gets the level full precision gets: the shipped calibration saw no quantized base and
+    reads one as full precision instead of falling back to the uncalibrated rule."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from advisor.calibrated import shipped_calibration
+    from advisor.recommend import advice_from_probe
+
+    if shipped_calibration("causal-lm") is None:
+        pytest.skip("no causal-LM calibration shipped")
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=576, intermediate_size=1536, num_hidden_layers=2,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=64)
+    LlamaForCausalLM(config).save_pretrained(tmp_path)  # SmolLM2's widths, so the calibration covers it
+    rows = token_rows(16, 32)
+    settings = dict(num_samples=16, batch_size=8, method="exact", progress=False)
+    full = advice_from_probe(probe(str(tmp_path), rows, **settings), train_size=2000)
+    nf4 = advice_from_probe(probe(str(tmp_path), rows, load_in_4bit=True, **settings), train_size=2000)
+    assert nf4.probe.quantization.startswith("4-bit NF4") and full.probe.quantization is None
+    assert not full.calibration.startswith("uncalibrated") and not nf4.calibration.startswith("uncalibrated")
+    assert full.level_rank is not None and nf4.level_rank == full.level_rank
+    assert 0.5 <= nf4.trainable_params / full.trainable_params <= 2.0
