@@ -438,3 +438,26 @@ def test_embedded_dataset_is_deterministic_and_cached(embedded_rows):
     assert again == rows
     assert read_seconds < build_seconds / 4
     assert build_stdlib_code_rows() == rows
+
+
+def test_count_tokens_counts_every_rows_loss_tokens(tokenizer, tmp_path):
+    from advisor.data import count_tokens
+
+    rows = [{"prompt": "Q: What is 2+2?\nA:", "completion": " 4"},
+            {"prompt": "Translate to French: cat\n", "completion": "chat, le félin."},
+            {"prompt": "Say nothing:", "completion": ""}]
+    counted = count_tokens(write(tmp_path / "rows.jsonl", rows), tokenizer)
+    # independently: a completion's tokens (the prompt tokenized alone is a prefix here) plus eos
+    expected = [len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) - len(tokenizer(r["prompt"])["input_ids"]) + 1
+                for r in rows[:2]]
+    assert counted.loss_tokens == sum(expected) + 1
+    # (+1: the empty completion still carries its eos); every row's whole length counts in tokens
+    assert counted.rows == 3 and counted.tokens == sum(len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) + 1
+                                                        for r in rows)
+    texts = [{"text": "one two three four"}, {"text": "five six"}]
+    lengths = [len(tokenizer(t["text"])["input_ids"]) for t in texts]
+    assert count_tokens(texts, tokenizer).loss_tokens == sum(n - 1 for n in lengths)
+    assert count_tokens(texts, tokenizer, max_length=2).loss_tokens == 2
+    assert count_tokens([{"text": "a b", "label": "x"}] * 3, tokenizer, task="seq-cls").loss_tokens == 3
+    with pytest.raises(ValueError, match="max_length"):
+        count_tokens(texts, tokenizer, max_length=0)
