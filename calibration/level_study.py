@@ -13,6 +13,8 @@ uniform-rank cell of the rank grids (rsLoRA alpha 8), beside the other ways a us
 - ``rank model``: the ridge rank model, leave one task out (fit's ``cell`` model);
   both rounded as the advice rounds a need (the next power of two, within ranks 2-64; fit scores
   them unrounded);
+- ``Tinker tokens rule`` and ``axolotl thresholds``: the users' rules of :mod:`advisor.baselines`
+  (adapter parameters >= the training rows' loss tokens; r = 8 / 16 / 32 / 64 by rows);
 - ``r = N``: the habit, one uniform rank for every task;
 - ``pooled``: the habit the label's rule picks on the other tasks' cells pooled (the smallest whose
   mean regret, counted in each cell's seed noises, is at most the lowest habit's + 1), leave one
@@ -54,6 +56,43 @@ def rule_rank(layers: dict[str, dict]) -> float:
     need = {name: signal_need(stats["signal_effective_rank"]) for name, stats in layers.items()}
     ranks, _ = allocate(need, shapes, None, MIN_RANK, MAX_RANK)
     return sum(ranks[n] * sum(shapes[n]) for n in shapes) / uniform_params(1, shapes)
+
+
+def params_per_rank(record: dict) -> int:
+    """Adapter parameters per unit of uniform rank of a run: sum of in + out over its adapted layers."""
+    layers = record["probe"]["layers"]
+    return sum(sum(layers[layer["name"]]["shape"]) for layer in record["adapter_layers"])
+
+
+def loss_tokens(record: dict) -> int | None:
+    """The loss tokens of a run's training rows: the record's ``train_loss_tokens``, else counted
+    (:func:`calibration.train.training_loss_tokens`; a seq-cls row is one); None for a task that
+    is not in the registry."""
+    from calibration.tasks import TASKS
+
+    if record.get("train_loss_tokens") is not None:
+        return record["train_loss_tokens"]
+    task = TASKS.get(record["config"]["task"])
+    if task is None:
+        return None
+    if task.kind == "seq-cls":  # one label per row
+        return record["train_rows_used"]
+    from calibration.train import RunConfig, training_loss_tokens
+
+    return training_loss_tokens(RunConfig.from_dict(record["config"]))["loss_tokens"]
+
+
+def users_rules(cell) -> dict[str, int]:
+    """The ranks the users' rules (:mod:`advisor.baselines`) give a cell: Tinker's (parameters >=
+    the training rows' loss tokens, :func:`loss_tokens`) and axolotl's thresholds on its rows;
+    {} when the loss tokens are unknown."""
+    from advisor.baselines import axolotl_rank, tinker_rank
+
+    tokens = loss_tokens(cell.records[0])
+    if tokens is None:
+        return {}
+    return {"Tinker tokens rule": tinker_rank(tokens, params_per_rank(cell.records[0])),
+            "axolotl thresholds": axolotl_rank(cell.train_size)}
 
 
 def loss_at(cell, rank: float) -> tuple[float, bool]:
@@ -100,7 +139,7 @@ def level_rows(cell_rows: list[dict]) -> list[dict]:
     for index, cell in enumerate(cells):
         best, noise = cell.mean_loss(cell.best_rank), cell.seed_noise
         levels = {"rule": rule_rank(cell.probe()["layers"]), **{k: v[index] for k, v in fitted.items()},
-                  **{f"r = {r}": r for r in HABITS}}
+                  **users_rules(cell), **{f"r = {r}": r for r in HABITS}}
         for level, rank in levels.items():
             if rank is None:
                 continue
@@ -186,7 +225,8 @@ def summary_table(rows: list[dict], kind: str) -> str:
     return "\n".join(lines)
 
 
-def cell_table(rows: list[dict], kind: str, levels=("rule", "constant", "rank model", "pooled", "r = 16", "r = 64")) -> str:
+def cell_table(rows: list[dict], kind: str, levels=("rule", "constant", "rank model", "pooled", "Tinker tokens rule",
+                                                   "axolotl thresholds", "r = 16", "r = 64")) -> str:
     """Per cell of a kind: its seed noise as a share of its best loss, and each level's rank and
     regret in seed noises (~: interpolated loss)."""
     lines = ["| model | task | train rows | optimal rank | seed noise / best loss | " + " | ".join(levels) + " |",
@@ -222,7 +262,8 @@ def plot(rows: list[dict]) -> Path:
         ax.plot([h[1] for h in habits], [h[2] for h in habits], marker="o", color="grey", label="uniform habit r = 1..64")
         for r, x, y in habits:
             ax.annotate(str(r), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
-        for level, marker in (("rule", "s"), ("constant", "^"), ("rank model", "v"), ("pooled", "D")):
+        for level, marker in (("rule", "s"), ("constant", "^"), ("rank model", "v"), ("pooled", "D"),
+                              ("Tinker tokens rule", "P"), ("axolotl thresholds", "X")):
             if level in summary and summary[level]["regret_noises_mean"] is not None:
                 x, y = point(level)
                 ax.plot([x], [y], marker=marker, linestyle="none", markersize=8, label=level)

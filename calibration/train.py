@@ -271,8 +271,8 @@ def train_run(config: RunConfig, *, log=None) -> dict:
 
     Record fields: ``run_id``, ``config`` (the full :class:`RunConfig`, enough to rebuild
     it), ``model``, ``task``, ``task_kind``, ``train_size`` (and ``train_rows_used``, rows
-    left with a loss token), ``lora`` (``r`` or per-type ranks, ``alpha``, ``use_rslora``,
-    ``scaling`` per group, ``target_modules`` count), ``learning_rate``, ``steps``,
+    left with a loss token, and ``train_loss_tokens``, their loss tokens at ``max_length``),
+    ``lora`` (``r`` or per-type ranks, ``alpha``, ``use_rslora``, ``scaling`` per group, ``target_modules`` count), ``learning_rate``, ``steps``,
     ``batch_size``, ``max_length``, ``seed``, ``data_seed``, ``eval_rows``,
     ``initial_eval_loss`` (before training), ``eval_loss`` / ``eval_accuracy`` (seq-cls; None
     otherwise) after the last step, ``eval_curve`` ([step, loss, accuracy]),
@@ -360,6 +360,7 @@ def train_run(config: RunConfig, *, log=None) -> dict:
         "task_kind": task.kind,
         "train_size": config.train_size,
         "train_rows_used": len(train_rows),
+        "train_loss_tokens": training_loss_tokens(config)["loss_tokens"],
         "lora": _lora_summary(config, targets),
         "learning_rate": config.learning_rate,
         "warmup_steps": config.warmup_steps,
@@ -624,6 +625,33 @@ def _cached_initial_eval(config: RunConfig, model, eval_batches, kind: str) -> d
         return cached["value"]
     loss, accuracy = evaluate(model, eval_batches, kind)
     value = {"loss": _round(loss), "accuracy": _round(accuracy)}
+    _write_json(path, {"key": key, "value": value})
+    return value
+
+
+def training_loss_tokens(config: RunConfig) -> dict:
+    """What a run's training rows hold, counted with :func:`advisor.data.count_tokens` at the
+    run's ``max_length`` (the tokens training saw): ``{"rows", "tokens", "loss_tokens"}``.
+    Cached on disk."""
+    import transformers
+
+    from advisor.data import count_tokens
+    from calibration.tasks import TASKS
+
+    task = TASKS[config.task]
+
+    key = {"model": config.model, "task": config.task, "train_size": config.train_size,
+           "data_seed": config.data_seed, "max_length": config.max_length, "transformers": transformers.__version__}
+    path = _cache_root() / "loss-tokens" / f"{config.model}-{config.task}-{_key(key)}.json"
+    cached = _read_json(path)
+    if cached is not None and cached.get("key") == key:
+        return cached["value"]
+    from advisor.loading import load_tokenizer
+    from calibration.models import model_dir
+
+    counted = count_tokens(training_rows(config), load_tokenizer(model_dir(config.model)),
+                           task=_loss_kind(task), max_length=config.max_length)
+    value = {"rows": counted.rows, "tokens": counted.tokens, "loss_tokens": counted.loss_tokens}
     _write_json(path, {"key": key, "value": value})
     return value
 

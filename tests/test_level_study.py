@@ -96,3 +96,16 @@ def test_the_pooled_level_is_the_labels_rule_on_every_cell_and_is_used_only_when
     assert calibrated_level({**metadata, "levels": {"rule": rule}}) is None  # no held-out score for the pooled level
     assert measured_levels(close, "calibration") == measured_levels(close, None)  # not used: not quoted as the level
     assert calibrated_level({**metadata, "min_gain": 0.05, "levels": close["levels"]}) == 32
+
+
+def test_the_users_rules_read_the_cells_loss_tokens_and_rows():
+    """Tinker: the smallest power-of-two rank whose parameters (sum of in + out over the adapted
+    layers: 2 blocks x (128 + 192) = 640 per rank here) hold the loss tokens; axolotl: by rows."""
+    records = synthetic_sweep()
+    tokens = {"a": 100, "b": 641, "c": 5_000, "d": 40_000}
+    for r in records:
+        r["train_loss_tokens"] = tokens[r["config"]["task"]]
+    rows = level_rows(training_table(records)[0])
+    by = {(row["task"], row["level"]): row["rank"] for row in rows}
+    assert [by[(t, "Tinker tokens rule")] for t in "abcd"] == [1, 2, 8, 64]
+    assert {by[(t, "axolotl thresholds")] for t in "abcd"} == {16}  # 1000 rows each
