@@ -354,6 +354,7 @@ class DatasetTokens:
     rows: int  # rows with at least one loss token
     tokens: int  # every token of those rows
     loss_tokens: int  # the tokens the loss is computed on (completions; every token of text rows; 1 per seq-cls row)
+    counted_rows: int | None = None  # rows tokenized when the counts were scaled up from a sample; None: every row
 
     @property
     def loss_tokens_per_row(self) -> float:
@@ -361,30 +362,41 @@ class DatasetTokens:
 
 
 def count_tokens(data, tokenizer, *, task: str = "causal-lm", max_length: int | None = None,
-                 split: str | None = None, label_names: list[str] | None = None) -> DatasetTokens:
+                 split: str | None = None, max_rows: int | None = None, seed: int = 0) -> DatasetTokens:
     """Count the loss tokens of every row of ``data`` (any row source :func:`load_rows` reads),
     tokenized exactly as :func:`make_batches` does; ``max_length`` cuts each row as training
     would (None: no cut). A seq-cls row counts one loss token (its label). A causal-LM row's loss
     tokens are the next-token targets that carry a label (the first token is never a target).
-    Tokenizing costs about a millisecond a row; nothing runs through a model."""
+    Tokenizing costs about a millisecond a row; nothing runs through a model. With more than
+    ``max_rows`` rows, a uniform sample of ``max_rows`` (from ``seed``) is counted and scaled
+    to the whole (``counted_rows`` says so)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
     if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0):
         raise ValueError(f"max_length must be a positive integer or None, got {max_length!r}")
+    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows <= 0):
+        raise ValueError(f"max_rows must be a positive integer or None, got {max_rows!r}")
     rows = load_rows(data, split=split)
     fmt = detect_format(rows)
     if fmt != "pretokenized" and tokenizer is None:
         raise ValueError(f"a tokenizer is needed to tokenize {fmt!r} rows")
+    picked = range(len(rows))
+    if max_rows is not None and len(rows) > max_rows:
+        picked = sorted(random.Random(seed).sample(picked, max_rows))
     cut = max_length or 1 << 62
     kept = tokens = loss_tokens = 0
-    for i, row in enumerate(rows):
-        ids, _, labels = _encode(row, i, fmt, tokenizer, task, cut)
+    for i in picked:
+        ids, _, labels = _encode(rows[i], i, fmt, tokenizer, task, cut)
         if not ids:
             continue
         row_loss = 1 if task == "seq-cls" else sum(t != IGNORE_INDEX for t in labels[1:])
         if row_loss:
             kept, tokens, loss_tokens = kept + 1, tokens + len(ids), loss_tokens + row_loss
-    return DatasetTokens(rows=kept, tokens=tokens, loss_tokens=loss_tokens)
+    if len(picked) == len(rows):
+        return DatasetTokens(rows=kept, tokens=tokens, loss_tokens=loss_tokens)
+    scale = len(rows) / len(picked)
+    return DatasetTokens(rows=round(kept * scale), tokens=round(tokens * scale), loss_tokens=round(loss_tokens * scale),
+                         counted_rows=len(picked))
 
 
 def _encode(row: dict, i: int, fmt: str, tokenizer, task: str, max_length: int):

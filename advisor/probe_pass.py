@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advisor import quantized, spectrum
-from advisor.data import ProbeBatch, make_batches
+from advisor.data import ProbeBatch, count_tokens, is_batch_iterable, make_batches
 from advisor.layers import block_depth, find_target_layers, layer_shape, layer_types
 from advisor.loading import TASK_SEQ_CLS, load_model, model_task
 
@@ -47,6 +47,7 @@ DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of accumulators before "auto" switche
 NOISE_TARGET = 0.2  # converged when sampling noise carries at most this share of ||G||_F^2
 OVERLAP_RANK_CAP = 32  # split-half overlap compares at most this many top directions
 NOISE_VALUES_KEPT = 32
+COUNT_TOKENS_MAX_ROWS = 20_000  # the dataset's loss tokens are counted on at most this many rows, then scaled
 _TEST_VECTORS = 10  # Gaussian test vectors of the sketch's a-posteriori error estimate
 
 
@@ -105,6 +106,9 @@ class ProbeResult:
     model_parameters: int | None = None  # weights of the whole model (4-bit ones counted unpacked)
     sketch_size: int | None = None  # the sketch size used (sketch method only)
     accumulator_bytes: int | None = None  # memory of the accumulators, as planned
+    # the whole dataset, counted with the tokenizer (advisor.data.count_tokens, no cut): rows, tokens,
+    # loss_tokens, counted_rows (a sample's size when scaled up); None for a DataLoader
+    dataset_tokens: dict | None = None
     layers: dict[str, LayerStats] = field(default_factory=dict)
 
     def by_type(self) -> dict[str, dict]:
@@ -348,6 +352,8 @@ def probe(
     started = time.perf_counter()
     task, targets, shapes, batches = _setup(model, dataset, tokenizer, target_modules, task, num_samples,
                                             batch_size, max_length, seed)
+    dataset_tokens = None if is_batch_iterable(dataset) else asdict(
+        count_tokens(dataset, tokenizer, task=task, max_rows=COUNT_TOKENS_MAX_ROWS, seed=seed))
     if memory_budget <= 0:
         raise ValueError(f"memory_budget must be positive, got {memory_budget}")
     method, sketch_size, accumulator_bytes = plan_memory(shapes, method, sketch_size, memory_budget)
@@ -399,6 +405,7 @@ def probe(
         model_parameters=_parameter_count(model),
         sketch_size=sketch_size if method == "sketch" else None,
         accumulator_bytes=accumulator_bytes,
+        dataset_tokens=dataset_tokens,
         layers=layers,
     )
 

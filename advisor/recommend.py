@@ -62,6 +62,7 @@ from pathlib import Path
 import torch
 from peft import LoraConfig
 
+from advisor.baselines import axolotl_rank, tinker_rank
 from advisor.calibrated import (calibrated_level, domain_gaps, earns_its_place, features_outside, layer_group,
                                 measured_levels, probe_protocol, rank_model_extrapolates, resolve_calibration, span,
                                 training_rows_gap, why_unused)
@@ -116,6 +117,9 @@ class Advice:
     loss_curve: dict[int, float] | None = None  # uniform rank -> predicted eval loss / the best rank's
     loss_curve_error: float | None = None  # leave-one-task-out error of the curve's shape, as a factor (e.g. 1.03)
     level_rank: int | None = None  # no budget given: the uniform rank whose parameters the calibrated level spends
+    # the ranks the users' rules give this dataset (advisor.baselines): {"rows", "loss_tokens",
+    # "tinker", "axolotl"}; None when the dataset's loss tokens were not counted (a DataLoader)
+    users_rules: dict | None = None
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -134,6 +138,7 @@ class Advice:
             "loss_curve": None if self.loss_curve is None else {str(r): v for r, v in self.loss_curve.items()},
             "loss_curve_error": self.loss_curve_error,
             "level_rank": self.level_rank,
+            "users_rules": self.users_rules,
             "layers": {name: {**asdict(layer), "shape": list(layer.shape)} for name, layer in self.layers.items()},
             "adapter_config": json.loads(json.dumps(self.config.to_dict(), default=list)),
         }
@@ -377,6 +382,28 @@ def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int
     return reasons
 
 
+def users_rules(result: ProbeResult, train_size: int) -> dict | None:
+    """The uniform ranks the users' rules (:mod:`advisor.baselines`) give ``train_size`` rows of the
+    probed dataset: Tinker's tokens rule on its loss tokens (the counted whole, scaled to
+    ``train_size`` rows) over the probed layers, axolotl's thresholds on ``train_size``; None
+    when the dataset was not counted."""
+    counted = result.dataset_tokens
+    if not counted or not counted.get("rows"):
+        return None
+    loss_tokens = round(counted["loss_tokens"] * train_size / counted["rows"])
+    per_rank = uniform_params(1, {name: stats.shape for name, stats in result.layers.items()})
+    return {"rows": train_size, "loss_tokens": loss_tokens, "tinker": tinker_rank(loss_tokens, per_rank),
+            "axolotl": axolotl_rank(train_size)}
+
+
+def users_rules_text(rules: dict) -> str:
+    """One line: the dataset's size and the ranks the users' rules give it."""
+    per_row = rules["loss_tokens"] / rules["rows"] if rules["rows"] else 0
+    return (f"your data: {rules['rows']:,} rows, {rules['loss_tokens']:,} loss tokens ({per_row:,.0f} per row); "
+            f"Tinker's rule (adapter parameters >= loss tokens) gives uniform r = {rules['tinker']}, axolotl's "
+            f"dataset-size thresholds r = {rules['axolotl']}")
+
+
 def _check_options(budget, train_size, alpha_mode: str, min_rank: int, max_rank: int) -> None:
     """One-line errors for bad options, before any probing."""
     if alpha_mode not in ALPHA_MODES:
@@ -462,12 +489,15 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     levels = measured_levels(calibration.metadata, level_by) if rank_model_unused and calibration is not None else None
     if levels:
         reasons.append(levels)
+    rules = users_rules(result, train_size)
+    if rules:
+        reasons.append(users_rules_text(rules))
     return Advice(
         config=lora_config(result, ranks, alphas, use_rslora=alpha_mode == "rslora"),
         layers=layers, calibration=label, alpha_mode=alpha_mode, budget=tokens_budget, trainable_params=trainable,
         uniform_params=uniform, model_parameters=result.model_parameters, train_size=train_size,
         reasons=reasons, probe=result, loss_curve=curve,
-        loss_curve_error=curve_error, level_rank=level_rank,
+        loss_curve_error=curve_error, level_rank=level_rank, users_rules=rules,
     )
 
 

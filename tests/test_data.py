@@ -461,3 +461,13 @@ def test_count_tokens_counts_every_rows_loss_tokens(tokenizer, tmp_path):
     assert count_tokens([{"text": "a b", "label": "x"}] * 3, tokenizer, task="seq-cls").loss_tokens == 3
     with pytest.raises(ValueError, match="max_length"):
         count_tokens(texts, tokenizer, max_length=0)
+
+
+def test_count_tokens_scales_a_sample_of_a_large_dataset(tokenizer):
+    from advisor.data import count_tokens
+
+    rows = [{"text": "one two three four five " * (1 + k % 5)} for k in range(200)]
+    whole = count_tokens(rows, tokenizer)
+    sampled = count_tokens(rows, tokenizer, max_rows=100)
+    assert whole.counted_rows is None and sampled.counted_rows == 100 and sampled.rows == 200
+    assert sampled.loss_tokens == pytest.approx(whole.loss_tokens, rel=0.15)

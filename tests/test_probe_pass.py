@@ -339,3 +339,11 @@ def test_natural_gain_from_independent_per_token_sums():
         g = gradient[name] / loss_tokens
         expected = g.numel() * float(g.square().sum()) * (1 - stats.noise_fraction) / ((x2 / tokens) * (d2 / tokens))
         assert stats.natural_gain == pytest.approx(expected, rel=1e-4), name
+
+
+def test_the_probe_counts_the_whole_datasets_loss_tokens_not_only_its_sample():
+    rows = token_rows(40, 12)  # pre-tokenized rows without padding: 11 next-token targets each
+    result = probe(tiny_llama(), rows, num_samples=8, batch_size=4, method="exact", progress=False)
+    assert result.num_rows == 8 and result.loss_tokens == 8 * 11
+    assert result.dataset_tokens == {"rows": 40, "tokens": 40 * 12, "loss_tokens": 40 * 11, "counted_rows": None}
+    assert ProbeResult.from_dict(result.to_dict()).dataset_tokens == result.dataset_tokens

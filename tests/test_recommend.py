@@ -449,3 +449,18 @@ def test_loss_curve_text_says_when_the_whole_curve_lies_within_its_error():
     assert "does not tell these ranks apart" in loss_curve_text(flat)
     assert "x/÷ 1.142" in loss_curve_text(steep) and "does not tell" not in loss_curve_text(steep)
     assert "does not tell" not in loss_curve_text({**flat, "loss_curve_error": None})
+
+
+def test_the_advice_states_the_ranks_the_users_rules_give_its_dataset():
+    from advisor.probe_pass import probe
+
+    result = probe(tiny_llama(), token_rows(40, 12), num_samples=8, batch_size=4, method="exact", progress=False)
+    advice = advice_from_probe(result, calibration=None, train_size=4000)
+    per_rank = sum(out + inp for out, inp in (stats.shape for stats in result.layers.values()))
+    tokens = 4000 * 11  # 11 loss tokens a row, scaled from the 40 counted rows to the 4,000 trained on
+    tinker = advice.users_rules["tinker"]
+    assert advice.users_rules == {"rows": 4000, "loss_tokens": tokens, "tinker": tinker, "axolotl": 16}
+    assert tinker * per_rank >= tokens > tinker // 2 * per_rank
+    assert any(reason.startswith("your data: 4,000 rows, 44,000 loss tokens") and f"r = {tinker}" in reason
+               for reason in advice.reasons)
+    assert json.loads(advice.to_json())["users_rules"] == advice.users_rules
