@@ -487,11 +487,11 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     level_by = ("calibration" if level_rank is not None else
                 "rule" if tokens_budget is None and (min_rank, max_rank) == (MIN_RANK, MAX_RANK) else None)
     levels = measured_levels(calibration.metadata, level_by) if rank_model_unused and calibration is not None else None
-    if levels:
-        reasons.append(levels)
     rules = users_rules(result, train_size)
     if rules:
         reasons.append(users_rules_text(rules))
+    if levels:
+        reasons.append(levels)
     return Advice(
         config=lora_config(result, ranks, alphas, use_rslora=alpha_mode == "rslora"),
         layers=layers, calibration=label, alpha_mode=alpha_mode, budget=tokens_budget, trainable_params=trainable,
