@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from advisor import quantized, spectrum
 from advisor.data import ProbeBatch, count_tokens, is_batch_iterable, make_batches
-from advisor.layers import block_depth, find_target_layers, layer_shape, layer_types
+from advisor.layers import block_depth, find_target_layers, is_linear_like, layer_shape, layer_types
 from advisor.loading import TASK_SEQ_CLS, load_model, model_task
 
 METHODS = ("auto", "exact", "sketch")
@@ -109,6 +109,9 @@ class ProbeResult:
     # the whole dataset, counted with the tokenizer (advisor.data.count_tokens, no cut): rows, tokens,
     # loss_tokens, counted_rows (a sample's size when scaled up); None for a DataLoader
     dataset_tokens: dict | None = None
+    # the model's linear-like modules the probe did not target (lm_head, ...): what a short
+    # target_modules entry must not match; None in a probe saved before it was recorded
+    untargeted_linear: list[str] | None = None
     layers: dict[str, LayerStats] = field(default_factory=dict)
 
     def by_type(self) -> dict[str, dict]:
@@ -406,6 +409,8 @@ def probe(
         sketch_size=sketch_size if method == "sketch" else None,
         accumulator_bytes=accumulator_bytes,
         dataset_tokens=dataset_tokens,
+        untargeted_linear=[name for name, module in model.named_modules()
+                           if is_linear_like(module) and name not in targets],
         layers=layers,
     )
 

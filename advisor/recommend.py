@@ -66,6 +66,7 @@ from advisor.baselines import axolotl_rank, tinker_rank
 from advisor.calibrated import (calibrated_level, domain_gaps, earns_its_place, features_outside, layer_group,
                                 measured_levels, probe_protocol, rank_model_extrapolates, resolve_calibration, span,
                                 training_rows_gap, why_unused)
+from advisor.layers import layer_types
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS, model_task
 from advisor.probe_pass import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
@@ -238,41 +239,74 @@ def _alphas(ranks: dict[str, int], alpha_mode: str, scaling: dict[int, float] | 
 
 def lora_config(result: ProbeResult, ranks: dict[str, int], alphas: dict[str, float], *,
                 use_rslora: bool = False) -> LoraConfig:
-    """The advised LoraConfig for a probed model (see :func:`build_lora_config`)."""
+    """The advised LoraConfig for a probed model (see :func:`build_lora_config`), with names as
+    short as PEFT's matching keeps exact over the model's linear layers."""
+    known = None if result.untargeted_linear is None else [*result.layers, *result.untargeted_linear]
     return build_lora_config(ranks, alphas, task_type="SEQ_CLS" if result.task == TASK_SEQ_CLS else "CAUSAL_LM",
-                             use_rslora=use_rslora, base_model=result.model)
+                             use_rslora=use_rslora, base_model=result.model, known_modules=known)
 
 
 def build_lora_config(ranks: dict[str, int], alphas: dict[str, float], *, task_type: str | None,
-                      use_rslora: bool = False, base_model: str | None = None) -> LoraConfig:
+                      use_rslora: bool = False, base_model: str | None = None,
+                      known_modules=None) -> LoraConfig:
     """A PEFT LoraConfig with explicit target modules and per-layer rank / alpha patterns.
 
     ``r`` / ``lora_alpha`` are the most common rank and its alpha; every layer with another
-    rank or alpha gets a fully qualified, regex-escaped key in both ``rank_pattern`` and
-    ``alpha_pattern`` (PEFT matches keys with ``re.match(rf"(.*\\.)?({key})$", name)``).
-    Layers with rank 0 are left out.
+    rank or alpha gets a key in both ``rank_pattern`` and ``alpha_pattern`` (PEFT matches keys
+    with ``re.match(rf"(.*\\.)?({key})$", name)``). Layers with rank 0 are left out.
+    ``known_modules``: every linear-like module name of the model (the layers of ``ranks`` among
+    them). With it, a layer type whose every layer is adapted is targeted by its type name
+    (``q_proj``), and each pattern key is the shortest dotted suffix of the layer's name
+    (``3.mlp.down_proj``), each only when PEFT's matching then selects exactly the same modules
+    among ``known_modules``; without it, full names (exact whatever else the model holds).
     """
     kept = {name: rank for name, rank in ranks.items() if rank > 0}
     if not kept:
         raise ValueError("every layer was advised rank 0: nothing to adapt")
     common_rank = Counter(kept.values()).most_common(1)[0][0]
     common_alpha = Counter(alphas[n] for n, r in kept.items() if r == common_rank).most_common(1)[0][0]
+    known = list(dict.fromkeys([*(known_modules or ()), *ranks])) if known_modules is not None else None
     rank_pattern, alpha_pattern = {}, {}
     for name, rank in kept.items():
         if rank != common_rank or alphas[name] != common_alpha:
-            key = re.escape(name)
+            key = re.escape(_shortest_pattern_key(name, known) if known else name)
             rank_pattern[key] = rank
             alpha_pattern[key] = alphas[name]
     return LoraConfig(
         r=common_rank,
         lora_alpha=common_alpha,
-        target_modules=sorted(kept),
+        target_modules=_target_names(kept, ranks, known) if known else sorted(kept),
         rank_pattern=rank_pattern,
         alpha_pattern=alpha_pattern,
         use_rslora=use_rslora,
         task_type=task_type,
         base_model_name_or_path=base_model,
     )
+
+
+def _target_names(kept: dict[str, int], ranks: dict[str, int], known: list[str]) -> list[str]:
+    """``target_modules`` for the adapted layers ``kept``: a layer type's name (PEFT's list
+    matching: the name itself or ``"." + type`` at its end) where it selects exactly that type's
+    layers among ``known`` and all of them are adapted; else the layers' full names."""
+    types = layer_types(ranks)
+    targets = []
+    for layer_type in dict.fromkeys(types[name] for name in kept):
+        members = {name for name in ranks if types[name] == layer_type}
+        matched = {name for name in known if name == layer_type or name.endswith("." + layer_type)}
+        exact = matched == members and all(name in kept for name in members)
+        targets += [layer_type] if exact else sorted(members & set(kept))
+    return sorted(targets)
+
+
+def _shortest_pattern_key(name: str, known: list[str]) -> str:
+    """The shortest dotted suffix of ``name`` that PEFT's pattern matching finds in ``name`` alone among ``known``."""
+    parts = name.split(".")
+    for start in range(len(parts) - 1, -1, -1):
+        suffix = ".".join(parts[start:])
+        pattern = re.compile(rf"(.*\.)?({re.escape(suffix)})$")
+        if [other for other in known if pattern.match(other)] == [name]:
+            return suffix
+    return name
 
 
 def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size: int,

@@ -22,8 +22,20 @@ def test_advise_writes_a_config_peft_loads(tmp_path, capsys, tiny_checkpoint):
     assert "q_proj" in stdout and "uncalibrated" in stdout
     config = LoraConfig.from_pretrained(out)
     probe = json.loads((out / "probe.json").read_text())
-    assert sorted(config.target_modules) == sorted(probe["layers"])
+    advised = {name: layer["rank"] for name, layer in json.loads((out / "advice.json").read_text())["layers"].items()}
+    assert set(advised) == set(probe["layers"])
+    # idiomatic: every layer of each type is adapted, so target_modules names the types, as people write them
+    assert sorted(config.target_modules) == sorted({name.rsplit(".", 1)[-1] for name in probe["layers"]})
     assert set(config.rank_pattern) == set(config.alpha_pattern)
+    # PEFT's own get_peft_model builds exactly the advised ranks from it
+    from peft import get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from transformers import AutoModelForCausalLM
+
+    peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_checkpoint), config)
+    built = {name.removeprefix("base_model.model."): module.r["default"] for name, module in peft_model.named_modules()
+             if isinstance(module, LoraLayer)}
+    assert built == advised
 
 
 def test_probe_json_output(tmp_path, capsys, tiny_checkpoint):

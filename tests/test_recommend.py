@@ -464,3 +464,33 @@ def test_the_advice_states_the_ranks_the_users_rules_give_its_dataset():
     assert any(reason.startswith("your data: 4,000 rows, 44,000 loss tokens") and f"r = {tinker}" in reason
                for reason in advice.reasons)
     assert json.loads(advice.to_json())["users_rules"] == advice.users_rules
+
+
+def test_short_names_select_exactly_the_advised_layers_by_peft_matching():
+    """Type names and pattern keys are shortened only as far as PEFT's own matching
+    (planned_rank) still selects each advised rank and nothing else among the model's modules."""
+    from advisor.recommend import build_lora_config
+
+    blocks = [f"model.layers.{i}" for i in range(12)]
+    bert = [f"bert.encoder.layer.{i}.{t}" for i in range(2) for t in ("attention.output.dense", "output.dense")]
+    stacked = [f"{side}.block.{i}.layer.0.SelfAttention.q" for side in ("encoder", "decoder") for i in range(2)]
+    cases = [
+        # every q_proj / down_proj adapted, two ranks: short type names, keys like "3.mlp.down_proj"
+        ({f"{b}.{t}": 4 + 4 * (i == 3) for i, b in enumerate(blocks) for t in ("self_attn.q_proj", "mlp.down_proj")},
+         ["lm_head"]),
+        # the top blocks only: "q_proj" would also match the lower blocks, so full names stay
+        ({f"{b}.self_attn.q_proj": 8 for b in blocks[8:]}, [f"{b}.self_attn.q_proj" for b in blocks[:8]]),
+        # BERT: "output.dense" also ends "attention.output.dense"
+        ({name: 2 + 2 * name.endswith("attention.output.dense") for name in bert}, ["bert.pooler.dense"]),
+        # an encoder and a decoder with the same block paths
+        ({name: 2 + 6 * name.startswith("decoder.block.1") for name in stacked}, []),
+    ]
+    for ranks, others in cases:
+        config = build_lora_config(ranks, {n: 2.0 * r for n, r in ranks.items()}, task_type="CAUSAL_LM",
+                                   known_modules=[*ranks, *others])
+        for name in [*ranks, *others]:
+            assert planned_rank(config, name) == ranks.get(name, 0), (name, config.target_modules, config.rank_pattern)
+    first = build_lora_config(cases[0][0], {n: 2.0 * r for n, r in cases[0][0].items()}, task_type=None,
+                              known_modules=[*cases[0][0], "lm_head"])
+    assert first.target_modules == {"down_proj", "q_proj"}
+    assert set(first.rank_pattern) == {r"3\.self_attn\.q_proj", r"3\.mlp\.down_proj"}
