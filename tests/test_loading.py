@@ -1,5 +1,7 @@
 """Model sources: checkpoint directories, GGUF, offline hub ids, and their errors."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -60,6 +62,13 @@ def test_gguf_file_and_cached_default_give_the_same_model(smollm2):
     with torch.no_grad():
         torch.testing.assert_close(gguf_model(ids).logits, default_model(ids).logits)
     assert default_model.name_or_path.endswith(DEFAULT_MODEL)
+    # the GGUF model names a checkpoint that from_pretrained reads back (an advised adapter_config.json's base)
+    from transformers import AutoModelForCausalLM
+
+    assert (Path(gguf_model.name_or_path) / "config.json").is_file()
+    reloaded = AutoModelForCausalLM.from_pretrained(gguf_model.name_or_path, dtype=torch.float32)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(ids).logits, default_model(ids).logits)
 
 
 def test_hub_id_resolves_offline_from_the_local_cache(tmp_path, monkeypatch, tiny_checkpoint):
