@@ -154,19 +154,24 @@ class ProbeResult:
 
 
 def _aggregate(stats, key) -> dict:
+    """Per group: the layer count and mean statistics; ``signal_effective_rank`` is the mean over
+    the layers that have signal (None when none has) and ``no_signal`` counts those that have none."""
     groups: dict = {}
     for s in stats:
         groups.setdefault(key(s), []).append(s)
     summary = {}
     for group, members in groups.items():
         mean = lambda attr: sum(getattr(m, attr) for m in members) / len(members)  # noqa: E731
+        with_signal = [m.signal_effective_rank for m in members if m.signal_rank > 0]
         summary[group] = {
             "layers": len(members),
             "effective_rank": mean("effective_rank"),
             "stable_rank": mean("stable_rank"),
             "energy_rank_90": mean("energy_rank_90"),
             "signal_rank": mean("signal_rank"),
-            "signal_effective_rank": mean("signal_effective_rank"),
+            # an entropy rank is >= 1: layers with no direction above the noise edge are counted, not averaged in
+            "signal_effective_rank": sum(with_signal) / len(with_signal) if with_signal else None,
+            "no_signal": len(members) - len(with_signal),
             "noise_fraction": mean("noise_fraction"),
             "rank_growth": mean("rank_growth"),
             "subspace_overlap": mean("subspace_overlap"),

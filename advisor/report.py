@@ -45,7 +45,7 @@ def layer_type_rows(result: ProbeResult, ranks: dict[str, int] | None = None) ->
             f"{summary['effective_rank']:.1f}",
             f"{summary['stable_rank']:.1f}",
             f"{summary['energy_rank_90']:.1f}",
-            f"{summary['signal_effective_rank']:.1f}",
+            signal_text(summary),
             f"{100 * summary['noise_fraction']:.0f}%",
             f"{100 * summary['converged']:.0f}%",
             f"{100 * gain_shares[layer_type]:.0f}%" if gain_shares else "-",
@@ -59,6 +59,14 @@ def layer_type_rows(result: ProbeResult, ranks: dict[str, int] | None = None) ->
             row.append(str(advised[0]) if advised[0] == advised[-1] else f"{advised[0]}-{advised[-1]}")
         rows.append(row)
     return rows
+
+
+def signal_text(summary: dict) -> str:
+    """A layer type's signal effective rank, with how many of its layers have no signal direction."""
+    if summary["signal_effective_rank"] is None:
+        return "none"
+    none = f" ({summary['no_signal']} none)" if summary["no_signal"] else ""
+    return f"{summary['signal_effective_rank']:.1f}{none}"
 
 
 def probe_summary(result: ProbeResult) -> str:
@@ -77,7 +85,8 @@ QUANTIZATION_LEGEND = (
 
 LEGEND = (
     "eff.rank: entropy effective rank of the gradient; stable: stable rank; E90: directions holding "
-    "90% of its energy;\nsignal: effective rank of the directions above the split-half noise edge; "
+    "90% of its energy;\nsignal: effective rank of the directions above the split-half noise edge (mean over the "
+    "layers that have one; (k none): k layers have none); "
     "noise: share of the gradient energy that is sampling noise;\nconv.: layers whose noise share is "
     "at most 20% (more rows would change the ranks less);\ngain: the type's share of the layers' summed "
     "natural gain (gradient energy over the layer's Fisher scale, noise removed;\nit ranks planted changes "

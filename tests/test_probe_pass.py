@@ -347,3 +347,19 @@ def test_the_probe_counts_the_whole_datasets_loss_tokens_not_only_its_sample():
     assert result.num_rows == 8 and result.loss_tokens == 8 * 11
     assert result.dataset_tokens == {"rows": 40, "tokens": 40 * 12, "loss_tokens": 40 * 11, "counted_rows": None}
     assert ProbeResult.from_dict(result.to_dict()).dataset_tokens == result.dataset_tokens
+
+
+def test_a_layer_type_without_signal_is_counted_not_averaged_in_as_zero():
+    from dataclasses import replace
+
+    from advisor.report import signal_text
+
+    result = probe(tiny_llama(), token_rows(8, 16), num_samples=8, batch_size=4, method="exact", progress=False)
+    q_proj = [name for name in result.layers if name.endswith("q_proj")]
+    layers = dict(result.layers)
+    layers[q_proj[0]] = replace(layers[q_proj[0]], signal_rank=0, signal_effective_rank=0.0)
+    layers[q_proj[1]] = replace(layers[q_proj[1]], signal_rank=3, signal_effective_rank=2.5)
+    summary = replace(result, layers=layers).by_type()["q_proj"]
+    assert summary["signal_effective_rank"] == 2.5 and summary["no_signal"] == 1
+    assert signal_text(summary) == "2.5 (1 none)"
+    assert signal_text({"signal_effective_rank": None, "no_signal": 2}) == "none"
