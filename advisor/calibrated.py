@@ -352,7 +352,7 @@ def probe_protocol(calibration: Calibration | None) -> dict:
     """How the calibration's cells were probed, ``{"num_samples": rows, "max_length": tokens per
     row}``, for ``advise`` to probe the same way unless told otherwise: the probe's spectral features
     then lie where the rank model was fitted (:func:`rank_model_extrapolates`). {} for the
-    uncalibrated rule (None) or a calibration that does not record it (fitted before session 10)."""
+    uncalibrated rule (None) or a calibration that does not record it (one fitted before it was recorded)."""
     protocol = calibration.metadata.get("probe_protocol") if calibration is not None else None
     if not isinstance(protocol, dict):
         return {}

@@ -2,8 +2,8 @@
 
 With no budget the advice's level came from the probe (the uncalibrated rule: each layer's
 signal effective rank rounded up to a power of two, within ranks 2-64) whenever the
-calibration's rank model is not used, as for both shipped calibrations until session 14 (whose
-per-layer shape then spreads the ranks around that level; the shape is not scored here). This
+calibration's rank model is not used (its per-layer shape then spreads the ranks around
+that level; the shape is not scored here). This
 scores that rule the way :mod:`calibration.fit` scores the rank model, on every labelled
 uniform-rank cell of the rank grids (rsLoRA alpha 8), beside the other ways a user could choose:
 
@@ -21,7 +21,7 @@ uniform-rank cell of the rank grids (rsLoRA alpha 8), beside the other ways a us
   task out. ``calibration.fit`` stores the pick on all of a calibration's cells (``pooled_level``),
   and the advice with no budget spends that uniform rank's parameters when this leave-one-task-out
   score's mean regret in seed noises is 10 % below the rule's
-  (:func:`advisor.calibrated.calibrated_level`): since session 14, SmolLM2's r = 16.
+  (:func:`advisor.calibrated.calibrated_level`).
 
 Per cell and level: |log2 rank - log2 optimal rank| (the label's metric, 1.0 = a factor of 2),
 and the regret: the cell's mean eval loss at that rank over its best rank's, in % and in seed

@@ -47,17 +47,17 @@ one: calibration/README.md, "Does the scale rule move the optimal rank?").
 - ``smollm2-rank``: SmolLM2 on stdlib-code, wordnet-defs, shakespeare, debian-summary, brown-lm
   at 1000 rows, r in 1, 4, 16, 64, rsLoRA alpha = SMOLLM2_ALPHA, seeds 0, 1 (the last two
   tasks were added once the first three were under way: a per-model correlation needs four
-  labelled cells, and leave-one-task-out needs more than two). Then stdlib-code at 4000 rows
-  (session 11): SmolLM2's first cell at a second training-set size, on the embedded data's domain, so
+  labelled cells, and leave-one-task-out needs more than two). Then stdlib-code at 4000 rows:
+  SmolLM2's first cell at a second training-set size, on the embedded data's domain, so
   the causal-LM calibration spans 1000-4000 rows (the embedded data has 5,383); seed-major,
   so that shards 0/2 and 1/2 finish every rank's seed 0 first. Then brown-lm at 4000 rows
-  (session 15, the same order): a second task at two sizes, one whose optimal rank at 1000
+  (the same order): a second task at two sizes, one whose optimal rank at 1000
   rows (4) leaves room to grow, with the smallest seed noise of the five. Then wordnet-defs
-  at 4000 rows (session 16, the same order): the task whose 1000-row curve is flattest and
+  at 4000 rows (the same order): the task whose 1000-row curve is flattest and
   turns up at r = 64 (optimal rank 1), the sharpest test of whether more data makes rank pay.
-  Then debian-summary at 4000 rows (session 17, the same order): the shortest of the two
+  Then debian-summary at 4000 rows (the same order): the shortest of the two
   tasks still at one size (about 21 minutes a run), with the largest seed noise at 1000 rows.
-  Then shakespeare at 4000 rows (session 18, the same order): the last SmolLM2 task at one
+  Then shakespeare at 4000 rows (the same order): the last SmolLM2 task at one
   size, so every causal-LM task is at both sizes.
 - ``mpnet-rank``: MPNet (same encoder settings as MiniLM) on bbc-news, health-tweets,
   debian-section at 1000 rows, r in 1, 4, 16, 64, rsLoRA alpha = ENCODER_ALPHA, seeds 0, 1.

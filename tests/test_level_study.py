@@ -88,7 +88,7 @@ def test_the_pooled_level_is_the_labels_rule_on_every_cell_and_is_used_only_when
         "the rank level is the calibration's pooled level: uniform r = 32's parameters, the smallest uniform rank whose "
         "mean regret (in seed noises) over the 4 cells (4 tasks) behind the calibration is within one seed noise of the "
         f"best uniform rank's; chosen that way leave one task out, its eval loss was on average {100 * pooled['regret_mean']:.2f} % (")
-    # not 10 % better than the rule (or no pooled score, as a calibration fitted before session 14): the rule's level
+    # not 10 % better than the rule (or no pooled score, as a calibration fitted before it was stored): the rule's level
     close = {**metadata, "levels": {**metadata["levels"], "pooled": {**pooled, "regret_noises_mean": 0.91 * rule["regret_noises_mean"]}}}
     assert calibrated_level(close) is None
     assert calibrated_level({k: v for k, v in metadata.items() if k != "pooled_level"}) is None
