@@ -38,6 +38,10 @@ The protocol (``PROTOCOL`` 1; bump it, and so every ``run_id``, whenever what fo
   ``eval_accuracy``). Also measured before training (``initial_eval_loss``, cached) and every
   ``eval_every`` steps (``eval_curve``; 0 = only at the end).
 
+Device: a run trains on the first GPU when there is one, with bf16 autocast where the GPU
+supports it (weights and optimizer state stay fp32), else on the CPU in fp32; the record says
+which (``device``, ``autocast``).
+
 Determinism: a fixed config gives the same record on the same machine and library versions
 (one thread; timings aside). The step-0 probe of the training rows and the initial eval loss
 do not depend on the LoRA config and are cached under
@@ -300,6 +304,8 @@ def train_run(config: RunConfig, *, log=None) -> dict:
     eval_rows = task.rows("eval")[: config.eval_rows]
 
     model, tokenizer = _load_base(config.model, task, config.seed)
+    device = run_device()
+    model.to(device)
     eval_batches = make_batches(
         eval_rows, tokenizer, task=kind, num_samples=len(eval_rows), batch_size=EVAL_BATCH_SIZE,
         max_length=config.max_length, seed=0, label_names=label_names,
@@ -384,6 +390,8 @@ def train_run(config: RunConfig, *, log=None) -> dict:
         "adapter_layers": adapter_layers(peft_model, targets),
         "probe": probe_record,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+        "device": device.type,
+        "autocast": None if autocast_dtype(device) is None else str(autocast_dtype(device)).removeprefix("torch."),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": config.command(),
     }
@@ -503,6 +511,7 @@ def _epoch_batches(rows, tokenizer, kind, config: RunConfig, label_names):
 
 def _summed_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> tuple[torch.Tensor, int]:
     """Summed cross-entropy and its count: per row (seq-cls) or per next-token label (causal LM)."""
+    labels = labels.to(logits.device)
     if kind == "seq-cls":
         return F.cross_entropy(logits.float(), labels, reduction="sum"), labels.numel()
     shifted = labels[:, 1:]
@@ -510,9 +519,23 @@ def _summed_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> tuple
     return loss, int((shifted != -100).sum())
 
 
+def run_device() -> torch.device:
+    """Where runs train: the first GPU when there is one, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on a GPU that supports it (weights and optimizer stay fp32); None: plain fp32."""
+    return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+
+
 def _forward(model, batch, kind: str):
     kwargs = {} if kind == "seq-cls" else {"use_cache": False}
-    return model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs).logits
+    device = next(model.parameters()).device
+    dtype = autocast_dtype(device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        return model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                     **kwargs).logits
 
 
 def _mean_loss(model, batch, kind: str) -> torch.Tensor:
@@ -531,7 +554,7 @@ def evaluate(model, batches, kind: str) -> tuple[float, float | None]:
         total += float(loss)
         count += n
         if kind == "seq-cls":
-            correct += int((logits.argmax(-1) == batch.labels).sum())
+            correct += int((logits.argmax(-1) == batch.labels.to(logits.device)).sum())
     if count == 0:
         raise ValueError("the eval rows have no loss token")
     return total / count, (correct / count if kind == "seq-cls" else None)
