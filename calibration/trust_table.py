@@ -1,0 +1,108 @@
+"""How far to trust the shipped calibrations: one markdown row per calibration in ``models/``.
+
+    python -m calibration.trust_table                 # the table README.md quotes ("How far to trust it")
+    python -m calibration.trust_table --models DIR    # another folder of calibration descriptions
+
+Read from each calibration's JSON description (written by ``python -m calibration.fit``): the
+kind of model it serves (``probe_tasks``), the models, cells and tasks it was fitted on, and the
+leave-one-task-out scores (mean absolute error, ``cv``) of its per-layer shape (log2 relative need,
+against "every layer the same") and of its rank model (log2 optimal uniform rank, against the
+training folds' median rank), each marked used or not by the rule the advice applies (at least
+``min_gain``, 10 %, below its baseline; :func:`advisor.calibrated.earns_its_place`); and its
+pooled level (``pooled_level``, the uniform rank its cells support together) with the mean regret
+in seed noises, leave one task out, of that level and of the probe's rule (``levels``), used only
+when the rank model is not and it is ``min_gain`` below the rule's
+(:func:`advisor.calibrated.calibrated_level`). Standard library only: no model is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+from calibration import script_parser
+
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+KINDS = {"causal-lm": "causal LM", "seq-cls": "sequence classifier"}
+MODEL_NAMES = {"smollm2": "SmolLM2", "minilm": "MiniLM", "mpnet": "MPNet"}
+MIN_GAIN = 0.10  # as advisor.calibrated.MIN_GAIN, when a description records no min_gain
+
+
+def _min_gain(meta: dict) -> float:
+    value = meta.get("min_gain")
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < 1 else MIN_GAIN
+
+
+def _fmt(value: float, digits: int) -> str:
+    """``value`` to ``digits`` decimals, halves rounded up as written (0.4225 -> 0.423)."""
+    return str(Decimal(str(value)).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
+def _beats(model: float, baseline: float, min_gain: float) -> bool:
+    return model < (1 - min_gain) * baseline
+
+
+def _score(meta: dict, kind: str, digits: int) -> tuple[str, bool]:
+    """``kind``'s leave-one-task-out error beside its baseline's, and whether it is used."""
+    scores = (meta.get("cv") or {}).get(f"{kind}_leave_one_task_out")
+    if not scores:
+        return "no score", False
+    used = _beats(scores["model_mae"], scores["baseline_mae"], _min_gain(meta))
+    return f"{_fmt(scores['model_mae'], digits)} vs {_fmt(scores['baseline_mae'], digits)}", used
+
+
+def _fitted_on(meta: dict) -> str:
+    models = ", ".join(MODEL_NAMES.get(m, m) for m in meta.get("models_seen") or []) or "?"
+    return f"{models}: {meta.get('cells', '?')} cells, {len(meta.get('tasks') or [])} tasks"
+
+
+def _pooled(meta: dict, rank_used: bool) -> str:
+    level = meta.get("pooled_level")
+    levels = meta.get("levels") or {}
+    pooled, rule = levels.get("pooled") or {}, levels.get("rule") or {}
+    if not isinstance(level, int) or isinstance(level, bool) or "regret_noises_mean" not in pooled \
+            or "regret_noises_mean" not in rule:
+        return "none"
+    ours, theirs = pooled["regret_noises_mean"], rule["regret_noises_mean"]
+    used = not rank_used and _beats(ours, theirs, _min_gain(meta))
+    return f"r = {level}: {_fmt(ours, 2)} vs {_fmt(theirs, 2)} ({'used' if used else 'not used'})"
+
+
+def trust_table(models_dir) -> str:
+    """A markdown table with one row per calibration description (``*.json``) in ``models_dir``."""
+    lines = [
+        "| calibration | kind of model | fitted on | per-layer shape: error vs every layer the same | "
+        "rank model: error vs the median rank | pooled level: regret vs the probe's rule (seed noises) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for path in sorted(Path(models_dir).glob("*.json")):
+        meta = json.loads(path.read_text())
+        kinds = ", ".join(KINDS.get(k, k) for k in meta.get("probe_tasks") or []) or "any"
+        shape, shape_used = _score(meta, "layer", 3)
+        rank, rank_used = _score(meta, "cell", 2)
+        lines.append(
+            f"| `{meta.get('name', path.stem)}` | {kinds} | {_fitted_on(meta)} | "
+            f"{shape} ({'used' if shape_used else 'not used'}) | {rank} ({'used' if rank_used else 'not used'}) | "
+            f"{_pooled(meta, rank_used)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = script_parser("calibration.trust_table", __doc__, [
+        "python -m calibration.trust_table",
+        "python -m calibration.trust_table --models models",
+    ])
+    parser.add_argument("--models", type=Path, default=MODELS_DIR,
+                        help="folder of calibration descriptions (default: the repository's models/)")
+    args = parser.parse_args(argv)
+    if not args.models.is_dir():
+        print(f"error: {args.models} is not a folder", file=sys.stderr)
+        return 2
+    print(trust_table(args.models))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
