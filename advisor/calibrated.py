@@ -241,6 +241,38 @@ def calibrated_level(metadata: dict) -> int | None:
     return rank if beats_baseline(scores, required_gain(metadata)) else None
 
 
+USERS_RULES = {"Tinker tokens rule": "tinker", "axolotl thresholds": "axolotl"}  # levels entry -> Advice.users_rules key
+
+
+def dominating_users_rule(metadata: dict, level_by: str) -> str | None:
+    """The users' rule (``levels`` entry of :data:`USERS_RULES`) that did better than the level the
+    advice would otherwise set (``level_by``: ``"calibration"``, the pooled level, or ``"rule"``,
+    the probe's rule) on the calibration's cells: a lower mean regret in seed noises with no more
+    adapter parameters (``params_vs_r16``); of several, the one with the lowest regret. None when
+    none did, or the metadata does not score them."""
+    levels = metadata.get("levels") or {}
+    ours = levels.get("pooled" if level_by == "calibration" else "rule") or {}
+    if ours.get("regret_noises_mean") is None or ours.get("params_vs_r16") is None:
+        return None
+    better = [name for name in USERS_RULES
+              if (levels.get(name) or {}).get("regret_noises_mean") is not None
+              and levels[name]["regret_noises_mean"] < ours["regret_noises_mean"]
+              and levels[name]["params_vs_r16"] <= ours["params_vs_r16"]]
+    return min(better, key=lambda name: levels[name]["regret_noises_mean"]) if better else None
+
+
+def users_rule_text(metadata: dict, name: str, level_by: str, rank: int) -> str:
+    """Why the level is a users' rule's: what it and the level it replaced cost on the calibration's cells."""
+    levels = metadata["levels"]
+    ours = levels["pooled" if level_by == "calibration" else "rule"]
+    replaced = "the calibration's pooled level" if level_by == "calibration" else "the probe's rule"
+    return (f"the rank level is {name}'s, uniform r = {rank} for your data: on the {levels[name]['cells']} cells behind "
+            f"the calibration it cost {_regret(levels[name], long=True)} above each cell's best uniform rank with "
+            f"{levels[name]['params_vs_r16']:.2f}x uniform r = 16's parameters, where {replaced} cost "
+            f"{_regret(ours, long=False)} with {ours['params_vs_r16']:.2f}x: the advice never sets a level that did "
+            "worse than a rule you could apply by hand")
+
+
 def _regret(summary: dict, long: bool) -> str:
     """A level's regret as ``levels`` summarises it, e.g. "1.18 % (4.15 seed noises; within one
     seed noise of the best on 1 of 6 cells)"; ``long=False``: "1.18 % (4.15; 1 of 6)"."""

@@ -63,7 +63,8 @@ import torch
 from peft import LoraConfig
 
 from advisor.baselines import axolotl_rank, tinker_rank
-from advisor.calibrated import (calibrated_level, domain_gaps, earns_its_place, features_outside, layer_group,
+from advisor.calibrated import (USERS_RULES, calibrated_level, domain_gaps, dominating_users_rule, earns_its_place,
+                                features_outside, layer_group, users_rule_text,
                                 measured_levels, probe_protocol, rank_model_extrapolates, resolve_calibration, span,
                                 training_rows_gap, why_unused)
 from advisor.layers import layer_types
@@ -310,7 +311,8 @@ def _shortest_pattern_key(name: str, known: list[str]) -> str:
 
 
 def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size: int,
-           rank_model_unused: str | None = None, level_rank: int | None = None):
+           rank_model_unused: str | None = None, level_rank: int | None = None,
+           level_source: tuple[str, int] | None = None):
     """(need, low need, high need) per layer, and a label saying where they come from;
     ``layers``: the probe's LayerStats as dicts, what the calibration reads. A calibration whose
     rank model is not used (``rank_model_unused`` says why: it did not earn its place,
@@ -318,8 +320,9 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
     :func:`rank_model_extrapolates`) gives the shape: the per-layer log2 relative need,
     centred on its mean over the layers, added to the uncalibrated rule's level (its mean log2
     need), so the layers' geometric-mean need stays the rule's; ``level_rank`` (the uniform rank of
-    its calibrated level, :func:`calibrated_level`, within the rank bounds, which the caller spends
-    as a budget) only changes the label."""
+    its calibrated level, :func:`calibrated_level`, or of a users' rule that did better,
+    within the rank bounds, which the caller spends as a budget) and ``level_source`` (that
+    level's name and rank before the bounds; default the pooled level) only change the label."""
     need = {n: signal_need(s.signal_effective_rank) for n, s in result.layers.items()}
     high = {n: max(float(s.signal_rank), need[n]) for n, s in result.layers.items()}
     if calibration is None:
@@ -340,8 +343,10 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
         label = (f"calibrated shape, uncalibrated level: the per-layer need of {calibration.name} (fitted on {seen}"
                  f"{extrapolating}) around the signal effective rank's level; its rank model {rank_model_unused}"
                  if level_rank is None else
-                 f"calibrated shape, pooled level: the per-layer need of {calibration.name} (fitted on {seen}{extrapolating}) "
-                 f"at uniform r = {level_rank}'s parameters{_clipped(level_rank, metadata)}; its rank model {rank_model_unused}")
+                 f"calibrated shape, {_level_name(level_source)}: the per-layer need of {calibration.name} (fitted on "
+                 f"{seen}{extrapolating}) at uniform r = {level_rank}'s parameters"
+                 f"{_clipped(level_rank, level_source or ('pooled level', metadata.get('pooled_level')))}; "
+                 f"its rank model {rank_model_unused}")
         return ({n: 2**x for n, x in center.items()}, {n: 2**x for n, x in center.items()},
                 {n: 2 ** (level_high + relative[n] - shift) for n in layers}, label)
     log2_rank = calibration.predict_log2_rank(layers, train_size, quantized)
@@ -354,10 +359,14 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
             {n: 2 ** (x + error) for n, x in center.items()}, label)
 
 
-def _clipped(level_rank: int, metadata: dict) -> str:
+def _level_name(level_source: tuple[str, int] | None) -> str:
+    return "pooled level" if level_source is None else f"level of {level_source[0]}"
+
+
+def _clipped(level_rank: int, level_source: tuple[str, int]) -> str:
     """", the pooled level r = 16 within the ranks asked for" when the bounds moved the level; else ""."""
-    pooled = metadata.get("pooled_level")
-    return "" if pooled == level_rank else f", the pooled level r = {pooled} within the ranks asked for"
+    name, wanted = level_source
+    return "" if wanted == level_rank else f", the {name} r = {wanted} within the ranks asked for"
 
 
 def _loss_curve(result: ProbeResult, layers: dict[str, dict], calibration,
@@ -491,9 +500,19 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
             calibration = None
     level_rank = (calibrated_level(calibration.metadata)
                   if rank_model_unused and calibration is not None and tokens_budget is None else None)
+    level_by = ("calibration" if level_rank is not None else
+                "rule" if tokens_budget is None and (min_rank, max_rank) == (MIN_RANK, MAX_RANK) else None)
+    rules = users_rules(result, train_size)
+    users_level = None  # (name, rank) of a users' rule that did better than the level otherwise set
+    if rules and level_by and rank_model_unused and calibration is not None:
+        name = dominating_users_rule(calibration.metadata, level_by)
+        if name:
+            users_level = (name, rules[USERS_RULES[name]])
+            level_rank = users_level[1]
     if level_rank is not None:
         level_rank = min(max(level_rank, min_rank), max_rank)
-    need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size, rank_model_unused, level_rank)
+    need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size, rank_model_unused,
+                                              level_rank, users_level)
     if declined:
         label = f"{label} ({declined})"
     level_budget = None if level_rank is None else uniform_params(level_rank, shapes)
@@ -518,12 +537,12 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     uniform = {r: uniform_params(r, shapes) for r in UNIFORM_BASELINES}
     curve, curve_error = _loss_curve(result, layer_dicts, calibration, train_size)
     reasons = _reasons(result, layers, trainable, uniform)
-    level_by = ("calibration" if level_rank is not None else
-                "rule" if tokens_budget is None and (min_rank, max_rank) == (MIN_RANK, MAX_RANK) else None)
-    levels = measured_levels(calibration.metadata, level_by) if rank_model_unused and calibration is not None else None
-    rules = users_rules(result, train_size)
+    levels = (measured_levels(calibration.metadata, None if users_level else level_by)
+              if rank_model_unused and calibration is not None else None)
     if rules:
         reasons.append(users_rules_text(rules))
+    if users_level:
+        reasons.append(users_rule_text(calibration.metadata, users_level[0], level_by, users_level[1]))
     if levels:
         reasons.append(levels)
     return Advice(

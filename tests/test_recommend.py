@@ -494,3 +494,40 @@ def test_short_names_select_exactly_the_advised_layers_by_peft_matching():
                               known_modules=[*cases[0][0], "lm_head"])
     assert first.target_modules == {"down_proj", "q_proj"}
     assert set(first.rank_pattern) == {r"3\.self_attn\.q_proj", r"3\.mlp\.down_proj"}
+
+
+def test_a_users_rule_that_did_better_on_the_calibrations_cells_sets_the_level(probed, tmp_path):
+    """Never a level worse than a rule the user could apply by hand: when a users' rule had lower
+    mean regret with no more parameters than the level the advice would set (here the probe's
+    rule), the advice spends that rule's rank for this dataset along the calibrated shape."""
+    from calibration.fit import fit, save
+    from test_fit import flat_sweep
+
+    _, result = probed
+    records = flat_sweep(mlp_need=4.0, model="smollm2")
+    save(*fit(records), records, "shape", tmp_path)
+    description = tmp_path / "shape.json"
+    metadata = json.loads(description.read_text())
+    levels = metadata["levels"]
+    levels["pooled"]["regret_noises_mean"] = 0.95 * levels["rule"]["regret_noises_mean"]  # the rule sets the level
+    rule = levels["rule"]
+    levels["Tinker tokens rule"] = {**rule, "regret_noises_mean": 0.5 * rule["regret_noises_mean"],
+                                    "params_vs_r16": rule["params_vs_r16"]}
+    levels["axolotl thresholds"] = {**rule, "regret_noises_mean": 0.1 * rule["regret_noises_mean"],
+                                    "params_vs_r16": 2 * rule["params_vs_r16"]}  # better, but bigger: not a level
+    description.write_text(json.dumps(metadata))
+    advice = advice_from_probe(result, train_size=100_000, calibration=description)
+    tinker = advice.users_rules["tinker"]
+    shapes = {n: s.shape for n, s in result.layers.items()}
+    assert advice.level_rank == min(max(tinker, 2), 64)
+    assert advice.trainable_params <= parse_budget(f"r={advice.level_rank}", shapes)
+    assert advice.calibration.startswith("calibrated shape, level of Tinker tokens rule: the per-layer need of shape")
+    assert any(r.startswith(f"the rank level is Tinker tokens rule's, uniform r = {tinker} for your data")
+               and r.endswith("worse than a rule you could apply by hand") for r in advice.reasons)
+    # with a budget the user's budget sets the level, whatever the rules did
+    assert advice_from_probe(result, train_size=100_000, calibration=description, budget="r=8").level_rank is None
+    # a rule that did worse than the level leaves it alone
+    levels["Tinker tokens rule"]["regret_noises_mean"] = 2 * rule["regret_noises_mean"]
+    description.write_text(json.dumps(metadata))
+    assert advice_from_probe(result, train_size=100_000, calibration=description).calibration.startswith(
+        "calibrated shape, uncalibrated level")
