@@ -54,6 +54,8 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off by default)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     parser.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print the probe's settings, the table's legend, the full decision and every reason")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,13 +217,21 @@ def _run(args) -> int:
     if args.json:
         print(json.dumps({**advice.to_dict(), "comparison": comparison}))
         return 0
-    print(probe_summary(advice.probe))
+    from advisor.report import headline
+
+    summary = advice.to_dict()
+    print("\n".join(headline(summary)) + "\n")
     print(layer_type_table(advice.probe, advice.ranks))
-    print(LEGEND)
+    if args.verbose:
+        print(probe_summary(advice.probe))
+        print(LEGEND)
     if args.compare_full_precision:
         print(QUANTIZATION_LEGEND)
-    print(f"\nadvice ({advice.calibration})")
-    for reason in advice.reasons:
+    print()
+    if args.verbose:
+        print(f"decision: {advice.calibration}")
+    shown = advice.reasons if args.verbose else [r for r in advice.reasons if not r.startswith("the rank level")][:5]
+    for reason in shown:
         print(f"- {reason}")
     if advice.loss_curve:
         from advisor.report import loss_curve_text

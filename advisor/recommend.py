@@ -56,7 +56,7 @@ import math
 import re
 import statistics
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -101,6 +101,42 @@ class LayerAdvice:
     params: int
 
 
+LEVEL_SOURCES = ("budget", "rank model", "pooled level", "users' rule", "probe's rule")
+SHAPE_SOURCES = ("calibration", "uniform", "probe")
+
+
+@dataclass
+class Decision:
+    """What set the advice, as data: the CLI headline, the report, ``advice.json`` and the tests
+    read these fields; :attr:`Advice.calibration` is the same decision as one sentence.
+
+    ``level`` (:data:`LEVEL_SOURCES`): what set how many parameters the adapter gets: the user's
+    ``budget``; the calibration's ``rank model``; its ``pooled level`` or a ``users' rule``
+    (``level_rule`` names it) that did better on its cells, each spending uniform
+    ``level_rank``'s parameters; or the ``probe's rule`` (each layer's signal effective rank).
+    ``shape`` (:data:`SHAPE_SOURCES`): how the ranks spread over the layers: the calibration's
+    per-layer model, ``uniform`` (a rank model without a usable per-layer model) or the ``probe``
+    (each layer's signal effective rank). ``calibration``: the calibration used (None:
+    uncalibrated); ``declined``: why one was considered and not used; ``rank_model_unused``:
+    why its rank model was not used; ``outside``: the probe's features outside its fitted range.
+    """
+
+    level: str
+    shape: str
+    level_rank: int | None = None
+    level_rule: str | None = None
+    calibration: str | None = None
+    declined: str | None = None
+    rank_model_unused: str | None = None
+    outside: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.level not in LEVEL_SOURCES:
+            raise ValueError(f"unknown level source {self.level!r}: use one of {', '.join(LEVEL_SOURCES)}")
+        if self.shape not in SHAPE_SOURCES:
+            raise ValueError(f"unknown shape source {self.shape!r}: use one of {', '.join(SHAPE_SOURCES)}")
+
+
 @dataclass
 class Advice:
     """Advised ranks and alpha with the evidence behind them; ``config`` is what PEFT reads."""
@@ -122,6 +158,7 @@ class Advice:
     # the ranks the users' rules give this dataset (advisor.baselines): {"rows", "loss_tokens",
     # "tinker", "axolotl"}; None when the dataset's loss tokens were not counted (a DataLoader)
     users_rules: dict | None = None
+    decision: Decision | None = None
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -141,6 +178,7 @@ class Advice:
             "loss_curve_error": self.loss_curve_error,
             "level_rank": self.level_rank,
             "users_rules": self.users_rules,
+            "decision": None if self.decision is None else asdict(self.decision),
             "layers": {name: {**asdict(layer), "shape": list(layer.shape)} for name, layer in self.layers.items()},
             "adapter_config": json.loads(json.dumps(self.config.to_dict(), default=list)),
         }
@@ -359,6 +397,10 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
             {n: 2 ** (x + error) for n, x in center.items()}, label)
 
 
+def _per_layer_used(calibration) -> bool:
+    return "layer" in calibration.models and earns_its_place(calibration.metadata, "layer")
+
+
 def _level_name(level_source: tuple[str, int] | None) -> str:
     return "pooled level" if level_source is None else f"level of {level_source[0]}"
 
@@ -545,7 +587,20 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
         reasons.append(users_rule_text(calibration.metadata, users_level[0], level_by, users_level[1]))
     if levels:
         reasons.append(levels)
+    decision = Decision(
+        level=("budget" if tokens_budget is not None else "users' rule" if users_level else
+               "pooled level" if level_rank is not None else "probe's rule" if calibration is None or rank_model_unused
+               else "rank model"),
+        shape=("probe" if calibration is None else
+               "calibration" if rank_model_unused or _per_layer_used(calibration) else "uniform"),
+        level_rank=level_rank, level_rule=users_level[0] if users_level else None,
+        calibration=None if calibration is None else calibration.name, declined=declined,
+        rank_model_unused=rank_model_unused,
+        outside=[] if calibration is None else features_outside(calibration, layer_dicts, train_size,
+                                                                result.quantization is not None),
+    )
     return Advice(
+        decision=decision,
         config=lora_config(result, ranks, alphas, use_rslora=alpha_mode == "rslora"),
         layers=layers, calibration=label, alpha_mode=alpha_mode, budget=tokens_budget, trainable_params=trainable,
         uniform_params=uniform, model_parameters=result.model_parameters, train_size=train_size,

@@ -205,6 +205,52 @@ def save_figure(fig, path: Path, dpi: int = 100) -> None:
     pyplot().close(fig)
 
 
+_SHAPE_TEXT = {"calibration": "spread over the layers by the calibrated per-layer model",
+               "probe": "spread by each layer's signal effective rank", "uniform": "the same on every layer"}
+
+
+def headline(advice: dict) -> list[str]:
+    """The two lines a practitioner reads first (from ``Advice.to_dict()``): what to set, and how
+    sure the advice is and why."""
+    config = advice["adapter_config"]
+    layers = advice["layers"].values()
+    types = list(dict.fromkeys(layer["layer_type"] for layer in layers))
+    ranks = sorted({layer["rank"] for layer in layers})
+    spread = f"ranks {ranks[0]}-{ranks[-1]} by layer via rank_pattern" if len(ranks) > 1 else "the same rank everywhere"
+    rslora = ", use_rslora=True" if config.get("use_rslora") else ""
+    total = advice.get("model_parameters")
+    share = f" ({100 * advice['trainable_params'] / total:.2f} % of the model's {total / 1e6:,.1f}M)" if total else ""
+    what = (f"Set r={config['r']}, lora_alpha={config['lora_alpha']:g}{rslora} on {', '.join(types)} "
+            f"({spread}): {advice['trainable_params']:,} trainable parameters{share}.")
+    return [what, f"How sure: {how_sure(advice)}."]
+
+
+def how_sure(advice: dict) -> str:
+    """One phrase on how far to trust the advice, with the reason, read from its ``decision``."""
+    decision = advice.get("decision")
+    if not decision:  # an advice.json written before decisions were stored
+        return f"as its decision says: {advice['calibration']}"
+    level, shape = decision.get("level"), _SHAPE_TEXT.get(decision.get("shape"), "")
+    rules = advice.get("users_rules") or {}
+    if level == "budget" and advice.get("budget"):
+        text = f"the size is your budget ({advice['budget']:,} parameters), {shape}"
+    elif level == "rank model":
+        text = f"calibrated: {decision['calibration']}'s rank model sets the size, {shape}"
+    elif level == "pooled level":
+        text = (f"rough: the size is uniform r={decision['level_rank']}'s, the rank that did best for its size on the "
+                f"calibration's sweeps, not a prediction for your data; {shape}")
+    elif level == "users' rule":
+        text = (f"rough: the size is {decision['level_rule']}'s (r={rules.get('tinker' if 'Tinker' in decision['level_rule'] else 'axolotl')} "
+                f"for your data), which did better on the calibration's sweeps than the advisor's own level; {shape}")
+    else:
+        text = "rough, uncalibrated: each layer gets its signal effective rank rounded up to a power of two"
+        if decision.get("declined"):
+            text += " (the shipped calibration does not cover this model or data: see advice.json)"
+    if decision.get("outside"):
+        text += f"; {len(decision['outside'])} of the probe's features lie outside what the calibration was fitted on"
+    return text
+
+
 def _budget_text(advice: dict) -> str:
     """The report's budget: the user's, else the calibrated level's (``level_rank``), else none."""
     if advice.get("budget"):
@@ -264,6 +310,7 @@ def write_html_report(directory: str | Path) -> Path:
 table{{border-collapse:collapse;font-size:13px;margin:1em 0}}td,th{{border:1px solid #ccc;padding:2px 6px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}code{{background:#f4f4f4}}</style></head><body>
 <h1>LoRA rank advice</h1>
+{"".join(f"<p><b>{html.escape(line)}</b></p>" for line in headline(advice))}
 <p>{html.escape(probe_summary(result))}</p>
 <p><b>Advice:</b> {html.escape(advice["calibration"])}; alpha mode <code>{html.escape(advice["alpha_mode"])}</code>;
 budget {_budget_text(advice)};

@@ -20,6 +20,14 @@ def test_advise_writes_a_config_peft_loads(tmp_path, capsys, tiny_checkpoint):
                               "--max-length", "64", "--calibration", "none", "--out", str(out))
     assert code == 0
     assert "q_proj" in stdout and "uncalibrated" in stdout
+    # the headline comes first: what to set, then how sure, read from the stored decision
+    first, second = stdout.splitlines()[:2]
+    advice = json.loads((out / "advice.json").read_text())
+    assert advice["decision"]["level"] == "probe's rule" and advice["decision"]["shape"] == "probe"
+    assert first.startswith(f"Set r={advice['adapter_config']['r']}, lora_alpha=") and "q_proj" in first
+    assert f"{advice['trainable_params']:,} trainable parameters" in first
+    assert second.startswith("How sure: rough, uncalibrated")
+    assert "decision:" not in stdout and "entropy effective rank" not in stdout  # diagnostics only with --verbose
     config = LoraConfig.from_pretrained(out)
     probe = json.loads((out / "probe.json").read_text())
     advised = {name: layer["rank"] for name, layer in json.loads((out / "advice.json").read_text())["layers"].items()}

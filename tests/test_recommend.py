@@ -522,12 +522,21 @@ def test_a_users_rule_that_did_better_on_the_calibrations_cells_sets_the_level(p
     assert advice.level_rank == min(max(tinker, 2), 64)
     assert advice.trainable_params <= parse_budget(f"r={advice.level_rank}", shapes)
     assert advice.calibration.startswith("calibrated shape, level of Tinker tokens rule: the per-layer need of shape")
+    decision = advice.decision
+    assert (decision.level, decision.level_rule, decision.shape, decision.calibration) == (
+        "users' rule", "Tinker tokens rule", "calibration", "shape")
+    assert json.loads(advice.to_json())["decision"]["level_rank"] == advice.level_rank
     assert any(r.startswith(f"the rank level is Tinker tokens rule's, uniform r = {tinker} for your data")
                and r.endswith("worse than a rule you could apply by hand") for r in advice.reasons)
     # with a budget the user's budget sets the level, whatever the rules did
-    assert advice_from_probe(result, train_size=100_000, calibration=description, budget="r=8").level_rank is None
+    budgeted = advice_from_probe(result, train_size=100_000, calibration=description, budget="r=8")
+    assert budgeted.level_rank is None and budgeted.decision.level == "budget"
     # a rule that did worse than the level leaves it alone
     levels["Tinker tokens rule"]["regret_noises_mean"] = 2 * rule["regret_noises_mean"]
     description.write_text(json.dumps(metadata))
-    assert advice_from_probe(result, train_size=100_000, calibration=description).calibration.startswith(
-        "calibrated shape, uncalibrated level")
+    ruled = advice_from_probe(result, train_size=100_000, calibration=description)
+    assert ruled.calibration.startswith("calibrated shape, uncalibrated level") and ruled.decision.level == "probe's rule"
+    from advisor.report import how_sure
+
+    assert how_sure(advice.to_dict()).startswith("rough: the size is Tinker tokens rule's (r=")
+    assert how_sure(ruled.to_dict()).startswith("rough, uncalibrated")
