@@ -233,15 +233,16 @@ def how_sure(advice: dict) -> str:
     level, shape = decision.get("level"), _SHAPE_TEXT.get(decision.get("shape"), "")
     rules = advice.get("users_rules") or {}
     if level == "budget" and advice.get("budget"):
-        text = f"the size is your budget ({advice['budget']:,} parameters), {shape}"
+        text = f"the size is your budget ({advice['budget']:,} parameters); the ranks are {shape}"
     elif level == "rank model":
-        text = f"calibrated: {decision['calibration']}'s rank model sets the size, {shape}"
+        text = f"calibrated: {decision['calibration']}'s rank model sets the size; the ranks are {shape}"
     elif level == "pooled level":
-        text = (f"rough: the size is uniform r={decision['level_rank']}'s, the rank that did best for its size on the "
-                f"calibration's sweeps, not a prediction for your data; {shape}")
+        text = (f"rough, since the size is uniform r={decision['level_rank']}'s, the smallest rank within one seed noise "
+                f"of the best on the calibration's sweeps, not a prediction for your data; the ranks are {shape}")
     elif level == "users' rule":
-        text = (f"rough: the size is {decision['level_rule']}'s (r={rules.get('tinker' if 'Tinker' in decision['level_rule'] else 'axolotl')} "
-                f"for your data), which did better on the calibration's sweeps than the advisor's own level; {shape}")
+        rank = rules.get("tinker" if "Tinker" in decision["level_rule"] else "axolotl")
+        text = (f"rough, since the size is {decision['level_rule']}'s (r={rank} for your data), which did better on "
+                f"the calibration's sweeps than the advisor's own level; the ranks are {shape}")
     else:
         text = "rough, uncalibrated: each layer gets its signal effective rank rounded up to a power of two"
         if decision.get("declined"):

@@ -538,5 +538,5 @@ def test_a_users_rule_that_did_better_on_the_calibrations_cells_sets_the_level(p
     assert ruled.calibration.startswith("calibrated shape, uncalibrated level") and ruled.decision.level == "probe's rule"
     from advisor.report import how_sure
 
-    assert how_sure(advice.to_dict()).startswith("rough: the size is Tinker tokens rule's (r=")
+    assert how_sure(advice.to_dict()).startswith("rough, since the size is Tinker tokens rule's (r=")
     assert how_sure(ruled.to_dict()).startswith("rough, uncalibrated")
