@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-
 def shipped_models_dir() -> Path:
     """Where the shipped calibrations are: the checkout's ``models/`` beside the package, else an
     installed wheel's copy of it (package data ``advisor/calibrations``, :mod:`importlib.resources`)."""

@@ -137,7 +137,7 @@ class ProbeResult:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ProbeResult":
+    def from_dict(cls, data: dict) -> ProbeResult:
         layers = {name: LayerStats(**{**s, "shape": tuple(s["shape"])}) for name, s in data["layers"].items()}
         return cls(**{**data, "layers": layers})
 
@@ -147,7 +147,7 @@ class ProbeResult:
         Path(path).write_text(json.dumps(self.to_dict()))
 
     @classmethod
-    def load(cls, path: str | Path) -> "ProbeResult":
+    def load(cls, path: str | Path) -> ProbeResult:
         import json
 
         return cls.from_dict(json.loads(Path(path).read_text()))
@@ -161,7 +161,9 @@ def _aggregate(stats, key) -> dict:
         groups.setdefault(key(s), []).append(s)
     summary = {}
     for group, members in groups.items():
-        mean = lambda attr: sum(getattr(m, attr) for m in members) / len(members)  # noqa: E731
+        def mean(attr: str, members: list = members) -> float:
+            return sum(getattr(m, attr) for m in members) / len(members)
+
         with_signal = [m.signal_effective_rank for m in members if m.signal_rank > 0]
         summary[group] = {
             "layers": len(members),
@@ -269,8 +271,9 @@ class _SketchAccumulator(_Accumulator):
     def nbytes(shape: tuple[int, int], sketch_size: int) -> int:
         out_dim, in_dim = shape
         s = min(sketch_size, out_dim, in_dim)
-        l = min(2 * s + 1, out_dim)
-        return 4 * (2 * (out_dim * s + l * in_dim + out_dim * _TEST_VECTORS) + in_dim * (s + _TEST_VECTORS) + l * out_dim)
+        rows = min(2 * s + 1, out_dim)  # of the co-range sketch
+        return 4 * (2 * (out_dim * s + rows * in_dim + out_dim * _TEST_VECTORS) + in_dim * (s + _TEST_VECTORS)
+                    + rows * out_dim)
 
     def add_gradient(self, half: int, delta: torch.Tensor, x: torch.Tensor) -> None:
         self.y[half].addmm_(delta.T, x @ self.omega)

@@ -63,10 +63,23 @@ import torch
 from peft import LoraConfig
 
 from advisor.baselines import axolotl_rank, tinker_rank
-from advisor.calibrated import (USERS_RULES, calibrated_level, domain_gaps, dominating_users_rule, earns_its_place,
-                                features_outside, layer_group, users_rule_text,
-                                measured_levels, probe_protocol, rank_model_extrapolates, resolve_calibration, span,
-                                training_rows_gap, why_unused)
+from advisor.calibrated import (
+    USERS_RULES,
+    calibrated_level,
+    domain_gaps,
+    dominating_users_rule,
+    earns_its_place,
+    features_outside,
+    layer_group,
+    measured_levels,
+    probe_protocol,
+    rank_model_extrapolates,
+    resolve_calibration,
+    span,
+    training_rows_gap,
+    users_rule_text,
+    why_unused,
+)
 from advisor.layers import layer_types
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS, model_task
 from advisor.probe_pass import ProbeResult, probe

@@ -42,10 +42,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from calibration import script_parser
-
 from advisor.embedded_data import cache_dir
 from advisor.files import atomic_directory
+from calibration import script_parser
 
 MARKER = ".complete.json"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"

@@ -42,7 +42,8 @@ PLOTS_DIR = HERE / "plots"
 
 
 def read_records() -> list[dict]:
-    from calibration.fit import read_records as read, sweep_result_files
+    from calibration.fit import read_records as read
+    from calibration.fit import sweep_result_files
 
     return read(sweep_result_files())
 

@@ -57,8 +57,18 @@ import math
 import sys
 from pathlib import Path
 
-from advisor.calibrated import (MIN_GAIN, MODELS_DIR, cell_features, curve_features, curve_rank_features,
-                                earns_its_place, layer_features, required_gain, sha256_of, why_unused)
+from advisor.calibrated import (
+    MIN_GAIN,
+    MODELS_DIR,
+    cell_features,
+    curve_features,
+    curve_rank_features,
+    earns_its_place,
+    layer_features,
+    required_gain,
+    sha256_of,
+    why_unused,
+)
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS
 from calibration import script_parser
 from calibration.labels import RANK_GRID_RULE, best_scaling, rank_grid, uniform_cells

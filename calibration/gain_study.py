@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for cell in cells:
         record = study_cell(cell)
-        record["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        record["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         record["command"] = "python -m calibration.gain_study " + shlex.join(["--models", *args.models])
         with open(RESULTS, "a") as f:
             f.write(json.dumps(record) + "\n")

@@ -237,8 +237,8 @@ def cell_table(rows: list[dict], kind: str, levels=("rule", "constant", "rank mo
             key = (row["model"], row["task"], row["train_size"], row["optimal_rank"], row["noise_share"])
             by_cell.setdefault(key, {})[row["level"]] = row
     for (model, task, size, optimal, noise_share), found in by_cell.items():
-        entries = [f"r {found[l]['rank']:.3g}: {'~' if found[l]['interpolated'] else ''}{_number(found[l]['regret_noises'])}"
-                   if l in found else "-" for l in levels]
+        entries = [f"r {found[lv]['rank']:.3g}: {'~' if found[lv]['interpolated'] else ''}{_number(found[lv]['regret_noises'])}"
+                   if lv in found else "-" for lv in levels]
         lines.append(f"| {model} | {task} | {size} | {optimal} | {noise_share:.1%} | " + " | ".join(entries) + " |")
     return "\n".join(lines)
 
@@ -255,7 +255,7 @@ def plot(rows: list[dict]) -> Path:
 
         summary = level_summary(ours)
 
-        def point(level):
+        def point(level, summary=summary):
             return summary[level]["params_vs_r16"], summary[level]["regret_noises_mean"]
 
         habits = [(r, *point(f"r = {r}")) for r in HABITS if summary[f"r = {r}"]["regret_noises_mean"] is not None]

@@ -453,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     torch.set_num_threads(1)
     record = run(plants, args.kind, args.scale, args.samples, args.max_length, args.seed, args.loss, args.loss_visible)
-    record["date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    record["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     loss_option = ["--loss", args.loss] if args.loss != "sampled" else []  # the first attempt's commands had none
     record["command"] = "python -m calibration.planted " + shlex.join(
         [*loss_option, "--kind", args.kind, "--scale", str(args.scale), "--samples", str(args.samples),

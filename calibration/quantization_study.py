@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 "samples": args.samples, "max_length": args.max_length, "top_k": TOP_K,
                 "by_type": summarise(layers), "layers": layers,
                 "versions": {"torch": torch.__version__},
-                "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
                 "command": "python -m calibration.quantization_study " + shlex.join(
                     ["--tasks", task, "--samples", str(args.samples), "--max-length", str(args.max_length)]),
             }

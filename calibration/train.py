@@ -188,7 +188,7 @@ class RunConfig:
         return hashlib.sha1(self.to_json().encode("utf-8")).hexdigest()[:12]
 
     @classmethod
-    def from_dict(cls, data: dict) -> "RunConfig":
+    def from_dict(cls, data: dict) -> RunConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -196,7 +196,7 @@ class RunConfig:
         return cls(**data)
 
     @classmethod
-    def from_json(cls, text: str) -> "RunConfig":
+    def from_json(cls, text: str) -> RunConfig:
         return cls.from_dict(json.loads(text))
 
     # ------------------------------------------------------------------ derived
@@ -392,7 +392,7 @@ def train_run(config: RunConfig, *, log=None) -> dict:
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
         "device": device.type,
         "autocast": None if autocast_dtype(device) is None else str(autocast_dtype(device)).removeprefix("torch."),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": config.command(),
     }
 

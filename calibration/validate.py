@@ -49,17 +49,26 @@ import statistics
 import sys
 import textwrap
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from calibration import script_parser  # noqa: E402
 from calibration.labels import pooled_seed_noise  # noqa: E402
-from calibration.sweep import (ENCODER_ALPHA, ENCODER_TASKS, RESULTS_DIR, SMOLLM2_ALPHA, SMOLLM2_TASKS,  # noqa: E402
-                               ResultsFile, _encoder, _rslora, _smollm2)
+from calibration.sweep import (  # noqa: E402
+    ENCODER_ALPHA,
+    ENCODER_TASKS,
+    RESULTS_DIR,
+    SMOLLM2_ALPHA,
+    SMOLLM2_TASKS,
+    ResultsFile,
+    _encoder,
+    _rslora,
+    _smollm2,
+)
 from calibration.train import RunConfig  # noqa: E402
 
 RESULTS_NAME = "validate.jsonl"  # in RESULTS_DIR

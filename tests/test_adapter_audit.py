@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+from conftest import tiny_llama
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from advisor.adapter_audit import audit
 from advisor.cli import main
-from conftest import tiny_llama
 
 R = 8
 LAYERS = {  # the planted layers; see planted() for the singular values of A and B
@@ -101,8 +101,8 @@ def test_saved_adapter_audits_like_the_model_and_the_suggestion_loads(planted, t
     model.save_pretrained(tmp_path / "adapter")
     from_disk = audit(tmp_path / "adapter", base=base)
     in_memory = audit(model)
-    assert [(l.name, round(l.effective_rank, 4)) for l in from_disk.layers] == \
-        [(l.name, round(l.effective_rank, 4)) for l in in_memory.layers]
+    assert [(layer.name, round(layer.effective_rank, 4)) for layer in from_disk.layers] == \
+        [(layer.name, round(layer.effective_rank, 4)) for layer in in_memory.layers]
     assert not any("lora" in type(m).__name__.lower() for m in base.modules())  # the caller's base is untouched
     config = in_memory.suggested_config()
     assert config.rank_pattern[r"model\.layers\.0\.self_attn\.v_proj"] == 1

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import tiny_llama, token_rows
 
 from advisor.probe_pass import ProbeResult, probe
-from conftest import tiny_llama, token_rows
 
 SETTINGS = dict(num_samples=24, batch_size=4, progress=False)
 

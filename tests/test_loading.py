@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_bert, tiny_llama
 
 from advisor.loading import DEFAULT_MODEL, embedded_gguf_path, load_model, model_task
-from conftest import tiny_bert, tiny_llama
 
 
 def test_checkpoint_directory_loads_model_and_tokenizer(tiny_checkpoint):

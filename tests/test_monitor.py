@@ -4,10 +4,10 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_llama, token_rows
 from peft import LoraConfig, get_peft_model
 
 from advisor.monitor import RankMonitorCallback, main
-from conftest import tiny_llama, token_rows
 
 
 def lora_model(rank=8):

@@ -18,15 +18,26 @@ import statistics
 
 import pytest
 import torch
+from conftest import tiny_llama, token_rows
 
+from advisor.calibrated import load_calibration, sha256_of, shipped_calibration
 from advisor.data import make_batches
 from advisor.probe_pass import gradients, probe
-from advisor.calibrated import load_calibration, sha256_of, shipped_calibration
 from calibration.planted import (
-    ADVICE_TRAIN_SIZE, advised_places, distillation_loss, input_covariances, kl_by_direction_subset, loss_visible_rank,
-    loss_visible_shares, plant, planted_terms, subspace_overlap_with, teacher_with, text_rows, top_k_energy_share,
+    ADVICE_TRAIN_SIZE,
+    advised_places,
+    distillation_loss,
+    input_covariances,
+    kl_by_direction_subset,
+    loss_visible_rank,
+    loss_visible_shares,
+    plant,
+    planted_terms,
+    subspace_overlap_with,
+    teacher_with,
+    text_rows,
+    top_k_energy_share,
 )
-from conftest import tiny_llama, token_rows
 
 LAYER = "model.layers.5.self_attn.q_proj"  # [576, 576]
 SETTINGS = {"num_samples": 16, "batch_size": 8, "max_length": 64, "seed": 0}

@@ -5,12 +5,12 @@ import copy
 
 import pytest
 import torch
+from conftest import VOCAB, autograd_weight_gradients, tiny_bert, tiny_gpt2, tiny_llama, token_rows
 from torch import nn
 
 from advisor import spectrum
 from advisor.layers import find_target_layers
 from advisor.probe_pass import ProbeResult, _ExactAccumulator, _SketchAccumulator, gradients, probe
-from conftest import VOCAB, autograd_weight_gradients, tiny_bert, tiny_gpt2, tiny_llama, token_rows
 
 
 @pytest.mark.parametrize(

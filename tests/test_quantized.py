@@ -4,6 +4,7 @@ bitsandbytes' CPU kernel dequantizes wrongly."""
 
 import pytest
 import torch
+from conftest import VOCAB, autograd_weight_gradients, token_rows
 
 from advisor.loading import load_model
 from advisor.probe_pass import gradients, probe
@@ -14,7 +15,6 @@ from advisor.quantized import (
     linear4bit_modules,
     reference_dequantize_4bit,
 )
-from conftest import VOCAB, autograd_weight_gradients, token_rows
 
 bnb = pytest.importorskip("bitsandbytes")
 
@@ -201,7 +201,7 @@ def test_audit_measures_dominance_against_the_dequantized_4bit_weight(checkpoint
     module = model.get_submodule("base_model.model.model.layers.0.self_attn.q_proj")
     torch.manual_seed(0)
     module.lora_B["default"].weight.data.normal_(0, 0.05)
-    layer = next(l for l in audit(model).layers if l.name == "model.layers.0.self_attn.q_proj")
+    layer = next(x for x in audit(model).layers if x.name == "model.layers.0.self_attn.q_proj")
     base = module.get_base_layer()
     weight = bnb.functional.dequantize_4bit(base.weight.data, base.weight.quant_state).double()
     update = 2.0 * module.lora_B["default"].weight.double() @ module.lora_A["default"].weight.double()

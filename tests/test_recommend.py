@@ -5,13 +5,13 @@ import json
 
 import pytest
 import yaml
+from conftest import tiny_llama, token_rows
 from peft import LoraConfig, get_peft_model
 
 from advisor.cli import main
 from advisor.probe_pass import probe
 from advisor.recommend import advice_from_probe, allocate, compare_with, parse_budget, planned_rank, rounded_rank
 from advisor.report import loss_curve_text
-from conftest import tiny_llama, token_rows
 
 
 @pytest.fixture(scope="module")
@@ -73,8 +73,9 @@ def test_rslora_mode_reaches_peft_with_one_alpha(probed):
 
 
 def test_calibrated_alpha_mode_writes_the_predicted_scaling_and_needs_an_alpha_model(probed, tmp_path):
-    from calibration.fit import fit, save
     from test_fit import scaling_sweep, synthetic_sweep
+
+    from calibration.fit import fit, save
 
     model, result = probed
     records = synthetic_sweep()
@@ -197,10 +198,11 @@ def test_calibrated_advice_follows_the_regression(probed, tmp_path):
     import math
     from dataclasses import asdict
 
+    from test_fit import synthetic_sweep
+
     from advisor.calibrated import load_calibration
     from advisor.report import write_html_report
     from calibration.fit import fit, save
-    from test_fit import synthetic_sweep
 
     records = synthetic_sweep()
     models, metadata = fit(records)
@@ -246,9 +248,10 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_at_its_pooled_level_
     import statistics
     from dataclasses import asdict
 
+    from test_fit import flat_sweep
+
     from advisor.calibrated import load_calibration
     from calibration.fit import fit, save
-    from test_fit import flat_sweep
 
     _, result = probed
     records = flat_sweep(mlp_need=4.0, model="smollm2")
@@ -316,9 +319,10 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_at_its_pooled_level_
 
 
 def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed, tmp_path, monkeypatch):
+    from test_fit import synthetic_sweep
+
     from advisor import calibrated
     from calibration.fit import fit, save
-    from test_fit import synthetic_sweep
 
     _, result = probed
     monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
@@ -355,10 +359,11 @@ def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed,
 def test_advise_lets_auto_decline_a_calibration_that_does_not_cover_the_probe(tmp_path, monkeypatch):
     """advise() (the CLI's path) must let "auto" decline a calibration that does not cover the probe,
     and take the one fitted on the model's kind when models/ ships one per kind."""
+    from test_fit import synthetic_sweep
+
     from advisor import calibrated
     from advisor.recommend import advise
     from calibration.fit import fit, save
-    from test_fit import synthetic_sweep
 
     records = synthetic_sweep(model="smollm2")
     save(*fit(records), records, "shipped", tmp_path)
@@ -381,10 +386,11 @@ def test_advise_probes_as_the_calibrations_cells_were_unless_told(tmp_path, monk
     """advise() takes num_samples and max_length from the calibration's probe_protocol (the shipped
     one for the model's kind under "auto", or an explicit file's); given values win, and without a
     protocol (the uncalibrated rule) the probe's own defaults apply (64 rows, here all 40)."""
+    from test_fit import synthetic_sweep
+
     from advisor import calibrated
     from advisor.recommend import advise
     from calibration.fit import fit, save
-    from test_fit import synthetic_sweep
 
     records = synthetic_sweep(model="smollm2")
     models, metadata = fit(records)
@@ -419,12 +425,13 @@ def test_auto_sets_a_rank_model_aside_for_a_probe_outside_its_spectral_ranges():
     """rank_model_extrapolates: a probe like the calibration's cells is covered; one whose noise
     share, subspace overlap and rank growth lie outside (half the 18 spectral features plus the
     rest) is not, and the message counts them."""
-    from advisor.calibrated import load_calibration, rank_model_extrapolates
-    from calibration.fit import fit, save
-    from test_fit import probe_layers, synthetic_sweep
-
     import tempfile
     from pathlib import Path
+
+    from test_fit import probe_layers, synthetic_sweep
+
+    from advisor.calibrated import load_calibration, rank_model_extrapolates
+    from calibration.fit import fit, save
 
     records = synthetic_sweep()
     with tempfile.TemporaryDirectory() as folder:
@@ -500,8 +507,9 @@ def test_a_users_rule_that_did_better_on_the_calibrations_cells_sets_the_level(p
     """Never a level worse than a rule the user could apply by hand: when a users' rule had lower
     mean regret with no more parameters than the level the advice would set (here the probe's
     rule), the advice spends that rule's rank for this dataset along the calibrated shape."""
-    from calibration.fit import fit, save
     from test_fit import flat_sweep
+
+    from calibration.fit import fit, save
 
     _, result = probed
     records = flat_sweep(mlp_need=4.0, model="smollm2")

@@ -6,13 +6,13 @@ import json
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from test_probe_pass import assert_same_state, autograd_weight_gradients, model_state
 
 from advisor.calibrated import resolve_calibration, training_rows_gap
 from advisor.cli import main
 from advisor.data import load_rows
 from advisor.embedded_data import stdlib_code_rows
 from advisor.probe_pass import probe
-from test_probe import assert_same_state, autograd_weight_gradients, model_state
 
 pytestmark = pytest.mark.slow
 

@@ -5,11 +5,11 @@ import shlex
 
 import pytest
 import torch
+from conftest import tiny_bert
 
 from calibration import sweep
 from calibration.sweep import ResultsFile, find_config, run_grid
 from calibration.train import RunConfig, adapter_layers, layer_group, make_lora_config
-from conftest import tiny_bert
 
 torch.set_num_threads(1)
 
@@ -280,8 +280,9 @@ def test_top_blocks_adapts_only_the_last_blocks():
 
 
 def test_adapter_spectrum_matches_a_direct_svd():
-    from advisor import spectrum
     from peft import get_peft_model
+
+    from advisor import spectrum
 
     model = tiny_bert()
     targets = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layer." in n]
@@ -342,7 +343,7 @@ def test_real_three_step_run(tmp_path, monkeypatch):
     # the same config gives the same result (the probe and initial eval now come from the cache)
     again = train.train_run(c)
     assert again["eval_loss"] == record["eval_loss"] and again["probe"] == record["probe"]
-    assert [layer["sigma_max"] for layer in again["adapter_layers"]] == [l["sigma_max"] for l in record["adapter_layers"]]
+    assert [layer["sigma_max"] for layer in again["adapter_layers"]] == [layer["sigma_max"] for layer in record["adapter_layers"]]
 
 
 @pytest.mark.skipif(not _minilm_available(), reason="MiniLM or the bbc-news source is not in the cache")

@@ -3,10 +3,10 @@
 from collections import Counter
 
 import pytest
+from test_fit import cell_records
 
 from calibration.labels import uniform_cells
 from calibration.validate import adapter_params, attention_heavy_weights, linear_decay_weights, scaled_ranks
-from test_fit import cell_records
 
 SHAPES = {f"layers.{d}.{kind}": shape for d in range(4)
           for kind, shape in (("attn.q", (64, 64)), ("attn.v", (64, 64)), ("mlp.up", (256, 64)), ("mlp.down", (64, 256)))}
@@ -110,13 +110,14 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     arms["advised"] = {**arms["advised"], "eval_loss": 0.95, "by_seed": {0: 0.95}}
     paired = goal_check(arms, budget_rank=16)[0]
     assert paired.startswith("advised vs uniform-16 at the same budget: loss 0.9500 vs 0.9550 (-0.0050")
-    assert paired.endswith(f"; on the seeds both ran (0): 0.9500 vs 0.9500 (+0.0000 = +0.0 seed noises)")
+    assert paired.endswith("; on the seeds both ran (0): 0.9500 vs 0.9500 (+0.0000 = +0.0 seed noises)")
 
 
 def test_the_held_out_calibration_is_fitted_on_the_encoders_without_the_task():
     """As the shipped seq-cls calibration: the validated task and the causal LM's cells are left out."""
-    from calibration.validate import held_out_calibration
     from test_fit import synthetic_sweep
+
+    from calibration.validate import held_out_calibration
 
     records = [{**r, "model": r["config"]["model"], "task": r["config"]["task"]}
                for r in synthetic_sweep() + synthetic_sweep(model="smollm2")]
