@@ -20,12 +20,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from peft import EvaConfig, LoraConfig  # noqa: E402
 from peft.tuners.lora.eva import get_eva_state_dict  # noqa: E402
+from records import add_record_arguments, emit  # noqa: E402  (bench/records.py)
 
 from advisor.data import make_batches  # noqa: E402
 from advisor.layers import find_target_layers  # noqa: E402
 from advisor.loading import load_model  # noqa: E402
 from advisor.recommend import advise  # noqa: E402
-from records import add_record_arguments, emit  # noqa: E402  (bench/records.py)
 
 
 def eva_parameters(model, eva: dict) -> int:

@@ -21,12 +21,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 from peft import LoraConfig, get_peft_model  # noqa: E402
+from records import add_record_arguments, emit  # noqa: E402  (bench/records.py)
 
 from advisor.data import make_batches  # noqa: E402
 from advisor.layers import find_target_layers  # noqa: E402
 from advisor.loading import load_model  # noqa: E402
 from advisor.recommend import advise  # noqa: E402
-from records import add_record_arguments, emit  # noqa: E402  (bench/records.py)
 
 SWEEP_RANKS = 5
 TIMED_STEPS = 4

@@ -29,12 +29,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch
 import torch.nn.functional as F
+from records import add_record_arguments, emit  # bench/records.py
 
 from advisor.data import make_batches
 from advisor.loading import load_model
 from advisor.probe_pass import probe
 from advisor.quantized import Quantization
-from records import add_record_arguments, emit  # bench/records.py
 
 
 def plain_forward_backward(model, batches) -> None:

@@ -19,11 +19,11 @@ import time
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
+from records import add_record_arguments, emit  # noqa: E402  (bench/records.py)
 
 from advisor import spectrum  # noqa: E402
 from advisor.loading import load_model  # noqa: E402
 from advisor.probe_pass import probe  # noqa: E402
-from records import add_record_arguments, emit  # noqa: E402  (bench/records.py)
 
 
 def main() -> None:
