@@ -246,22 +246,25 @@ USERS_RULES = {"Tinker tokens rule": "tinker", "axolotl thresholds": "axolotl"} 
 def dominating_users_rule(metadata: dict, level_by: str) -> str | None:
     """The users' rule (``levels`` entry of :data:`USERS_RULES`) that did better than the level the
     advice would otherwise set (``level_by``: ``"calibration"``, the pooled level, or ``"rule"``,
-    the probe's rule) on the calibration's cells: a lower mean regret in seed noises with no more
-    adapter parameters (``params_vs_r16``); of several, the one with the lowest regret. None when
-    none did, or the metadata does not score them."""
+    the probe's rule) on the calibration's cells: a mean regret in seed noises lower by the
+    calibration's :func:`required_gain` (the bar every fitted choice must clear; less is a tie
+    within noise) with no more adapter parameters (``params_vs_r16``); of several, the one with
+    the lowest regret. None when none did, or the metadata does not score them."""
     levels = metadata.get("levels") or {}
     ours = levels.get("pooled" if level_by == "calibration" else "rule") or {}
     if ours.get("regret_noises_mean") is None or ours.get("params_vs_r16") is None:
         return None
     better = [name for name in USERS_RULES
               if (levels.get(name) or {}).get("regret_noises_mean") is not None
-              and levels[name]["regret_noises_mean"] < ours["regret_noises_mean"]
+              and beats_baseline({"model_mae": levels[name]["regret_noises_mean"],
+                                  "baseline_mae": ours["regret_noises_mean"]}, required_gain(metadata))
               and levels[name]["params_vs_r16"] <= ours["params_vs_r16"]]
     return min(better, key=lambda name: levels[name]["regret_noises_mean"]) if better else None
 
 
 def users_rule_text(metadata: dict, name: str, level_by: str, rank: int) -> str:
-    """Why the level is a users' rule's: what it and the level it replaced cost on the calibration's cells."""
+    """Why the level is a users' rule's (``rank``: as spent, within the rank bounds): what it and the
+    level it replaced cost on the calibration's cells."""
     levels = metadata["levels"]
     ours = levels["pooled" if level_by == "calibration" else "rule"]
     replaced = "the calibration's pooled level" if level_by == "calibration" else "the probe's rule"

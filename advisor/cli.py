@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     advice.add_argument("--budget", help="trainable parameters to spend (e.g. 2M, 500k) or r=N for what uniform rank N "
                                          "costs on the same layers (default: what the evidence supports: the "
                                          "calibration's pooled level where it beat the probe's rule leave one task "
-                                         "out, else the probe's rule; the advice says which)")
+                                         "out, else the probe's rule, or a users' rule (Tinker's tokens rule, "
+                                         "axolotl's thresholds) where that did better on the calibration's sweeps; "
+                                         "the advice says which)")
     advice.add_argument("--train-size", type=int, help="rows you will train on (default: the rows of --data)")
     advice.add_argument("--alpha-mode", choices=("scale", "rslora", "calibrated"), default="scale",
                         help="scale: alpha = 2r; rslora: use_rslora with one alpha; calibrated: alpha = the "
@@ -230,7 +232,10 @@ def _run(args) -> int:
     print()
     if args.verbose:
         print(f"decision: {advice.calibration}")
-    shown = advice.reasons if args.verbose else [r for r in advice.reasons if not r.startswith("the rank level")][:5]
+    # at most five, the dataset's size and the users' rules among them
+    short = [r for r in advice.reasons if not r.startswith("the rank level")]
+    data = [r for r in short if r.startswith("your data:")]
+    shown = advice.reasons if args.verbose else [r for r in short if r not in data][:5 - len(data)] + data
     for reason in shown:
         print(f"- {reason}")
     if advice.loss_curve:

@@ -78,7 +78,9 @@ def gguf_checkpoint(path: str | os.PathLike) -> Path:
 
 
 def _is_checkpoint(directory: Path) -> bool:
-    return (directory / "config.json").exists() and (directory / "model.safetensors").exists()
+    """A complete saved checkpoint: its config and its weights, whole or sharded."""
+    weights = ("model.safetensors", "model.safetensors.index.json")
+    return (directory / "config.json").exists() and any((directory / name).exists() for name in weights)
 
 
 def _convert_gguf(gguf: Path, target: Path, name: str) -> None:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 
 from advisor import quantized, spectrum
 from advisor.data import ProbeBatch, count_tokens, is_batch_iterable, make_batches
-from advisor.layers import block_depth, find_target_layers, is_linear_like, layer_shape, layer_types
+from advisor.layers import block_depth, find_target_layers, layer_shape, layer_types
 from advisor.loading import TASK_SEQ_CLS, load_model, model_task
 
 METHODS = ("auto", "exact", "sketch")
@@ -106,12 +106,12 @@ class ProbeResult:
     model_parameters: int | None = None  # weights of the whole model (4-bit ones counted unpacked)
     sketch_size: int | None = None  # the sketch size used (sketch method only)
     accumulator_bytes: int | None = None  # memory of the accumulators, as planned
-    # the whole dataset, counted with the tokenizer (advisor.data.count_tokens, no cut): rows, tokens,
+    # the whole dataset, counted with the tokenizer (advisor.data.count_tokens, cut at max_length): rows, tokens,
     # loss_tokens, counted_rows (a sample's size when scaled up); None for a DataLoader
     dataset_tokens: dict | None = None
-    # the model's linear-like modules the probe did not target (lm_head, ...): what a short
-    # target_modules entry must not match; None in a probe saved before it was recorded
-    untargeted_linear: list[str] | None = None
+    # the names of the model's modules the probe did not target (lm_head, embeddings, convolutions, ...):
+    # what a short target_modules entry must not match; None in a probe saved before it was recorded
+    untargeted_modules: list[str] | None = None
     layers: dict[str, LayerStats] = field(default_factory=dict)
 
     def by_type(self) -> dict[str, dict]:
@@ -363,8 +363,7 @@ def probe(
     started = time.perf_counter()
     task, targets, shapes, batches = _setup(model, dataset, tokenizer, target_modules, task, num_samples,
                                             batch_size, max_length, seed)
-    dataset_tokens = None if is_batch_iterable(dataset) else asdict(
-        count_tokens(dataset, tokenizer, task=task, max_rows=COUNT_TOKENS_MAX_ROWS, seed=seed))
+    dataset_tokens = _count_dataset(dataset, tokenizer, task, max_length, seed)
     if memory_budget <= 0:
         raise ValueError(f"memory_budget must be positive, got {memory_budget}")
     method, sketch_size, accumulator_bytes = plan_memory(shapes, method, sketch_size, memory_budget)
@@ -417,10 +416,22 @@ def probe(
         sketch_size=sketch_size if method == "sketch" else None,
         accumulator_bytes=accumulator_bytes,
         dataset_tokens=dataset_tokens,
-        untargeted_linear=[name for name, module in model.named_modules()
-                           if is_linear_like(module) and name not in targets],
+        untargeted_modules=[name for name, _ in model.named_modules() if name and name not in targets],
         layers=layers,
     )
+
+
+def _count_dataset(dataset, tokenizer, task: str, max_length: int, seed: int) -> dict | None:
+    """The whole dataset's rows and loss tokens at the probe's ``max_length`` (the cut the
+    calibration's users' rules were scored at), or None for a DataLoader or rows the probe
+    never samples that cannot be tokenized."""
+    if is_batch_iterable(dataset):
+        return None
+    try:
+        return asdict(count_tokens(dataset, tokenizer, task=task, max_length=max_length,
+                                   max_rows=COUNT_TOKENS_MAX_ROWS, seed=seed))
+    except ValueError:
+        return None
 
 
 def _setup(model, dataset, tokenizer, target_modules, task, num_samples, batch_size, max_length, seed):

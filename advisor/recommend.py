@@ -24,7 +24,11 @@ Each probed layer gets a *need*, a number of directions:
   either, the advice is uncalibrated. The level is then the rule's, unless there is no budget
   and the calibration's pooled level (the uniform rank its sweeps' cells support together)
   beat the rule leave one task out (:func:`advisor.calibrated.calibrated_level`): then the
-  budget is that uniform rank's parameters, spent along the shape.
+  budget is that uniform rank's parameters, spent along the shape. With no budget, a users' rule
+  (:mod:`advisor.baselines`: Tinker's tokens rule on the whole dataset's loss tokens, axolotl's
+  thresholds on its rows) replaces that level when, on the calibration's cells, it did better
+  by the same 10 % with no more parameters (:func:`advisor.calibrated.dominating_users_rule`):
+  the advice never sets a level worse than a rule the user could apply by hand.
 
 Rounding: rank = 2 ** ceil(log2(c * need)), clipped to [min_rank, max_rank], with c = 1 when
 there is no budget (and no calibrated level, which is spent as a budget). With a budget (trainable parameters; a layer of rank r costs
@@ -128,8 +132,9 @@ class Decision:
     (``level_rule`` names it) that did better on its cells, each spending uniform
     ``level_rank``'s parameters; or the ``probe's rule`` (each layer's signal effective rank).
     ``shape`` (:data:`SHAPE_SOURCES`): how the ranks spread over the layers: the calibration's
-    per-layer model, ``uniform`` (a rank model without a usable per-layer model) or the ``probe``
-    (each layer's signal effective rank). ``calibration``: the calibration used (None:
+    per-layer model, ``uniform`` (every layer got the same rank: a rank model without a usable
+    per-layer model, or a level at a rank bound) or the ``probe`` (each layer's signal effective
+    rank). ``calibration``: the calibration used (None:
     uncalibrated); ``declined``: why one was considered and not used; ``rank_model_unused``:
     why its rank model was not used; ``outside``: the probe's features outside its fitted range.
     """
@@ -292,8 +297,8 @@ def _alphas(ranks: dict[str, int], alpha_mode: str, scaling: dict[int, float] | 
 def lora_config(result: ProbeResult, ranks: dict[str, int], alphas: dict[str, float], *,
                 use_rslora: bool = False) -> LoraConfig:
     """The advised LoraConfig for a probed model (see :func:`build_lora_config`), with names as
-    short as PEFT's matching keeps exact over the model's linear layers."""
-    known = None if result.untargeted_linear is None else [*result.layers, *result.untargeted_linear]
+    short as PEFT's matching keeps exact over the model's modules."""
+    known = None if result.untargeted_modules is None else [*result.layers, *result.untargeted_modules]
     return build_lora_config(ranks, alphas, task_type="SEQ_CLS" if result.task == TASK_SEQ_CLS else "CAUSAL_LM",
                              use_rslora=use_rslora, base_model=result.model, known_modules=known)
 
@@ -306,8 +311,8 @@ def build_lora_config(ranks: dict[str, int], alphas: dict[str, float], *, task_t
     ``r`` / ``lora_alpha`` are the most common rank and its alpha; every layer with another
     rank or alpha gets a key in both ``rank_pattern`` and ``alpha_pattern`` (PEFT matches keys
     with ``re.match(rf"(.*\\.)?({key})$", name)``). Layers with rank 0 are left out.
-    ``known_modules``: every linear-like module name of the model (the layers of ``ranks`` among
-    them). With it, a layer type whose every layer is adapted is targeted by its type name
+    ``known_modules``: every module name of the model (the layers of ``ranks`` among them: PEFT
+    matches ``target_modules`` against every named module, not only linear ones). With it, a layer type whose every layer is adapted is targeted by its type name
     (``q_proj``), and each pattern key is the shortest dotted suffix of the layer's name
     (``3.mlp.down_proj``), each only when PEFT's matching then selects exactly the same modules
     among ``known_modules``; without it, full names (exact whatever else the model holds).
@@ -563,7 +568,7 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
         name = dominating_users_rule(calibration.metadata, level_by)
         if name:
             users_level = (name, rules[USERS_RULES[name]])
-            level_rank = users_level[1]
+            level_rank = users_level[1]  # within the rank bounds below
     if level_rank is not None:
         level_rank = min(max(level_rank, min_rank), max_rank)
     need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size, rank_model_unused,
@@ -597,14 +602,15 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     if rules:
         reasons.append(users_rules_text(rules))
     if users_level:
-        reasons.append(users_rule_text(calibration.metadata, users_level[0], level_by, users_level[1]))
+        reasons.append(users_rule_text(calibration.metadata, users_level[0], level_by, level_rank))
     if levels:
         reasons.append(levels)
     decision = Decision(
         level=("budget" if tokens_budget is not None else "users' rule" if users_level else
                "pooled level" if level_rank is not None else "probe's rule" if calibration is None or rank_model_unused
                else "rank model"),
-        shape=("probe" if calibration is None else
+        shape=("uniform" if level_rank is not None and len(set(ranks.values())) == 1 else
+               "probe" if calibration is None else
                "calibration" if rank_model_unused or _per_layer_used(calibration) else "uniform"),
         level_rank=level_rank, level_rule=users_level[0] if users_level else None,
         calibration=None if calibration is None else calibration.name, declined=declined,

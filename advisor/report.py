@@ -241,12 +241,16 @@ def how_sure(advice: dict) -> str:
                 f"of the best on the calibration's sweeps, not a prediction for your data; the ranks are {shape}")
     elif level == "users' rule":
         rank = rules.get("tinker" if "Tinker" in decision["level_rule"] else "axolotl")
-        text = (f"rough, since the size is {decision['level_rule']}'s (r={rank} for your data), which did better on "
-                f"the calibration's sweeps than the advisor's own level; the ranks are {shape}")
+        spent = "" if rank == decision["level_rank"] else f", spent as r={decision['level_rank']} within the rank bounds"
+        text = (f"rough, since the size is {decision['level_rule']}'s (r={rank} for your data{spent}), which did "
+                f"better on the calibration's sweeps than the advisor's own level; the ranks are {shape}")
+    elif decision.get("calibration"):  # the probe's rule sets the size, the calibration the spread
+        text = ("rough, since the size comes from the probe's uncalibrated rule (each layer's signal effective rank); "
+                f"the ranks are {shape}")
     else:
         text = "rough, uncalibrated: each layer gets its signal effective rank rounded up to a power of two"
         if decision.get("declined"):
-            text += " (the shipped calibration does not cover this model or data: see advice.json)"
+            text += " (a calibration was considered and not used: see advice.json's decision)"
     if decision.get("outside"):
         text += f"; {len(decision['outside'])} of the probe's features lie outside what the calibration was fitted on"
     return text

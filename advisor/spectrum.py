@@ -91,7 +91,8 @@ def energy_rank(sv: torch.Tensor, tau: float) -> int:
     if total <= 0:
         return 0
     cumulative = torch.cumsum(energy, 0) / total
-    return min(int(torch.searchsorted(cumulative, torch.tensor(tau - 1e-12, dtype=torch.float64))) + 1, sv.numel())
+    threshold = torch.tensor(tau - 1e-12, dtype=torch.float64, device=cumulative.device)
+    return min(int(torch.searchsorted(cumulative, threshold)) + 1, sv.numel())
 
 
 def participation_ratio(sv: torch.Tensor) -> float:

@@ -84,15 +84,21 @@ def loss_tokens(record: dict) -> int | None:
 
 def users_rules(cell) -> dict[str, int]:
     """The ranks the users' rules (:mod:`advisor.baselines`) give a cell: Tinker's (parameters >=
-    the training rows' loss tokens, :func:`loss_tokens`) and axolotl's thresholds on its rows;
-    {} when the loss tokens are unknown."""
+    the training rows' loss tokens, :func:`loss_tokens`) and axolotl's thresholds on its rows,
+    each within the advice's rank bounds (2-64), where the advice would spend it; {} when the
+    loss tokens are unknown."""
     from advisor.baselines import axolotl_rank, tinker_rank
 
     tokens = loss_tokens(cell.records[0])
     if tokens is None:
         return {}
-    return {"Tinker tokens rule": tinker_rank(tokens, params_per_rank(cell.records[0])),
-            "axolotl thresholds": axolotl_rank(cell.train_size)}
+    from advisor.recommend import MAX_RANK, MIN_RANK
+
+    def within_bounds(rank: int) -> int:  # as the advice spends it
+        return min(max(rank, MIN_RANK), MAX_RANK)
+
+    return {"Tinker tokens rule": within_bounds(tinker_rank(tokens, params_per_rank(cell.records[0]))),
+            "axolotl thresholds": within_bounds(axolotl_rank(cell.train_size))}
 
 
 def loss_at(cell, rank: float) -> tuple[float, bool]:

@@ -223,6 +223,8 @@ class RunConfig:
 
             lowest = max(block_depth(name) for name in targets) + 1 - self.top_blocks
             ranks = {name: rank if block_depth(name) >= lowest else 0 for name, rank in ranks.items()}
+            if not any(ranks.values()):
+                raise ValueError(f"top_blocks={self.top_blocks} leaves no module of the rank_pattern adapted")
         return ranks
 
     def alpha_for(self, rank: int) -> float:
@@ -632,7 +634,7 @@ def _key(data: dict) -> str:
 def _cached_initial_eval(config: RunConfig, model, eval_batches, kind: str) -> dict:
     """Eval loss (and accuracy) of the base model before training, cached on disk.
 
-    Keyed by (model, task, eval_rows, max_length, protocol) and, for seq-cls, the seed (the
+    Keyed by (model, task, eval_rows, max_length, protocol, device, autocast) and, for seq-cls, the seed (the
     random head is part of the base model there).
     """
     import transformers
@@ -640,6 +642,8 @@ def _cached_initial_eval(config: RunConfig, model, eval_batches, kind: str) -> d
     key = {
         "model": config.model, "task": config.task, "eval_rows": config.eval_rows, "max_length": config.max_length,
         "protocol": PROTOCOL, "head_seed": config.seed if kind == "seq-cls" else None,
+        "device": next(model.parameters()).device.type,
+        "autocast": str(autocast_dtype(next(model.parameters()).device)),
         "torch": torch.__version__, "transformers": transformers.__version__,
     }
     path = _cache_root() / "initial-eval" / f"{config.model}-{config.task}-{_key(key)}.json"

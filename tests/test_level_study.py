@@ -100,12 +100,13 @@ def test_the_pooled_level_is_the_labels_rule_on_every_cell_and_is_used_only_when
 
 def test_the_users_rules_read_the_cells_loss_tokens_and_rows():
     """Tinker: the smallest power-of-two rank whose parameters (sum of in + out over the adapted
-    layers: 2 blocks x (128 + 192) = 640 per rank here) hold the loss tokens; axolotl: by rows."""
+    layers: 2 blocks x (128 + 192) = 640 per rank here) hold the loss tokens; axolotl: by rows;
+    both within the advice's rank bounds (2-64)."""
     records = synthetic_sweep()
     tokens = {"a": 100, "b": 641, "c": 5_000, "d": 40_000}
     for r in records:
         r["train_loss_tokens"] = tokens[r["config"]["task"]]
     rows = level_rows(training_table(records)[0])
     by = {(row["task"], row["level"]): row["rank"] for row in rows}
-    assert [by[(t, "Tinker tokens rule")] for t in "abcd"] == [1, 2, 8, 64]
+    assert [by[(t, "Tinker tokens rule")] for t in "abcd"] == [2, 2, 8, 64]  # r = 1 is spent as the advice's least, 2
     assert {by[(t, "axolotl thresholds")] for t in "abcd"} == {16}  # 1000 rows each

@@ -49,3 +49,4 @@ def test_subspace_overlap_and_signal_spectrum():
     assert spectrum.subspace_overlap(basis[:, :4], basis[:, 4:8]) == pytest.approx(0.0, abs=1e-12)
     sv = torch.tensor([5.0, 3.0, 1.0, 0.5], dtype=torch.float64)
     torch.testing.assert_close(spectrum.signal_spectrum(sv, 2.0), torch.tensor([21.0, 5.0], dtype=torch.float64).sqrt())
+
