@@ -487,7 +487,8 @@ def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int
 
 def users_rules(result: ProbeResult, train_size: int) -> dict | None:
     """The uniform ranks the users' rules (:mod:`advisor.baselines`) give ``train_size`` rows of the
-    probed dataset: Tinker's tokens rule on its loss tokens (the counted whole, scaled to
+    probed dataset: Tinker's tokens rule on its loss tokens (the counted whole, rows cut at the
+    probe's ``max_length``, scaled to
     ``train_size`` rows) over the probed layers, axolotl's thresholds on ``train_size``; None
     when the dataset was not counted."""
     counted = result.dataset_tokens
@@ -495,14 +496,15 @@ def users_rules(result: ProbeResult, train_size: int) -> dict | None:
         return None
     loss_tokens = round(counted["loss_tokens"] * train_size / counted["rows"])
     per_rank = uniform_params(1, {name: stats.shape for name, stats in result.layers.items()})
-    return {"rows": train_size, "loss_tokens": loss_tokens, "tinker": tinker_rank(loss_tokens, per_rank),
-            "axolotl": axolotl_rank(train_size)}
+    return {"rows": train_size, "loss_tokens": loss_tokens, "max_length": result.max_length,
+            "tinker": tinker_rank(loss_tokens, per_rank), "axolotl": axolotl_rank(train_size)}
 
 
 def users_rules_text(rules: dict) -> str:
     """One line: the dataset's size and the ranks the users' rules give it."""
     per_row = rules["loss_tokens"] / rules["rows"] if rules["rows"] else 0
-    return (f"your data: {rules['rows']:,} rows, {rules['loss_tokens']:,} loss tokens ({per_row:,.0f} per row); "
+    return (f"your data: {rules['rows']:,} rows, {rules['loss_tokens']:,} loss tokens within {rules['max_length']} "
+            f"tokens a row ({per_row:,.0f} per row); "
             f"Tinker's rule (adapter parameters >= loss tokens) gives uniform r = {rules['tinker']}, axolotl's "
             f"dataset-size thresholds r = {rules['axolotl']}")
 

@@ -466,9 +466,11 @@ def test_the_advice_states_the_ranks_the_users_rules_give_its_dataset():
     per_rank = sum(out + inp for out, inp in (stats.shape for stats in result.layers.values()))
     tokens = 4000 * 11  # 11 loss tokens a row, scaled from the 40 counted rows to the 4,000 trained on
     tinker = advice.users_rules["tinker"]
-    assert advice.users_rules == {"rows": 4000, "loss_tokens": tokens, "tinker": tinker, "axolotl": 16}
+    assert advice.users_rules == {"rows": 4000, "loss_tokens": tokens, "max_length": result.max_length,
+                                  "tinker": tinker, "axolotl": 16}
     assert tinker * per_rank >= tokens > tinker // 2 * per_rank
-    assert any(reason.startswith("your data: 4,000 rows, 44,000 loss tokens") and f"r = {tinker}" in reason
+    assert any(reason.startswith(f"your data: 4,000 rows, 44,000 loss tokens within {result.max_length} tokens a row")
+               and f"r = {tinker}" in reason
                for reason in advice.reasons)
     assert json.loads(advice.to_json())["users_rules"] == advice.users_rules
 
