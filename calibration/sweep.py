@@ -67,6 +67,10 @@ one: calibration/README.md, "Does the scale rule move the optimal rank?").
   (completions of about 3 tokens) and wordnet-defs (about 12), r in 1, 8, 64, learning
   rates 3e-4, 1e-3, 3e-3, under alpha = 32 with PEFT's alpha / r and under rsLoRA alpha = 8
   (the two agree at r = 16), one epoch over 1000 rows, 256 eval rows, seed 0.
+- ``smollm2-capacity``: labels that measure capacity, under the parametrization the scaling
+  grid chose (alpha = 32 with alpha / r, best over learning rates 3e-4, 1e-3, 3e-3): SmolLM2's
+  top 4 blocks, r 1-256, six tasks whose loss tokens span about 4k to 480k, 1000 and 4000 rows,
+  one epoch, two seeds (360 runs: a GPU grid; on this CPU a run takes 5-50 minutes).
 - ``encoder-lr`` and ``smollm2-lr``: the learning-rate / budget checks below, kept as grids
   so their evidence is reproducible.
 
@@ -260,6 +264,33 @@ def grid_smollm2_scaling() -> list[RunConfig]:
     ])
 
 
+CAPACITY_TASKS = ("health-source", "wordnet-defs", "debian-summary", "stdlib-code", "shakespeare", "brown-lm")
+CAPACITY_SIZES = (1000, 4000)
+CAPACITY_RANKS = (1, 4, 16, 64, 256)
+CAPACITY_LRS = SCALING_LRS
+
+
+def grid_smollm2_capacity() -> list[RunConfig]:
+    """Labels that measure capacity: the winner of ``smollm2-scaling`` (alpha = 32 with PEFT's
+    alpha / r; a rank's loss is its best over ``CAPACITY_LRS``), SmolLM2 with its top 4 blocks
+    adapted (r = 1 holds 40,704 parameters, r = 256 about 10.4M), r in 1, 4, 16, 64, 256, one
+    epoch over 1000 and 4000 rows, 256 eval rows, seeds 0 and 1. Cells in order of cost (size,
+    then task), seed-major, the middle learning rate first, so complete seed-0 cells come early."""
+    configs = []
+    for size in CAPACITY_SIZES:
+        steps = epoch_steps(size, SMOLLM2_COMMON["batch_size"], 1)
+        for task in CAPACITY_TASKS:
+            for seed in SEEDS:
+                for lr in CAPACITY_LRS:
+                    for rank in CAPACITY_RANKS:
+                        configs.append(RunConfig(
+                            model="smollm2", task=task, train_size=size, learning_rate=lr, steps=steps,
+                            warmup_steps=max(1, steps // 10), eval_every=0, seed=seed,
+                            batch_size=SMOLLM2_COMMON["batch_size"], max_length=SMOLLM2_COMMON["max_length"],
+                            eval_rows=256, rank=rank, top_blocks=SCALING_TOP_BLOCKS, **SCALING_ARMS["alpha/r"]))
+    return _unique(configs)
+
+
 GRIDS: dict[str, Callable[[], list[RunConfig]]] = {
     "encoder-rank": grid_encoder_rank,
     "encoder-layer-type": grid_encoder_layer_type,
@@ -269,6 +300,7 @@ GRIDS: dict[str, Callable[[], list[RunConfig]]] = {
     "encoder-lr": grid_encoder_lr,
     "smollm2-lr": grid_smollm2_lr,
     "smollm2-scaling": grid_smollm2_scaling,
+    "smollm2-capacity": grid_smollm2_capacity,
 }
 
 
@@ -443,12 +475,14 @@ def find_config(run_id: str, paths: Iterable[Path]) -> RunConfig:
 
 
 def recorded_elsewhere(results: ResultsFile) -> frozenset[str]:
-    """The run_ids of the other sweep results files (the files ``calibration.fit`` reads): runs
-    that another grid already trained with the same config."""
-    from calibration.fit import sweep_result_files
+    """The run_ids of the other sweep and experiment results files: runs that another grid already
+    trained with the same config (``smollm2-capacity`` shares its seed-0 r = 1 and 64 runs on
+    health-source and wordnet-defs with ``smollm2-scaling``; a label reads both files)."""
+    from calibration.fit import EXPERIMENT_FILES, RESULTS_DIR, sweep_result_files
 
-    return frozenset().union(*(ResultsFile(path).run_ids() for path in sweep_result_files()
-                               if path.resolve() != results.path.resolve()))
+    paths = [*sweep_result_files(), *(RESULTS_DIR / name for name in EXPERIMENT_FILES)]
+    return frozenset().union(*(ResultsFile(path).run_ids() for path in paths
+                               if path.exists() and path.resolve() != results.path.resolve()))
 
 
 def _print_plan(configs: list[RunConfig], results: ResultsFile, shard: tuple[int, int], limit: int | None) -> None:

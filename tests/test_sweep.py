@@ -391,3 +391,14 @@ def test_grid_train_sizes_fit_the_splits():
     for task, size in sizes.items():
         if TASKS[task].is_available():
             assert size <= len(TASKS[task].rows("train")), task
+
+
+def test_the_capacity_grid_uses_the_parametrization_the_scaling_grid_chose():
+    from calibration.sweep import grid_smollm2_capacity, grid_smollm2_scaling
+
+    capacity = grid_smollm2_capacity()
+    assert {(c.alpha, c.use_rslora, c.top_blocks) for c in capacity} == {(32.0, False, 4)}
+    assert {c.learning_rate for c in capacity} == {3e-4, 1e-3, 3e-3} and {c.seed for c in capacity} == {0, 1}
+    assert all(c.steps == c.train_size // c.batch_size for c in capacity)  # one epoch: steps follow the data
+    shared = {c.run_id for c in capacity} & {c.run_id for c in grid_smollm2_scaling()}
+    assert len(shared) == 2 * 2 * 3  # seed 0, r = 1 and 64, three rates, on the two tasks both grids train
