@@ -243,6 +243,11 @@ def calibrated_level(metadata: dict) -> int | None:
 USERS_RULES = {"Tinker tokens rule": "tinker", "axolotl thresholds": "axolotl"}  # levels entry -> Advice.users_rules key
 
 
+def _replaced_level(level_by: str) -> str:
+    """The ``levels`` entry of what sets the level otherwise: the pooled level or the probe's rule."""
+    return "pooled" if level_by == "calibration" else "rule"
+
+
 def dominating_users_rule(metadata: dict, level_by: str) -> str | None:
     """The users' rule (``levels`` entry of :data:`USERS_RULES`) that did better than the level the
     advice would otherwise set (``level_by``: ``"calibration"``, the pooled level, or ``"rule"``,
@@ -251,7 +256,7 @@ def dominating_users_rule(metadata: dict, level_by: str) -> str | None:
     within noise) with no more adapter parameters (``params_vs_r16``); of several, the one with
     the lowest regret. None when none did, or the metadata does not score them."""
     levels = metadata.get("levels") or {}
-    ours = levels.get("pooled" if level_by == "calibration" else "rule") or {}
+    ours = levels.get(_replaced_level(level_by)) or {}
     if ours.get("regret_noises_mean") is None or ours.get("params_vs_r16") is None:
         return None
     better = [name for name in USERS_RULES
@@ -266,7 +271,7 @@ def users_rule_text(metadata: dict, name: str, level_by: str, rank: int) -> str:
     """Why the level is a users' rule's (``rank``: as spent, within the rank bounds): what it and the
     level it replaced cost on the calibration's cells."""
     levels = metadata["levels"]
-    ours = levels["pooled" if level_by == "calibration" else "rule"]
+    ours = levels[_replaced_level(level_by)]
     replaced = "the calibration's pooled level" if level_by == "calibration" else "the probe's rule"
     return (f"the rank level is {name}'s, uniform r = {rank} for your data: on the {levels[name]['cells']} cells behind "
             f"the calibration it cost {_regret(levels[name], long=True)} above each cell's best uniform rank with "

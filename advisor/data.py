@@ -312,8 +312,7 @@ def make_batches(
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("max_length", max_length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        _check_positive_int(name, value)
     if is_batch_iterable(data):
         return _loader_batches(data, task, num_samples, max_length)
 
@@ -356,10 +355,6 @@ class DatasetTokens:
     loss_tokens: int  # the tokens the loss is computed on (completions; every token of text rows; 1 per seq-cls row)
     counted_rows: int | None = None  # rows tokenized when the counts were scaled up from a sample; None: every row
 
-    @property
-    def loss_tokens_per_row(self) -> float:
-        return self.loss_tokens / self.rows if self.rows else 0.0
-
 
 def count_tokens(data, tokenizer, *, task: str = "causal-lm", max_length: int | None = None,
                  split: str | None = None, max_rows: int | None = None, seed: int = 0) -> DatasetTokens:
@@ -372,10 +367,9 @@ def count_tokens(data, tokenizer, *, task: str = "causal-lm", max_length: int | 
     to the whole (``counted_rows`` says so)."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
-    if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0):
-        raise ValueError(f"max_length must be a positive integer or None, got {max_length!r}")
-    if max_rows is not None and (isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows <= 0):
-        raise ValueError(f"max_rows must be a positive integer or None, got {max_rows!r}")
+    for name, value in (("max_length", max_length), ("max_rows", max_rows)):
+        if value is not None:
+            _check_positive_int(name, value, " or None")
     rows = load_rows(data, split=split)
     fmt = detect_format(rows)
     if fmt != "pretokenized" and tokenizer is None:
@@ -397,6 +391,11 @@ def count_tokens(data, tokenizer, *, task: str = "causal-lm", max_length: int | 
     scale = len(rows) / len(picked)
     return DatasetTokens(rows=round(kept * scale), tokens=round(tokens * scale), loss_tokens=round(loss_tokens * scale),
                          counted_rows=len(picked))
+
+
+def _check_positive_int(name: str, value, alternative: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer{alternative}, got {value!r}")
 
 
 def _encode(row: dict, i: int, fmt: str, tokenizer, task: str, max_length: int):

@@ -38,7 +38,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advisor import quantized, spectrum
-from advisor.data import ProbeBatch, count_tokens, is_batch_iterable, make_batches
+from advisor.data import ProbeBatch, count_tokens, is_batch_iterable, load_rows, make_batches
 from advisor.layers import block_depth, find_target_layers, layer_shape, layer_types
 from advisor.loading import TASK_SEQ_CLS, load_model, model_task
 
@@ -361,6 +361,8 @@ def probe(
     else:
         model, tokenizer = load_model(model, tokenizer=tokenizer, quantization=quantization)
     started = time.perf_counter()
+    if not is_batch_iterable(dataset):
+        dataset = load_rows(dataset)  # read once: for the sampled batches and for the whole dataset's count
     task, targets, shapes, batches = _setup(model, dataset, tokenizer, target_modules, task, num_samples,
                                             batch_size, max_length, seed)
     dataset_tokens = _count_dataset(dataset, tokenizer, task, max_length, seed)

@@ -174,7 +174,7 @@ class Advice:
     loss_curve_error: float | None = None  # leave-one-task-out error of the curve's shape, as a factor (e.g. 1.03)
     level_rank: int | None = None  # no budget given: the uniform rank whose parameters the calibrated level spends
     # the ranks the users' rules give this dataset (advisor.baselines): {"rows", "loss_tokens",
-    # "tinker", "axolotl"}; None when the dataset's loss tokens were not counted (a DataLoader)
+    # "max_length", "tinker", "axolotl"}; None when the dataset's loss tokens were not counted (a DataLoader)
     users_rules: dict | None = None
     decision: Decision | None = None
 
@@ -312,8 +312,8 @@ def build_lora_config(ranks: dict[str, int], alphas: dict[str, float], *, task_t
     rank or alpha gets a key in both ``rank_pattern`` and ``alpha_pattern`` (PEFT matches keys
     with ``re.match(rf"(.*\\.)?({key})$", name)``). Layers with rank 0 are left out.
     ``known_modules``: every module name of the model (the layers of ``ranks`` among them: PEFT
-    matches ``target_modules`` against every named module, not only linear ones). With it, a layer type whose every layer is adapted is targeted by its type name
-    (``q_proj``), and each pattern key is the shortest dotted suffix of the layer's name
+    matches ``target_modules`` against every named module, not only linear ones). With it, a
+    layer type whose every layer is adapted is targeted by its type name (``q_proj``), and each pattern key is the shortest dotted suffix of the layer's name
     (``3.mlp.down_proj``), each only when PEFT's matching then selects exactly the same modules
     among ``known_modules``; without it, full names (exact whatever else the model holds).
     """
@@ -386,7 +386,7 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
     quantized = result.quantization is not None
     metadata = calibration.metadata
     relative = (calibration.predict_log2_relative_need(layers, train_size, quantized)
-                if "layer" in calibration.models and earns_its_place(metadata, "layer") else {})
+                if _per_layer_used(calibration) else {})
     seen = ", ".join(metadata.get("models_seen", [])) or "?"
     outside = features_outside(calibration, layers, train_size, quantized)
     named = sorted(outside, key=lambda f: f not in ("log2_width", "log2_train_size", "quantized"))[:3]
@@ -416,6 +416,7 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
 
 
 def _per_layer_used(calibration) -> bool:
+    """Whether the calibration has a per-layer model that beat its baseline (its shape is used)."""
     return "layer" in calibration.models and earns_its_place(calibration.metadata, "layer")
 
 
@@ -488,9 +489,8 @@ def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int
 def users_rules(result: ProbeResult, train_size: int) -> dict | None:
     """The uniform ranks the users' rules (:mod:`advisor.baselines`) give ``train_size`` rows of the
     probed dataset: Tinker's tokens rule on its loss tokens (the counted whole, rows cut at the
-    probe's ``max_length``, scaled to
-    ``train_size`` rows) over the probed layers, axolotl's thresholds on ``train_size``; None
-    when the dataset was not counted."""
+    probe's ``max_length``, scaled to ``train_size`` rows) over the probed layers, axolotl's
+    thresholds on ``train_size``; None when the dataset was not counted."""
     counted = result.dataset_tokens
     if not counted or not counted.get("rows"):
         return None
@@ -555,7 +555,7 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
         if rank_model_unused is None and calibration.automatic:
             rank_model_unused = rank_model_extrapolates(calibration, layer_dicts, train_size,
                                                         result.quantization is not None)
-        if rank_model_unused and not ("layer" in calibration.models and earns_its_place(calibration.metadata, "layer")):
+        if rank_model_unused and not _per_layer_used(calibration):
             declined = f"{calibration.name} is not used: its rank model {rank_model_unused}, and " + (
                 f"its per-layer model {why_unused(calibration.metadata, 'layer')}" if "layer" in calibration.models
                 else "it has no per-layer model")

@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+from advisor.calibrated import USERS_RULES
 from advisor.probe_pass import ProbeResult
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
 
@@ -240,7 +241,7 @@ def how_sure(advice: dict) -> str:
         text = (f"rough, since the size is uniform r={decision['level_rank']}'s, the smallest rank within one seed noise "
                 f"of the best on the calibration's sweeps, not a prediction for your data; the ranks are {shape}")
     elif level == "users' rule":
-        rank = rules.get("tinker" if "Tinker" in decision["level_rule"] else "axolotl")
+        rank = rules.get(USERS_RULES[decision["level_rule"]])
         spent = "" if rank == decision["level_rank"] else f", spent as r={decision['level_rank']} within the rank bounds"
         text = (f"rough, since the size is {decision['level_rule']}'s (r={rank} for your data{spent}), which did "
                 f"better on the calibration's sweeps than the advisor's own level; the ranks are {shape}")
