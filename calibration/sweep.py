@@ -275,13 +275,15 @@ def grid_smollm2_capacity() -> list[RunConfig]:
     alpha / r; a rank's loss is its best over ``CAPACITY_LRS``), SmolLM2 with its top 4 blocks
     adapted (r = 1 holds 40,704 parameters, r = 256 about 10.4M), r in 1, 4, 16, 64, 256, one
     epoch over 1000 and 4000 rows, 256 eval rows, seeds 0 and 1. Cells in order of cost (size,
-    then task), seed-major, the middle learning rate first, so complete seed-0 cells come early."""
+    then task); within a cell the middle learning rate first, for every rank and both seeds:
+    the scaling grid found it best at every rank, so an interrupted cell already has a
+    capacity curve with its seed noise, and the edge rates then check that it stayed best."""
     configs = []
     for size in CAPACITY_SIZES:
         steps = epoch_steps(size, SMOLLM2_COMMON["batch_size"], 1)
         for task in CAPACITY_TASKS:
-            for seed in SEEDS:
-                for lr in CAPACITY_LRS:
+            for lr in CAPACITY_LRS:
+                for seed in SEEDS:
                     for rank in CAPACITY_RANKS:
                         configs.append(RunConfig(
                             model="smollm2", task=task, train_size=size, learning_rate=lr, steps=steps,
