@@ -15,6 +15,11 @@ a fixed alpha, or a fixed alpha / r (see ``calibration/sweep.py``).
 - **Loss curve**: per rank, log(mean eval loss / the best rank's mean eval loss) (0 at the
   best rank), so curves of tasks with different loss levels share one scale; only for cells
   whose ranks span 1 to 64 (the best rank is then inside the range tried).
+- **Best over learning rates** (the capacity grids, alpha / r with a fixed alpha): a cell is then
+  keyed without its learning rate, and each rank takes the rate with its lowest mean eval loss
+  (among the rates trained with the most seeds for that rank); the rank's seed losses, records
+  and seed noise are those of that rate. A cell whose optimal rank is its largest is
+  ``censored``: the need may lie beyond the ranks tried.
 - **Best alpha**: among uniform-rank runs of one (model, task, train size, rank, learning rate,
   steps, batch, length, data) that differ only in how B A is scaled, the PEFT scaling s (what
   multiplies B A: alpha / r, or alpha / sqrt(r) with rsLoRA; the two rules are pooled, since s
@@ -35,6 +40,7 @@ SCALE_GROUP_KEYS = ("model", "task", "train_size", "rank", "learning_rate", "ste
 RANK_GRID_RULE = {"use_rslora": True, "alpha": 8.0, "alpha_over_r": None}  # the rank grids' scale rule
 CELL_KEYS = ("model", "task", "train_size", "learning_rate", "steps", "batch_size", "max_length",
              "alpha", "alpha_over_r", "use_rslora", "data_seed", "eval_rows", "top_blocks")
+LR_FREE_CELL_KEYS = tuple(k for k in CELL_KEYS if k != "learning_rate")  # cells whose ranks take their best rate
 
 
 @dataclass
@@ -44,6 +50,8 @@ class Cell:
     key: tuple
     losses: dict[int, list[float]]  # rank -> eval loss of each seed
     records: list[dict] = field(default_factory=list)
+    best_lr: dict[int, float] = field(default_factory=dict)  # rank -> its best learning rate (best-over-LR cells)
+    rates: dict[int, list[float]] = field(default_factory=dict)  # rank -> the learning rates it was trained at
 
     @property
     def model(self) -> str:
@@ -92,6 +100,16 @@ class Cell:
             return None
         best = self.mean_loss(self.best_rank)
         return min(r for r in self.ranks if self.mean_loss(r) <= best + noise)
+
+    @property
+    def censored(self) -> bool:
+        """The optimal rank is the largest rank tried: the need may lie beyond the grid."""
+        return self.optimal_rank is not None and self.optimal_rank == self.ranks[-1]
+
+    def lr_at_edge(self, rank: int) -> bool:
+        """The rank's best learning rate is the lowest or highest of several it was trained at."""
+        rates = self.rates.get(rank, [])
+        return len(rates) > 1 and self.best_lr.get(rank) in (rates[0], rates[-1])
 
     def layer_need(self) -> dict[str, float]:
         """Per layer: mean effective rank of the trained B A at the cell's largest rank."""
@@ -152,6 +170,39 @@ def uniform_cells(records: list[dict], min_ranks: int = 3) -> list[Cell]:
         cell.losses[config["rank"]].append(record["eval_loss"])
         cell.records.append(record)
     return [cell for cell in cells.values() if len(cell.losses) >= min_ranks]
+
+
+def best_over_lr_cells(records: list[dict], min_ranks: int = 3) -> list[Cell]:
+    """Uniform-rank cells keyed without the learning rate, each rank at its best rate.
+
+    A rank's best rate has the lowest mean eval loss among the rates trained with the most seeds
+    for that rank (so that a rate still waiting for its second seed does not win on one lucky
+    run); ``Cell.losses`` and ``Cell.records`` hold that rate's runs, ``Cell.best_lr`` the rate and
+    ``Cell.rates`` every rate the rank was trained at. Cells in first-seen order.
+    """
+    groups: dict[tuple, dict[int, dict[float, list[dict]]]] = {}
+    for record in records:
+        config = record.get("config", {})
+        if config.get("rank") is None or config.get("eva_rho") is not None or not _finite_loss(record):
+            continue
+        key = tuple(config.get(k) for k in LR_FREE_CELL_KEYS)
+        by_rate = groups.setdefault(key, defaultdict(lambda: defaultdict(list)))[config["rank"]]
+        by_rate[config["learning_rate"]].append(record)
+    cells = []
+    for key, by_rank in groups.items():
+        if len(by_rank) < min_ranks:
+            continue
+        cell = Cell(key=key, losses=defaultdict(list))
+        for rank, by_rate in sorted(by_rank.items()):
+            most = max(map(len, by_rate.values()))
+            mean = {rate: statistics.mean(r["eval_loss"] for r in runs) for rate, runs in by_rate.items()
+                    if len(runs) == most}
+            best = min(mean, key=mean.get)
+            cell.best_lr[rank], cell.rates[rank] = best, sorted(by_rate)
+            cell.losses[rank] = [r["eval_loss"] for r in by_rate[best]]
+            cell.records += by_rate[best]
+        cells.append(cell)
+    return cells
 
 
 def best_scaling(records: list[dict]) -> list[dict]:

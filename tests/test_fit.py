@@ -7,7 +7,7 @@ import pytest
 
 from advisor.calibrated import Calibration, cell_features, load_calibration
 from calibration.fit import fit, grouped_errors, save
-from calibration.labels import best_scaling, uniform_cells
+from calibration.labels import best_over_lr_cells, best_scaling, uniform_cells
 
 
 def probe_layers(signal: float) -> dict:
@@ -59,6 +59,27 @@ def test_a_cell_without_two_seeds_at_every_rank_has_no_label():
     assert cell.seed_noise is None and cell.optimal_rank is None
     (partial,) = uniform_cells(cell_records("t", {1: [1.0, 1.01], 2: [0.9], 4: [0.8]}))
     assert partial.seed_noise is not None and partial.optimal_rank is None
+
+
+def test_best_over_lr_cells_give_each_rank_its_best_rate_and_mark_a_censored_label():
+    def at(lr, losses_by_rank):
+        runs = cell_records("t", losses_by_rank)
+        for run in runs:
+            run["config"]["learning_rate"] = lr
+        return runs
+
+    records = (at(1e-3, {1: [1.0, 1.02], 4: [0.9, 0.92], 64: [0.80, 0.82]})
+               + at(3e-3, {1: [0.95, 0.97], 4: [1.5, 1.6], 64: [0.81, 0.85]})
+               + at(3e-4, {1: [0.5], 64: [0.1]}))  # one seed only: not compared against the two-seed rates
+    (cell,) = best_over_lr_cells(records)
+    assert cell.best_lr == {1: 3e-3, 4: 1e-3, 64: 1e-3}
+    assert cell.rates[1] == [3e-4, 1e-3, 3e-3] and cell.rates[4] == [1e-3, 3e-3]
+    assert cell.losses[1] == [0.95, 0.97] and len(cell.records) == 6
+    assert cell.lr_at_edge(1) and cell.lr_at_edge(4) and not cell.lr_at_edge(64)
+    assert cell.optimal_rank == 64 and cell.censored
+    assert uniform_cells(records)[0].key != cell.key  # the rank grids' cells keep their rate apart
+    (uncensored,) = best_over_lr_cells(at(1e-3, {1: [1.0, 1.02], 4: [0.8, 0.82], 64: [0.80, 0.82]}))
+    assert uncensored.optimal_rank == 4 and not uncensored.censored
 
 
 def test_relative_need_comes_from_the_largest_rank_adapters():

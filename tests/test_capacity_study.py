@@ -1,0 +1,27 @@
+"""The capacity study's table: each rank at its best rate, the label and r = 1's regret in seed noises."""
+
+import pytest
+
+from calibration.capacity_study import capacity_cells, cell_row, markdown
+
+
+def run(rank, lr, seed, loss, rslora=False):
+    config = {"model": "smollm2", "task": "t", "train_size": 1000, "learning_rate": lr, "steps": 125,
+              "batch_size": 8, "max_length": 128, "alpha": 8.0 if rslora else 32.0, "alpha_over_r": None,
+              "use_rslora": rslora, "data_seed": 0, "eval_rows": 256, "top_blocks": 4, "rank": rank, "seed": seed}
+    return {"config": config, "eval_loss": loss, "trainable_params": 100 * rank, "train_loss_tokens": 400}
+
+
+def test_rows_take_each_ranks_best_rate_and_measure_r1_in_seed_noises():
+    records = [run(1, 1e-3, 0, 1.10), run(1, 1e-3, 1, 1.12), run(1, 3e-3, 0, 1.30), run(1, 3e-3, 1, 1.32),
+               run(16, 1e-3, 0, 1.00), run(16, 1e-3, 1, 1.02), run(64, 1e-3, 0, 1.01), run(64, 1e-3, 1, 1.01),
+               run(1, 1e-3, 0, 0.5, rslora=True), run(64, 1e-3, 0, 0.4, rslora=True)]  # the other arm: left out
+    (cell,) = capacity_cells(records)
+    row = cell_row(cell)
+    assert row["best_lr"] == {1: 1e-3, 16: 1e-3, 64: 1e-3} and row["params_r1"] == 100
+    noise = (0.02**2 / 2 * 2 / 3) ** 0.5  # pooled sample variance over r = 1, 16 (0.0002 each) and 64 (0)
+    assert row["seed_noise"] == pytest.approx(noise)
+    assert row["optimal_rank"] == 16 and not row["censored"]
+    assert row["regret_r1"] == pytest.approx(0.10 / noise)
+    text = markdown([row])
+    assert "| t | 1000 | 400 | 100 | 1.1100 @0.001* |" in text and "| 16 |" in text
