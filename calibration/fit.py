@@ -42,6 +42,9 @@ each labelled cell's optimal rank and loss spread, and how each way of choosing 
 and ``pooled_level``: the uniform rank the label's rule picks on all the cells pooled, which sets the
 level of advice with no budget when, leave one task out, it beat the probe's rule, as
 :func:`advisor.calibrated.calibrated_level` decides);
+``learning_rate``: the rate the parametrization experiment found best under alpha = 32 with
+alpha / r on the fit's kind of model (:func:`calibration.scaling_study.learning_rate_evidence`;
+None where none was trained), which ``advise`` states in its default alpha mode;
 ``--dry-run`` prints the scores only. A fit is written only when its rank model (against the
 constant best rank) or its per-layer model (against "every layer the same") is 10 % better than
 its baseline leave-one-task-out (``--min-gain``, recorded in the JSON as ``min_gain``); ``advisor``
@@ -90,6 +93,15 @@ def sweep_result_files() -> list[Path]:
     """The rank sweeps' results files (not the studies', the experiments' or the learning-rate checks')."""
     return sorted(p for p in RESULTS_DIR.glob("*.jsonl")
                   if p.name not in STUDY_FILES + EXPERIMENT_FILES and not p.name.endswith(LR_CHECK_SUFFIX))
+
+
+def learning_rate_of(task: str) -> dict | None:
+    """The rate ``advise`` states under alpha = 32 with alpha / r for models of probe ``task`` ("all":
+    every model): :func:`calibration.scaling_study.learning_rate_evidence` on the experiment files."""
+    from calibration.scaling_study import learning_rate_evidence
+
+    paths = [RESULTS_DIR / name for name in EXPERIMENT_FILES if (RESULTS_DIR / name).exists()]
+    return learning_rate_evidence([r for r in read_records(paths) if task in ("all", probe_task(r["model"]))])
 
 
 def read_records(paths) -> list[dict]:
@@ -392,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps({k: metadata[k] for k in ("cells", "layers", "alpha_points", "runs", "tasks", "models_seen", "cv")},
                      indent=1))
     metadata["min_gain"] = args.min_gain  # the bar advise holds each of its models to
+    metadata["learning_rate"] = learning_rate_of(args.probe_task)
     shortfall = release_shortfall(metadata)
     if not shortfall:
         names = {"cell": "rank", "layer": "per-layer", "curve": "loss-curve", "alpha": "alpha"}

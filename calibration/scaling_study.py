@@ -79,6 +79,45 @@ def summary(table) -> list[dict]:
     return rows
 
 
+FIXED_ALPHA = 32.0  # the winner's alpha (alpha / r): what advisor.recommend writes in "fixed" mode
+
+
+def learning_rate_evidence(records: list[dict]) -> dict | None:
+    """The one learning rate to advise under alpha = ``FIXED_ALPHA`` with alpha / r, from the runs
+    of each (model, task, rows, rank, seed) trained at every rate tried: the rate with the lowest
+    mean regret (eval loss over the group's best, as a share) over those groups. None when no group
+    was trained at two or more rates. Also: each rate's mean regret, the groups, and the settings
+    the rate was measured under (models, tasks, ranks, adapted top blocks, epochs, batch size)."""
+    groups: dict[tuple, dict[float, float]] = defaultdict(dict)
+    configs = {}
+    for record in records:
+        config = record["config"]
+        if (config.get("rank") is None or config.get("use_rslora") or config.get("alpha") != FIXED_ALPHA
+                or record.get("eval_loss") is None):
+            continue
+        key = (config["model"], config["task"], config["train_size"], config["rank"], config["seed"])
+        groups[key][config["learning_rate"]] = record["eval_loss"]
+        configs[key] = config
+    rates = sorted({rate for losses in groups.values() for rate in losses})
+    complete = {key: losses for key, losses in groups.items() if len(rates) > 1 and set(losses) == set(rates)}
+    if not complete:
+        return None
+    regret = {rate: sum(losses[rate] / min(losses.values()) - 1 for losses in complete.values()) / len(complete)
+              for rate in rates}
+    best = min(regret, key=regret.get)
+    used = [configs[key] for key in complete]
+    return {
+        "parametrization": "alpha/r", "alpha": FIXED_ALPHA, "learning_rate": best,
+        "mean_regret": {f"{rate:g}": round(value, 4) for rate, value in regret.items()},
+        "at_edge": best in (rates[0], rates[-1]), "groups": len(complete),
+        "models": sorted({c["model"] for c in used}), "tasks": sorted({c["task"] for c in used}),
+        "ranks": sorted({c["rank"] for c in used}), "top_blocks": sorted({c.get("top_blocks") or 0 for c in used}),
+        "epochs": sorted({round(c["steps"] * c["batch_size"] / c["train_size"], 2) for c in used}),
+        "batch_size": sorted({c["batch_size"] for c in used}),
+        "command": "python -m calibration.scaling_study",
+    }
+
+
 def markdown(rows: list[dict]) -> str:
     lines = []
     for row in rows:
@@ -130,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no runs in {args.results}", file=sys.stderr)
         return 2
     print(markdown(rows))
+    evidence = learning_rate_evidence(read_results(args.results))
+    if evidence:
+        regrets = ", ".join(f"{rate}: {value:.1%}" for rate, value in evidence["mean_regret"].items())
+        print(f"One rate for alpha = {evidence['alpha']:g} with alpha / r: {evidence['learning_rate']:g} "
+              f"(mean regret over {evidence['groups']} (task, rank) runs at every rate: {regrets}).")
     print(f"wrote {plot(rows)}", file=sys.stderr)
     return 0
 
