@@ -79,10 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
                                          "axolotl's thresholds) where that did better on the calibration's sweeps; "
                                          "the advice says which)")
     advice.add_argument("--train-size", type=int, help="rows you will train on (default: the rows of --data)")
-    advice.add_argument("--alpha-mode", choices=("scale", "rslora", "calibrated"), default="scale",
-                        help="scale: alpha = 2r; rslora: use_rslora with one alpha; calibrated: alpha = the "
+    advice.add_argument("--alpha-mode", choices=("fixed", "scale", "rslora", "calibrated"), default="fixed",
+                        help="fixed: alpha = 32 on every layer with PEFT's alpha / r, so one learning rate serves "
+                             "every rank, and the advice states it where the calibration measured it; scale: "
+                             "alpha = 2r (the habit); rslora: use_rslora with one alpha; calibrated: alpha = the "
                              "calibration's best scaling at each rank x r (needs a calibration with an alpha "
-                             "model) (default: scale)")
+                             "model) (default: fixed)")
     # the library's defaults (advisor.recommend.MIN_RANK / MAX_RANK), repeated here so that --help
     # need not import peft; tests/test_cli.py keeps the two equal
     advice.add_argument("--min-rank", type=int, default=2, help="smallest advised rank (default: %(default)s)")
@@ -334,6 +336,7 @@ def _comparison_text(comparison: dict) -> str:
             verdict.append(f"{entry['under_provisioned']} under-provisioned")
         lines.append(f"  {layer_type}: your r {entry['planned_rank']} vs advised {entry['advised_rank']} "
                      f"({entry['factor']:g}x){': ' + ', '.join(verdict) if verdict else ''} of {entry['layers']}")
+    lines += [f"  warning: {warning}" for warning in comparison.get("scale_warnings", [])]
     return "\n".join(lines)
 
 if __name__ == "__main__":

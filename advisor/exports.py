@@ -2,8 +2,10 @@
 
 - ``axolotl.yaml``: axolotl's LoRA keys (``adapter``, ``lora_r``, ``lora_alpha``,
   ``lora_dropout``, ``lora_target_modules``, ``lora_rank_pattern``, ``lora_alpha_pattern``,
-  ``peft_use_rslora``), to paste into an axolotl config;
-- ``lora_config.py``: a Python snippet that builds the same ``peft.LoraConfig``;
+  ``peft_use_rslora``) and ``learning_rate`` when the advice states one, to paste into an
+  axolotl config;
+- ``lora_config.py``: a Python snippet that builds the same ``peft.LoraConfig`` (and names the
+  learning rate when advised);
 - ``adapter_config.json`` itself is PEFT's own ``save_pretrained`` (see ``Advice.save``).
 
 YAML is written as JSON values (YAML 1.2 reads JSON), so module names with dots and regex
@@ -15,8 +17,8 @@ from __future__ import annotations
 import json
 
 
-def axolotl_yaml(config) -> str:
-    """Axolotl LoRA keys for ``config`` (a ``peft.LoraConfig``)."""
+def axolotl_yaml(config, learning_rate: float | None = None) -> str:
+    """Axolotl LoRA keys for ``config`` (a ``peft.LoraConfig``), and ``learning_rate`` when advised."""
     lines = [
         "# LoRA settings advised by lora-rank-advisor; paste into your axolotl config",
         "adapter: lora",
@@ -29,11 +31,14 @@ def axolotl_yaml(config) -> str:
         f"lora_rank_pattern: {json.dumps(dict(config.rank_pattern))}",
         f"lora_alpha_pattern: {json.dumps(dict(config.alpha_pattern))}",
     ]
+    if learning_rate is not None:
+        lines.append(f"learning_rate: {json.dumps(learning_rate)}")
     return "\n".join(lines) + "\n"
 
 
-def python_snippet(config) -> str:
-    """Python source that builds ``config`` with ``peft.LoraConfig``."""
+def python_snippet(config, learning_rate: float | None = None) -> str:
+    """Python source that builds ``config`` with ``peft.LoraConfig`` (and names ``learning_rate``
+    for the trainer when advised)."""
     targets = json.dumps(sorted(config.target_modules), indent=4).replace("\n", "\n    ")
     rank_pattern = json.dumps(dict(config.rank_pattern), indent=4).replace("\n", "\n    ")
     alpha_pattern = json.dumps(dict(config.alpha_pattern), indent=4).replace("\n", "\n    ")
@@ -52,4 +57,5 @@ lora_config = LoraConfig(
     rank_pattern={rank_pattern},
     alpha_pattern={alpha_pattern},
 )
-'''
+''' + ("" if learning_rate is None else
+       f"learning_rate = {learning_rate!r}  # for your trainer, e.g. TrainingArguments(learning_rate=learning_rate)\n")

@@ -34,8 +34,14 @@ Rounding: rank = 2 ** ceil(log2(c * need)), clipped to [min_rank, max_rank], wit
 there is no budget (and no calibrated level, which is spent as a budget). With a budget (trainable parameters; a layer of rank r costs
 r * (in + out)), c is the largest factor whose ranks fit it, so the budget is spent where the
 need is; then, since power-of-two steps can leave up to half of it unspent, the layers with
-the most need per unit of rank have their rank doubled while the budget allows. Alpha: ``alpha_mode="scale"`` writes alpha = 2 r (PEFT scaling alpha / r = 2, the
-common habit); ``"rslora"`` writes ``use_rslora=True`` and alpha = 8 for every layer (scaling
+the most need per unit of rank have their rank doubled while the budget allows.
+
+Alpha and learning rate: ``alpha_mode="fixed"`` (the default) writes alpha = 32 for every layer
+with PEFT's alpha / r, the parametrization under which the calibration's experiment found one
+learning rate best at every rank (each layer's step, about alpha x learning rate under Adam, does
+not depend on its rank), and states that rate when the calibration in use measured it
+(``Advice.learning_rate``); ``"scale"`` writes alpha = 2 r (PEFT scaling alpha / r = 2, the
+common habit, under which a layer's step grows with its rank); ``"rslora"`` writes ``use_rslora=True`` and alpha = 8 for every layer (scaling
 8 / sqrt(r), the setting of the calibration sweeps); ``"calibrated"`` writes alpha = s(r) r with
 s(r) the calibration's predicted best scaling at the layer's rank (its ``alpha`` model, fitted
 on the alpha grids at the sweeps' learning rate), and needs a calibration that has one.
@@ -89,7 +95,8 @@ from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS, model_task
 from advisor.probe_pass import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
 
-ALPHA_MODES = ("scale", "rslora", "calibrated")
+ALPHA_MODES = ("fixed", "scale", "rslora", "calibrated")
+FIXED_ALPHA = 32.0  # "fixed" mode: one alpha for every layer, scaling alpha / r
 ALPHA_OVER_R = 2.0  # "scale" mode: alpha = 2 r
 RSLORA_ALPHA = 8.0  # "rslora" mode: one alpha for every layer, scaling alpha / sqrt(r)
 UNIFORM_BASELINES = (4, 8, 16, 32)
@@ -177,6 +184,8 @@ class Advice:
     # "max_length", "tinker", "axolotl"}; None when the dataset's loss tokens were not counted (a DataLoader)
     users_rules: dict | None = None
     decision: Decision | None = None
+    # {"value": rate or None, "why": one line}: the learning rate for the advised alpha (see _learning_rate)
+    learning_rate: dict | None = None
 
     @property
     def ranks(self) -> dict[str, int]:
@@ -196,6 +205,7 @@ class Advice:
             "loss_curve_error": self.loss_curve_error,
             "level_rank": self.level_rank,
             "users_rules": self.users_rules,
+            "learning_rate": self.learning_rate,
             "decision": None if self.decision is None else asdict(self.decision),
             "layers": {name: {**asdict(layer), "shape": list(layer.shape)} for name, layer in self.layers.items()},
             "adapter_config": json.loads(json.dumps(self.config.to_dict(), default=list)),
@@ -212,8 +222,9 @@ class Advice:
         self.config.save_pretrained(directory)
         (directory / "advice.json").write_text(json.dumps(self.to_dict(), indent=1) + "\n")
         self.probe.save(directory / "probe.json")
-        (directory / "axolotl.yaml").write_text(exports.axolotl_yaml(self.config))
-        (directory / "lora_config.py").write_text(exports.python_snippet(self.config))
+        rate = (self.learning_rate or {}).get("value")
+        (directory / "axolotl.yaml").write_text(exports.axolotl_yaml(self.config, learning_rate=rate))
+        (directory / "lora_config.py").write_text(exports.python_snippet(self.config, learning_rate=rate))
 
 
 def uniform_params(rank: int, shapes: dict[str, tuple[int, int]]) -> int:
@@ -287,6 +298,8 @@ def allocate(needs: dict[str, float], shapes: dict[str, tuple[int, int]], budget
 
 def _alphas(ranks: dict[str, int], alpha_mode: str, scaling: dict[int, float] | None = None) -> dict[str, float]:
     """alpha per layer; ``scaling``: the calibrated best scaling per rank ("calibrated" mode)."""
+    if alpha_mode == "fixed":
+        return {name: FIXED_ALPHA for name in ranks}
     if alpha_mode == "rslora":
         return {name: RSLORA_ALPHA for name in ranks}
     if alpha_mode == "calibrated":
@@ -308,8 +321,9 @@ def build_lora_config(ranks: dict[str, int], alphas: dict[str, float], *, task_t
                       known_modules=None) -> LoraConfig:
     """A PEFT LoraConfig with explicit target modules and per-layer rank / alpha patterns.
 
-    ``r`` / ``lora_alpha`` are the most common rank and its alpha; every layer with another
-    rank or alpha gets a key in both ``rank_pattern`` and ``alpha_pattern`` (PEFT matches keys
+    ``r`` / ``lora_alpha`` are the most common rank and its alpha; a layer with another rank
+    gets a key in ``rank_pattern``, one with another alpha in ``alpha_pattern`` (PEFT reads the
+    two independently, falling back to ``r`` and ``lora_alpha``; it matches keys
     with ``re.match(rf"(.*\\.)?({key})$", name)``). Layers with rank 0 are left out.
     ``known_modules``: every module name of the model (the layers of ``ranks`` among them: PEFT
     matches ``target_modules`` against every named module, not only linear ones). With it, a
@@ -327,8 +341,10 @@ def build_lora_config(ranks: dict[str, int], alphas: dict[str, float], *, task_t
     for name, rank in kept.items():
         if rank != common_rank or alphas[name] != common_alpha:
             key = re.escape(_shortest_pattern_key(name, known) if known else name)
-            rank_pattern[key] = rank
-            alpha_pattern[key] = alphas[name]
+            if rank != common_rank:
+                rank_pattern[key] = rank
+            if alphas[name] != common_alpha:
+                alpha_pattern[key] = alphas[name]
     return LoraConfig(
         r=common_rank,
         lora_alpha=common_alpha,
@@ -534,7 +550,34 @@ def _check_alpha_model(calibration, declined: str | None = None) -> None:
                          f"use scale or rslora")
 
 
-def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | None = None, alpha_mode: str = "scale",
+def _learning_rate(alpha_mode: str, calibration) -> dict:
+    """{"value": the learning rate to train the advised adapter at, or None where none was measured;
+    "why": one line}. A rate is stated only under ``alpha_mode="fixed"`` and from a calibration in use
+    whose parametrization experiment measured it (metadata ``learning_rate``, with alpha = FIXED_ALPHA)."""
+    measured = (calibration.metadata.get("learning_rate") or {}) if calibration is not None else {}
+    if alpha_mode == "fixed" and measured.get("alpha") == FIXED_ALPHA:
+        regret, best = measured["mean_regret"], f"{measured['learning_rate']:g}"
+        others = ", ".join(f"{value:.1%} at {rate}" for rate, value in regret.items()
+                           if rate != best)
+        blocks = "/".join(map(str, measured["top_blocks"])) if any(measured["top_blocks"]) else "all"
+        return {"value": measured["learning_rate"], "why": (
+            f"learning rate {measured['learning_rate']:g}: under alpha = {FIXED_ALPHA:g} with alpha / r the best single "
+            f"rate at every rank tried ({', '.join(map(str, measured['ranks']))}) in {calibration.name}'s "
+            f"parametrization experiment ({', '.join(measured['models'])} with its top {blocks} blocks adapted, "
+            f"{len(measured['tasks'])} tasks, batch {'/'.join(map(str, measured['batch_size']))}, "
+            f"{'/'.join(f'{e:g}' for e in measured['epochs'])} epoch; mean loss above each run's best "
+            f"{regret[best]:.1%}, against {others})")}
+    if alpha_mode == "fixed":
+        return {"value": None, "why": (
+            f"learning rate: not measured for this model; under alpha = {FIXED_ALPHA:g} with alpha / r one rate serves "
+            "every rank, so a short sweep at one rank (e.g. 3e-4, 1e-3, 3e-3) finds it for all")}
+    return {"value": None, "why": (
+        f"learning rate: not stated for alpha mode {alpha_mode!r}, under which a layer's step grows with its rank, "
+        f"so the best rate moves with the ranks; alpha mode 'fixed' (alpha = {FIXED_ALPHA:g}, alpha / r) keeps it "
+        "the same at every rank")}
+
+
+def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | None = None, alpha_mode: str = "fixed",
                       min_rank: int = MIN_RANK, max_rank: int = MAX_RANK, calibration="auto") -> Advice:
     """Advice from a finished probe (see the module docstring for the rules)."""
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)
@@ -601,6 +644,8 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     reasons = _reasons(result, layers, trainable, uniform)
     levels = (measured_levels(calibration.metadata, None if users_level else level_by)
               if rank_model_unused and calibration is not None else None)
+    learning_rate = _learning_rate(alpha_mode, calibration)
+    reasons.append(learning_rate["why"])
     if rules:
         reasons.append(users_rules_text(rules))
     if users_level:
@@ -626,18 +671,19 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
         layers=layers, calibration=label, alpha_mode=alpha_mode, budget=tokens_budget, trainable_params=trainable,
         uniform_params=uniform, model_parameters=result.model_parameters, train_size=train_size,
         reasons=reasons, probe=result, loss_curve=curve,
-        loss_curve_error=curve_error, level_rank=level_rank, users_rules=rules,
+        loss_curve_error=curve_error, level_rank=level_rank, users_rules=rules, learning_rate=learning_rate,
     )
 
 
-def advise(model=None, dataset=None, *, budget=None, train_size: int | None = None, alpha_mode: str = "scale",
+def advise(model=None, dataset=None, *, budget=None, train_size: int | None = None, alpha_mode: str = "fixed",
            min_rank: int = MIN_RANK, max_rank: int = MAX_RANK, calibration="auto", return_advice: bool = False, **probe_options):
     """Probe ``model`` on ``dataset`` and return the advised ``peft.LoraConfig``.
 
     ``budget``: trainable parameters (a number, "1.5M", or "r=16" for what uniform rank 16
     costs on the same layers), None for what the evidence supports. ``train_size``: rows you
-    will train on (default: the rows the probe could sample from). ``alpha_mode``: "scale"
-    (alpha = 2r), "rslora", or "calibrated" (the calibration's best scaling at each rank).
+    will train on (default: the rows the probe could sample from). ``alpha_mode``: "fixed"
+    (default: alpha = 32 with alpha / r, and a learning rate where the calibration measured one),
+    "scale" (alpha = 2r), "rslora", or "calibrated" (the calibration's best scaling at each rank).
     ``calibration``: "auto" (default: the calibration shipped in ``models/`` for the model's
     kind, causal LM or sequence classifier, when it covers the probe; else the uncalibrated
     rule, and the advice says why), None for the uncalibrated rule, or a calibration file. ``probe_options`` go to :func:`advisor.probe` (``target_modules``,
@@ -700,9 +746,48 @@ def planned_rank(config: LoraConfig, name: str) -> int:
     return (config.rank_pattern or {}).get(get_pattern_key((config.rank_pattern or {}).keys(), name), config.r)
 
 
+def planned_alpha(config: LoraConfig, name: str) -> float:
+    """The alpha PEFT gives module ``name`` under ``config`` (``alpha_pattern`` by PEFT's own matching)."""
+    from peft.utils.other import get_pattern_key
+
+    pattern = config.alpha_pattern or {}
+    return pattern.get(get_pattern_key(pattern.keys(), name), config.lora_alpha)
+
+
+def scale_warnings(advice: Advice, config: LoraConfig) -> list[str]:
+    """What the planned ``config``'s scaling means for its learning rate. Under Adam a layer's
+    step is about alpha x learning rate with PEFT's alpha / r, and alpha x sqrt(r) x learning rate
+    with rsLoRA: planned layers whose steps differ 2x or more cannot share one best rate (the
+    calibration's parametrization experiment found the best rate moving with rank under such
+    scaling); one step factor away from the advice's alpha means the advised rate needs scaling."""
+    factors = {}
+    for name in advice.layers:
+        rank = planned_rank(config, name)
+        if rank:
+            alpha = planned_alpha(config, name)
+            factors[name] = (rank, alpha * math.sqrt(rank) if config.use_rslora else alpha)
+    if not factors:
+        return []
+    low = min(factors.values(), key=lambda item: item[1])
+    high = max(factors.values(), key=lambda item: item[1])
+    rule = "alpha x sqrt(r) under rsLoRA" if config.use_rslora else "alpha under alpha / r"
+    if high[1] >= 2 * low[1]:
+        return [f"your layers' steps ({rule}) differ {high[1] / low[1]:.0f}x (r={low[0]}: {low[1]:g}, r={high[0]}: "
+                f"{high[1]:g}): at one learning rate the higher-rank layers move faster and no single rate is best "
+                f"for all; lora_alpha={FIXED_ALPHA:g} on every layer without rsLoRA keeps the steps equal"]
+    rate = (advice.learning_rate or {}).get("value")
+    step = statistics.median(factor for _, factor in factors.values())
+    if rate is not None and not 0.8 <= step / FIXED_ALPHA <= 1.25:
+        return [f"the advised learning rate {rate:g} was measured at alpha {FIXED_ALPHA:g} with alpha / r; your "
+                f"scaling ({rule}: {step:g}) makes each step {step / FIXED_ALPHA:.2g}x as large, so the same steps "
+                f"need a learning rate of about {rate * FIXED_ALPHA / step:.1g}"]
+    return []
+
+
 def compare_with(advice: Advice, config: LoraConfig) -> dict:
-    """The user's planned ``config`` beside the advice: parameters, and per layer type the
-    layers planned at >= 2x the advised rank (over-provisioned) or <= 1/2 of it (under)."""
+    """The user's planned ``config`` beside the advice: parameters, per layer type the layers
+    planned at >= 2x the advised rank (over-provisioned) or <= 1/2 of it (under), and what its
+    scaling means for the learning rate (:func:`scale_warnings`)."""
     planned = {name: planned_rank(config, name) for name in advice.layers}
     by_type: dict[str, dict] = {}
     for name, layer in advice.layers.items():
@@ -722,6 +807,7 @@ def compare_with(advice: Advice, config: LoraConfig) -> dict:
                 "factor": round(sum(e["planned"]) / max(sum(e["advised"]), 1), 2)}
             for t, e in by_type.items()
         },
+        "scale_warnings": scale_warnings(advice, config),
     }
 
 

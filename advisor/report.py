@@ -74,7 +74,8 @@ def probe_summary(result: ProbeResult) -> str:
     """One line: what was probed, how, and for how long."""
     return (
         f"{result.model}{f' ({result.quantization})' if result.quantization else ''}: {len(result.layers)} layers, {result.num_rows} rows, {result.tokens} tokens "
-        f"({result.loss_tokens} with loss), method={result.method}, {result.seconds:.1f} s"
+        f"({result.loss_tokens} with loss{'' if result.base_loss is None else f', base loss {result.base_loss:.2f} nats each'}), "
+        f"method={result.method}, {result.seconds:.1f} s"
     )
 
 
@@ -223,6 +224,11 @@ def headline(advice: dict) -> list[str]:
     share = f" ({100 * advice['trainable_params'] / total:.2f} % of the model's {total / 1e6:,.1f}M)" if total else ""
     what = (f"Set r={config['r']}, lora_alpha={config['lora_alpha']:g}{rslora} on {', '.join(types)} "
             f"({spread}): {advice['trainable_params']:,} trainable parameters{share}.")
+    rate = advice.get("learning_rate") or {}
+    if rate.get("value") is not None:
+        what += f" Train at learning rate {rate['value']:g} (measured; it stays right at every rank under alpha / r)."
+    elif rate:
+        what += " Learning rate: not measured for this setting (see the reasons)."
     return [what, f"How sure: {how_sure(advice)}."]
 
 

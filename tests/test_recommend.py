@@ -138,6 +138,63 @@ def test_exports_read_back_as_the_same_config(probed, tmp_path):
     assert {n: layer["rank"] for n, layer in saved["layers"].items()} == advice.ranks
 
 
+def test_fixed_alpha_is_the_default_and_peft_scales_each_layer_by_32_over_its_rank(probed):
+    model, result = probed
+    advice = advice_from_probe(result, budget="r=6", min_rank=1)  # half the layers at 4, half at 8
+    assert advice.alpha_mode == "fixed" and not advice.config.alpha_pattern and advice.config.lora_alpha == 32
+    assert len(set(advice.ranks.values())) > 1  # several ranks, one alpha
+    peft_model = get_peft_model(copy.deepcopy(model), advice.config)
+    for name, module in peft_model.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            assert module.scaling["default"] == pytest.approx(32 / advice.layers[name.removeprefix("base_model.model.")].rank)
+    # no calibration measured a rate for this model: none is stated, and the advice says so
+    assert advice.learning_rate["value"] is None and "not measured" in advice.learning_rate["why"]
+    assert advice_from_probe(result, alpha_mode="scale").learning_rate["value"] is None
+
+
+def rate_runs(losses):
+    """alpha = 32, alpha / r runs: {(task, rank): {learning rate: eval loss}}."""
+    return [{"config": {"model": "minilm", "task": task, "train_size": 1000, "rank": rank, "seed": 0, "steps": 125,
+                        "batch_size": 8, "learning_rate": lr, "alpha": 32.0, "use_rslora": False, "top_blocks": 4},
+             "eval_loss": loss}
+            for (task, rank), by_rate in losses.items() for lr, loss in by_rate.items()]
+
+
+def test_a_calibration_that_measured_a_rate_states_it_in_the_advice_and_its_exports(probed, tmp_path):
+    from test_fit import synthetic_sweep
+
+    from calibration.fit import fit, save
+    from calibration.scaling_study import learning_rate_evidence
+
+    # rank 1 likes 3e-3 a little, rank 64 hates it: 1e-3 has the lowest mean regret (0 and 1 % against 5 % and 10 %)
+    evidence = learning_rate_evidence(rate_runs({("a", 1): {1e-3: 1.01, 3e-3: 1.0, 3e-4: 1.1},
+                                                 ("a", 64): {1e-3: 1.0, 3e-3: 1.1, 3e-4: 1.1}}))
+    assert evidence["learning_rate"] == 1e-3 and evidence["mean_regret"] == {"0.0003": 0.1, "0.001": 0.005, "0.003": 0.05}
+    records = synthetic_sweep()
+    models, metadata = fit(records)
+    save(models, {**metadata, "learning_rate": evidence}, records, "cal", tmp_path)
+    _, result = probed
+    advice = advice_from_probe(result, train_size=1000, min_rank=1, calibration=tmp_path / "cal.json")
+    assert advice.learning_rate["value"] == 1e-3 and "0.5%, against 10.0% at 0.0003, 5.0% at 0.003" in advice.learning_rate["why"]
+    assert advice.learning_rate["why"] in advice.reasons
+    advice.save(tmp_path / "out")
+    assert yaml.safe_load((tmp_path / "out" / "axolotl.yaml").read_text())["learning_rate"] == 1e-3
+    namespace = {}
+    exec((tmp_path / "out" / "lora_config.py").read_text(), namespace)
+    assert namespace["learning_rate"] == 1e-3
+    assert json.loads((tmp_path / "out" / "advice.json").read_text())["learning_rate"]["value"] == 1e-3
+    # the rate belongs to alpha = 32 with alpha / r: another alpha mode states none
+    assert advice_from_probe(result, train_size=1000, alpha_mode="rslora", calibration=tmp_path / "cal.json").learning_rate["value"] is None
+    # a planned config whose alpha differs gets the rate scaled to the same steps; one whose steps grow with rank a warning
+    (same,) = compare_with(advice, LoraConfig(r=16, lora_alpha=16, target_modules="all-linear"))["scale_warnings"]
+    assert "need a learning rate of about 0.002" in same
+    assert compare_with(advice, LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))["scale_warnings"] == []
+    assert compare_with(advice, LoraConfig(r=4, lora_alpha=16, use_rslora=True, target_modules="all-linear"))["scale_warnings"] == []
+    habit = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", rank_pattern={"q_proj": 64}, alpha_pattern={"q_proj": 128})
+    (grows,) = compare_with(advice, habit)["scale_warnings"]
+    assert grows.startswith("your layers' steps (alpha under alpha / r) differ 4x (r=16: 32, r=64: 128)")
+
+
 PLANNED_CONFIGS = [
     {"target_modules": ["q_proj", "down_proj"], "rank_pattern": {r"model\.layers\.1\.self_attn\.q_proj": 4}},
     {"target_modules": ["q_proj", "v_proj", "down_proj"], "layers_to_transform": [0], "rank_pattern": {"down_proj": 2}},

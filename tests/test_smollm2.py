@@ -74,4 +74,7 @@ def test_advised_config_is_applied_by_peft_with_the_advised_ranks(smollm2, tmp_p
     assert set(adapted) == set(ranks)
     for name, module in adapted.items():
         assert module.r["default"] == ranks[name]
-        assert module.scaling["default"] == pytest.approx(2.0)  # alpha = 2r
+        assert module.scaling["default"] == pytest.approx(32 / ranks[name])  # alpha = 32 on every layer, alpha / r
+    # the rate the shipped calibration measured for SmolLM2 under that alpha, unless it was declined
+    measured = resolve_calibration("auto", task="causal-lm").metadata["learning_rate"]["learning_rate"]
+    assert advice["learning_rate"]["value"] == (measured if gap is None else None)
