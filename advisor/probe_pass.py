@@ -112,6 +112,9 @@ class ProbeResult:
     # the names of the model's modules the probe did not target (lm_head, embeddings, convolutions, ...):
     # what a short target_modules entry must not match; None in a probe saved before it was recorded
     untargeted_modules: list[str] | None = None
+    # the frozen base model's mean loss per loss token on the probe's rows (nats): how much of the
+    # data it has yet to learn; None in a probe saved before it was recorded
+    base_loss: float | None = None
     layers: dict[str, LayerStats] = field(default_factory=dict)
 
     def by_type(self) -> dict[str, dict]:
@@ -382,7 +385,8 @@ def probe(
             return _ExactAccumulator(shapes[name], device)
         return _SketchAccumulator(shapes[name], device, sketch_size, seed)
 
-    accumulators, loss_tokens, tokens = _accumulate(model, targets, batches, task, make_accumulator, progress, loss_fn)
+    accumulators, loss_tokens, tokens, summed_loss = _accumulate(model, targets, batches, task, make_accumulator,
+                                                                 progress, loss_fn)
     num_rows = sum(batch.num_rows for batch in batches)
     types = layer_types(targets)
     spectra_started = time.perf_counter()
@@ -419,6 +423,7 @@ def probe(
         accumulator_bytes=accumulator_bytes,
         dataset_tokens=dataset_tokens,
         untargeted_modules=[name for name, _ in model.named_modules() if name and name not in targets],
+        base_loss=summed_loss / sum(loss_tokens),
         layers=layers,
     )
 
@@ -453,7 +458,8 @@ def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task
 
     ``loss_fn(logits, batch) -> (summed loss, count)``; None: :func:`_summed_loss` on the labels.
 
-    Returns (accumulators by layer name, loss tokens per half [2], tokens seen). The model is
+    Returns (accumulators by layer name, loss tokens per half [2], tokens seen, the summed loss
+    over the loss tokens). The model is
     left exactly as it was (see :func:`_restored_afterwards` and :func:`advisor.quantized.autograd_safe`).
     """
     batches = _at_least_two_batches(batches)
@@ -461,6 +467,7 @@ def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task
     accumulators: dict[str, _ExactAccumulator | _SketchAccumulator] = {}
     loss_tokens = [0, 0]
     tokens = 0
+    summed_loss = 0.0
     current_half = [0]
     current_keep = [None]  # the batch's non-padding tokens, flattened [B * T]
 
@@ -522,15 +529,17 @@ def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task
                     torch.autograd.grad(loss, embedding_outputs)
                 loss_tokens[current_half[0]] += count
                 tokens += int(batch.attention_mask.sum())
+                summed_loss += float(loss.detach())
         finally:
             for handle in handles:
                 handle.remove()
 
     if world > 1:
-        tokens = _all_reduce(model, targets, accumulators, make_accumulator, loss_tokens, tokens)
+        tokens, summed_loss = _all_reduce(model, targets, accumulators, make_accumulator, loss_tokens, tokens,
+                                          summed_loss)
     if min(loss_tokens) == 0:
         raise ValueError("the probe needs loss tokens in at least two batches; give it more rows")
-    return accumulators, loss_tokens, tokens
+    return accumulators, loss_tokens, tokens, summed_loss
 
 
 def _process_group() -> tuple[int, int]:
@@ -542,10 +551,11 @@ def _process_group() -> tuple[int, int]:
     return 0, 1
 
 
-def _all_reduce(model, targets: dict, accumulators: dict, make_accumulator, loss_tokens: list[int], tokens: int) -> int:
+def _all_reduce(model, targets: dict, accumulators: dict, make_accumulator, loss_tokens: list[int], tokens: int,
+                summed_loss: float) -> tuple[int, float]:
     """Sum every accumulator and count over the process group (each process probed every
     world-th batch); afterwards every process holds what one process probing all batches would.
-    Returns the summed token count; ``loss_tokens`` is summed in place."""
+    Returns the summed token count and loss; ``loss_tokens`` is summed in place."""
     import torch.distributed as dist
 
     for name, module in targets.items():
@@ -554,10 +564,10 @@ def _all_reduce(model, targets: dict, accumulators: dict, make_accumulator, loss
         for tensor in accumulators[name].sums():
             dist.all_reduce(tensor)
     device = next(model.parameters()).device if dist.get_backend() != "gloo" else torch.device("cpu")
-    counts = torch.tensor([*loss_tokens, tokens], dtype=torch.float64, device=device)
+    counts = torch.tensor([*loss_tokens, tokens, summed_loss], dtype=torch.float64, device=device)
     dist.all_reduce(counts)
     loss_tokens[:] = [int(counts[0]), int(counts[1])]
-    return int(counts[2])
+    return int(counts[2]), float(counts[3])
 
 
 def gradients(
@@ -584,7 +594,7 @@ def gradients(
         _, tokenizer = load_model(model)
     task, targets, shapes, batches = _setup(model, dataset, tokenizer, target_modules, task, num_samples,
                                             batch_size, max_length, seed)
-    accumulators, loss_tokens, _ = _accumulate(
+    accumulators, loss_tokens, _, _ = _accumulate(
         model, targets, batches, task, lambda name, device: _ExactAccumulator(shapes[name], device), progress, loss_fn
     )
     total = sum(loss_tokens)

@@ -363,3 +363,14 @@ def test_a_layer_type_without_signal_is_counted_not_averaged_in_as_zero():
     assert summary["signal_effective_rank"] == 2.5 and summary["no_signal"] == 1
     assert signal_text(summary) == "2.5 (1 none)"
     assert signal_text({"signal_effective_rank": None, "no_signal": 2}) == "none"
+
+
+def test_base_loss_is_the_frozen_models_own_mean_loss_on_the_probed_rows():
+    model = tiny_llama()
+    rows = token_rows(8, 16)
+    result = probe(model, rows, num_samples=8, batch_size=4, method="exact", progress=False)
+    ids = torch.tensor([row["input_ids"] for row in rows])
+    with torch.no_grad():
+        expected = model(input_ids=ids, labels=ids).loss  # transformers' own shifted mean over 8 x 15 targets
+    assert result.base_loss == pytest.approx(float(expected), rel=1e-5)
+    assert ProbeResult.from_dict(result.to_dict()).base_loss == result.base_loss
