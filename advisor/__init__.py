@@ -3,13 +3,15 @@ advise per-layer ranks and alpha.
 
     import advisor
     result = advisor.probe(model, dataset)   # ProbeResult: per-layer spectra and noise
+    result = advisor.probe(model, dataset, advisor.ProbeConfig(num_samples=128))  # settings in one place
     config = advisor.advise(model, dataset)  # peft.LoraConfig with rank_pattern/alpha_pattern
 """
 
-__all__ = ["AuditResult", "LayerStats", "ProbeResult", "RankMonitorCallback", "advise", "audit", "probe"]
+__all__ = ["AuditResult", "LayerStats", "ProbeConfig", "ProbeResult", "RankMonitorCallback", "advise", "audit", "probe"]
 __version__ = "0.1.0"
 
 _EXPORTS = {"LayerStats": "advisor.probe_pass", "ProbeResult": "advisor.probe_pass", "probe": "advisor.probe_pass",
+            "ProbeConfig": "advisor.probe_config",
             "advise": "advisor.recommend", "audit": "advisor.adapter_audit", "AuditResult": "advisor.adapter_audit",
             "RankMonitorCallback": "advisor.monitor"}
 

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 
+from advisor.probe_config import METHODS, TASKS, ProbeConfig
 from advisor.quantized import COMPUTE_DTYPES, QUANT_TYPES
 
 EXAMPLES = """\
@@ -31,13 +32,14 @@ examples:
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="checkpoint directory, .gguf file or cached hub id (default: embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--data", help=".jsonl/.json/.csv/.parquet/.txt file (default: embedded standard-library code pairs)")
-    parser.add_argument("--task", choices=("causal-lm", "seq-cls"), help="default: causal-lm")
-    parser.add_argument("--samples", type=int, help="rows drawn for the probe (default: 64; advise: as the "
-                        "calibration's cells were probed, 32 for causal LMs and 64 for classifiers today)")
-    parser.add_argument("--batch-size", type=int, default=8, help="rows per probe batch (default: 8)")
-    parser.add_argument("--max-length", type=int, help="tokens kept per row (default: 256; advise: as the "
-                        "calibration's cells were probed, 128 for causal LMs and 64 for classifiers today)")
-    parser.add_argument("--method", choices=("auto", "exact", "sketch"), default="auto",
+    parser.add_argument("--task", choices=TASKS, help="default: causal-lm")
+    parser.add_argument("--samples", type=int, help=f"rows drawn for the probe (default: {ProbeConfig.num_samples}; "
+                        "advise: as the calibration's cells were probed, 32 for causal LMs and 64 for classifiers today)")
+    parser.add_argument("--batch-size", type=int, default=ProbeConfig.batch_size,
+                        help="rows per probe batch (default: %(default)s)")
+    parser.add_argument("--max-length", type=int, help=f"tokens kept per row (default: {ProbeConfig.max_length}; "
+                        "advise: as the calibration's cells were probed, 128 for causal LMs and 64 for classifiers today)")
+    parser.add_argument("--method", choices=METHODS, default=ProbeConfig.method,
                         help="gradient accumulator (default: auto: exact while it fits --max-memory, else a sketch that fits)")
     parser.add_argument("--max-memory", default="2GB", help="memory for the probe's accumulators, e.g. 512MB, 8GB (default: 2GB)")
     parser.add_argument("--target-modules", nargs="+", help="module names or suffixes to probe (default: all linear layers in the blocks)")
@@ -52,7 +54,7 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
                               help="also probe the same rows on the full-precision checkpoint and flag layers whose "
                                    "4-bit gradient is mostly quantization (one more pass)")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model code from the checkpoint (off by default)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    parser.add_argument("--seed", type=int, default=ProbeConfig.seed, help="sampling seed (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print JSON on stdout instead of a table")
     parser.add_argument("--verbose", action="store_true",
                         help="also print the probe's settings, the table's legend, the full decision and every reason")
@@ -153,7 +155,6 @@ def _run(args) -> int:
         return 0
     from advisor.files import atomic_directory
     from advisor.loading import load_model
-    from advisor.quantized import quantization_from_options
     from advisor.report import LEGEND, QUANTIZATION_LEGEND, layer_type_table, probe_summary
 
     for flag, value in (("--samples", args.samples), ("--batch-size", args.batch_size), ("--max-length", args.max_length)):
@@ -168,15 +169,19 @@ def _run(args) -> int:
 
         names = label_names_of(load_rows(data))
         num_labels = len(names) if names else None
-    quantization = quantization_from_options(
-        args.load_in_4bit, args.load_in_8bit, args.bnb_4bit_quant_type, args.bnb_4bit_double_quant,
-        args.bnb_4bit_compute_dtype,
-    )
-    options = dict(
+    # the probe's settings, validated before the model loads; unset ones (None) are left to the
+    # probe's defaults, or to advise's calibration protocol
+    settings = dict(
         target_modules=args.target_modules, task=args.task, num_samples=args.samples, batch_size=args.batch_size,
-        max_length=args.max_length, method=args.method, seed=args.seed, progress=True,
-        memory_budget=parse_memory(args.max_memory),
+        max_length=args.max_length, method=args.method, seed=args.seed, memory_budget=parse_memory(args.max_memory),
     )
+    config = ProbeConfig.build(
+        **{name: value for name, value in settings.items() if value is not None},
+        load_in_4bit=args.load_in_4bit, load_in_8bit=args.load_in_8bit, bnb_4bit_quant_type=args.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=args.bnb_4bit_double_quant, bnb_4bit_compute_dtype=args.bnb_4bit_compute_dtype,
+    )
+    quantization = config.quantization
+    options = {**settings, "progress": True}
     if args.compare_full_precision:
         if quantization is None or args.task == "seq-cls":
             raise ValueError("--compare-full-precision needs --load-in-4bit or --load-in-8bit and a causal LM")
@@ -194,7 +199,7 @@ def _run(args) -> int:
     if args.command == "probe":
         from advisor.probe_pass import probe
 
-        result = probe(model, data, **{k: v for k, v in options.items() if v is not None})  # unset: probe()'s defaults
+        result = probe(model, data, **{k: v for k, v in options.items() if v is not None})  # unset: the defaults
         if args.out:
             result.save(args.out)
         if args.json:

@@ -29,7 +29,7 @@ import math
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -41,9 +41,8 @@ from advisor import quantized, spectrum
 from advisor.data import ProbeBatch, count_tokens, is_batch_iterable, load_rows, make_batches
 from advisor.layers import block_depth, find_target_layers, layer_shape, layer_types
 from advisor.loading import TASK_SEQ_CLS, load_model, model_task
+from advisor.probe_config import ProbeConfig
 
-METHODS = ("auto", "exact", "sketch")
-DEFAULT_MEMORY_BUDGET = 2 * 2**30  # bytes of accumulators before "auto" switches to sketching
 NOISE_TARGET = 0.2  # converged when sampling noise carries at most this share of ||G||_F^2
 OVERLAP_RANK_CAP = 32  # split-half overlap compares at most this many top directions
 NOISE_VALUES_KEPT = 32
@@ -115,6 +114,8 @@ class ProbeResult:
     # the frozen base model's mean loss per loss token on the probe's rows (nats): how much of the
     # data it has yet to learn; None in a probe saved before it was recorded
     base_loss: float | None = None
+    # the ProbeConfig the probe ran with (ProbeConfig.to_dict); None in a probe saved before it was recorded
+    config: dict | None = None
     layers: dict[str, LayerStats] = field(default_factory=dict)
 
     def by_type(self) -> dict[str, dict]:
@@ -310,38 +311,25 @@ def _gaussian(shape, seed: int, role: int, device) -> torch.Tensor:
 def probe(
     model: nn.Module | str | None = None,
     dataset=None,
+    config: ProbeConfig | None = None,
     *,
     tokenizer=None,
-    target_modules=None,
-    task: str | None = None,
-    num_samples: int = 64,
-    batch_size: int = 8,
-    max_length: int = 256,
-    method: str = "auto",
-    sketch_size: int = 128,
-    memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    seed: int = 0,
     progress: bool = True,
-    load_in_4bit: bool = False,
-    load_in_8bit: bool = False,
-    bnb_4bit_quant_type: str = "nf4",
-    bnb_4bit_use_double_quant: bool = False,
-    bnb_4bit_compute_dtype: str = "float32",
     compare_full_precision: bool = False,
     loss_fn=None,
+    **options,
 ) -> ProbeResult:
     """Measure the spectrum of every target layer's loss gradient on a sample of ``dataset``.
 
     ``model``: an ``nn.Module`` or any source :func:`advisor.loading.load_model` accepts (None:
     the embedded SmolLM2). ``dataset``: any source :func:`advisor.data.make_batches` accepts
-    (None: the embedded standard-library code data). ``num_samples`` rows are drawn from
-    ``seed``; sequences are cut to ``max_length`` tokens. ``method``: "exact" keeps two fp32
-    [out, in] accumulators per layer; "sketch" keeps randomized sketches of size
-    ``sketch_size``; "auto" is exact while the accumulators fit ``memory_budget`` bytes, and
-    otherwise sketches with the largest size (halving from ``sketch_size``) that fits
-    (:func:`plan_memory`); the plan is printed on stderr when ``progress`` is on.
-    ``load_in_4bit`` / ``load_in_8bit`` and the ``bnb_4bit_*`` options (named as in
-    ``transformers.BitsAndBytesConfig``) quantize a checkpoint while loading it, as QLoRA does.
+    (None: the embedded standard-library code data). ``config``: the probe's settings
+    (:class:`advisor.probe_config.ProbeConfig`: rows, batch, length, method, memory, seed,
+    targets, task, quantization), with ``options`` replacing its fields
+    (:meth:`ProbeConfig.build`: also the transformers-style ``load_in_4bit`` / ``bnb_4bit_*``
+    flags or a ``quantization_config``), validated before the model loads. "auto" picks its
+    method by :func:`plan_memory`; the plan is printed on stderr when ``progress`` is on.
+    A quantization quantizes a checkpoint while loading it, as QLoRA does.
     ``compare_full_precision`` (with a quantized checkpoint and the exact method) also runs the
     same rows through the full-precision checkpoint and sets each layer's
     ``quantization_share``; it costs one more pass and the full-precision model's memory.
@@ -349,41 +337,35 @@ def probe(
     example a distillation loss against a teacher's distribution on ``batch.input_ids``);
     None: the task's loss on the rows' labels.
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}: use one of {', '.join(METHODS)}")
-    if sketch_size < 1:
-        raise ValueError(f"sketch_size must be positive, got {sketch_size}")
-    quantization = quantized.quantization_from_options(
-        load_in_4bit, load_in_8bit, bnb_4bit_quant_type, bnb_4bit_use_double_quant, bnb_4bit_compute_dtype
-    )
+    config = ProbeConfig.build(config, **options)
+    quantization = config.quantization
     if compare_full_precision and (quantization is None or isinstance(model, nn.Module)):
         raise ValueError("compare_full_precision needs a checkpoint path and load_in_4bit or load_in_8bit")
     source = model
     if not isinstance(model, nn.Module):
-        model, tokenizer = load_model(model, tokenizer=tokenizer, task=task, seed=seed, quantization=quantization)
+        model, tokenizer = load_model(model, tokenizer=tokenizer, task=config.task, seed=config.seed,
+                                      quantization=quantization)
     else:
         model, tokenizer = load_model(model, tokenizer=tokenizer, quantization=quantization)
     started = time.perf_counter()
     if not is_batch_iterable(dataset):
         dataset = load_rows(dataset)  # read once: for the sampled batches and for the whole dataset's count
-    task, targets, shapes, batches = _setup(model, dataset, tokenizer, target_modules, task, num_samples,
-                                            batch_size, max_length, seed)
-    dataset_tokens = _count_dataset(dataset, tokenizer, task, max_length, seed)
-    if memory_budget <= 0:
-        raise ValueError(f"memory_budget must be positive, got {memory_budget}")
-    method, sketch_size, accumulator_bytes = plan_memory(shapes, method, sketch_size, memory_budget)
+    task, targets, shapes, batches = _setup(model, dataset, tokenizer, config)
+    dataset_tokens = _count_dataset(dataset, tokenizer, task, config.max_length, config.seed)
+    method, sketch_size, accumulator_bytes = plan_memory(shapes, config.method, config.sketch_size,
+                                                         config.memory_budget)
     if progress:
         print(f"probe: {len(shapes)} layers, {method}"
               + (f" (sketch size {sketch_size})" if method == "sketch" else "")
-              + f", accumulators {accumulator_bytes / 2**20:,.0f} MiB of a {memory_budget / 2**20:,.0f} MiB budget",
-              file=sys.stderr)
+              + f", accumulators {accumulator_bytes / 2**20:,.0f} MiB of a {config.memory_budget / 2**20:,.0f} MiB "
+              "budget", file=sys.stderr)
     if compare_full_precision and method != "exact":
         raise ValueError("compare_full_precision needs method='exact' (the sketch never forms G)")
 
     def make_accumulator(name: str, device: torch.device):
         if method == "exact":
             return _ExactAccumulator(shapes[name], device)
-        return _SketchAccumulator(shapes[name], device, sketch_size, seed)
+        return _SketchAccumulator(shapes[name], device, sketch_size, config.seed)
 
     accumulators, loss_tokens, tokens, summed_loss = _accumulate(model, targets, batches, task, make_accumulator,
                                                                  progress, loss_fn)
@@ -396,12 +378,10 @@ def probe(
         if name in accumulators
     }
     if compare_full_precision:
-        full, _ = load_model(source, tokenizer=tokenizer, task=task, seed=seed)
+        full, _ = load_model(source, tokenizer=tokenizer, task=task, seed=config.seed)
         full = full.to(next(model.parameters()).device)  # where the quantized model runs
-        full_gradients = gradients(
-            full, dataset, tokenizer=tokenizer, target_modules=target_modules, task=task, num_samples=num_samples,
-            batch_size=batch_size, max_length=max_length, seed=seed, progress=progress, loss_fn=loss_fn,
-        )
+        full_gradients = gradients(full, dataset, replace(config, task=task, quantization=None), tokenizer=tokenizer,
+                                   progress=progress, loss_fn=loss_fn)
         for name, stats in layers.items():
             quantized_gradient = accumulators[name].halves.sum(0) / sum(loss_tokens)
             stats.quantization_share = quantized.gradient_share_not_in(quantized_gradient, full_gradients[name])
@@ -412,9 +392,9 @@ def probe(
         num_rows=num_rows,
         tokens=tokens,
         loss_tokens=sum(loss_tokens),
-        batch_size=batch_size,
-        max_length=max_length,
-        seed=seed,
+        batch_size=config.batch_size,
+        max_length=config.max_length,
+        seed=config.seed,
         seconds=time.perf_counter() - started,
         spectra_seconds=time.perf_counter() - spectra_started,
         quantization=quantized.describe(model),
@@ -424,6 +404,7 @@ def probe(
         dataset_tokens=dataset_tokens,
         untargeted_modules=[name for name, _ in model.named_modules() if name and name not in targets],
         base_loss=summed_loss / sum(loss_tokens),
+        config=config.to_dict(),
         layers=layers,
     )
 
@@ -441,13 +422,13 @@ def _count_dataset(dataset, tokenizer, task: str, max_length: int, seed: int) ->
         return None
 
 
-def _setup(model, dataset, tokenizer, target_modules, task, num_samples, batch_size, max_length, seed):
+def _setup(model, dataset, tokenizer, config: ProbeConfig):
     """(task, target layers by name, their (out, in) shapes, the probe's batches)."""
-    task = task or model_task(model)
-    targets = find_target_layers(model, target_modules)
+    task = config.task or model_task(model)
+    targets = find_target_layers(model, config.target_modules)
     batches = make_batches(
-        dataset, tokenizer, task=task, num_samples=num_samples, batch_size=batch_size,
-        max_length=max_length, seed=seed,
+        dataset, tokenizer, task=task, num_samples=config.num_samples, batch_size=config.batch_size,
+        max_length=config.max_length, seed=config.seed,
     )
     return task, targets, {name: layer_shape(module) for name, module in targets.items()}, batches
 
@@ -573,27 +554,25 @@ def _all_reduce(model, targets: dict, accumulators: dict, make_accumulator, loss
 def gradients(
     model: nn.Module,
     dataset=None,
+    config: ProbeConfig | None = None,
     *,
     tokenizer=None,
-    target_modules=None,
-    task: str | None = None,
-    num_samples: int = 64,
-    batch_size: int = 8,
-    max_length: int = 256,
-    seed: int = 0,
     progress: bool = False,
     loss_fn=None,
+    **options,
 ) -> dict[str, torch.Tensor]:
     """The exact gradient G_L [out, in] (float32) of the mean loss for every target layer.
 
     The same rows, hooks and guarantees as :func:`probe` (the model is left untouched), for
-    studies that need G itself rather than its spectrum. Memory: one [out, in] float32
-    tensor per layer, twice during the pass. ``loss_fn`` as in :func:`probe`.
+    studies that need G itself rather than its spectrum; ``config`` and ``options`` as there
+    (its method, memory and quantization do not apply: ``model`` is a module, G is exact).
+    Memory: one [out, in] float32 tensor per layer, twice during the pass. ``loss_fn`` as in
+    :func:`probe`.
     """
+    config = ProbeConfig.build(config, **options)
     if tokenizer is None:
         _, tokenizer = load_model(model)
-    task, targets, shapes, batches = _setup(model, dataset, tokenizer, target_modules, task, num_samples,
-                                            batch_size, max_length, seed)
+    task, targets, shapes, batches = _setup(model, dataset, tokenizer, config)
     accumulators, loss_tokens, _, _ = _accumulate(
         model, targets, batches, task, lambda name, device: _ExactAccumulator(shapes[name], device), progress, loss_fn
     )

@@ -66,7 +66,7 @@ import math
 import re
 import statistics
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -92,6 +92,7 @@ from advisor.calibrated import (
 )
 from advisor.layers import layer_types
 from advisor.loading import TASK_CAUSAL_LM, TASK_SEQ_CLS, model_task
+from advisor.probe_config import ProbeConfig
 from advisor.probe_pass import ProbeResult, probe
 from advisor.quantized import QUANTIZATION_SHARE_FLAG
 
@@ -102,6 +103,7 @@ RSLORA_ALPHA = 8.0  # "rslora" mode: one alpha for every layer, scaling alpha / 
 UNIFORM_BASELINES = (4, 8, 16, 32)
 UNCALIBRATED_LABEL = "uncalibrated: rank = next power of two >= signal effective rank"
 MIN_RANK, MAX_RANK = 2, 64  # the advised ranks' default bounds
+PROBE_CALL_OPTIONS = ("tokenizer", "progress", "compare_full_precision", "loss_fn")  # probe() arguments, not settings
 
 
 def signal_need(signal_effective_rank: float) -> float:
@@ -676,7 +678,8 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
 
 
 def advise(model=None, dataset=None, *, budget=None, train_size: int | None = None, alpha_mode: str = "fixed",
-           min_rank: int = MIN_RANK, max_rank: int = MAX_RANK, calibration="auto", return_advice: bool = False, **probe_options):
+           min_rank: int = MIN_RANK, max_rank: int = MAX_RANK, calibration="auto", return_advice: bool = False,
+           probe_config: ProbeConfig | None = None, **probe_options):
     """Probe ``model`` on ``dataset`` and return the advised ``peft.LoraConfig``.
 
     ``budget``: trainable parameters (a number, "1.5M", or "r=16" for what uniform rank 16
@@ -686,17 +689,24 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     "scale" (alpha = 2r), "rslora", or "calibrated" (the calibration's best scaling at each rank).
     ``calibration``: "auto" (default: the calibration shipped in ``models/`` for the model's
     kind, causal LM or sequence classifier, when it covers the probe; else the uncalibrated
-    rule, and the advice says why), None for the uncalibrated rule, or a calibration file. ``probe_options`` go to :func:`advisor.probe` (``target_modules``,
-    ``task``, ``num_samples``, ``load_in_4bit``, ``seed``, ...); ``num_samples`` and ``max_length``
-    default to how the calibration's cells were probed (its ``probe_protocol``, e.g. 32 rows x 128
-    tokens for the shipped causal-LM calibration), else (no calibration, one that does not record
-    it, or "auto" with a training-set size it will decline) to the probe's. ``return_advice=True``
+    rule, and the advice says why), None for the uncalibrated rule, or a calibration file.
+    ``probe_config`` (:class:`advisor.probe_config.ProbeConfig`) is the probe's settings, used as
+    given; without it ``probe_options`` set them (``target_modules``, ``task``, ``num_samples``,
+    ``load_in_4bit``, ``seed``, ...; None leaves a setting unset), validated before anything is
+    probed, and ``num_samples`` and ``max_length`` left unset default to how the calibration's cells
+    were probed (its ``probe_protocol``, e.g. 32 rows x 128 tokens for the shipped causal-LM
+    calibration), else (no calibration, one that does not record it, or "auto" with a
+    training-set size it will decline) to the probe's. ``tokenizer``, ``progress``,
+    ``compare_full_precision`` and ``loss_fn`` go to :func:`advisor.probe` as they are. ``return_advice=True``
     returns the :class:`Advice` (config, per-layer evidence, reasons) instead of the config.
     """
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)  # before minutes of probing
+    passed = {name: probe_options.pop(name) for name in PROBE_CALL_OPTIONS if name in probe_options}
+    given = {name: value for name, value in probe_options.items() if value is not None}
+    config = ProbeConfig.build(probe_config, **given)
     # a bad file fails before the probe; "auto" picks by the kind of model (a model loaded from a
     # name or path without task= is loaded as a causal LM)
-    task = probe_options.get("task") or (model_task(model) if isinstance(model, torch.nn.Module) else TASK_CAUSAL_LM)
+    task = config.task or (model_task(model) if isinstance(model, torch.nn.Module) else TASK_CAUSAL_LM)
     calibration = resolve_calibration(calibration, task=task)
     if alpha_mode == "calibrated":
         _check_alpha_model(calibration)
@@ -705,13 +715,10 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     # probe as the calibration's cells were, unless told otherwise or "auto" will decline it anyway
     declined_early = (calibration is not None and calibration.automatic and train_size is not None
                       and training_rows_gap(calibration, train_size))
-    protocol = {} if declined_early else probe_protocol(calibration)
-    for setting in ("num_samples", "max_length"):
-        if probe_options.get(setting) is None:
-            probe_options.pop(setting, None)
-            if setting in protocol:
-                probe_options[setting] = protocol[setting]
-    result = probe(model, dataset, **probe_options)
+    protocol = {} if declined_early or probe_config is not None else probe_protocol(calibration)
+    config = replace(config, **{setting: protocol[setting] for setting in ("num_samples", "max_length")
+                                if setting in protocol and setting not in given})
+    result = probe(model, dataset, config, **passed)
     advice = advice_from_probe(result, budget=budget, train_size=train_size, alpha_mode=alpha_mode,
                                min_rank=min_rank, max_rank=max_rank, calibration=calibration)
     return advice if return_advice else advice.config

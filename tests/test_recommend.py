@@ -465,6 +465,14 @@ def test_advise_probes_as_the_calibrations_cells_were_unless_told(tmp_path, monk
     assert (told.num_rows, told.max_length) == (8, 10)
     uncalibrated = advise(tiny_llama(), rows, calibration=None, **options).probe
     assert (uncalibrated.num_rows, uncalibrated.max_length) == (40, 256)
+    # a whole ProbeConfig is used as given, the protocol left aside; a bad setting fails before the probe
+    from advisor.probe_config import ProbeConfig
+
+    config = ProbeConfig(num_samples=16, batch_size=4, max_length=12)
+    given = advise(tiny_llama(), rows, probe_config=config, **{k: v for k, v in options.items() if k != "batch_size"})
+    assert ProbeConfig.from_dict(given.probe.config) == config and given.probe.num_rows == 16
+    with pytest.raises(ValueError, match="max_length must be a positive integer, got -1"):
+        advise("no/such/checkpoint", rows, max_length=-1)
     # 100 training rows: "auto" will decline the calibration (fitted on 1,000), so the probe's defaults
     declined = advise(tiny_llama(), rows, **{**options, "train_size": 100})
     assert (declined.probe.num_rows, declined.probe.max_length) == (40, 256)
