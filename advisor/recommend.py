@@ -216,6 +216,29 @@ class Advice:
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
 
+    @classmethod
+    def from_dict(cls, data: dict, probe: ProbeResult) -> Advice:
+        """The inverse of :meth:`to_dict`, given the advice's probe (saved beside it as probe.json)."""
+        layers = {name: LayerAdvice(**{**layer, "shape": tuple(layer["shape"])}) for name, layer in data["layers"].items()}
+        curve = data.get("loss_curve")
+        return cls(
+            config=LoraConfig(**data["adapter_config"]), layers=layers, calibration=data["calibration"],
+            alpha_mode=data["alpha_mode"], budget=data["budget"], trainable_params=data["trainable_params"],
+            uniform_params={int(r): p for r, p in data["uniform_params"].items()},
+            model_parameters=data["model_parameters"], train_size=data["train_size"], reasons=data["reasons"],
+            probe=probe, loss_curve=None if curve is None else {int(r): v for r, v in curve.items()},
+            loss_curve_error=data.get("loss_curve_error"), level_rank=data.get("level_rank"),
+            users_rules=data.get("users_rules"), learning_rate=data.get("learning_rate"),
+            decision=Decision(**data["decision"]) if data.get("decision") else None,
+        )
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Advice:
+        """The advice an ``Advice.save`` (or ``lora-advisor advise --out``) wrote to ``directory``."""
+        directory = Path(directory)
+        return cls.from_dict(json.loads((directory / "advice.json").read_text()),
+                             ProbeResult.load(directory / "probe.json"))
+
     def save(self, directory: str | Path) -> None:
         """Write adapter_config.json, advice.json, probe.json, axolotl.yaml and lora_config.py."""
         from advisor import exports

@@ -278,6 +278,15 @@ def _html_table(rows: list[list[str]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _calibration_used(advice: dict) -> bool:
+    """Whether a calibration shaped the advice: its ``decision`` says (an advice.json written
+    before decisions were stored: its label does)."""
+    decision = advice.get("decision")
+    if decision:
+        return decision.get("calibration") is not None
+    return not advice["calibration"].startswith("uncalibrated")
+
+
 def write_html_report(directory: str | Path) -> Path:
     """Render ``report.html`` and its PNGs in ``directory`` from its advice.json and probe.json."""
     directory = Path(directory)
@@ -296,7 +305,7 @@ def write_html_report(directory: str | Path) -> Path:
         plot_loss_curve(advice, directory / "loss_curve.png")
         curve_section = ("<h2>Predicted eval loss against rank</h2>"
                          f"<p>{html.escape(loss_curve_text(advice))}</p><img src=\"loss_curve.png\" alt=\"loss curve\">")
-    elif advice["calibration"].startswith("uncalibrated"):
+    elif not _calibration_used(advice):
         curve_section = ("<h2>Predicted eval loss against rank</h2><p>Not available: this advice is uncalibrated "
                          "(the loss curve comes from a calibration file, <code>--calibration</code>).</p>")
     else:

@@ -10,7 +10,15 @@ from peft import LoraConfig, get_peft_model
 
 from advisor.cli import main
 from advisor.probe_pass import probe
-from advisor.recommend import advice_from_probe, allocate, compare_with, parse_budget, planned_rank, rounded_rank
+from advisor.recommend import (
+    Advice,
+    advice_from_probe,
+    allocate,
+    compare_with,
+    parse_budget,
+    planned_rank,
+    rounded_rank,
+)
 from advisor.report import loss_curve_text
 
 
@@ -136,6 +144,7 @@ def test_exports_read_back_as_the_same_config(probed, tmp_path):
     assert namespace["lora_config"].to_dict() == {**config.to_dict(), "base_model_name_or_path": None}
     saved = json.loads((tmp_path / "advice.json").read_text())
     assert {n: layer["rank"] for n, layer in saved["layers"].items()} == advice.ranks
+    assert Advice.load(tmp_path).to_dict() == advice.to_dict()  # advice.json + probe.json give the advice back
 
 
 def test_fixed_alpha_is_the_default_and_peft_scales_each_layer_by_32_over_its_rank(probed):
@@ -280,6 +289,7 @@ def test_calibrated_advice_follows_the_regression(probed, tmp_path):
     assert advice.loss_curve == pytest.approx(calibration.predict_loss_curve(layers, 1000, False), abs=1e-4)
     assert advice.loss_curve_error == pytest.approx(math.exp(metadata["cv"]["curve_leave_one_task_out"]["model_mae"]), abs=1e-4)
     advice.save(tmp_path / "out")
+    assert Advice.load(tmp_path / "out").to_dict() == advice.to_dict()
     write_html_report(tmp_path / "out")
     assert (tmp_path / "out" / "loss_curve.png").stat().st_size > 0
     assert "Predicted eval loss against rank" in (tmp_path / "out" / "report.html").read_text()
