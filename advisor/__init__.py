@@ -10,7 +10,7 @@ advise per-layer ranks and alpha.
 __all__ = ["AuditResult", "LayerStats", "ProbeConfig", "ProbeResult", "RankMonitorCallback", "advise", "audit", "probe"]
 __version__ = "0.1.0"
 
-_EXPORTS = {"LayerStats": "advisor.probe_pass", "ProbeResult": "advisor.probe_pass", "probe": "advisor.probe_pass",
+_EXPORTS = {"LayerStats": "advisor.spectrum", "ProbeResult": "advisor.probe_pass", "probe": "advisor.probe_pass",
             "ProbeConfig": "advisor.probe_config",
             "advise": "advisor.recommend", "audit": "advisor.adapter_audit", "AuditResult": "advisor.adapter_audit",
             "RankMonitorCallback": "advisor.monitor"}

@@ -60,7 +60,7 @@ def default_model_dir() -> Path:
     """The embedded default as a safetensors checkpoint, converted from GGUF on first use."""
     target = cache_dir() / DEFAULT_MODEL
     if not _is_checkpoint(target):
-        _convert_gguf(embedded_gguf_path(), target, DEFAULT_MODEL)
+        convert_gguf(embedded_gguf_path(), target, DEFAULT_MODEL)
     return target
 
 
@@ -73,7 +73,7 @@ def gguf_checkpoint(path: str | os.PathLike) -> Path:
     key = hashlib.sha1(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
     target = cache_dir() / "gguf" / f"{path.stem}-{key}"
     if not _is_checkpoint(target):
-        _convert_gguf(path, target, str(target))
+        convert_gguf(path, target, str(target))
     return target
 
 
@@ -83,8 +83,9 @@ def _is_checkpoint(directory: Path) -> bool:
     return (directory / "config.json").exists() and any((directory / name).exists() for name in weights)
 
 
-def _convert_gguf(gguf: Path, target: Path, name: str) -> None:
-    """Save the GGUF model at ``gguf`` as a checkpoint in ``target`` whose ``name_or_path`` is ``name``."""
+def convert_gguf(gguf: Path, target: Path, name: str) -> None:
+    """Save the GGUF model at ``gguf`` as a float32 safetensors checkpoint with its tokenizer in
+    ``target`` (written atomically) whose ``name_or_path`` is ``name``."""
     from transformers import AutoModelForCausalLM
 
     model, tokenizer = _load_gguf(gguf, torch.float32, TASK_CAUSAL_LM, None)

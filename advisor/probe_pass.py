@@ -16,6 +16,9 @@ mode of every module, hooks, the layout of bitsandbytes 4-bit weights) when the 
 returns, raises or is interrupted. 4-bit layers are probed through their differentiable
 kernels, guarded against two bitsandbytes CPU bugs (:mod:`advisor.quantized`).
 
+The per-layer statistics of the two half sums (spectra, noise edge, convergence) are stage 4,
+:mod:`advisor.spectrum`; this module holds the pass itself: hooks, accumulators, reduction.
+
 Distributed: when ``torch.distributed`` is initialised (``torchrun``), every process draws the
 same batches, probes every world-th one (batch i goes to rank i mod world) and the
 accumulators, which are sums, are all-reduced; every process then holds the result one
@@ -39,51 +42,13 @@ from tqdm.auto import tqdm
 
 from advisor import quantized, spectrum
 from advisor.data import ProbeBatch, count_tokens, is_batch_iterable, load_rows, make_batches
-from advisor.layers import block_depth, find_target_layers, layer_shape, layer_types
+from advisor.layers import find_target_layers, layer_shape, layer_types
 from advisor.loading import TASK_SEQ_CLS, load_model, model_task
 from advisor.probe_config import ProbeConfig
+from advisor.spectrum import LayerStats
 
-NOISE_TARGET = 0.2  # converged when sampling noise carries at most this share of ||G||_F^2
-OVERLAP_RANK_CAP = 32  # split-half overlap compares at most this many top directions
-NOISE_VALUES_KEPT = 32
 COUNT_TOKENS_MAX_ROWS = 20_000  # the dataset's loss tokens are counted on at most this many rows, then scaled
 _TEST_VECTORS = 10  # Gaussian test vectors of the sketch's a-posteriori error estimate
-
-
-@dataclass
-class LayerStats:
-    """Spectrum of one layer's probe gradient G (shape [out, in]) and its noise diagnostics."""
-
-    name: str
-    layer_type: str
-    depth: int | None
-    shape: tuple[int, int]
-    tokens: int  # non-padding tokens that went through the layer
-    singular_values: list[float]  # of G, descending: all (exact) or the sketch's top ones
-    effective_rank: float
-    stable_rank: float
-    energy_rank_90: int
-    energy_rank_95: int
-    energy_rank_99: int
-    participation_ratio: float
-    frobenius_norm: float
-    noise_singular_values: list[float]  # top ones of the split-half noise estimate
-    noise_fraction: float  # share of ||G||_F^2 that is sampling noise, in [0, 1]
-    signal_rank: int  # singular values of G above the largest noise singular value
-    signal_effective_rank: float  # entropy rank of the signal directions, noise edge removed
-    effective_rank_half: float  # mean effective rank of the two half-sample gradients
-    rank_growth: float  # effective_rank / effective_rank_half: ~1 once the sample suffices
-    subspace_overlap: float  # split-half agreement of the top directions, in [0, 1]
-    converged: bool  # noise_fraction <= NOISE_TARGET
-    samples_needed: int | None  # rows for noise_fraction <= NOISE_TARGET (None: noise only)
-    sketch_error: float | None = None  # relative Frobenius error of the sketch (sketch mode)
-    # quantized base probed with compare_full_precision: ||G_q - G||^2 / ||G_q||^2, the share of
-    # this gradient that the full-precision model's gradient G does not have
-    quantization_share: float | None = None
-    # D (1 - noise share) ||G||_F^2 / (mean ||x||^2 mean ||delta||^2) over non-padding tokens (D = out x in):
-    # what a natural-gradient step on this layer alone could gain, with the layer's Fisher
-    # approximated as isotropic with the K-FAC trace; compare it across the layers of one probe
-    natural_gain: float | None = None
 
 
 @dataclass
@@ -373,7 +338,7 @@ def probe(
     types = layer_types(targets)
     spectra_started = time.perf_counter()
     layers = {
-        name: _layer_stats(name, types[name], accumulators[name], shapes[name], loss_tokens, tokens, num_rows)
+        name: spectrum.layer_stats(name, types[name], accumulators[name], shapes[name], loss_tokens, tokens, num_rows)
         for name in tqdm(targets, desc="spectra", unit="layer", disable=not progress)
         if name in accumulators
     }
@@ -633,68 +598,6 @@ def plan_memory(shapes: dict, method: str, sketch_size: int, memory_budget: int)
         raise ValueError(f"the probe's accumulators need at least {needed / 2**20:,.0f} MiB (sketch size {size}) "
                          f"but the memory budget is {memory_budget / 2**20:,.0f} MiB: raise it or target fewer layers")
     return "sketch", size, needed
-
-
-def _layer_stats(name, layer_type, accumulator, shape, loss_tokens, tokens, num_rows) -> LayerStats:
-    n_a, n_b = loss_tokens
-    n = n_a + n_b
-    k = min(OVERLAP_RANK_CAP, *shape)
-    full = accumulator.spectrum(1 / n, 1 / n, 0)
-    # the diagnostics below tolerate float32's ~3e-4 sigma_1 error and cost half as much
-    half_a = accumulator.spectrum(1 / n_a, 0.0, k, precise=False)
-    half_b = accumulator.spectrum(0.0, 1 / n_b, k, precise=False)
-    # (G_A/n_A - G_B/n_B) * sqrt(n_A n_B)/n has the noise of G/n and no signal
-    noise_scale = math.sqrt(n_a * n_b) / n
-    noise = accumulator.spectrum(noise_scale / n_a, -noise_scale / n_b, 0, precise=False)
-
-    sv = full.singular_values
-    noise_edge = float(noise.singular_values[0]) if noise.singular_values.numel() else 0.0
-    noise_fraction = min(1.0, noise.energy / full.energy) if full.energy > 0 else 1.0
-    overlap_rank = max(1, min(spectrum.energy_rank(sv, 0.9), k))
-    erank = spectrum.effective_rank(sv)
-    input_energy, grad_energy, kept = (float(e) for e in accumulator.energies)
-    fisher_scale = input_energy * grad_energy / kept**2 if kept else 0.0  # mean ||x||^2 x mean ||delta||^2
-    natural_gain = shape[0] * shape[1] * full.energy * (1 - noise_fraction) / fisher_scale if fisher_scale > 0 else 0.0
-    erank_half = (spectrum.effective_rank(half_a.singular_values) + spectrum.effective_rank(half_b.singular_values)) / 2
-    return LayerStats(
-        name=name,
-        layer_type=layer_type,
-        depth=block_depth(name),
-        shape=tuple(shape),
-        tokens=tokens,
-        singular_values=_rounded(sv),
-        effective_rank=erank,
-        stable_rank=spectrum.stable_rank(sv),
-        energy_rank_90=spectrum.energy_rank(sv, 0.90),
-        energy_rank_95=spectrum.energy_rank(sv, 0.95),
-        energy_rank_99=spectrum.energy_rank(sv, 0.99),
-        participation_ratio=spectrum.participation_ratio(sv),
-        frobenius_norm=math.sqrt(full.energy),
-        noise_singular_values=_rounded(noise.singular_values[:NOISE_VALUES_KEPT]),
-        noise_fraction=noise_fraction,
-        signal_rank=int((sv > noise_edge).sum()),
-        signal_effective_rank=spectrum.effective_rank(spectrum.signal_spectrum(sv, noise_edge)),
-        effective_rank_half=erank_half,
-        rank_growth=erank / erank_half if erank_half > 0 else float("nan"),
-        subspace_overlap=spectrum.subspace_overlap(half_a.vectors[:, :overlap_rank], half_b.vectors[:, :overlap_rank]),
-        converged=noise_fraction <= NOISE_TARGET,
-        samples_needed=_samples_needed(noise_fraction, num_rows),
-        sketch_error=None if full.error is None else full.error / math.sqrt(full.energy) if full.energy > 0 else None,
-        natural_gain=natural_gain,
-    )
-
-
-def _samples_needed(noise_fraction: float, num_rows: int) -> int | None:
-    """Rows at which noise would carry NOISE_TARGET of the energy, noise/signal falling as 1/rows."""
-    if noise_fraction >= 0.99:
-        return None
-    ratio = noise_fraction / (1 - noise_fraction)
-    target_ratio = NOISE_TARGET / (1 - NOISE_TARGET)
-    return max(num_rows, math.ceil(num_rows * ratio / target_ratio))
-
-
-def _rounded(values: torch.Tensor) -> list[float]:
-    return [float(f"{v:.7g}") for v in values.tolist()]
 
 
 def _parameter_count(model: nn.Module) -> int:

@@ -1,8 +1,8 @@
 """Quantized bases: load a checkpoint in 4 or 8 bits, and keep bitsandbytes layers honest in a probe.
 
 QLoRA users fine-tune a 4-bit base, so the probe must measure that model. bitsandbytes 0.50
-has two silent bugs on CPUs with AVX512-BF16, both measured on this project's machine
-(../shared/RESOURCES.md) and both guarded here:
+has two silent bugs on CPUs with AVX512-BF16, both measured on this project's machine and
+both guarded here:
 
 1. An eval-mode forward of a ``Linear4bit`` whose input does not require grad (any
    ``model.generate`` or ``torch.no_grad()`` call on a model fresh from ``from_pretrained``)
@@ -113,14 +113,6 @@ def linear4bit_modules(model: nn.Module) -> dict[str, nn.Module]:
     if bnb is None:
         return {}
     return {name: m for name, m in model.named_modules() if isinstance(m, bnb.nn.Linear4bit)}
-
-
-def is_quantized(model: nn.Module) -> bool:
-    """True when ``model`` holds bitsandbytes 4-bit or 8-bit linear layers."""
-    bnb = _bnb()
-    if bnb is None:
-        return False
-    return any(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in model.modules())
 
 
 def describe(model: nn.Module) -> str | None:

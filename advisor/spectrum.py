@@ -1,22 +1,30 @@
-"""Spectral statistics of a gradient matrix: how many directions it really uses.
+"""Stage 4 of the data path: spectral statistics of a gradient matrix, how many directions it uses.
 
 All functions take singular values ``sv`` as a 1-D tensor sorted in descending order and
-return plain Python numbers. The measures (see ../shared/DESIGN.md):
+return plain Python numbers. The measures:
 
 - entropy effective rank exp(-sum p ln p), p = sigma / sum sigma (Roy & Vetterli 2007);
 - stable rank sum sigma^2 / sigma_1^2;
 - energy rank k_tau = min k with sum_{i<=k} sigma_i^2 >= tau * sum sigma^2;
 - participation ratio (sum sigma^2)^2 / sum sigma^4.
+
+:class:`LayerStats` gathers them for one probed layer, with the sampling-noise diagnostics
+that the split into two half-samples allows (:func:`layer_stats`).
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 
-ENERGY_LEVELS = (0.90, 0.95, 0.99)
+from advisor.layers import block_depth
+
+NOISE_TARGET = 0.2  # converged when sampling noise carries at most this share of ||G||_F^2
+OVERLAP_RANK_CAP = 32  # split-half overlap compares at most this many top directions
+NOISE_VALUES_KEPT = 32
 
 
 def singular_values_and_vectors(
@@ -123,3 +131,107 @@ def subspace_overlap(v1: torch.Tensor, v2: torch.Tensor) -> float:
     if k == 0:
         return 0.0
     return float((v1[:, :k].T @ v2[:, :k]).pow(2).sum() / k)
+
+
+# --------------------------------------------------------------------------- one probed layer
+@dataclass
+class LayerStats:
+    """Spectrum of one layer's probe gradient G (shape [out, in]) and its noise diagnostics."""
+
+    name: str
+    layer_type: str
+    depth: int | None
+    shape: tuple[int, int]
+    tokens: int  # non-padding tokens that went through the layer
+    singular_values: list[float]  # of G, descending: all (exact) or the sketch's top ones
+    effective_rank: float
+    stable_rank: float
+    energy_rank_90: int
+    energy_rank_95: int
+    energy_rank_99: int
+    participation_ratio: float
+    frobenius_norm: float
+    noise_singular_values: list[float]  # top ones of the split-half noise estimate
+    noise_fraction: float  # share of ||G||_F^2 that is sampling noise, in [0, 1]
+    signal_rank: int  # singular values of G above the largest noise singular value
+    signal_effective_rank: float  # entropy rank of the signal directions, noise edge removed
+    effective_rank_half: float  # mean effective rank of the two half-sample gradients
+    rank_growth: float  # effective_rank / effective_rank_half: ~1 once the sample suffices
+    subspace_overlap: float  # split-half agreement of the top directions, in [0, 1]
+    converged: bool  # noise_fraction <= NOISE_TARGET
+    samples_needed: int | None  # rows for noise_fraction <= NOISE_TARGET (None: noise only)
+    sketch_error: float | None = None  # relative Frobenius error of the sketch (sketch mode)
+    # quantized base probed with compare_full_precision: ||G_q - G||^2 / ||G_q||^2, the share of
+    # this gradient that the full-precision model's gradient G does not have
+    quantization_share: float | None = None
+    # D (1 - noise share) ||G||_F^2 / (mean ||x||^2 mean ||delta||^2) over non-padding tokens (D = out x in):
+    # what a natural-gradient step on this layer alone could gain, with the layer's Fisher
+    # approximated as isotropic with the K-FAC trace; compare it across the layers of one probe
+    natural_gain: float | None = None
+
+
+def layer_stats(name, layer_type, accumulator, shape, loss_tokens, tokens, num_rows) -> LayerStats:
+    """The statistics of one layer from its probe accumulator: ``accumulator.spectrum(a, b, k,
+    precise=True)`` gives the spectrum of a G_A + b G_B (its top-``k`` singular vectors too) from the
+    two half sums of delta x^T, and ``accumulator.energies`` the (sum ||x||^2, sum ||delta||^2,
+    tokens) of the layer's Fisher scale; ``loss_tokens``: the loss tokens of the two halves,
+    ``tokens`` the non-padding tokens seen, ``num_rows`` the rows probed."""
+    n_a, n_b = loss_tokens
+    n = n_a + n_b
+    k = min(OVERLAP_RANK_CAP, *shape)
+    full = accumulator.spectrum(1 / n, 1 / n, 0)
+    # the diagnostics below tolerate float32's ~3e-4 sigma_1 error and cost half as much
+    half_a = accumulator.spectrum(1 / n_a, 0.0, k, precise=False)
+    half_b = accumulator.spectrum(0.0, 1 / n_b, k, precise=False)
+    # (G_A/n_A - G_B/n_B) * sqrt(n_A n_B)/n has the noise of G/n and no signal
+    noise_scale = math.sqrt(n_a * n_b) / n
+    noise = accumulator.spectrum(noise_scale / n_a, -noise_scale / n_b, 0, precise=False)
+
+    sv = full.singular_values
+    noise_edge = float(noise.singular_values[0]) if noise.singular_values.numel() else 0.0
+    noise_fraction = min(1.0, noise.energy / full.energy) if full.energy > 0 else 1.0
+    overlap_rank = max(1, min(energy_rank(sv, 0.9), k))
+    erank = effective_rank(sv)
+    input_energy, grad_energy, kept = (float(e) for e in accumulator.energies)
+    fisher_scale = input_energy * grad_energy / kept**2 if kept else 0.0  # mean ||x||^2 x mean ||delta||^2
+    natural_gain = shape[0] * shape[1] * full.energy * (1 - noise_fraction) / fisher_scale if fisher_scale > 0 else 0.0
+    erank_half = (effective_rank(half_a.singular_values) + effective_rank(half_b.singular_values)) / 2
+    return LayerStats(
+        name=name,
+        layer_type=layer_type,
+        depth=block_depth(name),
+        shape=tuple(shape),
+        tokens=tokens,
+        singular_values=_rounded(sv),
+        effective_rank=erank,
+        stable_rank=stable_rank(sv),
+        energy_rank_90=energy_rank(sv, 0.90),
+        energy_rank_95=energy_rank(sv, 0.95),
+        energy_rank_99=energy_rank(sv, 0.99),
+        participation_ratio=participation_ratio(sv),
+        frobenius_norm=math.sqrt(full.energy),
+        noise_singular_values=_rounded(noise.singular_values[:NOISE_VALUES_KEPT]),
+        noise_fraction=noise_fraction,
+        signal_rank=int((sv > noise_edge).sum()),
+        signal_effective_rank=effective_rank(signal_spectrum(sv, noise_edge)),
+        effective_rank_half=erank_half,
+        rank_growth=erank / erank_half if erank_half > 0 else float("nan"),
+        subspace_overlap=subspace_overlap(half_a.vectors[:, :overlap_rank], half_b.vectors[:, :overlap_rank]),
+        converged=noise_fraction <= NOISE_TARGET,
+        samples_needed=_samples_needed(noise_fraction, num_rows),
+        sketch_error=None if full.error is None else full.error / math.sqrt(full.energy) if full.energy > 0 else None,
+        natural_gain=natural_gain,
+    )
+
+
+def _samples_needed(noise_fraction: float, num_rows: int) -> int | None:
+    """Rows at which noise would carry NOISE_TARGET of the energy, noise/signal falling as 1/rows."""
+    if noise_fraction >= 0.99:
+        return None
+    ratio = noise_fraction / (1 - noise_fraction)
+    target_ratio = NOISE_TARGET / (1 - NOISE_TARGET)
+    return max(num_rows, math.ceil(num_rows * ratio / target_ratio))
+
+
+def _rounded(values: torch.Tensor) -> list[float]:
+    return [float(f"{v:.7g}") for v in values.tolist()]
