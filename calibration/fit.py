@@ -123,10 +123,13 @@ def probe_task(model: str) -> str:
     return TASK_CAUSAL_LM if MODELS[model].kind == "causal-lm" else TASK_SEQ_CLS
 
 
-def training_table(records: list[dict]):
-    """(cell rows, layer rows, curve rows): dicts with features, target, and the task / model for grouping."""
+def training_table(records: list[dict], cells=None):
+    """(cell rows, layer rows, curve rows): dicts with features, target, and the task / model for grouping.
+    ``cells``: the labelled cells to tabulate (default: the rank grids' uniform-rank cells of ``records``)."""
     cell_rows, layer_rows, curve_rows = [], [], []
-    for cell in uniform_cells(rank_grid(records)):  # one scale rule only: the regression has no scaling feature
+    if cells is None:
+        cells = uniform_cells(rank_grid(records))  # one scale rule only: the regression has no scaling feature
+    for cell in cells:
         layers = cell.probe()["layers"]
         quantized = bool(cell.records[0]["config"].get("quantized", False))
         features = cell_features(layers, cell.train_size, quantized)

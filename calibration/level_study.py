@@ -249,8 +249,9 @@ def cell_table(rows: list[dict], kind: str, levels=("rule", "constant", "rank mo
     return "\n".join(lines)
 
 
-def plot(rows: list[dict]) -> Path:
-    """Mean regret in seed noises against mean adapter parameters (x r = 16's), one panel per kind."""
+def plot(rows: list[dict], name: str = "levels") -> Path:
+    """Mean regret in seed noises against mean adapter parameters (x r = 16's), one panel per kind;
+    written to ``plots/NAME.png``."""
     from advisor.report import pyplot, save_figure
 
     plt = pyplot()
@@ -278,28 +279,50 @@ def plot(rows: list[dict]) -> Path:
         ax.set_ylabel("mean regret (seed noises above the best rank)")
         ax.set_title(f"{kind}: {summary['rule']['cells']} labelled cells", fontsize=9)
         ax.legend(fontsize=7)
-    path = PLOTS_DIR / "levels.png"
+    path = PLOTS_DIR / f"{name}.png"
     save_figure(fig, path)
     return path
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = script_parser("calibration.level_study", __doc__, ["python -m calibration.level_study"])
-    parser.parse_args(argv)
-    from calibration.findings import read_records
-    from calibration.fit import probe_task, training_table
+def capacity_cells(records: list[dict]) -> list:
+    """The capacity grids' labelled cells: alpha = 32 with alpha / r, each rank at its best learning
+    rate (:func:`calibration.labels.best_over_lr_cells`), complete ones only."""
+    from calibration.labels import best_over_lr_cells
+    from calibration.scaling_study import FIXED_ALPHA
 
-    records = read_records()
+    runs = [r for r in records if not r["config"].get("use_rslora") and r["config"].get("alpha") == FIXED_ALPHA]
+    return [cell for cell in best_over_lr_cells(runs) if cell.optimal_rank is not None]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = script_parser("calibration.level_study", __doc__, [
+        "python -m calibration.level_study                    # the rank grids' labels (rsLoRA, one rate)",
+        "python -m calibration.level_study --labels capacity  # the capacity grids' (alpha / r, best rate)",
+    ])
+    parser.add_argument("--labels", choices=("rank-grid", "capacity"), default="rank-grid",
+                        help="rank-grid: the shipped calibrations' cells; capacity: the capacity grids' cells "
+                             "(calibration/README.md, \"Where rank becomes the limit\")")
+    args = parser.parse_args(argv)
+    from calibration.findings import read_records
+    from calibration.fit import EXPERIMENT_FILES, RESULTS_DIR, probe_task, training_table
+    from calibration.fit import read_records as read_files
+
+    if args.labels == "capacity":
+        records = read_files(path for name in EXPERIMENT_FILES if (path := RESULTS_DIR / name).exists())
+    else:
+        records = read_records()
     rows = []
     for kind in KINDS:  # the rank model and the constant are fitted within one kind, as shipped
-        rows += level_rows(training_table([r for r in records if probe_task(r["model"]) == kind])[0])
+        ours = [r for r in records if probe_task(r["model"]) == kind]
+        cells = capacity_cells(ours) if args.labels == "capacity" else None
+        rows += level_rows(training_table(ours, cells)[0])
     if not rows:
-        print("error: no labelled cell in the results", file=sys.stderr)
+        print(f"error: no labelled cell in the results ({args.labels} labels)", file=sys.stderr)
         return 2
     for kind in KINDS:
         if any(row["kind"] == kind for row in rows):
             print(f"### {kind}\n\n{summary_table(rows, kind)}\n\n{cell_table(rows, kind)}\n")
-    print(f"wrote {plot(rows)}", file=sys.stderr)
+    print(f"wrote {plot(rows, 'levels' if args.labels == 'rank-grid' else 'levels-capacity')}", file=sys.stderr)
     return 0
 
 

@@ -110,3 +110,29 @@ def test_the_users_rules_read_the_cells_loss_tokens_and_rows():
     by = {(row["task"], row["level"]): row["rank"] for row in rows}
     assert [by[(t, "Tinker tokens rule")] for t in "abcd"] == [2, 2, 8, 64]  # r = 1 is spent as the advice's least, 2
     assert {by[(t, "axolotl thresholds")] for t in "abcd"} == {16}  # 1000 rows each
+
+
+def test_capacity_labels_take_each_ranks_best_rate_and_are_scored_like_the_rank_grids():
+    """The synthetic sweep retrained under alpha = 32 with alpha / r at two rates, the second worse
+    by 0.5 everywhere: the capacity cells hold the better rate's runs, so every level scores as on
+    the original one-rate cells."""
+    import copy
+
+    from calibration.level_study import capacity_cells
+
+    records = []
+    for original in synthetic_sweep():
+        for rate, worse in ((1e-3, 0.0), (3e-3, 0.5)):
+            run = copy.deepcopy(original)
+            run["run_id"] += f"-{rate}"
+            run["config"].update(alpha=32.0, use_rslora=False, learning_rate=rate)
+            run["eval_loss"] += worse
+            records.append(run)
+    cells = capacity_cells(records)
+    assert len(cells) == 4 and all(set(cell.best_lr.values()) == {1e-3} for cell in cells)
+    assert capacity_cells([r for r in synthetic_sweep()]) == []  # rsLoRA runs are not capacity runs
+
+    def scored(rows):
+        return sorted((row["task"], row["level"], row["rank"], round(row["regret"], 9)) for row in rows)
+
+    assert scored(level_rows(training_table(records, cells)[0])) == scored(level_rows(training_table(synthetic_sweep())[0]))
