@@ -20,11 +20,12 @@ import json
 import os
 import platform
 import sysconfig
-import tempfile
 import textwrap
 import tokenize
 import warnings
 from pathlib import Path
+
+from advisor.files import write_atomically
 
 EMBEDDED_DATASET_NAME = "stdlib-code"
 ROWS_VERSION = 1  # part of the cache file's name: bump it whenever the rules below change
@@ -53,18 +54,8 @@ def stdlib_code_rows() -> list[dict]:
     except (OSError, ValueError):
         pass  # not built yet, or unreadable: rebuild
     rows = build_stdlib_code_rows()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    except OSError:
-        pass  # a read-only home still gets the rows, just without a cache
+    # a read-only home still gets the rows, just without a cache
+    write_atomically(path, (json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return rows
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,3 +27,23 @@ def atomic_directory(target: str | os.PathLike):
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_atomically(path: str | os.PathLike, chunks: Iterable[str]) -> bool:
+    """Write the text ``chunks`` (UTF-8) to ``path`` through a temporary file renamed into place,
+    so a reader never sees half a file. Returns False, having written nothing, when the folder
+    cannot be written (a read-only cache: the caller goes on without it)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.writelines(chunks)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    except OSError:
+        return False
+    return True
