@@ -24,3 +24,8 @@ def __getattr__(name: str):
 
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'advisor' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    """The exports too, so that ``dir(advisor)`` and tab completion show them before first use."""
+    return sorted({*globals(), *__all__})

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import sys
+from pathlib import Path
 
 from advisor.probe_config import METHODS, TASKS, ProbeConfig
 from advisor.quantized import COMPUTE_DTYPES, QUANT_TYPES
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     advice.add_argument("--max-rank", type=int, default=64, help="largest advised rank (default: %(default)s)")
     advice.add_argument("--calibration", default="auto",
                         help="a calibration file, 'none' for the uncalibrated rule, or 'auto' (default): the one "
-                             "shipped in models/ for the model's kind (causal LM or classifier), the "
+                             "shipped with the package for the model's kind (causal LM or classifier), the "
                              "uncalibrated rule when none covers the probe")
     advice.add_argument("--compare", metavar="ADAPTER_CONFIG",
                         help="your planned adapter_config.json (or its directory), shown beside the advice")
@@ -254,7 +255,7 @@ def _run(args) -> int:
     config = advice.config
     print(f"wrote {args.out}/: adapter_config.json (r={config.r}, lora_alpha={config.lora_alpha:g}, "
           f"{len(config.rank_pattern)} layers in rank_pattern), advice.json, probe.json, axolotl.yaml, "
-          "lora_config.py, report.html")
+          f"lora_config.py, report.html and its {', '.join(sorted(p.name for p in Path(args.out).glob('*.png')))}")
     return 0
 
 

@@ -79,6 +79,9 @@ class ProbeResult:
     # the frozen base model's mean loss per loss token on the probe's rows (nats): how much of the
     # data it has yet to learn; None in a probe saved before it was recorded
     base_loss: float | None = None
+    # rows drawn from the dataset (num_rows of them kept a loss token within max_length); None for a
+    # DataLoader or a probe saved before it was recorded
+    rows_drawn: int | None = None
     # the ProbeConfig the probe ran with (ProbeConfig.to_dict); None in a probe saved before it was recorded
     config: dict | None = None
     layers: dict[str, LayerStats] = field(default_factory=dict)
@@ -369,6 +372,7 @@ def probe(
         dataset_tokens=dataset_tokens,
         untargeted_modules=[name for name, _ in model.named_modules() if name and name not in targets],
         base_loss=summed_loss / sum(loss_tokens),
+        rows_drawn=None if is_batch_iterable(dataset) else min(config.num_samples, len(dataset)),
         config=config.to_dict(),
         layers=layers,
     )

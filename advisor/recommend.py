@@ -210,7 +210,8 @@ class Advice:
             "learning_rate": self.learning_rate,
             "decision": None if self.decision is None else asdict(self.decision),
             "layers": {name: {**asdict(layer), "shape": list(layer.shape)} for name, layer in self.layers.items()},
-            "adapter_config": json.loads(json.dumps(self.config.to_dict(), default=list)),
+            # PEFT holds target_modules as a set: sorted, so that advice.json does not depend on hash order
+            "adapter_config": json.loads(json.dumps(self.config.to_dict(), default=sorted)),
         }
 
     def to_json(self) -> str:
@@ -515,7 +516,7 @@ def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int
         needed = [s.samples_needed for s in unconverged if s.samples_needed]
         more = f"; about {int(statistics.median(needed)):,} rows would steady them" if needed else ""
         reasons.append(f"{len(unconverged)} of {len(result.layers)} layers are dominated by sampling noise "
-                       f"(noise share above 20%) at {result.num_rows} rows{more}")
+                       f"(noise share above 20%) at {result.num_rows} rows{_rows_dropped(result)}{more}")
     if 16 in uniform:
         reasons.append(f"the advice trains {trainable:,} parameters, {trainable / uniform[16]:.0%} of uniform r=16 "
                        f"({uniform[16]:,}) on the same layers")
@@ -525,6 +526,15 @@ def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int
         reasons.append(f"{len(flagged)} layers' 4-bit gradients are mostly not their full-precision gradients "
                        "(see the q-share column)")
     return reasons
+
+
+def _rows_dropped(result: ProbeResult) -> str:
+    """" (k of the n drawn had no loss token within L tokens)" when the probe drew more rows than it
+    kept (:func:`advisor.data.make_batches` drops them), else ""."""
+    drawn = result.rows_drawn
+    if drawn is None or result.num_rows >= drawn:
+        return ""
+    return f" ({drawn - result.num_rows} of the {drawn} drawn had no loss token within {result.max_length} tokens)"
 
 
 def users_rules(result: ProbeResult, train_size: int) -> dict | None:

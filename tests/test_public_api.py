@@ -16,6 +16,7 @@ def test_every_export_is_the_documented_object_after_importing_every_submodule()
         assert not isinstance(value, type(advisor)), f"advisor.{name} is a module, not the documented object"
         assert getattr(value, "__name__", None) == name
     assert callable(advisor.probe) and callable(advisor.audit) and callable(advisor.advise)
+    assert set(advisor.__all__) <= set(dir(advisor))  # tab completion shows them
 
 
 def test_an_export_reached_first_does_not_hide_another(tmp_path):

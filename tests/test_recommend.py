@@ -147,6 +147,16 @@ def test_exports_read_back_as_the_same_config(probed, tmp_path):
     assert Advice.load(tmp_path).to_dict() == advice.to_dict()  # advice.json + probe.json give the advice back
 
 
+def test_the_noise_reason_says_how_many_drawn_rows_had_no_loss_token_within_max_length():
+    rows = token_rows(16, 16)
+    for row in rows[:4]:  # the completion starts after token 12: nothing to learn within 8 tokens
+        row["labels"] = [-100] * 12 + row["input_ids"][12:]
+    result = probe(tiny_llama(), rows, num_samples=16, batch_size=4, max_length=8, method="exact", progress=False)
+    assert (result.rows_drawn, result.num_rows) == (16, 12)
+    (noisy,) = [r for r in advice_from_probe(result).reasons if "dominated by sampling noise" in r]
+    assert "at 12 rows (4 of the 16 drawn had no loss token within 8 tokens)" in noisy
+
+
 def test_fixed_alpha_is_the_default_and_peft_scales_each_layer_by_32_over_its_rank(probed):
     model, result = probed
     advice = advice_from_probe(result, budget="r=6", min_rank=1)  # half the layers at 4, half at 8
