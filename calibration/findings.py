@@ -41,19 +41,12 @@ HERE = Path(__file__).resolve().parent
 PLOTS_DIR = HERE / "plots"
 
 
-def read_records() -> list[dict]:
-    from calibration.fit import read_records as read
-    from calibration.fit import sweep_result_files
-
-    return read(sweep_result_files())
-
-
 def training_runs() -> str:
     """How many real trainings each results file holds, per model, and the tasks they cover (the
     sweeps, the learning-rate checks and the validation; the probe-only studies are not trainings;
     a run two files share counts once in the total)."""
-    from calibration.fit import RESULTS_DIR, STUDY_FILES
-    from calibration.validate import RESULTS_NAME as VALIDATION
+    from calibration.records import RESULTS_DIR, STUDY_FILES
+    from calibration.records import VALIDATION_FILE as VALIDATION
 
     paths = [p for p in sorted(RESULTS_DIR.glob("*.jsonl")) if p.name not in STUDY_FILES or p.name == VALIDATION]
     lines = ["| results file | runs | by model | tasks |", "|---|---|---|---|"]
@@ -458,8 +451,8 @@ def _same_training_twice(cells: list) -> list[str]:
 
 def lr_checks() -> str:
     """The learning-rate checks (``results/*-lr.jsonl``): each run's eval loss at every evaluation."""
-    from calibration.fit import LR_CHECK_SUFFIX, RESULTS_DIR
-    from calibration.fit import read_records as read
+    from calibration.records import LR_CHECK_SUFFIX, RESULTS_DIR
+    from calibration.records import read_records as read
 
     lines = ["| model | task | r | lr | base eval loss | eval loss by step |", "|---|---|---|---|---|---|"]
     for record in read(sorted(RESULTS_DIR.glob(f"*{LR_CHECK_SUFFIX}"))):
@@ -488,7 +481,9 @@ def main(argv: list[str] | None = None) -> int:
         "python -m calibration.findings > /tmp/findings.md   # and calibration/plots/*.png",
     ])
     parser.parse_args(argv)
-    records = read_records()
+    from calibration.records import sweep_records
+
+    records = sweep_records()
     print(f"## Findings from {len(records)} sweep runs (rank, alpha and layer-type grids)\n")
     print("### Trainings\n")
     print(training_runs())
@@ -507,8 +502,8 @@ def main(argv: list[str] | None = None) -> int:
                           and r["config"].get("rank") in (2, 8, 32)],
                          lambda r: f"{r['task']} s={r['lora']['scaling_by_group']['attention']:.3g}", "task, scaling",
                          ranks=(2, 8, 32), order=lambda g: (g.split(" s=")[0], float(g.split(" s=")[1]))))
-    from calibration.fit import LR_CHECK_SUFFIX, RESULTS_DIR
-    from calibration.fit import read_records as read
+    from calibration.records import LR_CHECK_SUFFIX, RESULTS_DIR
+    from calibration.records import read_records as read
 
     lr_paths = sorted(RESULTS_DIR.glob(f"*{LR_CHECK_SUFFIX}"))  # the same files as lr_checks()
     if lr_paths:

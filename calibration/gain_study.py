@@ -87,12 +87,12 @@ def layer_rows_with_gain(probe_task: str) -> list[dict]:
     """The per-layer regression's rows (:func:`calibration.fit.training_table`) of one probe task,
     each with ``log2_relative_gain`` (the layer's natural gain over its cell's median layer's) added;
     a cell with no natural gain in its record nor in ``gain.jsonl`` is left out."""
-    from calibration.findings import read_records
-    from calibration.fit import probe_task as task_of
-    from calibration.fit import training_table
+    from calibration.records import probe_task as task_of
+    from calibration.records import sweep_records
+    from calibration.regression import training_table
 
     studied = {(r["model"], r["task"], r["train_size"]): r["per_layer"] for r in read_results(RESULTS)}
-    _, layer_rows, _ = training_table([r for r in read_records() if task_of(r["model"]) == probe_task])
+    _, layer_rows, _ = training_table([r for r in sweep_records() if task_of(r["model"]) == probe_task])
     by_cell: dict[int, dict[str, float]] = {}  # id(cell) -> its layers' log2 relative gains
     rows = []
     for row in layer_rows:
@@ -107,14 +107,14 @@ def layer_rows_with_gain(probe_task: str) -> list[dict]:
 
 def regression_ablation(probe_task: str) -> str:
     """The per-layer regression's leave-one-task-out error without and with the natural-gain feature."""
-    from calibration.fit import _zero_baseline, grouped_errors
+    from calibration.regression import grouped_errors, zero_baseline
 
     rows = layer_rows_with_gain(probe_task)
     if not rows:
         return f"{probe_task}: no labelled cell with natural gains"
     names = list(rows[0]["features"])
-    without = grouped_errors(rows, [n for n in names if n != "log2_relative_gain"], "task", _zero_baseline)
-    with_gain = grouped_errors(rows, names, "task", _zero_baseline)
+    without = grouped_errors(rows, [n for n in names if n != "log2_relative_gain"], "task", zero_baseline)
+    with_gain = grouped_errors(rows, names, "task", zero_baseline)
     cells = len({(r["model"], r["task"], r["features"]["log2_train_size"]) for r in rows})
     lines = [f"{probe_task}: {cells} cells, {len(rows)} layers; per-layer leave-one-task-out MAE (log2 relative need): "
              f"without gain {without['model_mae']:.4f}, with gain {with_gain['model_mae']:.4f}, "
@@ -157,11 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import torch
 
-    from calibration.findings import read_records
     from calibration.labels import rank_grid, uniform_cells
+    from calibration.records import sweep_records
 
     torch.set_num_threads(1)
-    cells = [c for c in uniform_cells(rank_grid(read_records())) if c.optimal_rank is not None and c.model in args.models]
+    cells = [c for c in uniform_cells(rank_grid(sweep_records())) if c.optimal_rank is not None and c.model in args.models]
     stored = {(r["model"], r["task"], r["train_size"]) for r in read_results(RESULTS)}
     cells = [c for c in cells if (c.model, c.task, c.train_size) not in stored]
     print(f"{len(cells)} labelled cells not studied yet", file=sys.stderr, flush=True)

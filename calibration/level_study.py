@@ -119,12 +119,12 @@ def held_out_ranks(cell_rows: list[dict]) -> dict[str, list[float | None]]:
     fitted leave-one-task-out as :func:`calibration.fit.fit` scores them and rounded as the advice
     rounds a need (None: a fold fit skips, too few training rows for the model, so for both)."""
     from advisor.recommend import MAX_RANK, MIN_RANK, rounded_rank
-    from calibration.fit import _median_baseline, held_out_predictions
+    from calibration.regression import held_out_predictions, median_baseline
 
     names = list(cell_rows[0]["features"])
     fitted = {"rank model": [None] * len(cell_rows), "constant": [None] * len(cell_rows)}
     position = {id(row): index for index, row in enumerate(cell_rows)}
-    for _, test, predicted, guessed in held_out_predictions(cell_rows, names, "task", _median_baseline):
+    for _, test, predicted, guessed in held_out_predictions(cell_rows, names, "task", median_baseline):
         if predicted is None:
             continue
         for row, model_log2, constant_log2 in zip(test, predicted, guessed):
@@ -136,8 +136,8 @@ def held_out_ranks(cell_rows: list[dict]) -> dict[str, list[float | None]]:
 def level_rows(cell_rows: list[dict]) -> list[dict]:
     """One row per (labelled cell, way of choosing the level): rank, log2 error, regret (``within_noise``:
     the loss at the rank is within one seed noise of the cell's best); ``cell_rows``: the labelled
-    cells' rows of :func:`calibration.fit.training_table`."""
-    from calibration.fit import probe_task
+    cells' rows of :func:`calibration.regression.training_table`."""
+    from calibration.records import probe_task
 
     cells = [row["cell"] for row in cell_rows]
     fitted = held_out_ranks(cell_rows) if len({c.task for c in cells}) > 1 else {}
@@ -303,14 +303,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="rank-grid: the shipped calibrations' cells; capacity: the capacity grids' cells "
                              "(calibration/README.md, \"Where rank becomes the limit\")")
     args = parser.parse_args(argv)
-    from calibration.findings import read_records
-    from calibration.fit import EXPERIMENT_FILES, RESULTS_DIR, probe_task, training_table
-    from calibration.fit import read_records as read_files
+    from calibration.records import experiment_result_files, probe_task, read_records, sweep_records
+    from calibration.regression import training_table
 
-    if args.labels == "capacity":
-        records = read_files(path for name in EXPERIMENT_FILES if (path := RESULTS_DIR / name).exists())
-    else:
-        records = read_records()
+    records = read_records(experiment_result_files()) if args.labels == "capacity" else sweep_records()
     rows = []
     for kind in KINDS:  # the rank model and the constant are fitted within one kind, as shipped
         ours = [r for r in records if probe_task(r["model"]) == kind]

@@ -103,9 +103,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from calibration import read_results, script_parser  # noqa: E402
+from calibration.records import RESULTS_DIR  # noqa: E402
 from calibration.train import RunConfig  # noqa: E402  (after the thread settings)
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 # --------------------------------------------------------------------------- shared settings
 ENCODER_TASKS = ("bbc-news", "spam", "health-tweets", "debian-section", "brown-genre")
@@ -504,9 +503,9 @@ def recorded_elsewhere(results: ResultsFile) -> frozenset[str]:
     """The run_ids of the other sweep and experiment results files: runs that another grid already
     trained with the same config (``smollm2-capacity`` shares its seed-0 r = 1 and 64 runs on
     health-source and wordnet-defs with ``smollm2-scaling``; a label reads both files)."""
-    from calibration.fit import EXPERIMENT_FILES, RESULTS_DIR, sweep_result_files
+    from calibration.records import experiment_result_files, sweep_result_files
 
-    paths = [*sweep_result_files(), *(RESULTS_DIR / name for name in EXPERIMENT_FILES)]
+    paths = [*sweep_result_files(), *experiment_result_files()]
     return frozenset().union(*(ResultsFile(path).run_ids() for path in paths
                                if path.exists() and path.resolve() != results.path.resolve()))
 

@@ -58,6 +58,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from calibration import script_parser  # noqa: E402
 from calibration.labels import pooled_seed_noise  # noqa: E402
+from calibration.records import VALIDATION_FILE  # noqa: E402
 from calibration.sweep import (  # noqa: E402
     ENCODER_ALPHA,
     ENCODER_TASKS,
@@ -71,7 +72,6 @@ from calibration.sweep import (  # noqa: E402
 )
 from calibration.train import RunConfig  # noqa: E402
 
-RESULTS_NAME = "validate.jsonl"  # in RESULTS_DIR
 PLOT = Path(__file__).resolve().parent / "plots" / "validate.png"
 TRAIN_SIZE = 1000
 UNIFORM_RANKS = (4, 8, 16, 32)  # the uniform arms of the comparison (the goal's "best uniform rank")
@@ -154,7 +154,8 @@ def held_out_calibration(task: str, records: list[dict], kind: str = "seq-cls"):
     """A :class:`advisor.calibrated.Calibration` fitted as the shipped one for models of ``kind``
     (seq-cls or causal-lm: that kind's sweep records only) is, without ``task``'s records."""
     from advisor.calibrated import Calibration
-    from calibration.fit import fit, probe_task
+    from calibration.fit import fit
+    from calibration.records import probe_task
 
     kept = [r for r in records if r.get("task") != task and probe_task(r["model"]) == kind]
     models, metadata = fit(kept)
@@ -210,12 +211,12 @@ def comparison_plan(protocol: Protocol, task: str, seeds, arms,
 
 # --------------------------------------------------------------------------- running
 def run(protocol: Protocol, tasks, seeds, arms, *, dry_run: bool = False, log=None) -> None:
-    from calibration.fit import read_records, sweep_result_files
+    from calibration.records import read_records, sweep_result_files
     from calibration.train import train_run
 
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
     records = read_records(sweep_result_files())
-    results, uniform = ResultsFile(RESULTS_DIR / RESULTS_NAME), ResultsFile(RESULTS_DIR / f"{protocol.grid}.jsonl")
+    results, uniform = ResultsFile(RESULTS_DIR / VALIDATION_FILE), ResultsFile(RESULTS_DIR / f"{protocol.grid}.jsonl")
     results.repair()
     for task in tasks:
         plan = comparison_plan(protocol, task, seeds, arms, records)
@@ -257,11 +258,11 @@ def summary(tasks=None) -> dict[str, Comparison]:
     """The comparisons by label: a task under the current fit ("task (Model, 1000 rows)"), or
     under an earlier regression ("task, fit: ... (...)": its advice, hence its budget, differ);
     a fixed-budget comparison adds "budget of uniform r=N"."""
-    from calibration.fit import MODEL_DESCRIPTION
+    from calibration.regression import MODEL_DESCRIPTION
 
     table: dict[str, dict[str, list]] = {}
     source: dict[str, tuple[Protocol, str, int | None]] = {}
-    for record in ResultsFile(RESULTS_DIR / RESULTS_NAME).records():
+    for record in ResultsFile(RESULTS_DIR / VALIDATION_FILE).records():
         info = record["validation"]
         if tasks and info["task"] not in tasks:
             continue

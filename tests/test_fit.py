@@ -6,8 +6,9 @@ import pickle
 import pytest
 
 from advisor.calibrated import Calibration, cell_features, load_calibration
-from calibration.fit import fit, grouped_errors, save
+from calibration.fit import fit, save
 from calibration.labels import best_over_lr_cells, best_scaling, uniform_cells
+from calibration.regression import grouped_errors
 
 
 def probe_layers(signal: float) -> dict:
@@ -230,13 +231,13 @@ def test_the_curve_is_scored_on_its_shape_not_its_height():
     """Three tasks whose curves share one shape (0.1 per doubling of r) at different heights: a
     model that predicts the height beats the per-rank median by far on raw errors, but centred
     within each cell neither has anything left to predict, so the curve earns nothing."""
-    from calibration.fit import _same_rank_median_baseline, centred
+    from calibration.regression import centred, same_rank_median_baseline
 
     assert centred([1.0, 3.0, 10.0, 20.0], ["a", "a", "b", "b"]) == [-1.0, 1.0, -5.0, 5.0]
     rows = [{"features": {"height": height, "log2_rank": x}, "target": height + 0.1 * x, "task": task,
              "cell_key": task} for task, height in (("a", 0.0), ("b", 0.5), ("c", 1.5)) for x in (0.0, 2.0, 4.0)]
-    raw = grouped_errors(rows, ["height", "log2_rank"], "task", _same_rank_median_baseline)
-    shape = grouped_errors(rows, ["height", "log2_rank"], "task", _same_rank_median_baseline, centre_by="cell_key")
+    raw = grouped_errors(rows, ["height", "log2_rank"], "task", same_rank_median_baseline)
+    shape = grouped_errors(rows, ["height", "log2_rank"], "task", same_rank_median_baseline, centre_by="cell_key")
     assert raw["model_mae"] < 0.5 * raw["baseline_mae"]
     assert shape["baseline_mae"] == pytest.approx(0.0, abs=1e-9) and shape["model_mae"] < 0.05
 
@@ -408,7 +409,7 @@ def test_a_fit_is_released_only_when_its_rank_or_per_layer_model_beats_its_basel
 def test_training_runs_counts_the_trainings_not_the_probe_studies(tmp_path, monkeypatch):
     import json
 
-    from calibration import fit as fit_module
+    from calibration import records as records_module
     from calibration.findings import training_runs
 
     def write(name, configs):
@@ -420,7 +421,7 @@ def test_training_runs_counts_the_trainings_not_the_probe_studies(tmp_path, monk
     write("validate.jsonl", [{"model": "minilm", "task": "c"}, {"model": "minilm", "task": "a"}])  # a: also a grid run
     with open(tmp_path / "validate.jsonl", "a") as f:
         f.write('{"run_id": "x", "note": "no config"}\n{"run_id": "cut sh')  # a record being written
-    monkeypatch.setattr(fit_module, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(records_module, "RESULTS_DIR", tmp_path)
     rows = training_runs().splitlines()
     assert rows[2:] == ["| grid.jsonl | 2 | minilm 1, mpnet 1 | 2 |", "| validate.jsonl | 2 | minilm 2 | 2 |",
                         "| all | 3 | 2 models | 3: a, b, c |"]
@@ -469,9 +470,9 @@ def test_the_gain_ablation_adds_only_the_gain_feature_to_the_fits_per_layer_rows
     log2(gain / the cell's median gain), so its 'without' error is the shipped fit's."""
     import statistics
 
-    from calibration.findings import read_records
-    from calibration.fit import training_table
     from calibration.gain_study import layer_rows_with_gain
+    from calibration.records import sweep_records as read_records
+    from calibration.regression import training_table
 
     records = [r for r in read_records() if r["model"] == "smollm2"]
     _, fit_rows, _ = training_table(records)
@@ -490,10 +491,10 @@ def test_the_gain_ablation_adds_only_the_gain_feature_to_the_fits_per_layer_rows
 
 
 def test_gemma3_is_probed_as_a_causal_lm_and_its_capacity_grid_is_kept_out_of_the_rank_labels(tmp_path, monkeypatch):
-    from calibration import fit as fit_module
+    from calibration import records
 
-    assert fit_module.probe_task("gemma3") == fit_module.probe_task("smollm2") == "causal-lm"
+    assert records.probe_task("gemma3") == records.probe_task("smollm2") == "causal-lm"
     for name in ("smollm2-rank.jsonl", "smollm2-capacity.jsonl", "gemma3-capacity.jsonl"):
         (tmp_path / name).write_text("")
-    monkeypatch.setattr(fit_module, "RESULTS_DIR", tmp_path)
-    assert [p.name for p in fit_module.sweep_result_files()] == ["smollm2-rank.jsonl"]
+    monkeypatch.setattr(records, "RESULTS_DIR", tmp_path)
+    assert [p.name for p in records.sweep_result_files()] == ["smollm2-rank.jsonl"]

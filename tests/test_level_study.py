@@ -8,9 +8,9 @@ from test_fit import cell_records, synthetic_sweep
 
 from advisor.probe_pass import probe
 from advisor.recommend import advice_from_probe
-from calibration.fit import training_table
 from calibration.labels import uniform_cells
 from calibration.level_study import level_rows, level_summary, loss_at, rule_rank
+from calibration.regression import training_table
 
 
 def test_the_rule_is_the_uniform_rank_with_the_uncalibrated_advices_parameters():

@@ -176,7 +176,7 @@ def test_task_and_size_filters_pick_the_grids_runs(capsys):
 
 
 def test_runs_another_grid_already_holds_are_skipped_and_read_once(tmp_path):
-    from calibration.fit import read_records
+    from calibration.records import read_records
 
     configs = [config(seed=s) for s in range(3)]
     calls = []
@@ -190,10 +190,10 @@ def test_runs_another_grid_already_holds_are_skipped_and_read_once(tmp_path):
 
 
 def test_recorded_elsewhere_reads_the_other_sweep_files_only(tmp_path, monkeypatch):
-    from calibration import fit
+    from calibration import records
     from calibration.sweep import recorded_elsewhere
 
-    monkeypatch.setattr(fit, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(records, "RESULTS_DIR", tmp_path)
     (tmp_path / "grid-a.jsonl").write_text('{"run_id": "a1"}\n{"run_id": "a2"}\n')
     (tmp_path / "grid-b.jsonl").write_text('{"run_id": "b1"}\n')
     (tmp_path / "planted.jsonl").write_text('{"kind": "input"}\n')  # a study: no run_id
@@ -302,10 +302,10 @@ def test_adapter_spectrum_matches_a_direct_svd():
 
 # --------------------------------------------------------------------------- one real run
 def _minilm_available() -> bool:
-    from calibration import acquire
+    from calibration import sources
     from calibration.tasks import TASKS
 
-    return acquire.is_fetched("minilm") and TASKS["bbc-news"].is_available()
+    return sources.is_fetched("minilm") and TASKS["bbc-news"].is_available()
 
 
 @pytest.mark.skipif(not _minilm_available(), reason="MiniLM or the bbc-news source is not in the cache")

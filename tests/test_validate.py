@@ -57,7 +57,7 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     import json
 
     from calibration import validate
-    from calibration.fit import MODEL_DESCRIPTION
+    from calibration.regression import MODEL_DESCRIPTION
     from calibration.sweep import ENCODER_ALPHA, _encoder, _rslora, _smollm2
     from calibration.validate import goal_check, summary
 
@@ -82,7 +82,7 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
     for path, records in ((tmp_path / "u.jsonl", uniform), (tmp_path / "v.jsonl", validation)):
         path.write_text("".join(json.dumps(r) + "\n" for r in records))
     monkeypatch.setattr(validate, "RESULTS_DIR", tmp_path)
-    monkeypatch.setattr(validate, "RESULTS_NAME", "v.jsonl")
+    monkeypatch.setattr(validate, "VALIDATION_FILE", "v.jsonl")
     monkeypatch.setattr(validate, "PROTOCOLS", {"minilm": dataclasses.replace(validate.PROTOCOLS["minilm"], grid="u"),
                                                 "smollm2": validate.PROTOCOLS["smollm2"]})
     table = summary()
