@@ -8,8 +8,8 @@
   learning rate when advised);
 - ``adapter_config.json`` itself is PEFT's own ``save_pretrained`` (see ``Advice.save``).
 
-YAML is written as JSON values (YAML 1.2 reads JSON), so module names with dots and regex
-escapes survive without quoting rules.
+YAML is written by PyYAML's ``safe_dump``, which quotes module names with dots and regex escapes
+as YAML needs.
 """
 
 from __future__ import annotations
@@ -19,21 +19,22 @@ import json
 
 def axolotl_yaml(config, learning_rate: float | None = None) -> str:
     """Axolotl LoRA keys for ``config`` (a ``peft.LoraConfig``), and ``learning_rate`` when advised."""
-    lines = [
-        "# LoRA settings advised by lora-rank-advisor; paste into your axolotl config",
-        "adapter: lora",
-        f"lora_r: {config.r}",
-        f"lora_alpha: {json.dumps(config.lora_alpha)}",
-        f"lora_dropout: {json.dumps(config.lora_dropout)}",
-        f"peft_use_rslora: {json.dumps(bool(config.use_rslora))}",
-        "lora_target_modules:",
-        *(f"  - {json.dumps(name)}" for name in sorted(config.target_modules)),
-        f"lora_rank_pattern: {json.dumps(dict(config.rank_pattern))}",
-        f"lora_alpha_pattern: {json.dumps(dict(config.alpha_pattern))}",
-    ]
+    import yaml
+
+    keys = {
+        "adapter": "lora",
+        "lora_r": config.r,
+        "lora_alpha": config.lora_alpha,
+        "lora_dropout": config.lora_dropout,
+        "peft_use_rslora": bool(config.use_rslora),
+        "lora_target_modules": sorted(config.target_modules),
+        "lora_rank_pattern": dict(config.rank_pattern),
+        "lora_alpha_pattern": dict(config.alpha_pattern),
+    }
     if learning_rate is not None:
-        lines.append(f"learning_rate: {json.dumps(learning_rate)}")
-    return "\n".join(lines) + "\n"
+        keys["learning_rate"] = learning_rate
+    return ("# LoRA settings advised by lora-rank-advisor; paste into your axolotl config\n"
+            + yaml.safe_dump(keys, sort_keys=False))
 
 
 def python_snippet(config, learning_rate: float | None = None) -> str:
