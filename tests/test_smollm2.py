@@ -63,6 +63,10 @@ def test_advised_config_is_applied_by_peft_with_the_advised_ranks(smollm2, tmp_p
         assert "training rows" not in advice["calibration"]
     else:
         assert gap in advice["calibration"] and advice["calibration"].startswith("uncalibrated")
+    # today's advice on the embedded default, pinned (tests/test_advice_pin.py says when to update it)
+    decision = advice["decision"]
+    assert (decision["level"], decision["shape"], decision["calibration"], advice["level_rank"],
+            advice["trainable_params"]) == ("pooled level", "calibration", "lora-rank-causal-lm", 32, 9_765_888)
     ranks = {name: layer["rank"] for name, layer in advice["layers"].items()}
     config = LoraConfig.from_pretrained(out)
     peft_model = get_peft_model(copy.deepcopy(model), config)
