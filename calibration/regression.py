@@ -105,13 +105,16 @@ def held_out_predictions(rows: list[dict], names: list[str], group: str, baselin
     """Per ``group`` held out: (the group, its rows, the ridge model's predictions and the baseline's),
     both fitted on the other groups' rows (``baseline(train_rows)`` returns a function of a test row);
     a group whose training side has fewer than MIN_TRAIN_ROWS rows (its penalty could not be chosen
-    by leave-one-out) comes with None for both. Nothing when there are fewer than two groups."""
-    groups = sorted({row[group] for row in rows})
-    if len(groups) < 2:
+    by leave-one-out) comes with None for both. Nothing when there are fewer than two groups. The
+    folds are scikit-learn's ``LeaveOneGroupOut`` (groups in sorted order)."""
+    from sklearn.model_selection import LeaveOneGroupOut
+
+    labels = [row[group] for row in rows]
+    if len(set(labels)) < 2:
         return
-    for held_out in groups:
-        train = [row for row in rows if row[group] != held_out]
-        test = [row for row in rows if row[group] == held_out]
+    for train_index, test_index in LeaveOneGroupOut().split(rows, groups=labels):
+        train, test = [rows[i] for i in train_index], [rows[i] for i in test_index]
+        held_out = test[0][group]
         if len(train) < MIN_TRAIN_ROWS:
             yield held_out, test, None, None
             continue
