@@ -9,8 +9,10 @@ adapted, one epoch over the training rows, 256 eval rows) this prints:
 - each rank's mean eval loss at its best rate, the rate (``*`` at the edge of the rates tried,
   ``(1 seed)`` where the second seed is still missing), and the seeds' noise;
 - the optimal rank (the smallest within one seed noise of the best; ``censored`` when that is
-  the largest rank tried) and how far r = 1 lies above the best, in seed noises: the sign that
-  the data holds more than the smallest adapter can take.
+  the largest rank tried), its adapter parameters per training loss token (where the cell's
+  knee lies on the scale Tinker's rule reads: that rule asks for at least 1), and how far r = 1
+  lies above the best, in seed noises: the sign that the data holds more than the smallest
+  adapter can take.
 
 Reads ``results/smollm2-scaling.jsonl`` too (its seed-0 alpha / r runs at r = 1 and 64 are
 runs of this grid). Writes ``calibration/plots/capacity.png``: each cell's loss above its best,
@@ -55,6 +57,8 @@ def cell_row(cell) -> dict:
         "best_lr": dict(cell.best_lr), "edge": {r: cell.lr_at_edge(r) for r in cell.ranks},
         "seed_noise": noise, "optimal_rank": cell.optimal_rank, "censored": cell.censored,
         "regret_r1": ((cell.mean_loss(1) - best) / noise if 1 in cell.losses and noise else None),
+        "params_per_token": (per_rank_one * cell.optimal_rank / loss_tokens(first)
+                             if cell.optimal_rank is not None and loss_tokens(first) else None),
         "best_loss": best,
     }
 
@@ -62,8 +66,8 @@ def cell_row(cell) -> dict:
 def markdown(rows: list[dict]) -> str:
     ranks = sorted({r for row in rows for r in row["ranks"]})
     lines = ["| task | rows | loss tokens | r = 1 params | " + " | ".join(f"r = {r}" for r in ranks)
-             + " | seed noise | optimal rank | r = 1 above best |",
-             "|---|---|---|---|" + "---|" * len(ranks) + "---|---|---|"]
+             + " | seed noise | optimal rank | its parameters per loss token | r = 1 above best |",
+             "|---|---|---|---|" + "---|" * len(ranks) + "---|---|---|---|"]
     for row in rows:
         cells = []
         for r in ranks:
@@ -77,9 +81,10 @@ def markdown(rows: list[dict]) -> str:
         optimal = ("-" if row["optimal_rank"] is None
                    else f"{row['optimal_rank']}{' (censored)' if row['censored'] else ''}")
         regret = "-" if row["regret_r1"] is None else f"{row['regret_r1']:.1f} noises"
+        per_token = "-" if row["params_per_token"] is None else f"{row['params_per_token']:.2g}"
         tokens = "-" if row["loss_tokens"] is None else f"{row['loss_tokens']:,}"
         lines.append(f"| {row['task']} | {row['train_size']} | {tokens} | {row['params_r1']:,} | "
-                     + " | ".join(cells) + f" | {noise} | {optimal} | {regret} |")
+                     + " | ".join(cells) + f" | {noise} | {optimal} | {per_token} | {regret} |")
     lines += ["", "Each rank's mean eval loss at its best learning rate (`*`: the best rate is an edge of "
               "those tried); optimal rank: the smallest within one seed noise of the best; `-`: not "
               "trained yet, or fewer than two seeds."]

@@ -23,5 +23,6 @@ def test_rows_take_each_ranks_best_rate_and_measure_r1_in_seed_noises():
     assert row["seed_noise"] == pytest.approx(noise)
     assert row["optimal_rank"] == 16 and not row["censored"]
     assert row["regret_r1"] == pytest.approx(0.10 / noise)
+    assert row["params_per_token"] == pytest.approx(100 * 16 / 400)  # r = 16's 1,600 parameters over 400 loss tokens
     text = markdown([row])
     assert "| t | 1000 | 400 | 100 | 1.1100 @0.001* |" in text and "| 16 |" in text
