@@ -408,7 +408,7 @@ def _shortest_pattern_key(name: str, known: list[str]) -> str:
     return name
 
 
-def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size: int,
+def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size: int, outside: list[str],
            rank_model_unused: str | None = None, level_rank: int | None = None,
            level_source: tuple[str, int] | None = None):
     """(need, low need, high need) per layer, and a label saying where they come from;
@@ -419,8 +419,9 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
     centred on its mean over the layers, added to the uncalibrated rule's level (its mean log2
     need), so the layers' geometric-mean need stays the rule's; ``level_rank`` (the uniform rank of
     its calibrated level, :func:`calibrated_level`, or of a users' rule that did better,
-    within the rank bounds, which the caller spends as a budget) and ``level_source`` (that
-    level's name and rank before the bounds; default the pooled level) only change the label."""
+    within the rank bounds, which the caller spends as a budget), ``level_source`` (that
+    level's name and rank before the bounds; default the pooled level) and ``outside`` (the probe's
+    features outside the calibration's range, :func:`features_outside`) only change the label."""
     need = {n: signal_need(s.signal_effective_rank) for n, s in result.layers.items()}
     high = {n: max(float(s.signal_rank), need[n]) for n, s in result.layers.items()}
     if calibration is None:
@@ -430,7 +431,6 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
     relative = (calibration.predict_log2_relative_need(layers, train_size, quantized)
                 if _per_layer_used(calibration) else {})
     seen = ", ".join(metadata.get("models_seen", [])) or "?"
-    outside = features_outside(calibration, layers, train_size, quantized)
     named = sorted(outside, key=lambda f: f not in ("log2_width", "log2_train_size", "quantized"))[:3]
     extrapolating = (f"; extrapolating: {len(outside)} of {len(metadata['cell_features'])} probe features outside "
                      f"its range, e.g. {', '.join(named)}" if outside else "")
@@ -651,7 +651,9 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
             level_rank = users_level[1]  # within the rank bounds below
     if level_rank is not None:
         level_rank = min(max(level_rank, min_rank), max_rank)
-    need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size, rank_model_unused,
+    outside = [] if calibration is None else features_outside(calibration, layer_dicts, train_size,
+                                                               result.quantization is not None)
+    need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size, outside, rank_model_unused,
                                               level_rank, users_level)
     if declined:
         label = f"{label} ({declined})"
@@ -697,8 +699,7 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
         level_rank=level_rank, level_rule=users_level[0] if users_level else None,
         calibration=None if calibration is None else calibration.name, declined=declined,
         rank_model_unused=rank_model_unused,
-        outside=[] if calibration is None else features_outside(calibration, layer_dicts, train_size,
-                                                                result.quantization is not None),
+        outside=outside,
     )
     return Advice(
         decision=decision,
