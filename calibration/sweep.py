@@ -556,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
         "python -m calibration.sweep --grid encoder-rank --dry-run",
         "python -m calibration.sweep --grid smollm2-rank --shard 0/2   # and --shard 1/2 beside it",
         "python -m calibration.sweep --grid encoder-rank --task health-tweets --train-size 250 4000",
+        "python -m calibration.sweep --grid smollm2-capacity --task brown-lm --train-size 1000 --rank 1 4 16 64 "
+        "--learning-rate 0.001",
         "python -m calibration.sweep --rerun 313b4c0206a9              # prints a new record, stores nothing",
     ])
     action = parser.add_mutually_exclusive_group(required=True)
@@ -571,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-size", nargs="+", type=int, metavar="ROWS",
                         help="only the grid's runs at these sizes (shards split what the filters keep: give two "
                              "processes the same filters and --shard 0/2, 1/2, or disjoint filters)")
+    parser.add_argument("--rank", nargs="+", type=int, metavar="R",
+                        help="only the grid's runs at these uniform ranks (e.g. a capacity grid's small ranks first)")
+    parser.add_argument("--learning-rate", nargs="+", type=float, metavar="LR",
+                        help="only the grid's runs at these learning rates")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their status, train nothing")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 0:
@@ -595,14 +601,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--results takes one grid")
         for name in args.grid:
             configs = GRIDS[name]()
-            for option, values, field in (("--task", args.task, "task"), ("--train-size", args.train_size, "train_size")):
-                in_grid = {getattr(c, field) for c in configs}
+            filters = (("--task", args.task, "task"), ("--train-size", args.train_size, "train_size"),
+                       ("--rank", args.rank, "rank"), ("--learning-rate", args.learning_rate, "learning_rate"))
+            for option, values, field in filters:
+                in_grid = {getattr(c, field) for c in configs} - {None}  # per-type runs have no uniform rank
                 unknown = sorted(set(values or ()) - in_grid)
                 if unknown:
                     parser.error(f"{option} {' '.join(map(str, unknown))}: not in grid {name} "
                                  f"({', '.join(map(str, sorted(in_grid)))})")
-            configs = [c for c in configs if (not args.task or c.task in args.task)
-                       and (not args.train_size or c.train_size in args.train_size)]
+            configs = [c for c in configs if all(not values or getattr(c, field) in values for _, values, field in filters)]
             results = ResultsFile(args.results or RESULTS_DIR / f"{name}.jsonl")
             if args.dry_run:
                 _print_plan(configs, results, args.shard, args.limit)

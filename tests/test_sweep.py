@@ -173,6 +173,13 @@ def test_task_and_size_filters_pick_the_grids_runs(capsys):
     with pytest.raises(SystemExit) as error:
         sweep.main(["--grid", "encoder-rank", "--task", "health-tweet", "--dry-run"])
     assert error.value.code == 2 and "--task health-tweet: not in grid encoder-rank" in capsys.readouterr().err
+    assert sweep.main(["--grid", "smollm2-capacity", "--task", "brown-lm", "--train-size", "1000", "--rank", "1", "16",
+                       "--learning-rate", "0.001", "--dry-run"]) == 0
+    plan = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(plan) == 4 and all(" lr=0.001 " in line and (" r=1 " in line or " r=16 " in line) for line in plan)
+    with pytest.raises(SystemExit) as error:
+        sweep.main(["--grid", "smollm2-capacity", "--rank", "2", "--dry-run"])
+    assert error.value.code == 2 and "--rank 2: not in grid smollm2-capacity (1, 4, 16, 64, 256)" in capsys.readouterr().err
 
 
 def test_runs_another_grid_already_holds_are_skipped_and_read_once(tmp_path):
