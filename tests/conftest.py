@@ -81,11 +81,40 @@ def smollm2():
     return load_model(None)
 
 
-@pytest.fixture(scope="session")
-def smollm2_tokenizer():
-    from advisor.loading import default_model_dir, load_tokenizer
+CHATML = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
 
-    return load_tokenizer(default_model_dir())
+
+def build_tiny_tokenizer(vocab_size: int = 8192):
+    """A byte-level BPE tokenizer trained in about a second on a third of the embedded data's rows
+    as Alpaca prompts + completions (on those rows at 64 tokens it leaves about as many with a
+    completion token as SmolLM2's 49,152-token vocabulary does), with SmolLM2's special tokens
+    (<|im_start|>, <|im_end|> as EOS and pad, <|endoftext|>) and a ChatML chat template: what the
+    unit tests need from a tokenizer, without the embedded model's package."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from advisor.data import ALPACA_PROMPT
+    from advisor.embedded_data import stdlib_code_rows
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    rows = stdlib_code_rows()[::3]
+    bpe.train_from_iterator([ALPACA_PROMPT.format(instruction=row["instruction"]) + row["output"] for row in rows],
+                            trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    tokenizer.chat_template = CHATML
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    return build_tiny_tokenizer()
 
 
 def save_tiny_checkpoint(path, tokenizer, hidden_size: int = 32, intermediate_size: int = 64):
@@ -103,12 +132,12 @@ def save_tiny_checkpoint(path, tokenizer, hidden_size: int = 32, intermediate_si
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory, smollm2_tokenizer):
-    """A tiny random Llama (widths 32 / 64) with SmolLM2's tokenizer."""
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"), smollm2_tokenizer)
+def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
+    """A tiny random Llama (widths 32 / 64) with the tiny tokenizer."""
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama"), tiny_tokenizer)
 
 
 @pytest.fixture(scope="session")
-def tiny_checkpoint_64(tmp_path_factory, smollm2_tokenizer):
+def tiny_checkpoint_64(tmp_path_factory, tiny_tokenizer):
     """Like ``tiny_checkpoint`` with widths 64 / 128, multiples of bitsandbytes' 4-bit block."""
-    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama-64"), smollm2_tokenizer, 64, 128)
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama-64"), tiny_tokenizer, 64, 128)
