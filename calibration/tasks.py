@@ -37,9 +37,7 @@ import hashlib
 import html
 import io
 import json
-import os
 import re
-import tempfile
 import zipfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -220,22 +218,14 @@ def _read_cached(path: Path, fingerprint: str) -> dict[str, list[dict]] | None:
 
 
 def _write_cached(path: Path, fingerprint: str, splits: dict[str, list[dict]]) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                counts = [len(splits["train"]), len(splits["eval"])]
-                f.write(json.dumps({"fingerprint": fingerprint, "counts": counts}) + "\n")
-                for split in SPLITS:
-                    for row in splits[split]:
-                        f.write(json.dumps({"_split": split, **row}, ensure_ascii=False) + "\n")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    except OSError:
-        pass  # a read-only cache still gets the rows, rebuilt each time
+    """The task's rows in the cache, written atomically (a read-only cache still gets the rows,
+    rebuilt each time)."""
+    from advisor.files import write_atomically
+
+    counts = [len(splits["train"]), len(splits["eval"])]
+    header = json.dumps({"fingerprint": fingerprint, "counts": counts}) + "\n"
+    lines = (json.dumps({"_split": split, **row}, ensure_ascii=False) + "\n" for split in SPLITS for row in splits[split])
+    write_atomically(path, [header, *lines])
 
 
 # --------------------------------------------------------------------------- text helpers

@@ -57,7 +57,6 @@ import math
 import os
 import random
 import shlex
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -613,19 +612,10 @@ def _read_json(path: Path):
 
 
 def _write_json(path: Path, data) -> None:
-    """Atomic write (temp file + rename); a read-only cache is silently skipped."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    except OSError:
-        pass
+    """Atomic write (:func:`advisor.files.write_atomically`); a read-only cache is silently skipped."""
+    from advisor.files import write_atomically
+
+    write_atomically(path, [json.dumps(data)])
 
 
 def _key(data: dict) -> str:
