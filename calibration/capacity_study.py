@@ -50,15 +50,16 @@ def cell_row(cell) -> dict:
     noise = cell.seed_noise
     first = cell.records[0]
     per_rank_one = first["trainable_params"] // first["config"]["rank"]
+    tokens = loss_tokens(first)  # counted with the tokenizer when the record does not carry it
     return {
-        "task": cell.task, "train_size": cell.train_size, "loss_tokens": loss_tokens(first),
+        "task": cell.task, "train_size": cell.train_size, "loss_tokens": tokens,
         "params_r1": per_rank_one, "ranks": cell.ranks,
         "loss": {r: cell.mean_loss(r) for r in cell.ranks}, "seeds": {r: len(cell.losses[r]) for r in cell.ranks},
         "best_lr": dict(cell.best_lr), "edge": {r: cell.lr_at_edge(r) for r in cell.ranks},
         "seed_noise": noise, "optimal_rank": cell.optimal_rank, "censored": cell.censored,
         "regret_r1": ((cell.mean_loss(1) - best) / noise if 1 in cell.losses and noise else None),
-        "params_per_token": (per_rank_one * cell.optimal_rank / loss_tokens(first)
-                             if cell.optimal_rank is not None and loss_tokens(first) else None),
+        "params_per_token": (per_rank_one * cell.optimal_rank / tokens
+                             if cell.optimal_rank is not None and tokens else None),
         "best_loss": best,
     }
 
