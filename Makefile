@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: demo test lint venv clean bench
+.PHONY: demo test test-library lint venv clean bench
 
 venv: $(STAMP)
 
@@ -27,6 +27,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# the library's tests alone: they never import calibration/ (tests/test_imports.py checks)
+test-library: $(STAMP)
+	$(PY) -m pytest -q tests --ignore=tests/calibration
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

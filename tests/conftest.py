@@ -1,10 +1,13 @@
-"""Tiny random models built from configs (no download), shared by the tests."""
+"""Tiny random models built from configs (no download) and fixture calibrations, shared by the tests."""
 
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import copy
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +144,36 @@ def tiny_checkpoint(tmp_path_factory, tiny_tokenizer):
 def tiny_checkpoint_64(tmp_path_factory, tiny_tokenizer):
     """Like ``tiny_checkpoint`` with widths 64 / 128, multiples of bitsandbytes' 4-bit block."""
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny-llama-64"), tiny_tokenizer, 64, 128)
+
+
+CALIBRATIONS = Path(__file__).resolve().parent / "data" / "calibrations"
+"""Calibrations fitted on synthetic sweeps whose answers are known (``python -m calibration.synthetic``
+writes them; its docstring says what each one learned)."""
+
+
+def probe_layers(signal: float) -> dict:
+    """Probe features of a 2-block model whose signal effective rank is ``signal`` (scale-free rest):
+    the layers of the records the fixture calibrations were fitted on (``calibration.synthetic``)."""
+    layers = {}
+    for depth in range(2):
+        for name, shape in (("self_attn.q_proj", (64, 64)), ("mlp.down_proj", (64, 128))):
+            layers[f"model.layers.{depth}.{name}"] = {
+                "shape": list(shape), "depth": depth, "effective_rank": 10.0 + signal, "stable_rank": 2.0,
+                "signal_effective_rank": signal, "noise_fraction": 0.1, "subspace_overlap": 0.8, "rank_growth": 1.1,
+            }
+    return layers
+
+
+def calibration_description(name: str) -> dict:
+    """The JSON description of the fixture calibration ``name``."""
+    return json.loads((CALIBRATIONS / f"{name}.json").read_text())
+
+
+def fixture_calibration(name: str, directory: Path, as_name: str | None = None, **changes) -> Path:
+    """Copy the fixture calibration ``name`` into ``directory`` as ``as_name`` (default: its name),
+    its description's top-level entries replaced by ``changes``; the path of its JSON file."""
+    as_name = as_name or name
+    shutil.copyfile(CALIBRATIONS / f"{name}.joblib", directory / f"{as_name}.joblib")
+    metadata = {**calibration_description(name), **changes, "name": as_name}
+    (directory / f"{as_name}.json").write_text(json.dumps(metadata, indent=1) + "\n")
+    return directory / f"{as_name}.json"

@@ -1,5 +1,6 @@
-"""The structure: no import cycle in advisor/ or calibration/, imports inside functions included,
-and the library never imports the calibration."""
+"""The structure: no import cycle in advisor/ or calibration/, imports inside functions included;
+the library never imports the calibration, and neither do the library's tests (tests/, apart from
+tests/calibration/), so that ``pytest tests --ignore tests/calibration`` runs without it."""
 
 import ast
 from pathlib import Path
@@ -52,6 +53,23 @@ def test_the_library_never_imports_the_calibration():
     assert not {name: sorted(d for d in deps if d.startswith("calibration"))
                 for name, deps in graph.items() if name.startswith("advisor") and
                 any(d.startswith("calibration") for d in deps)}
+
+
+def imported_packages(path: Path) -> set[str]:
+    """The top-level packages a Python file imports anywhere in its source."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module.split(".")[0])
+        elif isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+    return found
+
+
+def test_the_library_tests_never_import_the_calibration():
+    library_tests = sorted((ROOT / "tests").glob("*.py"))
+    assert len(library_tests) > 10 and (ROOT / "tests" / "calibration" / "test_fit.py").exists()
+    assert not [path.name for path in library_tests if "calibration" in imported_packages(path)]
 
 
 def test_the_finder_sees_a_cycle():

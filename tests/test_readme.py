@@ -1,23 +1,15 @@
-"""README.md is a user manual: short, its trust table generated from models/, and the project's
+"""README.md is a user manual, short; the project's
 text speaks of dates and commits, not of the sessions that produced them."""
 
 import re
 import subprocess
 from pathlib import Path
 
-from calibration.trust_table import trust_table
-
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 MAX_LINES = 260
 SESSION = re.compile(r"\bsessions? \d+", re.IGNORECASE)
 
-
-def test_readme_quotes_the_generated_trust_table():
-    table = trust_table(ROOT / "models")
-    assert table.count("\n") >= 2, "models/ holds no calibration description"
-    assert table in README.read_text(encoding="utf-8"), (
-        "README.md's trust table is stale: paste the output of `python -m calibration.trust_table`")
 
 
 def test_readme_is_short():

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import yaml
-from conftest import tiny_llama, token_rows
+from conftest import CALIBRATIONS, calibration_description, fixture_calibration, probe_layers, tiny_llama, token_rows
 from peft import LoraConfig, get_peft_model
 
 from advisor.cli import main
@@ -20,6 +20,15 @@ from advisor.recommend import (
     rounded_rank,
 )
 from advisor.report import loss_curve_text
+
+LEARNING_RATE_EVIDENCE = {
+    "parametrization": "alpha/r", "alpha": 32.0, "learning_rate": 0.001,
+    "mean_regret": {"0.0003": 0.1, "0.001": 0.005, "0.003": 0.05}, "at_edge": False, "groups": 2,
+    "models": ["minilm"], "tasks": ["a"], "ranks": [1, 64], "top_blocks": [4], "epochs": [1.0], "batch_size": [8],
+    "command": "python -m calibration.scaling_study",
+}
+"""What ``calibration.scaling_study.learning_rate_evidence`` writes for rank 1 liking 3e-3 a little and
+rank 64 hating it (tests/calibration/test_scaling_study.py checks it computes exactly this)."""
 
 
 @pytest.fixture(scope="module")
@@ -81,19 +90,13 @@ def test_rslora_mode_reaches_peft_with_one_alpha(probed):
 
 
 def test_calibrated_alpha_mode_writes_the_predicted_scaling_and_needs_an_alpha_model(probed, tmp_path):
-    from test_fit import scaling_sweep, synthetic_sweep
-
-    from calibration.fit import fit, save
-
     model, result = probed
-    records = synthetic_sweep()
-    save(*fit(records), records, "no-alpha", tmp_path)
+    fixture_calibration("encoders", tmp_path, "no-alpha")
     with pytest.raises(ValueError, match="no-alpha has no alpha model"):
         advice_from_probe(result, alpha_mode="calibrated", train_size=1000, calibration=tmp_path / "no-alpha.json")
     with pytest.raises(ValueError, match="needs a calibration with an alpha model: no calibration"):
         advice_from_probe(result, alpha_mode="calibrated", calibration=None)
-    records += scaling_sweep("a", 1.0, 0.5) + scaling_sweep("b", 3.0, 2.0) + scaling_sweep("c", 7.0, 4.0)
-    save(*fit(records), records, "cal", tmp_path)
+    fixture_calibration("encoders-alpha", tmp_path, "cal")
     advice = advice_from_probe(result, alpha_mode="calibrated", train_size=1000, budget="r=8", calibration=tmp_path / "cal.json")
     from dataclasses import asdict
 
@@ -111,10 +114,9 @@ def test_calibrated_alpha_mode_writes_the_predicted_scaling_and_needs_an_alpha_m
     assert checked == len(advice.layers) and not advice.config.use_rslora
     assert all(0.5 <= s <= 4.0 for s in predicted.values())  # within the best scalings the fit saw
     # an alpha model less than 10 % better than its baseline in cross-validation is refused
-    models, metadata = fit(records)
-    scores = metadata["cv"]["alpha_leave_one_task_out"]
-    scores["model_mae"] = 0.91 * scores["baseline_mae"]
-    save(models, metadata, records, "weak", tmp_path)
+    cv = calibration_description("encoders-alpha")["cv"]
+    cv["alpha_leave_one_task_out"]["model_mae"] = 0.91 * cv["alpha_leave_one_task_out"]["baseline_mae"]
+    fixture_calibration("encoders-alpha", tmp_path, "weak", cv=cv)
     with pytest.raises(ValueError, match="is not 10% better than its baseline leave-one-task-out .* the per-rank median"):
         advice_from_probe(result, alpha_mode="calibrated", train_size=1000, calibration=tmp_path / "weak.json")
 
@@ -171,27 +173,10 @@ def test_fixed_alpha_is_the_default_and_peft_scales_each_layer_by_32_over_its_ra
     assert advice_from_probe(result, alpha_mode="scale").learning_rate["value"] is None
 
 
-def rate_runs(losses):
-    """alpha = 32, alpha / r runs: {(task, rank): {learning rate: eval loss}}."""
-    return [{"config": {"model": "minilm", "task": task, "train_size": 1000, "rank": rank, "seed": 0, "steps": 125,
-                        "batch_size": 8, "learning_rate": lr, "alpha": 32.0, "use_rslora": False, "top_blocks": 4},
-             "eval_loss": loss}
-            for (task, rank), by_rate in losses.items() for lr, loss in by_rate.items()]
 
 
 def test_a_calibration_that_measured_a_rate_states_it_in_the_advice_and_its_exports(probed, tmp_path):
-    from test_fit import synthetic_sweep
-
-    from calibration.fit import fit, save
-    from calibration.scaling_study import learning_rate_evidence
-
-    # rank 1 likes 3e-3 a little, rank 64 hates it: 1e-3 has the lowest mean regret (0 and 1 % against 5 % and 10 %)
-    evidence = learning_rate_evidence(rate_runs({("a", 1): {1e-3: 1.01, 3e-3: 1.0, 3e-4: 1.1},
-                                                 ("a", 64): {1e-3: 1.0, 3e-3: 1.1, 3e-4: 1.1}}))
-    assert evidence["learning_rate"] == 1e-3 and evidence["mean_regret"] == {"0.0003": 0.1, "0.001": 0.005, "0.003": 0.05}
-    records = synthetic_sweep()
-    models, metadata = fit(records)
-    save(models, {**metadata, "learning_rate": evidence}, records, "cal", tmp_path)
+    fixture_calibration("encoders", tmp_path, "cal", learning_rate=LEARNING_RATE_EVIDENCE)
     _, result = probed
     advice = advice_from_probe(result, train_size=1000, min_rank=1, calibration=tmp_path / "cal.json")
     assert advice.learning_rate["value"] == 1e-3 and "0.5%, against 10.0% at 0.0003, 5.0% at 0.003" in advice.learning_rate["why"]
@@ -274,15 +259,10 @@ def test_calibrated_advice_follows_the_regression(probed, tmp_path):
     import math
     from dataclasses import asdict
 
-    from test_fit import synthetic_sweep
-
     from advisor.calibrated import load_calibration
     from advisor.report import write_html_report
-    from calibration.fit import fit, save
 
-    records = synthetic_sweep()
-    models, metadata = fit(records)
-    save(models, metadata, records, "cal", tmp_path)
+    metadata = json.loads(fixture_calibration("encoders", tmp_path, "cal").read_text())
     calibration = load_calibration(tmp_path / "cal.json")
     _, result = probed
     advice = advice_from_probe(result, train_size=1000, alpha_mode="rslora", min_rank=1, calibration=tmp_path / "cal.json")
@@ -306,7 +286,7 @@ def test_calibrated_advice_follows_the_regression(probed, tmp_path):
     # a curve model within 10 % of its baseline's error is not shown; the ranks still follow the regression
     scores = metadata["cv"]["curve_leave_one_task_out"]
     scores["model_mae"] = 0.95 * scores["baseline_mae"]
-    save(models, metadata, records, "flat-curve", tmp_path)
+    fixture_calibration("encoders", tmp_path, "flat-curve", cv=metadata["cv"])
     withheld = advice_from_probe(result, train_size=1000, alpha_mode="rslora", min_rank=1,
                                  calibration=tmp_path / "flat-curve.json")
     assert withheld.loss_curve is None and withheld.loss_curve_error is None
@@ -325,14 +305,10 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_at_its_pooled_level_
     import statistics
     from dataclasses import asdict
 
-    from test_fit import flat_sweep
-
     from advisor.calibrated import load_calibration
-    from calibration.fit import fit, save
 
     _, result = probed
-    records = flat_sweep(mlp_need=4.0, model="smollm2")
-    save(*fit(records), records, "shape", tmp_path)
+    fixture_calibration("smollm2-shape", tmp_path, "shape")
     advice = advice_from_probe(result, train_size=1000, min_rank=1, budget="r=8", calibration=tmp_path / "shape.json")
     assert advice.calibration.startswith("calibrated shape, uncalibrated level: the per-layer need of shape")
     assert advice.calibration.endswith("its rank model is not 10% better than its baseline leave-one-task-out "
@@ -388,35 +364,29 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_at_its_pooled_level_
     assert min(a.need for a in mlp) > 1.5 * max(a.need for a in attention)  # the learned shape (4x in training)
     assert sum(a.rank for a in mlp) / len(mlp) > 1.5 * sum(a.rank for a in attention) / len(attention)
     assert advice.trainable_params <= parse_budget("r=8", {n: s.shape for n, s in result.layers.items()})
-    flat = flat_sweep(model="smollm2")  # neither model beats its baseline: the advice is uncalibrated
-    save(*fit(flat), flat, "flat", tmp_path)
+    fixture_calibration("smollm2-flat", tmp_path, "flat")  # neither model beats its baseline: the advice is uncalibrated
     unused = advice_from_probe(result, train_size=1000, min_rank=1, calibration=tmp_path / "flat.json")
     assert unused.calibration.startswith("uncalibrated") and "(flat is not used: its rank model is not 10% better" in unused.calibration
     assert "and its per-layer model is not 10% better" in unused.calibration
 
 
 def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed, tmp_path, monkeypatch):
-    from test_fit import synthetic_sweep
-
     from advisor import calibrated
-    from calibration.fit import fit, save
 
     _, result = probed
     monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
     assert advice_from_probe(result, min_rank=1).calibration.startswith("uncalibrated")  # models/ ships none
-    encoders = synthetic_sweep()  # fitted on sequence classifiers: "auto" declines it for the tiny causal LM
-    save(*fit(encoders), encoders, "encoders", tmp_path)
+    fixture_calibration("encoders", tmp_path)  # fitted on sequence classifiers: "auto" declines it for the tiny causal LM
     other_kind = advice_from_probe(result, min_rank=1, train_size=1000)
     assert other_kind.calibration.startswith("uncalibrated")
     assert "a causal-lm model, fitted on seq-cls models only" in other_kind.calibration
-    records = synthetic_sweep(model="smollm2")
-    save(*fit(records), records, "shipped", tmp_path)
+    fixture_calibration("smollm2", tmp_path, "shipped")
     advice = advice_from_probe(result, min_rank=1, train_size=1000)
     # the tiny random model's spectra lie outside the synthetic cells' ranges: "auto" sets the rank
     # model aside, and as its per-layer model earns no place either, the advice is uncalibrated
     assert advice.calibration.startswith("uncalibrated") and "(shipped is not used: its rank model is not used for " \
         "this probe: 18 of its 18 spectral features lie outside the ranges it was fitted on" in advice.calibration
-    save(*fit(encoders), encoders, "zz-encoders", tmp_path)  # last by name, but for another kind of model
+    fixture_calibration("encoders", tmp_path, "zz-encoders")  # last by name, but for another kind of model
     assert advice_from_probe(result, min_rank=1, train_size=1000).calibration == advice.calibration
     # an explicit path extrapolates: the tiny model is 32 wide, the synthetic calibration's layers
     # 64 (within the 2x that "auto" trusts, but outside the fitted range), which the label says
@@ -436,16 +406,11 @@ def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed,
 def test_advise_lets_auto_decline_a_calibration_that_does_not_cover_the_probe(tmp_path, monkeypatch):
     """advise() (the CLI's path) must let "auto" decline a calibration that does not cover the probe,
     and take the one fitted on the model's kind when models/ ships one per kind."""
-    from test_fit import synthetic_sweep
-
     from advisor import calibrated
     from advisor.recommend import advise
-    from calibration.fit import fit, save
 
-    records = synthetic_sweep(model="smollm2")
-    save(*fit(records), records, "shipped", tmp_path)
-    encoders = synthetic_sweep()
-    save(*fit(encoders), encoders, "zz-encoders", tmp_path)  # last by name, fitted on sequence classifiers
+    fixture_calibration("smollm2", tmp_path, "shipped")
+    fixture_calibration("encoders", tmp_path, "zz-encoders")  # last by name, fitted on sequence classifiers
     monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
     options = dict(num_samples=16, batch_size=4, progress=False, min_rank=1, return_advice=True)
     advice = advise(tiny_llama(), token_rows(16, 16), train_size=100, **options)
@@ -463,17 +428,11 @@ def test_advise_probes_as_the_calibrations_cells_were_unless_told(tmp_path, monk
     """advise() takes num_samples and max_length from the calibration's probe_protocol (the shipped
     one for the model's kind under "auto", or an explicit file's); given values win, and without a
     protocol (the uncalibrated rule) the probe's own defaults apply (64 rows, here all 40)."""
-    from test_fit import synthetic_sweep
-
     from advisor import calibrated
     from advisor.recommend import advise
-    from calibration.fit import fit, save
 
-    records = synthetic_sweep(model="smollm2")
-    models, metadata = fit(records)
-    assert metadata["probe_protocol"] is None  # the synthetic records do not say how they were probed
-    metadata["probe_protocol"] = {"num_samples": 12, "max_length": 10}
-    save(models, metadata, records, "shipped", tmp_path)
+    assert calibration_description("smollm2")["probe_protocol"] is None  # the synthetic records do not say
+    fixture_calibration("smollm2", tmp_path, "shipped", probe_protocol={"num_samples": 12, "max_length": 10})
     monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
     rows = token_rows(40, 16)
     options = dict(batch_size=4, progress=False, min_rank=1, return_advice=True, train_size=1000)
@@ -499,8 +458,7 @@ def test_advise_probes_as_the_calibrations_cells_were_unless_told(tmp_path, monk
     assert "training rows 100, fitted on 1,000" in declined.calibration
     # a hand-edited protocol that is not one is ignored, not passed to the probe
     for broken in ({"num_samples": None, "max_length": 10}, [12, 10], "32x128"):
-        metadata["probe_protocol"] = broken
-        save(models, metadata, records, "shipped", tmp_path)
+        fixture_calibration("smollm2", tmp_path, "shipped", probe_protocol=broken)
         expected = {"max_length": 10} if isinstance(broken, dict) else {}
         assert calibrated.probe_protocol(calibrated.load_calibration(tmp_path / "shipped.json")) == expected
     assert calibrated.probe_protocol(None) == {}
@@ -510,18 +468,9 @@ def test_auto_sets_a_rank_model_aside_for_a_probe_outside_its_spectral_ranges():
     """rank_model_extrapolates: a probe like the calibration's cells is covered; one whose noise
     share, subspace overlap and rank growth lie outside (half the 18 spectral features plus the
     rest) is not, and the message counts them."""
-    import tempfile
-    from pathlib import Path
-
-    from test_fit import probe_layers, synthetic_sweep
-
     from advisor.calibrated import load_calibration, rank_model_extrapolates
-    from calibration.fit import fit, save
 
-    records = synthetic_sweep()
-    with tempfile.TemporaryDirectory() as folder:
-        save(*fit(records), records, "cal", Path(folder))
-        calibration = load_calibration(Path(folder) / "cal.json")
+    calibration = load_calibration(CALIBRATIONS / "encoders.json")
     assert rank_model_extrapolates(calibration, probe_layers(3.0), 1000, False) is None
     shifted = probe_layers(3.0)
     for stats in shifted.values():
@@ -596,15 +545,10 @@ def test_a_users_rule_that_did_better_on_the_calibrations_cells_sets_the_level(p
     """Never a level worse than a rule the user could apply by hand: when a users' rule had a
     mean regret 10 % lower, with no more parameters, than the level the advice would set (here
     the probe's rule), the advice spends that rule's rank for this dataset along the calibrated shape."""
-    from test_fit import flat_sweep
-
     from advisor.report import how_sure
-    from calibration.fit import fit, save
 
     _, result = probed
-    records = flat_sweep(mlp_need=4.0, model="smollm2")
-    save(*fit(records), records, "shape", tmp_path)
-    description = tmp_path / "shape.json"
+    description = fixture_calibration("smollm2-shape", tmp_path, "shape")
     metadata = json.loads(description.read_text())
     levels = metadata["levels"]
     levels["pooled"]["regret_noises_mean"] = 0.95 * levels["rule"]["regret_noises_mean"]  # the rule sets the level

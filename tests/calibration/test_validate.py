@@ -3,9 +3,9 @@
 from collections import Counter
 
 import pytest
-from test_fit import cell_records
 
 from calibration.labels import uniform_cells
+from calibration.synthetic import cell_records
 from calibration.validate import adapter_params, attention_heavy_weights, linear_decay_weights, scaled_ranks
 
 SHAPES = {f"layers.{d}.{kind}": shape for d in range(4)
@@ -115,8 +115,7 @@ def test_table_and_goal_check_from_records(tmp_path, monkeypatch):
 
 def test_the_held_out_calibration_is_fitted_on_the_encoders_without_the_task():
     """As the shipped seq-cls calibration: the validated task and the causal LM's cells are left out."""
-    from test_fit import synthetic_sweep
-
+    from calibration.synthetic import synthetic_sweep
     from calibration.validate import held_out_calibration
 
     records = [{**r, "model": r["config"]["model"], "task": r["config"]["task"]}

@@ -4,13 +4,13 @@ from dataclasses import asdict, replace
 
 import pytest
 from conftest import tiny_llama, token_rows
-from test_fit import cell_records, synthetic_sweep
 
 from advisor.probe_pass import probe
 from advisor.recommend import advice_from_probe
 from calibration.labels import uniform_cells
 from calibration.level_study import level_rows, level_summary, loss_at, rule_rank
 from calibration.regression import training_table
+from calibration.synthetic import cell_records, synthetic_sweep
 
 
 def test_the_rule_is_the_uniform_rank_with_the_uncalibrated_advices_parameters():

@@ -9,39 +9,7 @@ from advisor.calibrated import Calibration, cell_features, load_calibration
 from calibration.fit import fit, save
 from calibration.labels import best_over_lr_cells, best_scaling, uniform_cells
 from calibration.regression import grouped_errors
-
-
-def probe_layers(signal: float) -> dict:
-    """Probe features of a 2-block model whose signal effective rank is ``signal`` (scale-free rest)."""
-    layers = {}
-    for depth in range(2):
-        for name, shape in (("self_attn.q_proj", (64, 64)), ("mlp.down_proj", (64, 128))):
-            layers[f"model.layers.{depth}.{name}"] = {
-                "shape": list(shape), "depth": depth, "effective_rank": 10.0 + signal, "stable_rank": 2.0,
-                "signal_effective_rank": signal, "noise_fraction": 0.1, "subspace_overlap": 0.8, "rank_growth": 1.1,
-            }
-    return layers
-
-
-def record(task, rank, seed, loss, signal=2.0, train_size=1000, model="minilm", scaling=None, adapter_erank=None):
-    layers = probe_layers(signal)
-    return {
-        "run_id": f"{task}-{rank}-{seed}-{scaling}",
-        "config": {"model": model, "task": task, "train_size": train_size, "learning_rate": 1e-3, "steps": 200,
-                   "batch_size": 16, "max_length": 64, "alpha": 8.0, "alpha_over_r": None, "use_rslora": True,
-                   "data_seed": 0, "eval_rows": 256, "rank": rank, "seed": seed},
-        "eval_loss": loss,
-        "initial_eval_loss": 2.0,
-        "trainable_params": 1000 * (rank or 1),
-        "lora": {"r": rank, "scaling_by_group": {"attention": scaling if scaling is not None else 8 / (rank or 1)**0.5}},
-        "probe": {"layers": layers},
-        "adapter_layers": [{"name": name, "effective_rank_BA": (adapter_erank or {}).get(name, 2.0)} for name in layers],
-    }
-
-
-def cell_records(task, losses_by_rank, **kwargs):
-    return [record(task, rank, seed, loss, **kwargs) for rank, losses in losses_by_rank.items()
-            for seed, loss in enumerate(losses)]
+from calibration.synthetic import cell_records, flat_sweep, probe_layers, record, scaling_sweep, synthetic_sweep
 
 
 def test_optimal_rank_is_the_smallest_within_seed_noise_of_the_best():
@@ -148,16 +116,6 @@ def test_permutation_p_value_matches_brute_force_over_orderings():
     assert permutation_p_value(xs, ys) == pytest.approx(exact, abs=0.005)
 
 
-def synthetic_sweep(model="minilm"):
-    """Cells on four tasks whose optimal rank grows with the probe's signal rank."""
-    records = []
-    for task, signal, best in (("a", 1.0, 2), ("b", 3.0, 8), ("c", 7.0, 32), ("d", 2.0, 4)):
-        losses = {r: [1.0 + 0.2 * max(0, (best - r) / best), 1.01 + 0.2 * max(0, (best - r) / best)]
-                  for r in (1, 2, 4, 8, 16, 32, 64)}
-        records += cell_records(task, losses, signal=signal, model=model)
-    return records
-
-
 def test_fit_saves_files_the_verified_loader_reads(tmp_path):
     records = synthetic_sweep()
     models, metadata = fit(records)
@@ -199,16 +157,6 @@ def test_the_probe_protocol_is_recorded_when_every_cell_shares_it():
     assert fit(records)[1]["probe_protocol"] == {"num_samples": PROBE_SETTINGS["minilm"]["num_samples"], "max_length": 64}
     records[0]["probe"] = {**records[0]["probe"], "max_length": 128}  # the first cell's probe
     assert fit(records)[1]["probe_protocol"] is None
-
-
-def scaling_sweep(task, signal, best_s):
-    """Runs of ``task`` at ranks 2, 8, 32 and alpha / r = 0.5-4, two seeds, best at ``best_s``; trained
-    for 400 steps, so that they form groups of their own, apart from synthetic_sweep's rank cells."""
-    records = [record(task, rank, seed, 1.0 + 0.1 * abs(math.log2(s / best_s)) + 0.01 * seed, signal=signal, scaling=s)
-               for rank in (2, 8, 32) for s in (0.5, 1.0, 2.0, 4.0) for seed in (0, 1)]
-    for r in records:
-        r["config"].update(steps=400, alpha=None, alpha_over_r=r["lora"]["scaling_by_group"]["attention"], use_rslora=False)
-    return records
 
 
 def test_alpha_model_needs_two_tasks_and_learns_the_best_scaling():
@@ -370,15 +318,6 @@ def test_scale_rule_table_pairs_cells_that_differ_only_in_how_ba_is_scaled():
     assert "- minilm/t n=1000 r=16 seed 0 (s = 2): 0.850000 vs 0.851000 (|difference| 0.0010)" in table
     assert "r=16 seed 1 (s = 2): 0.870000 vs 0.870000" in table and "r=4 seed" not in table
     assert "No cell" in scale_rule_ranks(rslora + other_task)
-
-
-def flat_sweep(mlp_need: float = 1.0, model: str = "minilm"):
-    """Three tasks with the same optimal rank (4) whatever the signal; at every rank the MLP
-    layers' trained adapters use ``mlp_need`` times the attention layers' effective rank."""
-    erank = {name: (mlp_need if "mlp" in name else 1.0) for name in probe_layers(1.0)}
-    return [r for task, signal in (("a", 1.0), ("b", 7.0), ("c", 3.0))
-            for r in cell_records(task, {1: [1.1, 1.11], 4: [1.0, 1.01], 64: [1.0, 1.01]}, signal=signal,
-                                  adapter_erank=erank, model=model)]
 
 
 def test_a_fit_is_released_only_when_its_rank_or_per_layer_model_beats_its_baseline():

@@ -22,3 +22,18 @@ def test_best_rate_per_rank_its_edge_and_the_spreads():
     assert rs["best_spread"] == pytest.approx(1.0) and rs["best"][64] == (1e-3, 1.0, False)
     text = markdown(summary(grid(records[:-1])))
     assert "| 1 | 0.0010 | 0.001 | 1.0000 |" not in text and "| 1 | 1.2000 | 1.0000 | 1.1000 | 0.001 | 1.0000 |" in text
+
+
+def test_the_learning_rate_evidence_is_the_rate_with_the_lowest_mean_regret():
+    from test_recommend import LEARNING_RATE_EVIDENCE
+
+    from calibration.scaling_study import learning_rate_evidence
+
+    # rank 1 likes 3e-3 a little, rank 64 hates it: 1e-3 has the lowest mean regret (0 and 1 % against 5 % and 10 %)
+    losses = {("a", 1): {1e-3: 1.01, 3e-3: 1.0, 3e-4: 1.1}, ("a", 64): {1e-3: 1.0, 3e-3: 1.1, 3e-4: 1.1}}
+    runs = [{"config": {"model": "minilm", "task": task, "train_size": 1000, "rank": rank, "seed": 0, "steps": 125,
+                        "batch_size": 8, "learning_rate": lr, "alpha": 32.0, "use_rslora": False, "top_blocks": 4},
+             "eval_loss": loss}
+            for (task, rank), by_rate in losses.items() for lr, loss in by_rate.items()]
+    assert learning_rate_evidence(runs) == LEARNING_RATE_EVIDENCE
+    assert learning_rate_evidence(runs[:1]) is None  # no (task, rank) trained at two rates

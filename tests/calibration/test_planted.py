@@ -22,6 +22,7 @@ from conftest import tiny_llama, token_rows
 
 from advisor.calibrated import load_calibration, sha256_of, shipped_calibration
 from advisor.data import make_batches
+from advisor.layers import find_target_layers
 from advisor.probe_pass import gradients, probe
 from calibration.planted import (
     ADVICE_TRAIN_SIZE,
@@ -132,3 +133,20 @@ def test_advised_places_rank_the_planted_layer_by_each_rules_need():
     assert summary["advice_calibrated"]["sha256"] == sha256_of(shipped_calibration("causal-lm").with_suffix(".joblib"))
     assert summary["advice_uncalibrated"]["median_need"] == pytest.approx(statistics.median(uncalibrated.values()),
                                                                          abs=1e-3)
+
+
+def test_a_distillation_loss_gives_autograds_gradient_and_zero_against_itself():
+    student, teacher = tiny_llama(seed=0), tiny_llama(seed=1)
+    rows = token_rows(8, 16)
+    measured = gradients(student, rows, num_samples=8, batch_size=4, loss_fn=distillation_loss(teacher))
+    reference = tiny_llama(seed=0)
+    ids = torch.tensor([row["input_ids"] for row in rows])
+    with torch.no_grad():
+        target = torch.log_softmax(teacher(input_ids=ids).logits[:, :-1], -1)
+    log_student = torch.log_softmax(reference(input_ids=ids).logits[:, :-1], -1)
+    kl = torch.nn.functional.kl_div(log_student, target, log_target=True, reduction="sum") / (ids.shape[0] * 15)
+    kl.backward()
+    for name, module in find_target_layers(reference).items():
+        torch.testing.assert_close(measured[name], module.weight.grad, rtol=1e-4, atol=1e-6 * float(module.weight.grad.abs().max()))
+    itself = gradients(student, rows, num_samples=8, batch_size=4, loss_fn=distillation_loss(tiny_llama(seed=0)))
+    assert all(float(g.abs().max()) < 1e-7 for g in itself.values())
