@@ -83,7 +83,7 @@ class AuditResult:
 
     def suggested_config(self):
         """A PEFT LoraConfig with the suggested ranks; each layer keeps its scaling."""
-        from advisor.recommend import build_lora_config
+        from advisor.allocation import build_lora_config
 
         ranks = {layer.name: layer.suggested_rank for layer in self.layers}
         alphas = {

@@ -213,7 +213,8 @@ def _run(args) -> int:
                 print(QUANTIZATION_LEGEND)
         return 0
 
-    from advisor.recommend import advise, compare_with
+    from advisor.compare import compare_with
+    from advisor.recommend import advise
     from advisor.report import write_html_report
 
     planned = _planned_config(args.compare) if args.compare else None

@@ -8,7 +8,7 @@ scores that rule the way :mod:`calibration.fit` scores the rank model, on every 
 uniform-rank cell of the rank grids (rsLoRA alpha 8), beside the other ways a user could choose:
 
 - ``rule``: the uniform rank with as many adapter parameters as the uncalibrated advice of the
-  cell's step-0 probe (:func:`advisor.recommend.allocate`, defaults: ranks 2-64, no budget);
+  cell's step-0 probe (:func:`advisor.allocation.allocate`, defaults: ranks 2-64, no budget);
 - ``constant``: the training folds' median optimal rank, leave one task out (fit's baseline);
 - ``rank model``: the ridge rank model, leave one task out (fit's ``cell`` model);
   both rounded as the advice rounds a need (the next power of two, within ranks 2-64; fit scores
@@ -50,7 +50,8 @@ KINDS = ("seq-cls", "causal-lm")
 def rule_rank(layers: dict[str, dict]) -> float:
     """The uniform rank with the uncalibrated advice's adapter parameters (``layers``: a record's
     probe statistics by layer name, with ``shape`` and ``signal_effective_rank``)."""
-    from advisor.recommend import MAX_RANK, MIN_RANK, allocate, signal_need, uniform_params
+    from advisor.allocation import allocate, uniform_params
+    from advisor.recommend import MAX_RANK, MIN_RANK, signal_need
 
     shapes = {name: tuple(stats["shape"]) for name, stats in layers.items()}
     need = {name: signal_need(stats["signal_effective_rank"]) for name, stats in layers.items()}
@@ -118,7 +119,8 @@ def held_out_ranks(cell_rows: list[dict]) -> dict[str, list[float | None]]:
     """Per labelled cell (in ``cell_rows`` order): the rank model's and the constant's rank, each
     fitted leave-one-task-out as :func:`calibration.fit.fit` scores them and rounded as the advice
     rounds a need (None: a fold fit skips, too few training rows for the model, so for both)."""
-    from advisor.recommend import MAX_RANK, MIN_RANK, rounded_rank
+    from advisor.allocation import rounded_rank
+    from advisor.recommend import MAX_RANK, MIN_RANK
     from calibration.regression import held_out_predictions, median_baseline
 
     names = list(cell_rows[0]["features"])
@@ -287,8 +289,8 @@ def plot(rows: list[dict], name: str = "levels") -> Path:
 def capacity_cells(records: list[dict]) -> list:
     """The capacity grids' labelled cells: alpha = 32 with alpha / r, each rank at its best learning
     rate (:func:`calibration.labels.best_over_lr_cells`), complete ones only."""
+    from advisor.allocation import FIXED_ALPHA
     from calibration.labels import best_over_lr_cells
-    from calibration.scaling_study import FIXED_ALPHA
 
     runs = [r for r in records if not r["config"].get("use_rslora") and r["config"].get("alpha") == FIXED_ALPHA]
     return [cell for cell in best_over_lr_cells(runs) if cell.optimal_rank is not None]

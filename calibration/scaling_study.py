@@ -26,6 +26,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from advisor.allocation import FIXED_ALPHA  # the winner's alpha (alpha / r), written in "fixed" mode
 from calibration import read_results, script_parser
 
 HERE = Path(__file__).resolve().parent
@@ -77,9 +78,6 @@ def summary(table) -> list[dict]:
             "complete": all(len(by_rank[r]) == len(rates) for r in ranks),
         })
     return rows
-
-
-FIXED_ALPHA = 32.0  # the winner's alpha (alpha / r): what advisor.recommend writes in "fixed" mode
 
 
 def learning_rate_evidence(records: list[dict]) -> dict | None:

@@ -165,7 +165,8 @@ def held_out_calibration(task: str, records: list[dict], kind: str = "seq-cls"):
 def comparison_plan(protocol: Protocol, task: str, seeds, arms,
                     records: list[dict]) -> list[tuple[str, RunConfig, dict]]:
     """(arm, config, validation info) for every arm and seed of ``task``, seed by seed."""
-    from advisor.recommend import advice_from_probe, uniform_params
+    from advisor.allocation import uniform_params
+    from advisor.recommend import advice_from_probe
     from calibration.train import probe_training_rows
 
     base = uniform_config(protocol, task, 0, 1)

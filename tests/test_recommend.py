@@ -8,17 +8,11 @@ import yaml
 from conftest import CALIBRATIONS, calibration_description, fixture_calibration, probe_layers, tiny_llama, token_rows
 from peft import LoraConfig, get_peft_model
 
+from advisor.allocation import allocate, parse_budget, planned_rank, rounded_rank
 from advisor.cli import main
+from advisor.compare import compare_with
 from advisor.probe_pass import probe
-from advisor.recommend import (
-    Advice,
-    advice_from_probe,
-    allocate,
-    compare_with,
-    parse_budget,
-    planned_rank,
-    rounded_rank,
-)
+from advisor.recommend import Advice, advice_from_probe
 from advisor.report import loss_curve_text
 
 LEARNING_RATE_EVIDENCE = {
@@ -512,7 +506,7 @@ def test_the_advice_states_the_ranks_the_users_rules_give_its_dataset():
 def test_short_names_select_exactly_the_advised_layers_by_peft_matching():
     """Type names and pattern keys are shortened only as far as PEFT's own matching
     (planned_rank) still selects each advised rank and nothing else among the model's modules."""
-    from advisor.recommend import build_lora_config
+    from advisor.allocation import build_lora_config
 
     blocks = [f"model.layers.{i}" for i in range(12)]
     bert = [f"bert.encoder.layer.{i}.{t}" for i in range(2) for t in ("attention.output.dense", "output.dense")]
