@@ -36,6 +36,7 @@ import email.policy
 import hashlib
 import html
 import io
+import itertools
 import json
 import re
 import zipfile
@@ -225,7 +226,7 @@ def _write_cached(path: Path, fingerprint: str, splits: dict[str, list[dict]]) -
     counts = [len(splits["train"]), len(splits["eval"])]
     header = json.dumps({"fingerprint": fingerprint, "counts": counts}) + "\n"
     lines = (json.dumps({"_split": split, **row}, ensure_ascii=False) + "\n" for split in SPLITS for row in splits[split])
-    write_atomically(path, [header, *lines])
+    write_atomically(path, itertools.chain([header], lines))  # streamed, not held as one list
 
 
 # --------------------------------------------------------------------------- text helpers
