@@ -416,8 +416,7 @@ def _encode(row: dict, i: int, fmt: str, tokenizer, task: str, max_length: int):
         ids = tokenizer(row["text"])["input_ids"]
         mask, labels = [1] * len(ids), list(ids)
     elif fmt == "chat":
-        text, spans = _render_chat(row["messages"], tokenizer, i)
-        ids, labels = _tokenize_with_loss_spans(tokenizer, text, spans, add_special_tokens=False)
+        ids, labels = _chat_tokens(row["messages"], tokenizer, i)
         mask = [1] * len(ids)
     else:  # prompt-completion, alpaca
         prompt, completion = _prompt_and_completion(row, fmt)
@@ -439,6 +438,23 @@ def _prompt_and_completion(row: dict, fmt: str) -> tuple[str, str]:
     else:
         prompt = ALPACA_PROMPT.format(instruction=instruction)
     return prompt, row["output"] or ""
+
+
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def _chat_tokens(messages: list[dict], tokenizer, i: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels of conversation ``messages`` (row ``i``), the loss on the assistant
+    turns: transformers' own assistant-token mask where the chat template marks them with
+    ``{% generation %}``; otherwise the turns are located by rendering each prefix (:func:`_render_chat`)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and _GENERATION_TAG.search(template):
+        encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                                return_assistant_tokens_mask=True)
+        ids = _as_list(encoded["input_ids"])
+        return ids, [token if keep else IGNORE_INDEX for token, keep in zip(ids, encoded["assistant_masks"])]
+    text, spans = _render_chat(messages, tokenizer, i)
+    return _tokenize_with_loss_spans(tokenizer, text, spans, add_special_tokens=False)
 
 
 def _render_chat(messages: list[dict], tokenizer, i: int) -> tuple[str, list[tuple[int, int]]]:

@@ -251,6 +251,41 @@ def test_chat_loss_covers_exactly_the_assistant_turns(tokenizer):
     assert labelled_tokens == batch.labels[0][batch.labels[0] != -100].tolist()
 
 
+def test_a_template_that_marks_assistant_turns_gives_transformers_mask_and_the_same_labels(tokenizer):
+    """SmolLM2's ChatML template with ``{% generation %}`` around each assistant answer and its end
+    of turn: transformers' assistant-token mask labels exactly the tokens that rendering each
+    prefix of the conversation finds."""
+    import copy
+
+    messages = [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"},
+        {"role": "assistant", "content": "Rome, of course."},
+    ]
+    marked = copy.deepcopy(tokenizer)
+    marked.chat_template = (
+        "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
+        "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '<|im_end|>\\n' }}"
+        "{% endgeneration %}{% else %}{{ message['content'] + '<|im_end|>\\n' }}{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+    (by_mask,) = make_batches([{"messages": messages}], marked)
+    (by_prefixes,) = make_batches([{"messages": messages}], tokenizer)
+    assert labelled_texts(marked, by_mask) == [f"Paris.{EOS}\nRome, of course.{EOS}\n"]
+    assert torch.equal(by_mask.input_ids, by_prefixes.input_ids) and torch.equal(by_mask.labels, by_prefixes.labels)
+    # a template that closes the conversation with a trailer renders no prefix of the whole: only
+    # the marked one can place the loss
+    trailer = "{% if not add_generation_prompt %}{{ '<|endoftext|>' }}{% endif %}"
+    unmarked = copy.deepcopy(tokenizer)
+    unmarked.chat_template = tokenizer.chat_template + trailer
+    with pytest.raises(ValueError, match="does not render the conversation up to message 2 as a prefix"):
+        make_batches([{"messages": messages}], unmarked)
+    marked.chat_template += trailer
+    (closed,) = make_batches([{"messages": messages}], marked)
+    assert labelled_texts(marked, closed) == [f"Paris.{EOS}\nRome, of course.{EOS}\n"]
+
+
 def test_text_loss_on_every_token_and_padding(tokenizer):
     rows = ["two words", "a somewhat longer line of text to force padding"]
     (batch,) = make_batches(rows, tokenizer, batch_size=2)
