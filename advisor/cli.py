@@ -127,8 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    # bitsandbytes warns on import that an optional hub-downloaded CPU kernel is missing
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # bitsandbytes (imported by peft) looks for an optional CPU kernel on the Hub when imported, and
+    # it and the `kernels` package log warnings when the Hub is offline or the kernel missing
+    for upstream in ("bitsandbytes", "kernels"):
+        logging.getLogger(upstream).setLevel(logging.ERROR)
     try:
         return _run(args)
     except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, UnicodeDecodeError) as error:

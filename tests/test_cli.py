@@ -1,6 +1,7 @@
 """The lora-advisor command line: outputs PEFT can load, exit codes, and clean failures."""
 
 import json
+import os
 
 import pytest
 from peft import LoraConfig
@@ -83,6 +84,19 @@ def test_bad_input_exits_2_with_one_error_line_and_no_output(
     assert last.startswith("error: ") and message in last
     assert "Traceback" not in stderr
     assert not out.exists()
+
+
+def test_a_fresh_process_prints_only_the_error_line(tmp_path):
+    """Importing peft imports bitsandbytes, which logs warnings about an optional Hub kernel: the
+    CLI keeps them out of its output, so a bad input gets exactly one line."""
+    import subprocess
+    import sys
+
+    command = "import sys; from advisor.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run([sys.executable, "-c", command, "audit", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert done.returncode == 2
+    assert done.stderr == f"error: {tmp_path} is not a saved PEFT adapter (no adapter_config.json)\n"
 
 
 def test_missing_model_exits_2(tmp_path, capsys):
