@@ -443,11 +443,12 @@ def run_grid(
     shard: tuple[int, int] = (0, 1),
     done_elsewhere: frozenset[str] = frozenset(),
     log: Callable[[str], None] | None = None,
+    threads: int = 1,
 ) -> dict:
     """Run the configs not yet in ``results`` nor in ``done_elsewhere`` (run_ids another grid's
     file holds: grids share some configs), in order, appending each record as it finishes.
 
-    ``run`` defaults to :func:`calibration.train.train_run`; ``limit`` caps the new runs;
+    ``run`` defaults to :func:`calibration.train.train_run` on ``threads`` CPU threads; ``limit`` caps the new runs;
     ``shard`` (k, n) keeps the configs at positions i with i % n == k. Returns counts.
     """
     say = log or (lambda message: print(message, file=sys.stderr, flush=True))
@@ -455,7 +456,7 @@ def run_grid(
         from calibration.train import train_run
 
         def run(config: RunConfig) -> dict:
-            return train_run(config, log=lambda message: say(f"    {config.run_id} {message}"))
+            return train_run(config, log=lambda message: say(f"    {config.run_id} {message}"), threads=threads)
     cut = results.repair()
     if cut:
         say(f"{results.path}: removed a last line cut short ({cut} bytes)")
@@ -577,10 +578,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the grid's runs at these uniform ranks (e.g. a capacity grid's small ranks first)")
     parser.add_argument("--learning-rate", nargs="+", type=float, metavar="LR",
                         help="only the grid's runs at these learning rates")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="CPU threads per run (default 1; on 2 cores one process at 2 threads trained SmolLM2 "
+                             "1.7x faster than two processes at 1: calibration/NOTES.md, 2026-12-04)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their status, train nothing")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 0:
         parser.error(f"--limit must be >= 0, got {args.limit}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
 
     import torch
 
@@ -615,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
                 _print_plan(configs, results, args.shard, args.limit)
             else:
                 run_grid(configs, results, limit=args.limit, shard=args.shard,
-                         done_elsewhere=recorded_elsewhere(results))
+                         done_elsewhere=recorded_elsewhere(results), threads=args.threads)
         return 0
 
     from calibration.train import train_run
@@ -632,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         except (ValueError, TypeError) as error:
             parser.exit(2, f"error: bad --config: {error}\n")
     print(f"{config.run_id} {config.summary()}", file=sys.stderr, flush=True)
-    record = train_run(config, log=lambda message: print(message, file=sys.stderr, flush=True))
+    record = train_run(config, log=lambda message: print(message, file=sys.stderr, flush=True), threads=args.threads)
     print(json.dumps(record, ensure_ascii=False))
     return 0
 

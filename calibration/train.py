@@ -38,18 +38,25 @@ The protocol (``PROTOCOL`` 1; bump it, and so every ``run_id``, whenever what fo
   ``eval_accuracy``). Also measured before training (``initial_eval_loss``, cached) and every
   ``eval_every`` steps (``eval_curve``; 0 = only at the end).
 
+Frozen prefix: a causal LM with only its top blocks adapted (``top_blocks``, no EVA) runs the
+blocks below them once per row and trains from their stored output
+(:mod:`calibration.frozen_prefix`; the same loss and gradients to float rounding); the states
+are kept for the process's next runs of the same rows, and the record's ``frozen_prefix`` says
+from which block, how long the states took and whether they were reused (None: the full forward).
+
 Device: a run trains on the first GPU when there is one, with bf16 autocast where the GPU
 supports it (weights and optimizer state stay fp32), else on the CPU in fp32; the record says
 which (``device``, ``autocast``).
 
-Determinism: a fixed config gives the same record on the same machine and library versions
-(one thread; timings aside). The step-0 probe of the training rows and the initial eval loss
+Determinism: a fixed config gives the same record on the same machine, library versions and
+thread count (timings aside). The step-0 probe of the training rows and the initial eval loss
 do not depend on the LoRA config and are cached under
 ``advisor.embedded_data.cache_dir()/calibration/{probes,initial-eval}/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import json
@@ -67,6 +74,12 @@ import torch.nn.functional as F
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from advisor.calibrated import layer_group  # noqa: E402  (the one definition of attention vs mlp)
+from calibration.frozen_prefix import (  # noqa: E402
+    embedded_batch,
+    first_adapted_block,
+    prefix_states,
+    skipping_prefix,
+)
 
 PROTOCOL = 1
 EVAL_BATCH_SIZE = 16
@@ -272,7 +285,7 @@ def _check_int(name: str, value, *, minimum: int) -> None:
 
 
 # --------------------------------------------------------------------------- the run
-def train_run(config: RunConfig, *, log=None) -> dict:
+def train_run(config: RunConfig, *, log=None, threads: int = 1) -> dict:
     """Train one LoRA adapter as ``config`` says and return its record (a JSON-able dict).
 
     Record fields: ``run_id``, ``config`` (the full :class:`RunConfig`, enough to rebuild
@@ -290,14 +303,15 @@ def train_run(config: RunConfig, *, log=None) -> dict:
     the trained B @ A, ``sigma_max`` and ``frobenius`` of scaling * B @ A), ``probe`` (the
     cached step-0 probe of the training rows: settings and, per target layer, the scalar
     fields of :class:`advisor.probe_pass.LayerStats`), ``versions``, ``date``, ``command``.
-    ``log``: a callable that receives progress strings (None: silent).
+    ``log``: a callable that receives progress strings (None: silent). ``threads``: torch's CPU
+    threads (the record's ``threads``; the loss agrees across thread counts to float rounding).
     """
     from peft import get_peft_model
 
     from advisor.data import make_batches
     from calibration.tasks import TASKS
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     say = log or (lambda message: None)
     task = TASKS[config.task]
     kind = _loss_kind(task)
@@ -322,6 +336,8 @@ def train_run(config: RunConfig, *, log=None) -> dict:
     if config.eva_rho is not None:
         _initialise_eva(peft_model, train_rows, tokenizer, kind, config, label_names)
     trainable, total = peft_model.get_nb_trainable_parameters()
+    prefix = _frozen_prefix(config, peft_model, targets, kind, train_rows, tokenizer, label_names, eval_batches)
+    states = prefix["states"] if prefix else None
     parameters = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     warmup = config.warmup_steps
@@ -334,26 +350,27 @@ def train_run(config: RunConfig, *, log=None) -> dict:
     step_seconds = 0.0
     started = time.perf_counter()
     peft_model.train()
-    for step in range(1, config.steps + 1):
-        epoch, batch = next(stream)
-        step_started = time.perf_counter()
-        loss = _mean_loss(peft_model, batch, kind)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step_seconds += time.perf_counter() - step_started
-        window.append(float(loss.detach()))
-        if len(window) == LOSS_CURVE_EVERY or step == config.steps:
-            curve.append([step, _round(sum(window) / len(window))])
-            window = []
-        if config.eval_every and step % config.eval_every == 0 and step != config.steps:
-            loss_value, accuracy = evaluate(peft_model, eval_batches, kind)
-            eval_curve.append([step, _round(loss_value), _round(accuracy)])
-            peft_model.train()
-            say(f"step {step}/{config.steps}: train {curve[-1][1]:.4f} eval {loss_value:.4f}")
-    eval_loss, eval_accuracy = evaluate(peft_model, eval_batches, kind)
+    with skipping_prefix(peft_model, prefix["first_block"]) if prefix else contextlib.nullcontext():
+        for step in range(1, config.steps + 1):
+            epoch, batch = next(stream)
+            step_started = time.perf_counter()
+            loss = _mean_loss(peft_model, batch, kind, states)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step_seconds += time.perf_counter() - step_started
+            window.append(float(loss.detach()))
+            if len(window) == LOSS_CURVE_EVERY or step == config.steps:
+                curve.append([step, _round(sum(window) / len(window))])
+                window = []
+            if config.eval_every and step % config.eval_every == 0 and step != config.steps:
+                loss_value, accuracy = evaluate(peft_model, eval_batches, kind, states)
+                eval_curve.append([step, _round(loss_value), _round(accuracy)])
+                peft_model.train()
+                say(f"step {step}/{config.steps}: train {curve[-1][1]:.4f} eval {loss_value:.4f}")
+        eval_loss, eval_accuracy = evaluate(peft_model, eval_batches, kind, states)
     eval_curve.append([config.steps, _round(eval_loss), _round(eval_accuracy)])
     train_seconds = time.perf_counter() - started
 
@@ -391,8 +408,10 @@ def train_run(config: RunConfig, *, log=None) -> dict:
         "total_params": int(total),
         "adapter_layers": adapter_layers(peft_model, targets),
         "probe": probe_record,
+        "frozen_prefix": {key: prefix[key] for key in ("first_block", "seconds", "reused")} if prefix else None,
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
         "device": device.type,
+        "threads": threads,
         "autocast": None if autocast_dtype(device) is None else str(autocast_dtype(device)).removeprefix("torch."),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "command": config.command(),
@@ -531,27 +550,65 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
 
-def _forward(model, batch, kind: str):
+def _forward(model, batch, kind: str, states=None):
+    """The logits of ``batch``; with ``states`` (:mod:`calibration.frozen_prefix`), from the stored
+    states of its rows, inside ``skipping_prefix``."""
     kwargs = {} if kind == "seq-cls" else {"use_cache": False}
     device = next(model.parameters()).device
+    if states is None:
+        kwargs["input_ids"] = batch.input_ids.to(device)
+    else:
+        kwargs["inputs_embeds"] = embedded_batch(states, batch).to(device)
     dtype = autocast_dtype(device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        return model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                     **kwargs).logits
+        return model(attention_mask=batch.attention_mask.to(device), **kwargs).logits
 
 
-def _mean_loss(model, batch, kind: str) -> torch.Tensor:
-    total, count = _summed_loss(_forward(model, batch, kind), batch.labels, kind)
+def _mean_loss(model, batch, kind: str, states=None) -> torch.Tensor:
+    total, count = _summed_loss(_forward(model, batch, kind, states), batch.labels, kind)
     return total / max(count, 1)
 
 
+_PREFIX_MEMO: dict[tuple, dict] = {}
+
+
+def _frozen_prefix(config: RunConfig, peft_model, targets, kind, train_rows, tokenizer, label_names,
+                   eval_batches) -> dict | None:
+    """For a causal LM with only its top blocks adapted: the first adapted block and every
+    training and eval row's states entering it (:mod:`calibration.frozen_prefix`), computed once
+    per process for the runs of a (model, task, rows, length, data seed); None otherwise (all
+    blocks adapted, a classifier, EVA's initialisation)."""
+    from advisor.data import make_batches
+
+    if config.top_blocks is None or kind == "seq-cls" or config.eva_rho is not None:
+        return None
+    ranks = config.module_ranks(targets)
+    first_block = first_adapted_block([name for name in targets if ranks[name] > 0])
+    if first_block == 0:
+        return None
+    key = (config.model, config.task, config.train_size, config.max_length, config.data_seed, config.eval_rows,
+           first_block)
+    if key in _PREFIX_MEMO:
+        return {**_PREFIX_MEMO[key], "reused": True}
+    _PREFIX_MEMO.clear()  # one cell's states at a time (about 0.3 GB for SmolLM2 at 1,000 rows)
+    started = time.perf_counter()
+    train_batches = make_batches(train_rows, tokenizer, task=kind, num_samples=len(train_rows),
+                                 batch_size=EVAL_BATCH_SIZE, max_length=config.max_length, seed=0,
+                                 label_names=label_names)
+    states = prefix_states(peft_model, [*train_batches, *eval_batches], first_block)
+    _PREFIX_MEMO[key] = {"first_block": first_block, "states": states,
+                         "seconds": round(time.perf_counter() - started, 2)}
+    return {**_PREFIX_MEMO[key], "reused": False}
+
+
 @torch.no_grad()
-def evaluate(model, batches, kind: str) -> tuple[float, float | None]:
-    """(mean loss, accuracy or None): token-weighted for causal LM, row-weighted for seq-cls."""
+def evaluate(model, batches, kind: str, states=None) -> tuple[float, float | None]:
+    """(mean loss, accuracy or None): token-weighted for causal LM, row-weighted for seq-cls;
+    ``states``: as in :func:`_forward`."""
     model.eval()
     total, count, correct = 0.0, 0, 0
     for batch in batches:
-        logits = _forward(model, batch, kind)
+        logits = _forward(model, batch, kind, states)
         loss, n = _summed_loss(logits, batch.labels, kind)
         total += float(loss)
         count += n

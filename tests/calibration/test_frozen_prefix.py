@@ -1,0 +1,92 @@
+"""Training the top blocks from stored prefix states gives the full forward's loss and gradients."""
+
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from advisor.data import make_batches
+from calibration.frozen_prefix import (
+    decoder_layers,
+    embedded_batch,
+    first_adapted_block,
+    prefix_states,
+    skipping_prefix,
+)
+from calibration.train import _summed_loss
+
+
+def tiny_llama_4():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64))
+
+
+def tiny_gemma3_4():
+    """Sliding-window and full attention alternating, as Gemma 3's blocks do (window 4 < the rows)."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    config = Gemma3TextConfig(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=4,
+                              max_position_embeddings=64,
+                              layer_types=["sliding_attention", "full_attention"] * 2)
+    return Gemma3ForCausalLM(config)
+
+
+def loss_and_gradients(model, batches, states=None):
+    """The token-mean loss over ``batches`` and the adapters' gradients, by the full forward or from ``states``."""
+    model.zero_grad(set_to_none=True)
+    total, count = 0.0, 0
+    for batch in batches:
+        if states is None:
+            logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False).logits
+        else:
+            logits = model(inputs_embeds=embedded_batch(states, batch), attention_mask=batch.attention_mask,
+                           use_cache=False).logits
+        loss, n = _summed_loss(logits, batch.labels, "causal-lm")
+        total, count = total + loss, count + n
+    (total / count).backward()
+    return float((total / count).detach()), {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("build", [tiny_llama_4, tiny_gemma3_4], ids=["llama", "gemma3"])
+def test_stored_prefix_states_give_the_full_forwards_loss_and_adapter_gradients(build):
+    model = build()
+    targets = [f"model.layers.{depth}.{kind}" for depth in (2, 3)
+               for kind in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")]
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    assert first_adapted_block(targets) == 2
+    generator = torch.Generator().manual_seed(1)
+    rows = [{"input_ids": torch.randint(3, 128, (length,), generator=generator).tolist()} for length in (5, 16, 9, 12, 7, 14)]
+    batches = make_batches(rows, None, num_samples=len(rows), batch_size=3, max_length=32, seed=0)
+    assert batches[0].attention_mask.sum(1).unique().numel() > 1  # padded rows in a batch
+    peft_model.train()
+    full_loss, full_gradients = loss_and_gradients(peft_model, batches)
+
+    states = prefix_states(peft_model, batches, 2)
+    assert peft_model.training and len(states) == len(rows)
+    assert {tuple(v.shape) for v in states.values()} == {(len(r["input_ids"]), 32) for r in rows}
+    lower = list(decoder_layers(peft_model))[:2]
+    calls = []
+    hooks = [layer.register_forward_hook(lambda *args: calls.append(1)) for layer in lower]
+    with skipping_prefix(peft_model, 2):
+        stored_loss, stored_gradients = loss_and_gradients(peft_model, batches, states)
+    assert not calls  # the frozen blocks did not run
+    for hook in hooks:
+        hook.remove()
+    assert list(decoder_layers(peft_model))[:2] == lower  # put back
+    assert stored_loss == pytest.approx(full_loss, rel=1e-6)
+    assert stored_gradients.keys() == full_gradients.keys() and len(full_gradients) == 2 * len(targets)
+    for name, gradient in full_gradients.items():
+        assert gradient.abs().max() > 0
+        torch.testing.assert_close(stored_gradients[name], gradient, rtol=1e-4, atol=1e-7)
+
+
+def test_the_prefix_is_put_back_after_an_error():
+    model = tiny_llama_4()
+    lower = list(decoder_layers(model))[:3]
+    with pytest.raises(RuntimeError, match="boom"), skipping_prefix(model, 3):
+        raise RuntimeError("boom")
+    assert list(decoder_layers(model))[:3] == lower
