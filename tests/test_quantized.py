@@ -254,6 +254,6 @@ def test_nf4_and_full_precision_get_the_same_calibrated_level(tmp_path):
     full = advice_from_probe(probe(str(tmp_path), rows, **settings), train_size=2000)
     nf4 = advice_from_probe(probe(str(tmp_path), rows, load_in_4bit=True, **settings), train_size=2000)
     assert nf4.probe.quantization.startswith("4-bit NF4") and full.probe.quantization is None
-    assert not full.calibration.startswith("uncalibrated") and not nf4.calibration.startswith("uncalibrated")
+    assert full.decision.calibration is not None and nf4.decision.calibration == full.decision.calibration
     assert full.level_rank is not None and nf4.level_rank == full.level_rank
     assert 0.5 <= nf4.trainable_params / full.trainable_params <= 2.0

@@ -269,7 +269,9 @@ def test_calibrated_advice_follows_the_regression(probed, tmp_path):
         assert layer.need == pytest.approx(2**center, abs=1e-3)
         assert layer.rank == rounded_rank(2**center, 1.0, 1, 64)
         assert layer.rank_low == min(layer.rank, rounded_rank(2 ** (center - error), 1.0, 1, 64))
-    assert advice.calibration.startswith("calibrated: cal (fitted on minilm") and advice.config.use_rslora
+    decision = advice.decision
+    assert (decision.calibration, decision.level, decision.shape) == ("cal", "rank model", "uniform")  # no per-layer model
+    assert advice.config.use_rslora
     assert advice.loss_curve == pytest.approx(calibration.predict_loss_curve(layers, 1000, False), abs=1e-4)
     assert advice.loss_curve_error == pytest.approx(math.exp(metadata["cv"]["curve_leave_one_task_out"]["model_mae"]), abs=1e-4)
     advice.save(tmp_path / "out")
@@ -304,9 +306,12 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_at_its_pooled_level_
     _, result = probed
     fixture_calibration("smollm2-shape", tmp_path, "shape")
     advice = advice_from_probe(result, train_size=1000, min_rank=1, budget="r=8", calibration=tmp_path / "shape.json")
+    assert (advice.decision.calibration, advice.decision.level, advice.decision.shape) == ("shape", "budget", "calibration")
+    assert advice.decision.rank_model_unused == ("is not 10% better than its baseline leave-one-task-out "
+                                                 "(0.000 against 0.000)")
+    # the decision as the one sentence the advice carries
     assert advice.calibration.startswith("calibrated shape, uncalibrated level: the per-layer need of shape")
-    assert advice.calibration.endswith("its rank model is not 10% better than its baseline leave-one-task-out "
-                                       "(0.000 against 0.000)")
+    assert advice.calibration.endswith("its rank model " + advice.decision.rank_model_unused)
     # the sweeps' measured level is quoted: rank 4 best on all three cells, r=1 at 1.105 against 1.005;
     # with a budget (and ranks from 1) the level is the budget's, so the rule's record is not
     measured = ("the rank level is not calibrated: the sweeps behind shape found optimal uniform ranks 4 on 3 of 3 "
@@ -318,8 +323,7 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_at_its_pooled_level_
     # noises (r = 2 interpolates to 1.055, 0.0071 a noise): the budget is uniform r = 4's, spent along the shape
     shapes = {n: s.shape for n, s in result.layers.items()}
     no_budget = advice_from_probe(result, train_size=1000, calibration=tmp_path / "shape.json")
-    assert no_budget.calibration.startswith("calibrated shape, pooled level: the per-layer need of shape (fitted on smollm2")
-    assert "at uniform r = 4's parameters; its rank model is not 10% better" in no_budget.calibration
+    assert (no_budget.decision.level, no_budget.decision.level_rank, no_budget.decision.shape) == ("pooled level", 4, "calibration")
     level_text = (
         "the rank level is the calibration's pooled level: uniform r = 4's parameters, the smallest uniform rank whose "
         "mean regret (in seed noises) over the 3 cells (3 tasks) behind shape is within one seed noise of the best "
@@ -334,6 +338,7 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_at_its_pooled_level_
     # ranks capped at 2: the level is r = 2's parameters, and the label says the pooled level was moved
     capped = advice_from_probe(result, train_size=1000, calibration=tmp_path / "shape.json", max_rank=2)
     assert capped.level_rank == 2 and {a.rank for a in capped.layers.values()} == {2}
+    assert (capped.decision.level, capped.decision.level_rank) == ("pooled level", 2)
     assert "at uniform r = 2's parameters, the pooled level r = 4 within the ranks asked for;" in capped.calibration
     assert capped.reasons[-1] == level_text
     # a calibration whose pooled level did not beat the rule by 10 %: the rule sets the level, and how it fared is quoted
@@ -342,7 +347,7 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_at_its_pooled_level_
     metadata["levels"]["pooled"]["regret_noises_mean"] = 0.95 * metadata["levels"]["rule"]["regret_noises_mean"]
     description.write_text(json.dumps(metadata))
     ruled = advice_from_probe(result, train_size=1000, calibration=description)
-    assert ruled.calibration.startswith("calibrated shape, uncalibrated level")
+    assert (ruled.decision.level, ruled.decision.shape) == ("probe's rule", "calibration")
     assert ruled.reasons[-1] == measured + (
         "; the probe's rule, which sets the level here (the calibration's shape spreads the ranks around it), gave "
         "uniform-equivalent ranks 2-8 on those cells, within one seed noise of the best uniform rank on 2 of 3 cells; "
@@ -360,8 +365,9 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_at_its_pooled_level_
     assert advice.trainable_params <= parse_budget("r=8", {n: s.shape for n, s in result.layers.items()})
     fixture_calibration("smollm2-flat", tmp_path, "flat")  # neither model beats its baseline: the advice is uncalibrated
     unused = advice_from_probe(result, train_size=1000, min_rank=1, calibration=tmp_path / "flat.json")
-    assert unused.calibration.startswith("uncalibrated") and "(flat is not used: its rank model is not 10% better" in unused.calibration
-    assert "and its per-layer model is not 10% better" in unused.calibration
+    assert unused.decision.calibration is None and unused.decision.declined.startswith(
+        "flat is not used: its rank model is not 10% better")
+    assert "and its per-layer model is not 10% better" in unused.decision.declined
 
 
 def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed, tmp_path, monkeypatch):
@@ -369,32 +375,33 @@ def test_auto_uses_the_shipped_calibration_and_says_when_it_extrapolates(probed,
 
     _, result = probed
     monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
-    assert advice_from_probe(result, min_rank=1).calibration.startswith("uncalibrated")  # models/ ships none
+    assert advice_from_probe(result, min_rank=1).decision.calibration is None  # models/ ships none
     fixture_calibration("encoders", tmp_path)  # fitted on sequence classifiers: "auto" declines it for the tiny causal LM
     other_kind = advice_from_probe(result, min_rank=1, train_size=1000)
-    assert other_kind.calibration.startswith("uncalibrated")
-    assert "a causal-lm model, fitted on seq-cls models only" in other_kind.calibration
+    assert other_kind.decision.calibration is None
+    assert "a causal-lm model, fitted on seq-cls models only" in other_kind.decision.declined
     fixture_calibration("smollm2", tmp_path, "shipped")
     advice = advice_from_probe(result, min_rank=1, train_size=1000)
     # the tiny random model's spectra lie outside the synthetic cells' ranges: "auto" sets the rank
     # model aside, and as its per-layer model earns no place either, the advice is uncalibrated
-    assert advice.calibration.startswith("uncalibrated") and "(shipped is not used: its rank model is not used for " \
-        "this probe: 18 of its 18 spectral features lie outside the ranges it was fitted on" in advice.calibration
+    assert advice.decision.calibration is None and advice.decision.declined.startswith(
+        "shipped is not used: its rank model is not used for this probe: 18 of its 18 spectral features lie outside "
+        "the ranges it was fitted on")
     fixture_calibration("encoders", tmp_path, "zz-encoders")  # last by name, but for another kind of model
-    assert advice_from_probe(result, min_rank=1, train_size=1000).calibration == advice.calibration
+    assert advice_from_probe(result, min_rank=1, train_size=1000).decision == advice.decision
     # an explicit path extrapolates: the tiny model is 32 wide, the synthetic calibration's layers
     # 64 (within the 2x that "auto" trusts, but outside the fitted range), which the label says
     explicit = advice_from_probe(result, min_rank=1, train_size=1000, calibration=tmp_path / "shipped.json")
-    assert explicit.calibration.startswith("calibrated: shipped (fitted on smollm2")
-    assert "extrapolating" in explicit.calibration and "log2_width" in explicit.calibration
+    assert (explicit.decision.calibration, explicit.decision.level) == ("shipped", "rank model")
+    assert "log2_width" in explicit.decision.outside and "extrapolating" in explicit.calibration
     # 100 training rows, 10x below the calibration's 1,000: "auto" declines, an explicit path does not
     declined = advice_from_probe(result, min_rank=1, train_size=100)
-    assert declined.calibration.startswith("uncalibrated") and "does not cover" in declined.calibration
-    assert "training rows 100, fitted on 1,000" in declined.calibration and declined.loss_curve is None
+    assert declined.decision.calibration is None and "does not cover" in declined.decision.declined
+    assert "training rows 100, fitted on 1,000" in declined.decision.declined and declined.loss_curve is None
     forced = advice_from_probe(result, min_rank=1, train_size=100, calibration=tmp_path / "shipped.json")
-    assert forced.calibration.startswith("calibrated: shipped") and "log2_train_size" in forced.calibration
-    assert advice_from_probe(result, min_rank=1, calibration=None).calibration.startswith("uncalibrated")
-    assert advice_from_probe(result, min_rank=1, calibration="none").calibration.startswith("uncalibrated")
+    assert forced.decision.calibration == "shipped" and "log2_train_size" in forced.decision.outside
+    assert advice_from_probe(result, min_rank=1, calibration=None).decision.calibration is None
+    assert advice_from_probe(result, min_rank=1, calibration="none").decision.calibration is None
 
 
 def test_advise_lets_auto_decline_a_calibration_that_does_not_cover_the_probe(tmp_path, monkeypatch):
@@ -408,11 +415,11 @@ def test_advise_lets_auto_decline_a_calibration_that_does_not_cover_the_probe(tm
     monkeypatch.setattr(calibrated, "MODELS_DIR", tmp_path)
     options = dict(num_samples=16, batch_size=4, progress=False, min_rank=1, return_advice=True)
     advice = advise(tiny_llama(), token_rows(16, 16), train_size=100, **options)
-    assert advice.calibration.startswith("uncalibrated") and "training rows 100, fitted on 1,000" in advice.calibration
+    assert advice.decision.calibration is None and "training rows 100, fitted on 1,000" in advice.decision.declined
     # at 1,000 rows "auto" takes the causal-LM calibration (and sets its rank model aside for the
     # tiny model's spectra, outside its fitted ranges)
-    assert "(shipped is not used: its rank model is not used for this probe" in advise(
-        tiny_llama(), token_rows(16, 16), train_size=1000, **options).calibration
+    assert advise(tiny_llama(), token_rows(16, 16), train_size=1000, **options).decision.declined.startswith(
+        "shipped is not used: its rank model is not used for this probe")
     # neither synthetic calibration has an alpha model: refused before the probe, naming the causal-LM one
     with pytest.raises(ValueError, match="shipped has no alpha model"):
         advise(tiny_llama(), None, alpha_mode="calibrated", **options)
@@ -449,7 +456,7 @@ def test_advise_probes_as_the_calibrations_cells_were_unless_told(tmp_path, monk
     # 100 training rows: "auto" will decline the calibration (fitted on 1,000), so the probe's defaults
     declined = advise(tiny_llama(), rows, **{**options, "train_size": 100})
     assert (declined.probe.num_rows, declined.probe.max_length) == (40, 256)
-    assert "training rows 100, fitted on 1,000" in declined.calibration
+    assert "training rows 100, fitted on 1,000" in declined.decision.declined
     # a hand-edited protocol that is not one is ignored, not passed to the probe
     for broken in ({"num_samples": None, "max_length": 10}, [12, 10], "32x128"):
         fixture_calibration("smollm2", tmp_path, "shipped", probe_protocol=broken)
@@ -562,7 +569,6 @@ def test_a_users_rule_that_did_better_on_the_calibrations_cells_sets_the_level(p
     shapes = {n: s.shape for n, s in result.layers.items()}
     assert advice.level_rank == min(max(tinker, 2), 64)
     assert advice.trainable_params <= parse_budget(f"r={advice.level_rank}", shapes)
-    assert advice.calibration.startswith("calibrated shape, level of Tinker tokens rule: the per-layer need of shape")
     decision = advice.decision
     assert (decision.level, decision.level_rule, decision.shape, decision.calibration) == (
         "users' rule", "Tinker tokens rule", "calibration", "shape")
@@ -585,6 +591,6 @@ def test_a_users_rule_that_did_better_on_the_calibrations_cells_sets_the_level(p
     levels["Tinker tokens rule"]["regret_noises_mean"] = 2 * rule["regret_noises_mean"]
     description.write_text(json.dumps(metadata))
     ruled = advice_from_probe(result, train_size=rows, calibration=description)
-    assert ruled.calibration.startswith("calibrated shape, uncalibrated level") and ruled.decision.level == "probe's rule"
+    assert (ruled.decision.level, ruled.decision.shape) == ("probe's rule", "calibration")
     assert how_sure(advice.to_dict()).startswith("rough, since the size is Tinker tokens rule's (r=")
     assert how_sure(ruled.to_dict()).startswith("rough, since the size comes from the probe's uncalibrated rule")
