@@ -148,7 +148,10 @@ def plot_rank_heatmap(advice: dict, path: Path) -> None:
     ax.set_xticks(range(len(depths)), depths, fontsize=7)
     ax.set_xlabel("block")
     ax.set_title("Advised LoRA rank")
-    fig.colorbar(image, ax=ax, label="log2 rank")
+    low, high = math.floor(min(map(min, grid))), math.ceil(max(map(max, grid)))
+    ticks = list(range(low, high + 1))
+    bar = fig.colorbar(image, ax=ax, label="rank (log scale)", ticks=ticks)
+    bar.ax.set_yticklabels([str(2**t) for t in ticks])
     save_figure(fig, path)
 
 
@@ -333,9 +336,6 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}code{{backg
 <h1>LoRA rank advice</h1>
 {"".join(f"<p><b>{html.escape(line)}</b></p>" for line in headline(advice))}
 <p>{html.escape(probe_summary(result))}</p>
-<p><b>Advice:</b> {html.escape(advice["calibration"])}; alpha mode <code>{html.escape(advice["alpha_mode"])}</code>;
-budget {_budget_text(advice)};
-training rows {advice["train_size"]:,}.</p>
 <h2>Why</h2><ul>{reasons}</ul>
 <h2>Per layer type</h2>{_html_table(layer_type_rows(result, ranks))}
 <p>{html.escape(LEGEND)}</p>
@@ -343,6 +343,9 @@ training rows {advice["train_size"]:,}.</p>
 <h2>Adapter size</h2>{_html_table(size_rows)}<img src="parameters.png" alt="parameters">
 <h2>Advised ranks by depth</h2><img src="ranks.png" alt="advised ranks">
 <h2>Gradient spectra</h2><img src="spectra.png" alt="gradient spectra">
+<h2>How the advice was made</h2>
+<p>{html.escape(advice["calibration"])}; alpha mode <code>{html.escape(advice["alpha_mode"])}</code>;
+budget {_budget_text(advice)}; training rows {advice["train_size"]:,}.</p>
 <h2>Every layer</h2>{_html_table(layer_rows)}
 <p>Files: <code>adapter_config.json</code> (PEFT), <code>lora_config.py</code>, <code>axolotl.yaml</code>,
 <code>advice.json</code>, <code>probe.json</code>. Redraw with <code>lora-advisor report {html.escape(str(directory))}</code>.</p>
