@@ -68,10 +68,11 @@ one: calibration/README.md, "Does the scale rule move the optimal rank?").
   rates 3e-4, 1e-3, 3e-3, under alpha = 32 with PEFT's alpha / r and under rsLoRA alpha = 8
   (the two agree at r = 16), one epoch over 1000 rows, 256 eval rows, seed 0.
 - ``smollm2-capacity``: labels that measure capacity, under the parametrization the scaling
-  grid chose (alpha = 32 with alpha / r, best over learning rates 3e-4, 1e-3, 3e-3): SmolLM2's
-  top 4 blocks, r 1-256, six tasks whose loss tokens span about 4k to 480k, 1000 and 4000 rows,
-  one epoch, two seeds (360 runs: a GPU grid; on this CPU a run takes 5-50 minutes).
-- ``gemma3-capacity``: the same 360 runs on a second causal-LM family, Gemma 3 270M (a
+  grid chose (alpha = 32 with alpha / r, best over learning rates 3e-4, 1e-3, 3e-3, 1e-2):
+  SmolLM2's top 4 blocks, r 1-256, six tasks whose loss tokens span about 4k to 480k, 1000 and
+  4000 rows, one epoch, two seeds (480 runs; on this CPU, with the frozen prefix stored and
+  ``--threads 2``, a shakespeare run at 1000 rows takes about 6 minutes).
+- ``gemma3-capacity``: the same 480 runs on a second causal-LM family, Gemma 3 270M (a
   pretrained base model, where SmolLM2 is instruction-tuned): the same tasks, ranks, rates,
   sizes, seeds and settings (:func:`capacity_grid`). Its output layer (262,144 x 640, tied to
   the embedding: 63 % of its 268M weights) makes it slower than SmolLM2 on this CPU: one
@@ -275,7 +276,7 @@ def grid_smollm2_scaling() -> list[RunConfig]:
 CAPACITY_TASKS = ("health-source", "wordnet-defs", "debian-summary", "stdlib-code", "shakespeare", "brown-lm")
 CAPACITY_SIZES = (1000, 4000)
 CAPACITY_RANKS = (1, 4, 16, 64, 256)
-CAPACITY_LRS = SCALING_LRS
+CAPACITY_LRS = (*SCALING_LRS, 1e-2)  # 1e-2: on shakespeare r = 64 was best at 3e-3, the scaling grid's edge
 
 
 def capacity_grid(model: str) -> list[RunConfig]:

@@ -405,7 +405,7 @@ def test_the_capacity_grid_uses_the_parametrization_the_scaling_grid_chose():
 
     capacity = grid_smollm2_capacity()
     assert {(c.alpha, c.use_rslora, c.top_blocks) for c in capacity} == {(32.0, False, 4)}
-    assert {c.learning_rate for c in capacity} == {3e-4, 1e-3, 3e-3} and {c.seed for c in capacity} == {0, 1}
+    assert {c.learning_rate for c in capacity} == {3e-4, 1e-3, 3e-3, 1e-2} and {c.seed for c in capacity} == {0, 1}
     assert all(c.steps == c.train_size // c.batch_size for c in capacity)  # one epoch: steps follow the data
     shared = {c.run_id for c in capacity} & {c.run_id for c in grid_smollm2_scaling()}
     assert len(shared) == 2 * 2 * 3  # seed 0, r = 1 and 64, three rates, on the two tasks both grids train
@@ -417,7 +417,7 @@ def test_the_gemma3_capacity_grid_is_smollm2s_on_the_second_causal_lm():
     from calibration.sweep import grid_gemma3_capacity, grid_smollm2_capacity
 
     gemma3, smollm2 = grid_gemma3_capacity(), grid_smollm2_capacity()
-    assert len(gemma3) == len(smollm2) == 2 * 6 * 3 * 2 * 5  # sizes x tasks x rates x seeds x ranks
+    assert len(gemma3) == len(smollm2) == 2 * 6 * 4 * 2 * 5  # sizes x tasks x rates x seeds x ranks
     assert {c.model for c in gemma3} == {"gemma3"} and not {c.run_id for c in gemma3} & {c.run_id for c in smollm2}
     assert [replace(c, model="smollm2") for c in gemma3] == smollm2  # the same runs, in the same order
     assert sweep.estimated_seconds(gemma3[0]) > 0
