@@ -437,17 +437,23 @@ def _learning_rate(alpha_mode: str, calibration) -> dict:
         others = ", ".join(f"{value:.1%} at {rate}" for rate, value in regret.items()
                            if rate != best)
         blocks = "/".join(map(str, measured["top_blocks"])) if any(measured["top_blocks"]) else "all"
-        return {"value": measured["learning_rate"], "why": (
-            f"learning rate {measured['learning_rate']:g}: under alpha = {FIXED_ALPHA:g} with alpha / r the best single "
-            f"rate at every rank tried ({', '.join(map(str, measured['ranks']))}) in {calibration.name}'s "
-            f"parametrization experiment ({', '.join(measured['models'])} with its top {blocks} blocks adapted, "
-            f"{len(measured['tasks'])} tasks, batch {'/'.join(map(str, measured['batch_size']))}, "
+        by_rank = dict(measured.get("best_by_rank") or {})  # rank (a string, as in JSON) -> its own best rate
+        if len(set(by_rank.values())) > 1:
+            which = ("the lowest mean loss above each run's best over the ranks tried; alone, "
+                     + ", ".join(f"r={rank} did best at {rate:g}" for rank, rate in by_rank.items()))
+        else:
+            which = f"the best single rate at every rank tried ({', '.join(map(str, measured['ranks']))})"
+        return {"value": measured["learning_rate"], "by_rank": by_rank or None, "why": (
+            f"learning rate {measured['learning_rate']:g}: under alpha = {FIXED_ALPHA:g} with alpha / r {which}, in "
+            f"{calibration.name}'s parametrization experiment ({', '.join(measured['models'])} with its top {blocks} "
+            f"blocks adapted, {len(measured['tasks'])} tasks, batch {'/'.join(map(str, measured['batch_size']))}, "
             f"{'/'.join(f'{e:g}' for e in measured['epochs'])} epoch; mean loss above each run's best "
             f"{regret[best]:.1%}, against {others})")}
     if alpha_mode == "fixed":
         return {"value": None, "why": (
-            f"learning rate: not measured for this model; under alpha = {FIXED_ALPHA:g} with alpha / r one rate serves "
-            "every rank, so a short sweep at one rank (e.g. 3e-4, 1e-3, 3e-3) finds it for all")}
+            f"learning rate: not measured for this model; under alpha = {FIXED_ALPHA:g} with alpha / r the best rate "
+            "moved little with rank in the calibration's experiment, so a short sweep (e.g. 3e-4, 1e-3, 3e-3) at the "
+            "advised ranks finds it")}
     return {"value": None, "why": (
         f"learning rate: not stated for alpha mode {alpha_mode!r}, under which a layer's step grows with its rank, "
         f"so the best rate moves with the ranks; alpha mode 'fixed' (alpha = {FIXED_ALPHA:g}, alpha / r) keeps it "

@@ -229,7 +229,12 @@ def headline(advice: dict) -> list[str]:
             f"({spread}): {advice['trainable_params']:,} trainable parameters{share}.")
     rate = advice.get("learning_rate") or {}
     if rate.get("value") is not None:
-        what += f" Train at learning rate {rate['value']:g} (measured; it stays right at every rank under alpha / r)."
+        others = sorted({r for r in (rate.get("by_rank") or {}).values() if r != rate["value"]})
+        if others:
+            what += (f" Train at learning rate {rate['value']:g} (measured: the best on average over ranks; some did "
+                     f"best at {', '.join(f'{r:g}' for r in others)}).")
+        else:
+            what += f" Train at learning rate {rate['value']:g} (measured; the best at every rank tried under alpha / r)."
     elif rate:
         what += " Learning rate: not measured for this setting (see the reasons)."
     return [what, f"How sure: {how_sure(advice)}."]

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from advisor.allocation import FIXED_ALPHA  # the winner's alpha (alpha / r), written in "fixed" mode
 from calibration import read_results, script_parser
+from calibration.records import experiment_result_files, read_records
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "smollm2-scaling.jsonl"
@@ -82,10 +83,14 @@ def summary(table) -> list[dict]:
 
 def learning_rate_evidence(records: list[dict]) -> dict | None:
     """The one learning rate to advise under alpha = ``FIXED_ALPHA`` with alpha / r, from the runs
-    of each (model, task, rows, rank, seed) trained at every rate tried: the rate with the lowest
-    mean regret (eval loss over the group's best, as a share) over those groups. None when no group
-    was trained at two or more rates. Also: each rate's mean regret, the groups, and the settings
-    the rate was measured under (models, tasks, ranks, adapted top blocks, epochs, batch size)."""
+    of each (model, task, rows, rank, seed) trained at least at the scaling grid's three rates
+    (``SCALING_LRS``): the rate, among those every such group tried, with the lowest mean regret
+    (eval loss over the group's best at any rate it tried, as a share). None when no group was.
+    Also: each rate's mean regret, each rank's own best rate (``best_by_rank``: where they differ,
+    one rate is a compromise), the groups, and the settings the rate was measured under (models,
+    tasks, ranks, adapted top blocks, epochs, batch size)."""
+    from calibration.sweep import SCALING_LRS
+
     groups: dict[tuple, dict[float, float]] = defaultdict(dict)
     configs = {}
     for record in records:
@@ -96,17 +101,25 @@ def learning_rate_evidence(records: list[dict]) -> dict | None:
         key = (config["model"], config["task"], config["train_size"], config["rank"], config["seed"])
         groups[key][config["learning_rate"]] = record["eval_loss"]
         configs[key] = config
-    rates = sorted({rate for losses in groups.values() for rate in losses})
-    complete = {key: losses for key, losses in groups.items() if len(rates) > 1 and set(losses) == set(rates)}
+    complete = {key: losses for key, losses in groups.items() if set(SCALING_LRS) <= set(losses)}
     if not complete:
         return None
-    regret = {rate: sum(losses[rate] / min(losses.values()) - 1 for losses in complete.values()) / len(complete)
-              for rate in rates}
+    rates = sorted(set.intersection(*(set(losses) for losses in complete.values())))
+
+    def mean_regret(keys) -> dict[float, float]:
+        return {rate: sum(complete[k][rate] / min(complete[k].values()) - 1 for k in keys) / len(keys) for rate in rates}
+
+    regret = mean_regret(list(complete))
     best = min(regret, key=regret.get)
+    by_rank: dict[int, dict[float, float]] = {}
+    for rank in sorted({key[3] for key in complete}):
+        rank_regret = mean_regret([key for key in complete if key[3] == rank])
+        by_rank[rank] = min(rank_regret, key=rank_regret.get)
     used = [configs[key] for key in complete]
     return {
         "parametrization": "alpha/r", "alpha": FIXED_ALPHA, "learning_rate": best,
         "mean_regret": {f"{rate:g}": round(value, 4) for rate, value in regret.items()},
+        "best_by_rank": {str(rank): rate for rank, rate in by_rank.items()},
         "at_edge": best in (rates[0], rates[-1]), "groups": len(complete),
         "models": sorted({c["model"] for c in used}), "tasks": sorted({c["task"] for c in used}),
         "ranks": sorted({c["rank"] for c in used}), "top_blocks": sorted({c.get("top_blocks") or 0 for c in used}),
@@ -167,11 +180,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no runs in {args.results}", file=sys.stderr)
         return 2
     print(markdown(rows))
-    evidence = learning_rate_evidence(read_results(args.results))
+    evidence = learning_rate_evidence(read_records(experiment_result_files()))
     if evidence:
         regrets = ", ".join(f"{rate}: {value:.1%}" for rate, value in evidence["mean_regret"].items())
-        print(f"One rate for alpha = {evidence['alpha']:g} with alpha / r: {evidence['learning_rate']:g} "
-              f"(mean regret over {evidence['groups']} (task, rank) runs at every rate: {regrets}).")
+        by_rank = ", ".join(f"r = {rank}: {rate:g}" for rank, rate in evidence["best_by_rank"].items())
+        print(f"One rate for alpha = {evidence['alpha']:g} with alpha / r, over the parametrization and capacity "
+              f"grids: {evidence['learning_rate']:g} (mean regret over {evidence['groups']} (task, rows, rank, seed) "
+              f"runs at every rate: {regrets}); each rank's own best: {by_rank}.")
     print(f"wrote {plot(rows)}", file=sys.stderr)
     return 0
 

@@ -13,11 +13,12 @@ from advisor.cli import main
 from advisor.compare import compare_with
 from advisor.probe_pass import probe
 from advisor.recommend import Advice, advice_from_probe
-from advisor.report import loss_curve_text
+from advisor.report import headline, loss_curve_text
 
 LEARNING_RATE_EVIDENCE = {
     "parametrization": "alpha/r", "alpha": 32.0, "learning_rate": 0.001,
-    "mean_regret": {"0.0003": 0.1, "0.001": 0.005, "0.003": 0.05}, "at_edge": False, "groups": 2,
+    "mean_regret": {"0.0003": 0.1, "0.001": 0.005, "0.003": 0.05}, "best_by_rank": {"1": 0.003, "64": 0.001},
+    "at_edge": False, "groups": 2,
     "models": ["minilm"], "tasks": ["a"], "ranks": [1, 64], "top_blocks": [4], "epochs": [1.0], "batch_size": [8],
     "command": "python -m calibration.scaling_study",
 }
@@ -175,6 +176,16 @@ def test_a_calibration_that_measured_a_rate_states_it_in_the_advice_and_its_expo
     advice = advice_from_probe(result, train_size=1000, min_rank=1, calibration=tmp_path / "cal.json")
     assert advice.learning_rate["value"] == 1e-3 and "0.5%, against 10.0% at 0.0003, 5.0% at 0.003" in advice.learning_rate["why"]
     assert advice.learning_rate["why"] in advice.reasons
+    # the ranks' own best rates differ (r = 1: 3e-3): the rate is a compromise, and the advice says so
+    assert "the lowest mean loss above each run's best over the ranks tried; alone, r=1 did best at 0.003, r=64 " \
+        "did best at 0.001" in advice.learning_rate["why"]
+    assert "Train at learning rate 0.001 (measured: the best on average over ranks; some did best at 0.003)." in \
+        headline(advice.to_dict())[0]
+    agreeing = {**LEARNING_RATE_EVIDENCE, "best_by_rank": {"1": 0.001, "64": 0.001}}
+    fixture_calibration("encoders", tmp_path, "agree", learning_rate=agreeing)
+    agreed = advice_from_probe(result, train_size=1000, min_rank=1, calibration=tmp_path / "agree.json")
+    assert "the best single rate at every rank tried (1, 64)" in agreed.learning_rate["why"]
+    assert "(measured; the best at every rank tried under alpha / r)" in headline(agreed.to_dict())[0]
     advice.save(tmp_path / "out")
     assert yaml.safe_load((tmp_path / "out" / "axolotl.yaml").read_text())["learning_rate"] == 1e-3
     namespace = {}
