@@ -83,8 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "the advice says which)")
     advice.add_argument("--train-size", type=int, help="rows you will train on (default: the rows of --data)")
     advice.add_argument("--alpha-mode", choices=("fixed", "scale", "rslora", "calibrated"), default="fixed",
-                        help="fixed: alpha = 32 on every layer with PEFT's alpha / r, so one learning rate serves "
-                             "every rank, and the advice states it where the calibration measured it; scale: "
+                        help="fixed: alpha = 32 on every layer with PEFT's alpha / r, so a layer's step does not "
+                             "grow with its rank, and the advice states the learning rate where the calibration "
+                             "measured it; scale: "
                              "alpha = 2r (the habit); rslora: use_rslora with one alpha; calibrated: alpha = the "
                              "calibration's best scaling at each rank x r (needs a calibration with an alpha "
                              "model) (default: fixed)")

@@ -446,9 +446,11 @@ _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 def _chat_tokens(messages: list[dict], tokenizer, i: int) -> tuple[list[int], list[int]]:
     """Token ids and labels of conversation ``messages`` (row ``i``), the loss on the assistant
     turns: transformers' own assistant-token mask where the chat template marks them with
-    ``{% generation %}``; otherwise the turns are located by rendering each prefix (:func:`_render_chat`)."""
+    ``{% generation %}`` (every token overlapping a marked span; the loss is where the template
+    marks it, e.g. on the last turn only if it marks only that one); otherwise the turns are
+    located by rendering each prefix (:func:`_render_chat`: the tokens starting inside a turn)."""
     template = getattr(tokenizer, "chat_template", None)
-    if isinstance(template, str) and _GENERATION_TAG.search(template):
+    if isinstance(template, str) and _GENERATION_TAG.search(template) and getattr(tokenizer, "is_fast", False):
         encoded = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True,
                                                 return_assistant_tokens_mask=True)
         ids = _as_list(encoded["input_ids"])

@@ -33,10 +33,10 @@ Each probed layer gets a *need*, a number of directions:
 Rounding, under a budget or not: :mod:`advisor.allocation`.
 
 Alpha and learning rate: ``alpha_mode="fixed"`` (the default) writes alpha = 32 for every layer
-with PEFT's alpha / r, the parametrization under which the calibration's experiment found one
-learning rate best at every rank (each layer's step, about alpha x learning rate under Adam, does
-not depend on its rank), and states that rate when the calibration in use measured it
-(``Advice.learning_rate``); ``"scale"`` writes alpha = 2 r (PEFT scaling alpha / r = 2, the
+with PEFT's alpha / r, under which each layer's step (about alpha x learning rate under Adam)
+does not grow with its rank, and states the rate with the lowest mean loss over the ranks of the
+calibration's experiment when the calibration in use measured it (``Advice.learning_rate``, with
+each rank's own best rate: on some tasks higher ranks did best at a higher rate); ``"scale"`` writes alpha = 2 r (PEFT scaling alpha / r = 2, the
 common habit, under which a layer's step grows with its rank); ``"rslora"`` writes ``use_rslora=True`` and alpha = 8 for every layer (scaling
 8 / sqrt(r), the setting of the calibration sweeps); ``"calibrated"`` writes alpha = s(r) r with
 s(r) the calibration's predicted best scaling at the layer's rank (its ``alpha`` model, fitted
@@ -441,8 +441,10 @@ def _learning_rate(alpha_mode: str, calibration) -> dict:
         if len(set(by_rank.values())) > 1:
             which = ("the lowest mean loss above each run's best over the ranks tried; alone, "
                      + ", ".join(f"r={rank} did best at {rate:g}" for rank, rate in by_rank.items()))
-        else:
+        elif by_rank:
             which = f"the best single rate at every rank tried ({', '.join(map(str, measured['ranks']))})"
+        else:  # a calibration written before each rank's best was recorded
+            which = f"the lowest mean loss above each run's best over the ranks tried ({', '.join(map(str, measured['ranks']))})"
         return {"value": measured["learning_rate"], "by_rank": by_rank or None, "why": (
             f"learning rate {measured['learning_rate']:g}: under alpha = {FIXED_ALPHA:g} with alpha / r {which}, in "
             f"{calibration.name}'s parametrization experiment ({', '.join(measured['models'])} with its top {blocks} "

@@ -233,8 +233,10 @@ def headline(advice: dict) -> list[str]:
         if others:
             what += (f" Train at learning rate {rate['value']:g} (measured: the best on average over ranks; some did "
                      f"best at {', '.join(f'{r:g}' for r in others)}).")
-        else:
+        elif rate.get("by_rank"):
             what += f" Train at learning rate {rate['value']:g} (measured; the best at every rank tried under alpha / r)."
+        else:
+            what += f" Train at learning rate {rate['value']:g} (measured under alpha / r)."
     elif rate:
         what += " Learning rate: not measured for this setting (see the reasons)."
     return [what, f"How sure: {how_sure(advice)}."]

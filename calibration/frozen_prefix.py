@@ -50,10 +50,12 @@ def row_key(batch, row: int) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def prefix_states(model, batches, first_block: int) -> dict[tuple[int, ...], torch.Tensor]:
+def prefix_states(model, batches, first_block: int,
+                  autocast: torch.dtype | None = None) -> dict[tuple[int, ...], torch.Tensor]:
     """Each row's hidden states as they enter block ``first_block``: its token ids -> a
-    [tokens, hidden] float32 CPU tensor. ``batches``: right-padded ``ProbeBatch``es. The model's
-    mode is restored after."""
+    [tokens, hidden] float32 CPU tensor. ``batches``: right-padded ``ProbeBatch``es; ``autocast``:
+    the dtype the training forward autocasts to (None: none), so the stored states are the ones it
+    would compute. The model's mode is restored after."""
     layers = decoder_layers(model)
     entering = {}
 
@@ -69,8 +71,9 @@ def prefix_states(model, batches, first_block: int) -> dict[tuple[int, ...], tor
     try:
         for batch in batches:
             try:
-                model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
-                      use_cache=False)
+                with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                    model(input_ids=batch.input_ids.to(device), attention_mask=batch.attention_mask.to(device),
+                          use_cache=False)
             except _Entered:
                 pass
             hidden = entering.pop("states")

@@ -85,9 +85,9 @@ def learning_rate_evidence(records: list[dict]) -> dict | None:
     """The one learning rate to advise under alpha = ``FIXED_ALPHA`` with alpha / r, from the runs
     of each (model, task, rows, rank, seed) trained at least at the scaling grid's three rates
     (``SCALING_LRS``): the rate, among those every such group tried, with the lowest mean regret
-    (eval loss over the group's best at any rate it tried, as a share). None when no group was.
-    Also: each rate's mean regret, each rank's own best rate (``best_by_rank``: where they differ,
-    one rate is a compromise), the groups, and the settings the rate was measured under (models,
+    (eval loss over the group's best among those rates, as a share). None when no group was.
+    Also: each rate's mean regret, each rank's own best rate over the rates all its groups tried
+    (``best_by_rank``, which may be one the others lack; where ranks differ, one rate is a compromise), the groups, and the settings the rate was measured under (models,
     tasks, ranks, adapted top blocks, epochs, batch size)."""
     from calibration.sweep import SCALING_LRS
 
@@ -104,17 +104,18 @@ def learning_rate_evidence(records: list[dict]) -> dict | None:
     complete = {key: losses for key, losses in groups.items() if set(SCALING_LRS) <= set(losses)}
     if not complete:
         return None
-    rates = sorted(set.intersection(*(set(losses) for losses in complete.values())))
 
-    def mean_regret(keys) -> dict[float, float]:
-        return {rate: sum(complete[k][rate] / min(complete[k].values()) - 1 for k in keys) / len(keys) for rate in rates}
+    def best_rate(keys) -> tuple[float, dict[float, float], list[float]]:
+        """(the rate with the lowest mean regret over ``keys``, each rate's, the rates they all tried);
+        a group's regret is over its best among those rates."""
+        tried = sorted(set.intersection(*(set(complete[k]) for k in keys)))
+        regret = {rate: sum(complete[k][rate] / min(complete[k][r] for r in tried) - 1 for k in keys) / len(keys)
+                  for rate in tried}
+        return min(regret, key=regret.get), regret, tried
 
-    regret = mean_regret(list(complete))
-    best = min(regret, key=regret.get)
-    by_rank: dict[int, dict[float, float]] = {}
-    for rank in sorted({key[3] for key in complete}):
-        rank_regret = mean_regret([key for key in complete if key[3] == rank])
-        by_rank[rank] = min(rank_regret, key=rank_regret.get)
+    best, regret, rates = best_rate(list(complete))
+    by_rank = {rank: best_rate([key for key in complete if key[3] == rank])[0]
+               for rank in sorted({key[3] for key in complete})}
     used = [configs[key] for key in complete]
     return {
         "parametrization": "alpha/r", "alpha": FIXED_ALPHA, "learning_rate": best,

@@ -581,10 +581,12 @@ def _frozen_prefix(config: RunConfig, peft_model, targets, kind, train_rows, tok
     from advisor.data import make_batches
 
     if config.top_blocks is None or kind == "seq-cls" or config.eva_rho is not None:
+        _PREFIX_MEMO.clear()
         return None
     ranks = config.module_ranks(targets)
     first_block = first_adapted_block([name for name in targets if ranks[name] > 0])
     if first_block == 0:
+        _PREFIX_MEMO.clear()
         return None
     key = (config.model, config.task, config.train_size, config.max_length, config.data_seed, config.eval_rows,
            first_block)
@@ -595,7 +597,8 @@ def _frozen_prefix(config: RunConfig, peft_model, targets, kind, train_rows, tok
     train_batches = make_batches(train_rows, tokenizer, task=kind, num_samples=len(train_rows),
                                  batch_size=EVAL_BATCH_SIZE, max_length=config.max_length, seed=0,
                                  label_names=label_names)
-    states = prefix_states(peft_model, [*train_batches, *eval_batches], first_block)
+    states = prefix_states(peft_model, [*train_batches, *eval_batches], first_block,
+                           autocast=autocast_dtype(next(peft_model.parameters()).device))
     _PREFIX_MEMO[key] = {"first_block": first_block, "states": states,
                          "seconds": round(time.perf_counter() - started, 2)}
     return {**_PREFIX_MEMO[key], "reused": False}

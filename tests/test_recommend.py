@@ -282,6 +282,7 @@ def test_calibrated_advice_follows_the_regression(probed, tmp_path):
         assert layer.rank_low == min(layer.rank, rounded_rank(2 ** (center - error), 1.0, 1, 64))
     decision = advice.decision
     assert (decision.calibration, decision.level, decision.shape) == ("cal", "rank model", "uniform")  # no per-layer model
+    assert advice.calibration.startswith("calibrated: cal (fitted on minilm")  # the decision as a sentence
     assert advice.config.use_rslora
     assert advice.loss_curve == pytest.approx(calibration.predict_loss_curve(layers, 1000, False), abs=1e-4)
     assert advice.loss_curve_error == pytest.approx(math.exp(metadata["cv"]["curve_leave_one_task_out"]["model_mae"]), abs=1e-4)
@@ -335,6 +336,7 @@ def test_a_calibration_without_a_rank_model_gives_the_shape_at_its_pooled_level_
     shapes = {n: s.shape for n, s in result.layers.items()}
     no_budget = advice_from_probe(result, train_size=1000, calibration=tmp_path / "shape.json")
     assert (no_budget.decision.level, no_budget.decision.level_rank, no_budget.decision.shape) == ("pooled level", 4, "calibration")
+    assert no_budget.calibration.startswith("calibrated shape, pooled level: the per-layer need of shape (fitted on smollm2")
     level_text = (
         "the rank level is the calibration's pooled level: uniform r = 4's parameters, the smallest uniform rank whose "
         "mean regret (in seed noises) over the 3 cells (3 tasks) behind shape is within one seed noise of the best "
@@ -583,6 +585,7 @@ def test_a_users_rule_that_did_better_on_the_calibrations_cells_sets_the_level(p
     decision = advice.decision
     assert (decision.level, decision.level_rule, decision.shape, decision.calibration) == (
         "users' rule", "Tinker tokens rule", "calibration", "shape")
+    assert advice.calibration.startswith("calibrated shape, level of Tinker tokens rule: the per-layer need of shape")
     assert json.loads(advice.to_json())["decision"]["level_rank"] == advice.level_rank
     assert any(r.startswith(f"the rank level is Tinker tokens rule's, uniform r = {advice.level_rank} for your data")
                and r.endswith("worse than a rule you could apply by hand") for r in advice.reasons)

@@ -3,8 +3,13 @@
 import json
 
 from conftest import CALIBRATIONS
+from conftest import probe_layers as library_tests_probe_layers
 
-from calibration.synthetic import FIXTURES, write_fixtures
+from calibration.synthetic import FIXTURES, probe_layers, write_fixtures
+
+
+def test_the_library_tests_probe_layers_are_the_fixtures():
+    assert all(library_tests_probe_layers(signal) == probe_layers(signal) for signal in (1.0, 3.0, 7.0))
 
 
 def test_the_committed_fixture_calibrations_are_what_the_synthetic_sweeps_fit(tmp_path):
