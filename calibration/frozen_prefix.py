@@ -8,7 +8,7 @@ runs from there: the blocks below are identities and the stored states come in a
 ``inputs_embeds``, so positions, attention masks, the adapted blocks, the final norm and the head
 run exactly as in the full forward. The loss and the adapters' gradients are the full model's to
 float rounding (tests/calibration/test_frozen_prefix.py). With the top 4 of SmolLM2's 30 blocks
-adapted, a step and an evaluation cost about half as much (calibration/NOTES.md, 2026-12-04).
+adapted, a step costs 0.58x the full forward's on this CPU (``python bench/calibration_speed.py``).
 """
 
 from __future__ import annotations

@@ -580,8 +580,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learning-rate", nargs="+", type=float, metavar="LR",
                         help="only the grid's runs at these learning rates")
     parser.add_argument("--threads", type=int, default=1,
-                        help="CPU threads per run (default 1; on 2 cores one process at 2 threads trained SmolLM2 "
-                             "1.7x faster than two processes at 1: calibration/NOTES.md, 2026-12-04)")
+                        help="CPU threads per run (default 1; on 2 cores one process at 2 threads and two at 1 "
+                             "side by side train about as fast: bench/calibration_speed.py)")
     parser.add_argument("--dry-run", action="store_true", help="print the runs and their status, train nothing")
     args = parser.parse_args(argv)
     if args.limit is not None and args.limit < 0:
