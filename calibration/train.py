@@ -580,12 +580,11 @@ def _frozen_prefix(config: RunConfig, peft_model, targets, kind, train_rows, tok
     blocks adapted, a classifier, EVA's initialisation)."""
     from advisor.data import make_batches
 
-    if config.top_blocks is None or kind == "seq-cls" or config.eva_rho is not None:
-        _PREFIX_MEMO.clear()
-        return None
-    ranks = config.module_ranks(targets)
-    first_block = first_adapted_block([name for name in targets if ranks[name] > 0])
-    if first_block == 0:
+    first_block = 0
+    if config.top_blocks is not None and kind != "seq-cls" and config.eva_rho is None:
+        ranks = config.module_ranks(targets)
+        first_block = first_adapted_block([name for name in targets if ranks[name] > 0])
+    if first_block == 0:  # every block adapted, or a run the full forward serves
         _PREFIX_MEMO.clear()
         return None
     key = (config.model, config.task, config.train_size, config.max_length, config.data_seed, config.eval_rows,

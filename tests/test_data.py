@@ -234,14 +234,18 @@ def test_alpaca_uses_the_standard_template(tokenizer):
     assert ALPACA_PROMPT_WITH_INPUT.endswith("### Input:\n{input}\n\n### Response:\n")
 
 
+CONVERSATION = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Capital of France?"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "And of Italy?"},
+    {"role": "assistant", "content": "Rome, of course."},
+]
+"""Two assistant turns: the loss belongs on "Paris." and "Rome, of course." and their ends of turn."""
+
+
 def test_chat_loss_covers_exactly_the_assistant_turns(tokenizer):
-    messages = [
-        {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": "Capital of France?"},
-        {"role": "assistant", "content": "Paris."},
-        {"role": "user", "content": "And of Italy?"},
-        {"role": "assistant", "content": "Rome, of course."},
-    ]
+    messages = CONVERSATION
     (batch,) = make_batches([{"messages": messages}], tokenizer)
     text = tokenizer.apply_chat_template(messages, tokenize=False)
     assert tokenizer.decode(batch.input_ids[0]) == text
@@ -257,13 +261,7 @@ def test_a_template_that_marks_assistant_turns_gives_transformers_mask_and_the_s
     prefix of the conversation finds."""
     import copy
 
-    messages = [
-        {"role": "system", "content": "You are terse."},
-        {"role": "user", "content": "Capital of France?"},
-        {"role": "assistant", "content": "Paris."},
-        {"role": "user", "content": "And of Italy?"},
-        {"role": "assistant", "content": "Rome, of course."},
-    ]
+    messages = CONVERSATION
     marked = copy.deepcopy(tokenizer)
     marked.chat_template = (
         "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' }}"
