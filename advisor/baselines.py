@@ -3,6 +3,8 @@
 - :func:`tinker_rank`: the Tinker cookbook's capacity rule ("LoRA Without Regret", Thinking
   Machines, 2025): give the adapter at least as many parameters as the training set has
   completion (loss) tokens, i.e. the smallest uniform rank r with r * sum(in + out) >= tokens;
+- :func:`tokens_rank`: the same rule at another number of parameters per loss token (the
+  calibration fits that number on its capacity cells, :mod:`calibration.level_study`);
 - :func:`axolotl_rank`: the dataset-size thresholds proposed to axolotl (PR #3691): under 1k
   rows r = 8, under 10k r = 16, under 100k r = 32, else 64;
 - :data:`HABITS`: one uniform rank for every task (8, 16, 32, 64; alpha = 2r).
@@ -23,14 +25,22 @@ def next_power_of_two(value: float) -> int:
     return 1 if value <= 1 else 2 ** math.ceil(math.log2(value) - 1e-12)
 
 
-def tinker_rank(loss_tokens: int, params_per_rank: int) -> int:
+def tokens_rank(loss_tokens: int, params_per_rank: int, params_per_token: float = 1.0) -> int:
     """The smallest power-of-two uniform rank whose adapter parameters (``params_per_rank`` per
-    unit of rank: the sum of in + out over the adapted layers) reach ``loss_tokens``."""
+    unit of rank: the sum of in + out over the adapted layers) reach ``params_per_token`` times
+    ``loss_tokens``."""
     if params_per_rank <= 0:
         raise ValueError(f"params_per_rank must be positive, got {params_per_rank!r}")
     if loss_tokens < 0:
         raise ValueError(f"loss_tokens must be >= 0, got {loss_tokens!r}")
-    return next_power_of_two(loss_tokens / params_per_rank)
+    if not params_per_token > 0:
+        raise ValueError(f"params_per_token must be positive, got {params_per_token!r}")
+    return next_power_of_two(params_per_token * loss_tokens / params_per_rank)
+
+
+def tinker_rank(loss_tokens: int, params_per_rank: int) -> int:
+    """Tinker's rule: :func:`tokens_rank` at one adapter parameter per loss token."""
+    return tokens_rank(loss_tokens, params_per_rank, 1.0)
 
 
 def axolotl_rank(rows: int) -> int:

@@ -240,6 +240,63 @@ def calibrated_level(metadata: dict) -> int | None:
     return rank if beats_baseline(scores, required_gain(metadata)) else None
 
 
+FITTED_TOKENS_RULE = "tokens rule, fitted"  # calibration.level_study's name for the calibrated tokens rule
+CAPACITY_BASELINES = ("Tinker tokens rule", "axolotl thresholds", "r = 8", "r = 16", "r = 32", "r = 64")
+MIN_CAPACITY_TASKS = 3  # leave one task out over fewer would score each choice on one or two folds
+
+
+def capacity_level(metadata: dict) -> dict | None:
+    """What sets the rank level from the calibration's capacity cells (``capacity``, written by
+    ``calibration.fit``: each rank trained at its best learning rate, where rank can be the
+    limit): the tokens rule at the fitted ``params_per_token`` when, leave one task out, its
+    mean regret in seed noises was :func:`required_gain` below the best users' baseline's
+    (:data:`CAPACITY_BASELINES`: Tinker's rule, axolotl's thresholds, the uniform habits); else
+    that best baseline (ties: fewer parameters). Returns {"level": the ``levels`` entry,
+    "beat": the baseline it beat or None, "params_per_token"}; None when the metadata has no
+    capacity levels over at least :data:`MIN_CAPACITY_TASKS` tasks."""
+    capacity = metadata.get("capacity") or {}
+    levels = capacity.get("levels") or {}
+    if len(capacity.get("tasks") or ()) < MIN_CAPACITY_TASKS:
+        return None
+    scored = {name: summary for name, summary in levels.items()
+              if name in (FITTED_TOKENS_RULE, *CAPACITY_BASELINES) and summary.get("regret_noises_mean") is not None}
+    baselines = [name for name in CAPACITY_BASELINES if name in scored]
+    if not baselines:
+        return None
+    best = min(baselines, key=lambda name: (scored[name]["regret_noises_mean"], scored[name]["params_vs_r16"]))
+    ratio = capacity.get("params_per_token")
+    if (FITTED_TOKENS_RULE in scored and isinstance(ratio, (int, float)) and ratio > 0
+            and beats_baseline({"model_mae": scored[FITTED_TOKENS_RULE]["regret_noises_mean"],
+                                "baseline_mae": scored[best]["regret_noises_mean"]}, required_gain(metadata))):
+        return {"level": FITTED_TOKENS_RULE, "beat": best, "params_per_token": ratio}
+    return {"level": best, "beat": None, "params_per_token": ratio}
+
+
+def capacity_level_text(metadata: dict, choice: dict, rank: int) -> str:
+    """Why the level is ``choice`` (:func:`capacity_level`; ``rank``: as spent for this data), with
+    what it and the baseline it beat (or the fitted rule it did not lose to) cost held out."""
+    capacity = metadata["capacity"]
+    levels, tasks = capacity["levels"], len(capacity["tasks"])
+    where = (f"on the {levels[choice['level']]['cells']} capacity cells ({tasks} tasks) behind the calibration, each "
+             "task held out in turn")
+    ours = levels[choice["level"]]
+    if choice["level"] == FITTED_TOKENS_RULE:
+        beaten = levels[choice["beat"]]
+        return (f"the rank level is the calibrated tokens rule, {choice['params_per_token']:g} adapter parameters per "
+                f"loss token of your data: uniform r = {rank}; {where}, it cost {_regret(ours, long=True)} above each "
+                f"cell's best rank with {ours['params_vs_r16']:.2f}x uniform r = 16's parameters, where the best rule "
+                f"you could apply by hand, {choice['beat']}, cost {_regret(beaten, long=False)} with "
+                f"{beaten['params_vs_r16']:.2f}x")
+    text = (f"the rank level is {choice['level']}'s, uniform r = {rank} for your data: {where}, it cost "
+            f"{_regret(ours, long=True)} above each cell's best rank with {ours['params_vs_r16']:.2f}x uniform r = 16's "
+            "parameters, the least of the rules you could apply by hand")
+    fitted = levels.get(FITTED_TOKENS_RULE)
+    if fitted and fitted.get("regret_noises_mean") is not None:
+        text += (f"; the calibrated tokens rule cost {_regret(fitted, long=False)}, not "
+                 f"{required_gain(metadata):.0%} less, so the advice does not use it")
+    return text
+
+
 USERS_RULES = {"Tinker tokens rule": "tinker", "axolotl thresholds": "axolotl"}  # levels entry -> Advice.users_rules key
 
 

@@ -28,7 +28,13 @@ Each probed layer gets a *need*, a number of directions:
   (:mod:`advisor.baselines`: Tinker's tokens rule on the whole dataset's loss tokens, axolotl's
   thresholds on its rows) replaces that level when, on the calibration's cells, it did better
   by the same 10 % with no more parameters (:func:`advisor.calibrated.dominating_users_rule`):
-  the advice never sets a level worse than a rule the user could apply by hand.
+  the advice never sets a level worse than a rule the user could apply by hand. A calibration
+  that carries capacity cells (``capacity``: each rank at its best learning rate, where rank
+  can be the limit; :func:`advisor.calibrated.capacity_level`) sets the level with no budget
+  instead: its tokens rule (adapter parameters per loss token of the whole dataset) when, each
+  task held out, it beat every users' rule and uniform habit, else the best of those; the level
+  then depends on the dataset's counted tokens, not on the probe, so a 4-bit base and full
+  precision get the same level.
 
 Rounding, under a budget or not: :mod:`advisor.allocation`.
 
@@ -74,10 +80,13 @@ from advisor.allocation import (
     rounded_rank,
     uniform_params,
 )
-from advisor.baselines import axolotl_rank, tinker_rank
+from advisor.baselines import axolotl_rank, tinker_rank, tokens_rank
 from advisor.calibrated import (
+    FITTED_TOKENS_RULE,
     USERS_RULES,
     calibrated_level,
+    capacity_level,
+    capacity_level_text,
     domain_gaps,
     dominating_users_rule,
     earns_its_place,
@@ -124,7 +133,7 @@ class LayerAdvice:
     params: int
 
 
-LEVEL_SOURCES = ("budget", "rank model", "pooled level", "users' rule", "probe's rule")
+LEVEL_SOURCES = ("budget", "tokens rule", "best users' rule", "rank model", "pooled level", "users' rule", "probe's rule")
 SHAPE_SOURCES = ("calibration", "uniform", "probe")
 
 
@@ -134,9 +143,12 @@ class Decision:
     read these fields; :attr:`Advice.calibration` is the same decision as one sentence.
 
     ``level`` (:data:`LEVEL_SOURCES`): what set how many parameters the adapter gets: the user's
-    ``budget``; the calibration's ``rank model``; its ``pooled level`` or a ``users' rule``
-    (``level_rule`` names it) that did better on its cells, each spending uniform
-    ``level_rank``'s parameters; or the ``probe's rule`` (each layer's signal effective rank).
+    ``budget``; from the calibration's capacity cells, the calibrated ``tokens rule`` (adapter
+    parameters per loss token of the data) that beat every users' rule held out, or else the
+    ``best users' rule`` there (``level_rule`` names it); the calibration's ``rank model``; its
+    ``pooled level`` or a ``users' rule`` (``level_rule`` names it) that did better on its rank
+    grids' cells; each level but the rank model's spends uniform ``level_rank``'s parameters; or
+    the ``probe's rule`` (each layer's signal effective rank).
     ``shape`` (:data:`SHAPE_SOURCES`): how the ranks spread over the layers: the calibration's
     per-layer model, ``uniform`` (every layer got the same rank: a rank model without a usable
     per-layer model, or a level at a rank bound) or the ``probe`` (each layer's signal effective
@@ -389,8 +401,23 @@ def users_rules(result: ProbeResult, train_size: int) -> dict | None:
         return None
     loss_tokens = round(counted["loss_tokens"] * train_size / counted["rows"])
     per_rank = uniform_params(1, {name: stats.shape for name, stats in result.layers.items()})
-    return {"rows": train_size, "loss_tokens": loss_tokens, "max_length": result.max_length,
+    return {"rows": train_size, "loss_tokens": loss_tokens, "max_length": result.max_length, "params_per_rank": per_rank,
             "tinker": tinker_rank(loss_tokens, per_rank), "axolotl": axolotl_rank(train_size)}
+
+
+def capacity_rank(choice: dict, rules: dict | None, train_size: int) -> int | None:
+    """The uniform rank a :func:`advisor.calibrated.capacity_level` choice gives this data
+    (``rules``: :func:`users_rules`); None when it needs the loss tokens and they were not counted."""
+    name = choice["level"]
+    if name.startswith("r = "):
+        return int(name.removeprefix("r = "))
+    if name == "axolotl thresholds":
+        return axolotl_rank(train_size)
+    if rules is None:
+        return None
+    if name == FITTED_TOKENS_RULE:
+        return tokens_rank(rules["loss_tokens"], rules["params_per_rank"], choice["params_per_token"])
+    return rules[USERS_RULES[name]]
 
 
 def users_rules_text(rules: dict) -> str:
@@ -493,8 +520,15 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     level_by = ("calibration" if level_rank is not None else
                 "rule" if tokens_budget is None and (min_rank, max_rank) == (MIN_RANK, MAX_RANK) else None)
     rules = users_rules(result, train_size)
+    capacity = None  # (capacity_level's choice, its rank for this data), which then sets the level
+    if rank_model_unused and calibration is not None and tokens_budget is None:
+        choice = capacity_level(calibration.metadata)
+        rank = None if choice is None else capacity_rank(choice, rules, train_size)
+        capacity = None if rank is None else (choice, rank)
     users_level = None  # (name, rank) of a users' rule that did better than the level otherwise set
-    if rules and level_by and rank_model_unused and calibration is not None:
+    if capacity:
+        level_rank, level_by = capacity[1], None
+    elif rules and level_by and rank_model_unused and calibration is not None:
         name = dominating_users_rule(calibration.metadata, level_by)
         if name:
             users_level = (name, rules[USERS_RULES[name]])
@@ -503,8 +537,9 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
         level_rank = min(max(level_rank, min_rank), max_rank)
     outside = [] if calibration is None else features_outside(calibration, layer_dicts, train_size,
                                                                result.quantization is not None)
+    level_source = (capacity[0]["level"], capacity[1]) if capacity else users_level
     need, need_low, need_high, label = _needs(result, layer_dicts, calibration, train_size, outside, rank_model_unused,
-                                              level_rank, users_level)
+                                              level_rank, level_source)
     if declined:
         label = f"{label} ({declined})"
     level_budget = None if level_rank is None else uniform_params(level_rank, shapes)
@@ -530,23 +565,27 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     curve, curve_error = _loss_curve(result, layer_dicts, calibration, train_size)
     reasons = _reasons(result, layers, trainable, uniform)
     levels = (measured_levels(calibration.metadata, None if users_level else level_by)
-              if rank_model_unused and calibration is not None else None)
+              if rank_model_unused and calibration is not None and not capacity else None)
     learning_rate = _learning_rate(alpha_mode, calibration)
     reasons.append(learning_rate["why"])
     if rules:
         reasons.append(users_rules_text(rules))
+    if capacity:
+        reasons.append(capacity_level_text(calibration.metadata, capacity[0], level_rank))
     if users_level:
         reasons.append(users_rule_text(calibration.metadata, users_level[0], level_by, level_rank))
     if levels:
         reasons.append(levels)
     decision = Decision(
-        level=("budget" if tokens_budget is not None else "users' rule" if users_level else
+        level=("budget" if tokens_budget is not None else
+               ("tokens rule" if capacity[0]["level"] == FITTED_TOKENS_RULE else "best users' rule") if capacity else
+               "users' rule" if users_level else
                "pooled level" if level_rank is not None else "probe's rule" if calibration is None or rank_model_unused
                else "rank model"),
         shape=("uniform" if level_rank is not None and len(set(ranks.values())) == 1 else
                "probe" if calibration is None else
                "calibration" if rank_model_unused or _per_layer_used(calibration) else "uniform"),
-        level_rank=level_rank, level_rule=users_level[0] if users_level else None,
+        level_rank=level_rank, level_rule=capacity[0]["level"] if capacity else users_level[0] if users_level else None,
         calibration=None if calibration is None else calibration.name, declined=declined,
         rank_model_unused=rank_model_unused,
         outside=outside,

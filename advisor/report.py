@@ -253,6 +253,14 @@ def how_sure(advice: dict) -> str:
         text = f"the size is your budget ({advice['budget']:,} parameters); the ranks are {shape}"
     elif level == "rank model":
         text = f"calibrated: {decision['calibration']}'s rank model sets the size; the ranks are {shape}"
+    elif level == "tokens rule":
+        text = (f"measured on other data: the size is the calibrated tokens rule's (r={decision['level_rank']} for your "
+                "data's loss tokens), which beat the rules you could apply by hand on the calibration's capacity sweeps, "
+                f"each task held out; the ranks are {shape}")
+    elif level == "best users' rule":
+        text = (f"rough, since the size is {decision['level_rule']}'s (r={decision['level_rank']} for your data), the best "
+                "of the rules you could apply by hand on the calibration's capacity sweeps (the calibrated tokens rule "
+                f"did not beat it); the ranks are {shape}")
     elif level == "pooled level":
         text = (f"rough, since the size is uniform r={decision['level_rank']}'s, the smallest rank within one seed noise "
                 f"of the best on the calibration's sweeps, not a prediction for your data; the ranks are {shape}")
@@ -278,7 +286,10 @@ def _budget_text(advice: dict) -> str:
     if advice.get("budget"):
         return f"{advice['budget']:,} parameters"
     if advice.get("level_rank"):
-        return f"none given; the calibration's pooled level spends uniform r = {advice['level_rank']}'s parameters"
+        decision = advice.get("decision") or {}
+        source = {"tokens rule": "the calibrated tokens rule", "best users' rule": decision.get("level_rule"),
+                  "users' rule": decision.get("level_rule")}.get(decision.get("level"), "the calibration's pooled level")
+        return f"none given; {source} spends uniform r = {advice['level_rank']}'s parameters"
     return "none (what the evidence supports)"
 
 

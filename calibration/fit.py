@@ -42,6 +42,10 @@ each labelled cell's optimal rank and loss spread, and how each way of choosing 
 and ``pooled_level``: the uniform rank the label's rule picks on all the cells pooled, which sets the
 level of advice with no budget when, leave one task out, it beat the probe's rule, as
 :func:`advisor.calibrated.calibrated_level` decides);
+``capacity``: how each way of choosing one rank fared on the capacity grids' cells (each rank at
+its best learning rate), each task held out, with the tokens rule's fitted parameters per loss
+token (:func:`calibration.level_study.capacity_summary`; None with fewer than two tasks' cells),
+which sets the advice's level when it has cells of enough tasks (:func:`advisor.calibrated.capacity_level`);
 ``learning_rate``: the rate the parametrization experiment found best under alpha = 32 with
 alpha / r on the fit's kind of model (:func:`calibration.scaling_study.learning_rate_evidence`;
 None where none was trained), which ``advise`` states in its default alpha mode;
@@ -92,6 +96,15 @@ def learning_rate_of(task: str) -> dict | None:
 
     return learning_rate_evidence([r for r in read_records(experiment_result_files())
                                    if task in ("all", probe_task(r["model"]))])
+
+
+def capacity_of(task: str) -> dict | None:
+    """The capacity cells' levels for models of probe ``task`` ("all": every model), which set the
+    advice's level (:func:`calibration.level_study.capacity_summary` on the experiment files)."""
+    from calibration.level_study import capacity_summary
+
+    return capacity_summary([r for r in read_records(experiment_result_files())
+                             if task in ("all", probe_task(r["model"]))])
 
 
 def fit(records: list[dict]) -> tuple[dict, dict]:
@@ -216,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                      indent=1))
     metadata["min_gain"] = args.min_gain  # the bar advise holds each of its models to
     metadata["learning_rate"] = learning_rate_of(args.probe_task)
+    metadata["capacity"] = capacity_of(args.probe_task)
     shortfall = release_shortfall(metadata)
     if not shortfall:
         names = {"cell": "rank", "layer": "per-layer", "curve": "loss-curve", "alpha": "alpha"}

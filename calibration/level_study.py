@@ -15,6 +15,10 @@ uniform-rank cell of the rank grids (rsLoRA alpha 8), beside the other ways a us
   them unrounded);
 - ``Tinker tokens rule`` and ``axolotl thresholds``: the users' rules of :mod:`advisor.baselines`
   (adapter parameters >= the training rows' loss tokens; r = 8 / 16 / 32 / 64 by rows);
+- ``tokens rule, fitted``: the tokens rule at the number of adapter parameters per loss token
+  (a power of two, :data:`TOKEN_RATIOS`) that the label's rule picks on the other tasks' cells
+  (:func:`fitted_params_per_token`), leave one task out: Tinker's rule with its one parameter per
+  token replaced by a measured number;
 - ``r = N``: the habit, one uniform rank for every task;
 - ``pooled``: the habit the label's rule picks on the other tasks' cells pooled (the smallest whose
   mean regret, counted in each cell's seed noises, is at most the lowest habit's + 1), leave one
@@ -44,6 +48,8 @@ from calibration import script_parser
 
 PLOTS_DIR = Path(__file__).resolve().parent / "plots"
 HABITS = (1, 2, 4, 8, 16, 32, 64)
+TOKEN_RATIOS = tuple(2.0**k for k in range(-4, 11))  # adapter parameters per loss token the fitted tokens rule tries
+FITTED_TOKENS_RULE = "tokens rule, fitted"
 KINDS = ("seq-cls", "causal-lm")
 
 
@@ -83,23 +89,50 @@ def loss_tokens(record: dict) -> int | None:
     return training_loss_tokens(RunConfig.from_dict(record["config"]))["loss_tokens"]
 
 
+def within_bounds(rank: int) -> int:
+    """A rank as the advice spends it: within its default bounds (2-64)."""
+    from advisor.recommend import MAX_RANK, MIN_RANK
+
+    return min(max(rank, MIN_RANK), MAX_RANK)
+
+
 def users_rules(cell) -> dict[str, int]:
     """The ranks the users' rules (:mod:`advisor.baselines`) give a cell: Tinker's (parameters >=
     the training rows' loss tokens, :func:`loss_tokens`) and axolotl's thresholds on its rows,
-    each within the advice's rank bounds (2-64), where the advice would spend it; {} when the
-    loss tokens are unknown."""
+    each :func:`within_bounds`, where the advice would spend it; {} when the loss tokens are unknown."""
     from advisor.baselines import axolotl_rank, tinker_rank
 
     tokens = loss_tokens(cell.records[0])
     if tokens is None:
         return {}
-    from advisor.recommend import MAX_RANK, MIN_RANK
-
-    def within_bounds(rank: int) -> int:  # as the advice spends it
-        return min(max(rank, MIN_RANK), MAX_RANK)
-
     return {"Tinker tokens rule": within_bounds(tinker_rank(tokens, params_per_rank(cell.records[0]))),
             "axolotl thresholds": within_bounds(axolotl_rank(cell.train_size))}
+
+
+def tokens_rule_rank(cell, params_per_token: float) -> int | None:
+    """The rank of the tokens rule at ``params_per_token`` adapter parameters per loss token of the
+    cell's training rows (:func:`advisor.baselines.tokens_rank`), :func:`within_bounds`; None when the
+    loss tokens are unknown."""
+    from advisor.baselines import tokens_rank
+
+    tokens = loss_tokens(cell.records[0])
+    return None if tokens is None else within_bounds(tokens_rank(tokens, params_per_rank(cell.records[0]),
+                                                                 params_per_token))
+
+
+def fitted_params_per_token(cells: list) -> float | None:
+    """The label's rule applied to the tokens rule: over ``cells`` (those with a seed noise and
+    known loss tokens), the smallest of :data:`TOKEN_RATIOS` whose mean regret in seed noises is
+    within one seed noise of the best ratio's; None without such cells."""
+    scored = [cell for cell in cells if cell.seed_noise and loss_tokens(cell.records[0]) is not None]
+    if not scored:
+        return None
+
+    def regret_noises(cell, ratio: float) -> float:
+        return (loss_at(cell, tokens_rule_rank(cell, ratio))[0] - cell.mean_loss(cell.best_rank)) / cell.seed_noise
+
+    mean = {ratio: statistics.mean(regret_noises(cell, ratio) for cell in scored) for ratio in TOKEN_RATIOS}
+    return min(ratio for ratio in TOKEN_RATIOS if mean[ratio] <= min(mean.values()) + 1)
 
 
 def loss_at(cell, rank: float) -> tuple[float, bool]:
@@ -142,12 +175,17 @@ def level_rows(cell_rows: list[dict]) -> list[dict]:
     from calibration.records import probe_task
 
     cells = [row["cell"] for row in cell_rows]
-    fitted = held_out_ranks(cell_rows) if len({c.task for c in cells}) > 1 else {}
+    tasks = list(dict.fromkeys(c.task for c in cells))
+    fitted = held_out_ranks(cell_rows) if len(tasks) > 1 else {}
+    ratios = ({task: fitted_params_per_token([c for c in cells if c.task != task]) for task in tasks}
+              if len(tasks) > 1 else {})
     rows = []
     for index, cell in enumerate(cells):
         best, noise = cell.mean_loss(cell.best_rank), cell.seed_noise
+        tokens_rule = ({FITTED_TOKENS_RULE: tokens_rule_rank(cell, ratios[cell.task])}
+                       if ratios.get(cell.task) is not None else {})
         levels = {"rule": rule_rank(cell.probe()["layers"]), **{k: v[index] for k, v in fitted.items()},
-                  **users_rules(cell), **{f"r = {r}": r for r in HABITS}}
+                  **users_rules(cell), **tokens_rule, **{f"r = {r}": r for r in HABITS}}
         for level, rank in levels.items():
             if rank is None:
                 continue
@@ -233,8 +271,8 @@ def summary_table(rows: list[dict], kind: str) -> str:
     return "\n".join(lines)
 
 
-def cell_table(rows: list[dict], kind: str, levels=("rule", "constant", "rank model", "pooled", "Tinker tokens rule",
-                                                   "axolotl thresholds", "r = 16", "r = 64")) -> str:
+def cell_table(rows: list[dict], kind: str, levels=("rule", "constant", "rank model", "pooled", FITTED_TOKENS_RULE,
+                                                   "Tinker tokens rule", "axolotl thresholds", "r = 16", "r = 64")) -> str:
     """Per cell of a kind: its seed noise as a share of its best loss, and each level's rank and
     regret in seed noises (~: interpolated loss)."""
     lines = ["| model | task | train rows | optimal rank | seed noise / best loss | " + " | ".join(levels) + " |",
@@ -272,7 +310,7 @@ def plot(rows: list[dict], name: str = "levels") -> Path:
         for r, x, y in habits:
             ax.annotate(str(r), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
         for level, marker in (("rule", "s"), ("constant", "^"), ("rank model", "v"), ("pooled", "D"),
-                              ("Tinker tokens rule", "P"), ("axolotl thresholds", "X")):
+                              (FITTED_TOKENS_RULE, "*"), ("Tinker tokens rule", "P"), ("axolotl thresholds", "X")):
             if level in summary and summary[level]["regret_noises_mean"] is not None:
                 x, y = point(level)
                 ax.plot([x], [y], marker=marker, linestyle="none", markersize=8, label=level)
@@ -294,6 +332,24 @@ def capacity_cells(records: list[dict]) -> list:
 
     runs = [r for r in records if not r["config"].get("use_rslora") and r["config"].get("alpha") == FIXED_ALPHA]
     return [cell for cell in best_over_lr_cells(runs) if cell.optimal_rank is not None]
+
+
+def capacity_summary(records: list[dict]) -> dict | None:
+    """What ``calibration.fit`` stores as a calibration's ``capacity`` (the advice's level when it
+    has one, :func:`advisor.calibrated.capacity_level`): over the capacity cells of ``records`` (runs
+    of one kind of model), each level's :func:`level_summary` held out by task, the tokens rule's
+    ratio fitted on every cell (:func:`fitted_params_per_token`), the tasks and each cell's label;
+    None with fewer than two tasks' cells (nothing to hold out)."""
+    from calibration.regression import training_table
+
+    cells = capacity_cells(records)
+    if len({cell.task for cell in cells}) < 2:
+        return None
+    cell_rows = training_table(records, cells)[0]
+    return {"levels": level_summary(level_rows(cell_rows)),
+            "params_per_token": fitted_params_per_token([row["cell"] for row in cell_rows]),
+            "tasks": sorted({row["task"] for row in cell_rows}),
+            "cell_labels": [row["label"] for row in cell_rows]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -560,6 +560,7 @@ def main(argv: list[str] | None = None) -> int:
         "python -m calibration.sweep --grid encoder-rank --task health-tweets --train-size 250 4000",
         "python -m calibration.sweep --grid smollm2-capacity --task brown-lm --train-size 1000 --rank 1 4 16 64 "
         "--learning-rate 0.001",
+        "python -m calibration.sweep --grid smollm2-capacity --run-id 91a563a3eb2f 6bd4b8587ace  # in this order",
         "python -m calibration.sweep --rerun 313b4c0206a9              # prints a new record, stores nothing",
     ])
     action = parser.add_mutually_exclusive_group(required=True)
@@ -579,6 +580,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the grid's runs at these uniform ranks (e.g. a capacity grid's small ranks first)")
     parser.add_argument("--learning-rate", nargs="+", type=float, metavar="LR",
                         help="only the grid's runs at these learning rates")
+    parser.add_argument("--run-id", nargs="+", metavar="RUN_ID",
+                        help="only these runs of the grid, in the order given (--dry-run lists their ids)")
     parser.add_argument("--threads", type=int, default=1,
                         help="CPU threads per run (default 1; on 2 cores one process at 2 threads and two at 1 "
                              "side by side train about as fast: bench/calibration_speed.py)")
@@ -617,6 +620,12 @@ def main(argv: list[str] | None = None) -> int:
                     parser.error(f"{option} {' '.join(map(str, unknown))}: not in grid {name} "
                                  f"({', '.join(map(str, sorted(in_grid)))})")
             configs = [c for c in configs if all(not values or getattr(c, field) in values for _, values, field in filters)]
+            if args.run_id:
+                by_id = {c.run_id: c for c in configs}
+                unknown = [run_id for run_id in args.run_id if run_id not in by_id]
+                if unknown:
+                    parser.error(f"--run-id {' '.join(unknown)}: not among grid {name}'s runs that the filters keep")
+                configs = [by_id[run_id] for run_id in args.run_id]
             results = ResultsFile(args.results or RESULTS_DIR / f"{name}.jsonl")
             if args.dry_run:
                 _print_plan(configs, results, args.shard, args.limit)

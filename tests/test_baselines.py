@@ -2,7 +2,7 @@
 
 import pytest
 
-from advisor.baselines import HABITS, axolotl_rank, next_power_of_two, tinker_rank
+from advisor.baselines import HABITS, axolotl_rank, next_power_of_two, tinker_rank, tokens_rank
 
 
 def test_tinker_gives_the_smallest_power_of_two_rank_whose_parameters_hold_the_tokens():
@@ -14,6 +14,17 @@ def test_tinker_gives_the_smallest_power_of_two_rank_whose_parameters_hold_the_t
     assert tinker_rank(0, per_rank) == 1
     with pytest.raises(ValueError, match="params_per_rank"):
         tinker_rank(10, 0)
+
+
+def test_a_tokens_rule_at_k_parameters_per_token_holds_k_times_the_tokens():
+    per_rank = 10_176
+    for ratio in (0.25, 1.0, 22.0, 512.0):
+        for tokens in (1, 4_091, 120_293):
+            rank = tokens_rank(tokens, per_rank, ratio)
+            assert rank * per_rank >= ratio * tokens and (rank == 1 or (rank // 2) * per_rank < ratio * tokens)
+    assert tokens_rank(120_293, per_rank, 1.0) == tinker_rank(120_293, per_rank) == 16
+    with pytest.raises(ValueError, match="params_per_token"):
+        tokens_rank(10, per_rank, 0.0)
 
 
 def test_axolotl_thresholds():

@@ -2,6 +2,8 @@
 
 import copy
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import yaml
@@ -514,7 +516,7 @@ def test_the_advice_states_the_ranks_the_users_rules_give_its_dataset():
     per_rank = sum(out + inp for out, inp in (stats.shape for stats in result.layers.values()))
     tokens = 4000 * 11  # 11 loss tokens a row, scaled from the 40 counted rows to the 4,000 trained on
     tinker = advice.users_rules["tinker"]
-    assert advice.users_rules == {"rows": 4000, "loss_tokens": tokens, "max_length": result.max_length,
+    assert advice.users_rules == {"rows": 4000, "loss_tokens": tokens, "max_length": result.max_length, "params_per_rank": per_rank,
                                   "tinker": tinker, "axolotl": 16}
     assert tinker * per_rank >= tokens > tinker // 2 * per_rank
     assert any(reason.startswith(f"your data: 4,000 rows, 44,000 loss tokens within {result.max_length} tokens a row")
@@ -608,3 +610,60 @@ def test_a_users_rule_that_did_better_on_the_calibrations_cells_sets_the_level(p
     assert (ruled.decision.level, ruled.decision.shape) == ("probe's rule", "calibration")
     assert how_sure(advice.to_dict()).startswith("rough, since the size is Tinker tokens rule's (r=")
     assert how_sure(ruled.to_dict()).startswith("rough, since the size comes from the probe's uncalibrated rule")
+
+
+def _with_capacity(description: Path, ratio: float, fitted: float, best: float, tasks=("a", "b", "c")) -> None:
+    """Give a fixture calibration capacity levels: the fitted tokens rule at ``ratio`` parameters per
+    token with mean regret ``fitted`` (seed noises), uniform r = 16 the best users' baseline at ``best``."""
+    metadata = json.loads(description.read_text())
+    summary = {"cells": len(tasks), "regret_mean": 0.01, "within_noise": 1, "params_vs_r16": 1.0}
+    metadata["capacity"] = {
+        "tasks": list(tasks), "params_per_token": ratio, "cell_labels": [],
+        "levels": {"tokens rule, fitted": {**summary, "regret_noises_mean": fitted, "params_vs_r16": 0.5},
+                   "Tinker tokens rule": {**summary, "regret_noises_mean": 3 * best, "params_vs_r16": 0.1},
+                   "axolotl thresholds": {**summary, "regret_noises_mean": 2 * best},
+                   "r = 8": {**summary, "regret_noises_mean": 1.5 * best, "params_vs_r16": 0.5},
+                   "r = 16": {**summary, "regret_noises_mean": best},
+                   "r = 64": {**summary, "regret_noises_mean": best, "params_vs_r16": 4.0},
+                   "rule": {**summary, "regret_noises_mean": 0.1 * best}},  # not a users' rule: never a capacity level
+    }
+    description.write_text(json.dumps(metadata))
+
+
+def test_capacity_cells_set_the_level_by_the_tokens_rule_that_beat_the_users_rules(probed, tmp_path):
+    """A calibration with capacity cells: its tokens rule (k parameters per loss token of the whole
+    dataset) sets the level when, held out, it beat the best users' baseline by 10 %; the rank is
+    the smallest power of two whose parameters over the probed layers hold k x the loss tokens."""
+    from advisor.report import how_sure
+
+    _, result = probed
+    description = fixture_calibration("smollm2-shape", tmp_path, "shape")
+    _with_capacity(description, ratio=8.0, fitted=2.0, best=4.0)
+    per_rank = sum(sum(stats.shape) for stats in result.layers.values())
+    per_row = result.dataset_tokens["loss_tokens"] / result.dataset_tokens["rows"]
+    rows = int(3 * per_rank / per_row)  # about 3 ranks' parameters in loss tokens: 8 per token needs r = 32
+    advice = advice_from_probe(result, train_size=rows, calibration=description)
+    tokens = advice.users_rules["loss_tokens"]
+    expected = next(r for r in (1, 2, 4, 8, 16, 32, 64, 128) if r * per_rank >= 8 * tokens)
+    assert expected == 32 and advice.level_rank == expected
+    assert advice.trainable_params <= parse_budget(f"r={expected}", {n: s.shape for n, s in result.layers.items()})
+    decision = advice.decision
+    assert (decision.level, decision.level_rule, decision.level_rank) == ("tokens rule", "tokens rule, fitted", 32)
+    assert any(r.startswith("the rank level is the calibrated tokens rule, 8 adapter parameters per loss token of your "
+                            "data: uniform r = 32") and r.endswith("the best rule you could apply by hand, r = 16, cost "
+                                                                    "1.00 % (4.00; 1 of 3) with 1.00x") for r in advice.reasons)
+    assert how_sure(advice.to_dict()).startswith("measured on other data: the size is the calibrated tokens rule's (r=32")
+    # a 4-bit probe of the same data reads the same tokens: the same level whatever its gradients
+    quantized = replace(result, quantization={"load_in_4bit": True})
+    assert advice_from_probe(quantized, train_size=rows, calibration=description).level_rank == 32
+    # not 10 % better than the best baseline: that baseline (the cheaper of two ties) sets the level, and says so
+    _with_capacity(description, ratio=8.0, fitted=3.7, best=4.0)
+    tied = advice_from_probe(result, train_size=rows, calibration=description)
+    assert (tied.decision.level, tied.decision.level_rule, tied.level_rank) == ("best users' rule", "r = 16", 16)
+    assert any(r.startswith("the rank level is r = 16's, uniform r = 16 for your data") and "not 10% less" in r
+               for r in tied.reasons)
+    # fewer than three tasks behind the capacity cells, or a budget: not the capacity level
+    _with_capacity(description, ratio=8.0, fitted=2.0, best=4.0, tasks=("a", "b"))
+    assert advice_from_probe(result, train_size=rows, calibration=description).decision.level != "tokens rule"
+    _with_capacity(description, ratio=8.0, fitted=2.0, best=4.0)
+    assert advice_from_probe(result, train_size=rows, calibration=description, budget="r=4").decision.level == "budget"

@@ -136,3 +136,42 @@ def test_capacity_labels_take_each_ranks_best_rate_and_are_scored_like_the_rank_
         return sorted((row["task"], row["level"], row["rank"], round(row["regret"], 9)) for row in rows)
 
     assert scored(level_rows(training_table(records, cells)[0])) == scored(level_rows(training_table(synthetic_sweep())[0]))
+
+
+def test_the_fitted_tokens_rule_finds_the_parameters_per_token_the_cells_need():
+    """synthetic_sweep's optimal ranks 2, 8, 32, 4 with loss tokens such that each needs 4 adapter
+    parameters per token (640 per rank): the label's rule picks 4 on all cells, and on each
+    task's held-out cell from the other three, where Tinker's one per token gives ranks 4x smaller."""
+    from calibration.level_study import FITTED_TOKENS_RULE, fitted_params_per_token
+
+    records = synthetic_sweep()
+    optimal = {"a": 2, "b": 8, "c": 32, "d": 4}
+    for r in records:
+        r["train_loss_tokens"] = optimal[r["config"]["task"]] * 640 // 4
+    table = training_table(records)[0]
+    assert fitted_params_per_token([row["cell"] for row in table]) == 4.0
+    assert fitted_params_per_token([row["cell"] for row in table if row["task"] in "bd"]) == 4.0
+    rows = level_rows(table)
+    by = {(row["task"], row["level"]): row for row in rows}
+    assert {t: by[(t, FITTED_TOKENS_RULE)]["rank"] for t in "abcd"} == optimal
+    assert all(by[(t, FITTED_TOKENS_RULE)]["regret"] == 0 for t in "abcd")
+    assert {t: by[(t, "Tinker tokens rule")]["rank"] for t in "abcd"} == {"a": 2, "b": 2, "c": 8, "d": 2}
+    assert fitted_params_per_token([]) is None
+
+
+def test_the_fit_stores_the_capacity_cells_levels_and_the_fitted_ratio():
+    """capacity_summary over alpha / r runs of synthetic_sweep with loss tokens needing 4 parameters
+    per token: the levels held out by task, the ratio fitted on all cells; one task: nothing."""
+    from calibration.level_study import FITTED_TOKENS_RULE, capacity_cells, capacity_summary
+
+    records = synthetic_sweep()
+    optimal = {"a": 2, "b": 8, "c": 32, "d": 4}
+    for r in records:
+        r["config"].update(alpha=32.0, use_rslora=False)
+        r["train_loss_tokens"] = optimal[r["config"]["task"]] * 640 // 4
+    summary = capacity_summary(records)
+    assert summary["params_per_token"] == 4.0 and summary["tasks"] == ["a", "b", "c", "d"]
+    assert summary["levels"] == level_summary(level_rows(training_table(records, capacity_cells(records))[0]))
+    assert summary["levels"][FITTED_TOKENS_RULE]["regret_noises_mean"] == 0
+    assert [label["optimal_rank"] for label in summary["cell_labels"]] == [2, 8, 32, 4]
+    assert capacity_summary([r for r in records if r["config"]["task"] == "a"]) is None

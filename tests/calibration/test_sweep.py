@@ -182,6 +182,16 @@ def test_task_and_size_filters_pick_the_grids_runs(capsys):
     assert error.value.code == 2 and "--rank 2: not in grid smollm2-capacity (1, 4, 16, 64, 256)" in capsys.readouterr().err
 
 
+def test_run_ids_pick_the_grids_runs_in_the_order_given(capsys):
+    ids = [c.run_id for c in sweep.grid_smollm2_capacity() if c.task == "brown-lm" and c.train_size == 1000][:3]
+    assert sweep.main(["--grid", "smollm2-capacity", "--run-id", ids[2], ids[0], "--dry-run"]) == 0
+    plan = [line.split()[1] for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert plan == [ids[2], ids[0]]
+    with pytest.raises(SystemExit) as error:  # a run the filters leave out is not one of the grid's runs asked for
+        sweep.main(["--grid", "smollm2-capacity", "--task", "shakespeare", "--run-id", ids[0], "--dry-run"])
+    assert error.value.code == 2 and f"--run-id {ids[0]}: not among grid smollm2-capacity's runs" in capsys.readouterr().err
+
+
 def test_runs_another_grid_already_holds_are_skipped_and_read_once(tmp_path):
     from calibration.records import read_records
 
