@@ -35,7 +35,13 @@ def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", help=".jsonl/.json/.csv/.parquet/.txt file (default: embedded standard-library code pairs)")
     parser.add_argument("--task", choices=TASKS, help="default: causal-lm")
     parser.add_argument("--samples", type=int, help=f"rows drawn for the probe (default: {ProbeConfig.num_samples}; "
-                        "advise: as the calibration's cells were probed, 32 for causal LMs and 64 for classifiers today)")
+                        "advise: from as many as the calibration's cells were probed with, 32 for causal LMs and 64 "
+                        "for classifiers today, growing until the spectra converge; given, exactly this many)")
+    parser.add_argument("--max-samples", type=int,
+                        help="grow the probe, doubling its rows, up to this many until the median layer's noise share "
+                             "is at most 20%% or stops falling (advise's default without --samples: 256)")
+    parser.add_argument("--max-probe-seconds", type=float,
+                        help="stop growing the probe after this many seconds of data pass (advise's default: 300)")
     parser.add_argument("--batch-size", type=int, default=ProbeConfig.batch_size,
                         help="rows per probe batch (default: %(default)s)")
     parser.add_argument("--max-length", type=int, help=f"tokens kept per row (default: {ProbeConfig.max_length}; "
@@ -176,7 +182,8 @@ def _run(args) -> int:
     # the probe's settings, validated before the model loads; unset ones (None) are left to the
     # probe's defaults, or to advise's calibration protocol
     settings = dict(
-        target_modules=args.target_modules, task=args.task, num_samples=args.samples, batch_size=args.batch_size,
+        target_modules=args.target_modules, task=args.task, num_samples=args.samples, max_samples=args.max_samples,
+        max_seconds=args.max_probe_seconds, batch_size=args.batch_size,
         max_length=args.max_length, method=args.method, seed=args.seed, memory_budget=parse_memory(args.max_memory),
     )
     config = ProbeConfig.build(

@@ -33,6 +33,9 @@ class ProbeConfig:
     reads it (None: every linear layer in the blocks; a string is a regex over the whole name; a
     list of names or suffixes). ``task``: "causal-lm", "seq-cls" or None (from the model).
     ``quantization``: how a checkpoint is quantized while it loads (None: full precision).
+    ``max_samples``: grow the probe: start at ``num_samples`` rows and keep doubling, up to
+    ``max_samples`` rows or ``max_seconds`` of data pass, until the layers' gradients converge
+    (:class:`advisor.probe_pass.Growth`); None probes ``num_samples`` rows.
     """
 
     num_samples: int = 64
@@ -45,6 +48,8 @@ class ProbeConfig:
     target_modules: str | tuple[str, ...] | None = None
     task: str | None = None
     quantization: Quantization | None = None
+    max_samples: int | None = None
+    max_seconds: float | None = None
 
     def __post_init__(self):
         for name in ("num_samples", "batch_size", "max_length", "sketch_size", "memory_budget"):
@@ -53,6 +58,14 @@ class ProbeConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        if self.max_samples is not None:
+            if isinstance(self.max_samples, bool) or not isinstance(self.max_samples, int) \
+                    or self.max_samples < self.num_samples:
+                raise ValueError(f"max_samples must be an integer >= num_samples ({self.num_samples}), "
+                                 f"got {self.max_samples!r}")
+        if self.max_seconds is not None and (isinstance(self.max_seconds, bool)
+                                             or not isinstance(self.max_seconds, (int, float)) or not self.max_seconds > 0):
+            raise ValueError(f"max_seconds must be a positive number, got {self.max_seconds!r}")
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
         if self.task not in (None, *TASKS):

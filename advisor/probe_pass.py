@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import statistics
 import sys
 import time
 from contextlib import contextmanager
@@ -85,6 +86,11 @@ class ProbeResult:
     # the ProbeConfig the probe ran with (ProbeConfig.to_dict); None in a probe saved before it was recorded
     config: dict | None = None
     layers: dict[str, LayerStats] = field(default_factory=dict)
+    # a growing probe (ProbeConfig.max_samples): {"checks": [[rows, median noise share], ...], "stopped": why}
+    growth: dict | None = None
+    # a growing probe that went past its first num_samples rows: the layers' statistics on those rows
+    # (how the calibration's cells were probed: what its models read); None otherwise
+    protocol_layers: dict[str, LayerStats] | None = None
 
     def by_type(self) -> dict[str, dict]:
         """Layer-type aggregates (``q_proj``, ``mlp.down_proj``, ...), in first-seen order."""
@@ -110,8 +116,17 @@ class ProbeResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> ProbeResult:
-        layers = {name: LayerStats(**{**s, "shape": tuple(s["shape"])}) for name, s in data["layers"].items()}
-        return cls(**{**data, "layers": layers})
+        def stats(layers: dict) -> dict[str, LayerStats]:
+            return {name: LayerStats(**{**s, "shape": tuple(s["shape"])}) for name, s in layers.items()}
+
+        protocol = data.get("protocol_layers")
+        return cls(**{**data, "layers": stats(data["layers"]), "protocol_layers": protocol and stats(protocol)})
+
+    @property
+    def calibration_layers(self) -> dict[str, LayerStats]:
+        """The statistics a calibration reads: those of the first ``num_samples`` rows of a probe
+        that grew past them (how the calibration's cells were probed), else :attr:`layers`."""
+        return self.protocol_layers or self.layers
 
     def save(self, path: str | Path) -> None:
         import json
@@ -211,6 +226,10 @@ class _ExactAccumulator(_Accumulator):
     def gradient_sums(self) -> list[torch.Tensor]:
         return [self.halves]
 
+    def energy(self, c_a: float, c_b: float) -> float:
+        """||c_a G_A + c_b G_B||_F^2, without a spectrum."""
+        return float((c_a * self.halves[0] + c_b * self.halves[1]).square().sum(dtype=torch.float64))
+
     def spectrum(self, c_a: float, c_b: float, k: int, precise: bool = True) -> _Spectrum:
         """Of c_a G_A + c_b G_B; ``precise=False`` computes in float32 (diagnostics only)."""
         matrix = c_a * self.halves[0] + c_b * self.halves[1]
@@ -256,6 +275,10 @@ class _SketchAccumulator(_Accumulator):
         """The sketches are linear in G, so they are sums over tokens too."""
         return [self.y, self.w, self.z]
 
+    def energy(self, c_a: float, c_b: float) -> float:
+        """||c_a G_A + c_b G_B||_F^2 estimated from the test-vector sketch Z, without a spectrum."""
+        return float((c_a * self.z[0] + c_b * self.z[1]).double().square().sum()) / _TEST_VECTORS
+
     def spectrum(self, c_a: float, c_b: float, k: int, precise: bool = True) -> _Spectrum:
         """Of c_a G_A + c_b G_B, from the sketches (always in float64: they are small)."""
         y, w, z = (c_a * t[0] + c_b * t[1] for t in (self.y, self.w, self.z))
@@ -268,6 +291,71 @@ class _SketchAccumulator(_Accumulator):
         energy = float(z.pow(2).sum()) / _TEST_VECTORS
         error = math.sqrt(float(residual.pow(2).sum()) / _TEST_VECTORS)
         return _Spectrum(sv, vh[:k].T, energy, error)
+
+
+# --------------------------------------------------------------------------- a growing probe
+GROWTH_STALL = 0.75  # a doubling of the rows that keeps more of the noise-to-signal ratio than this has stalled
+
+
+def noise_share(accumulator, loss_tokens: list[int]) -> float:
+    """The share of a layer's ||G||_F^2 that is sampling noise, as :func:`advisor.spectrum.layer_stats`
+    has it, from the Frobenius norms of the two half sums only (no spectrum)."""
+    n_a, n_b = loss_tokens
+    n = n_a + n_b
+    full = accumulator.energy(1 / n, 1 / n)
+    scale = math.sqrt(n_a * n_b) / n
+    return min(1.0, accumulator.energy(scale / n_a, -scale / n_b) / full) if full > 0 else 1.0
+
+
+@dataclass
+class Growth:
+    """When a growing probe (``ProbeConfig.max_samples``) stops.
+
+    It checks after ``first_batches`` batches (its first ``num_samples`` rows) and after each
+    doubling of the batches: the median over the layers of the noise share of ||G||_F^2
+    (:func:`noise_share`). It stops when that median is at most ``NOISE_TARGET`` ("converged");
+    when a doubling kept more than ``GROWTH_STALL`` of the noise-to-signal ratio share / (1 - share),
+    which sampling noise alone would halve ("stopped falling": the rest is spread that more rows of
+    this data do not average away); after ``max_seconds`` of data pass ("time cap"); or when the
+    rows drawn run out ("row cap"). ``first_check(accumulators, loss_tokens, tokens, rows)`` is
+    called at the first check when the probe goes on past it."""
+
+    first_batches: int
+    last_batch: int
+    max_seconds: float | None = None
+    first_check: object = None
+    checks: list = field(default_factory=list)
+    stopped: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def __call__(self, done: int, rows: int, accumulators: dict, loss_tokens: list[int], tokens: int) -> bool:
+        """After ``done`` batches (``rows`` rows): whether to stop."""
+        timed_out = self.max_seconds is not None and time.perf_counter() - self.started >= self.max_seconds
+        doublings, rest = divmod(done, self.first_batches)
+        at_doubling = rest == 0 and doublings > 0 and doublings & (doublings - 1) == 0
+        if not (at_doubling or timed_out or done == self.last_batch) or min(loss_tokens) == 0:
+            return False
+        share = statistics.median(noise_share(a, loss_tokens) for a in accumulators.values())
+        self.checks.append([rows, round(share, 4)])
+        if share <= spectrum.NOISE_TARGET:
+            self.stopped = "converged"
+        elif len(self.checks) >= 2 and _noise_ratio(share) > GROWTH_STALL * _noise_ratio(self.checks[-2][1]):
+            self.stopped = "stopped falling"
+        elif done == self.last_batch:
+            self.stopped = "row cap"
+        elif timed_out:
+            self.stopped = "time cap"
+        if self.stopped is None and len(self.checks) == 1 and self.first_check is not None:
+            self.first_check(accumulators, loss_tokens, tokens, rows)
+        return self.stopped is not None
+
+    def to_dict(self) -> dict:
+        return {"checks": self.checks, "stopped": self.stopped}
+
+
+def _noise_ratio(share: float) -> float:
+    share = min(share, 0.999)  # a pure-noise layer: a large ratio that can still be compared
+    return share / (1 - share)
 
 
 def _gaussian(shape, seed: int, role: int, device) -> torch.Tensor:
@@ -318,7 +406,9 @@ def probe(
     started = time.perf_counter()
     if not is_batch_iterable(dataset):
         dataset = load_rows(dataset)  # read once: for the sampled batches and for the whole dataset's count
-    task, targets, shapes, batches = _setup(model, dataset, tokenizer, config)
+    grows = config.max_samples is not None and not is_batch_iterable(dataset)
+    task, targets, shapes, batches = _setup(model, dataset, tokenizer,
+                                            replace(config, num_samples=config.max_samples) if grows else config)
     dataset_tokens = _count_dataset(dataset, tokenizer, task, config.max_length, config.seed)
     method, sketch_size, accumulator_bytes = plan_memory(shapes, config.method, config.sketch_size,
                                                          config.memory_budget)
@@ -335,16 +425,35 @@ def probe(
             return _ExactAccumulator(shapes[name], device)
         return _SketchAccumulator(shapes[name], device, sketch_size, config.seed)
 
-    accumulators, loss_tokens, tokens, summed_loss = _accumulate(model, targets, batches, task, make_accumulator,
-                                                                 progress, loss_fn)
-    num_rows = sum(batch.num_rows for batch in batches)
     types = layer_types(targets)
+
+    def layer_statistics(accumulators, loss_tokens, tokens, num_rows) -> dict[str, LayerStats]:
+        return {
+            name: spectrum.layer_stats(name, types[name], accumulators[name], shapes[name], loss_tokens, tokens, num_rows)
+            for name in tqdm(targets, desc="spectra", unit="layer", disable=not progress)
+            if name in accumulators
+        }
+
+    growth, protocol_layers = None, {}
+    if grows:
+        def first_check(accumulators, loss_tokens, tokens, rows):
+            protocol_layers.update(layer_statistics(accumulators, loss_tokens, tokens, rows))
+
+        growth = Growth(first_batches=max(2, math.ceil(config.num_samples / config.batch_size)),
+                        last_batch=len(_at_least_two_batches(batches)), max_seconds=config.max_seconds,
+                        first_check=first_check)
+        if progress:
+            cap = f", {config.max_seconds:g} s" if config.max_seconds else ""
+            print(f"probe: from {config.num_samples} rows, doubling until the median layer's noise share is at most "
+                  f"{spectrum.NOISE_TARGET:.0%} or stops falling (at most {config.max_samples} rows{cap})", file=sys.stderr)
+    accumulators, loss_tokens, tokens, summed_loss = _accumulate(model, targets, batches, task, make_accumulator,
+                                                                 progress, loss_fn, growth)
+    num_rows = growth.checks[-1][0] if growth and growth.checks else sum(batch.num_rows for batch in batches)
+    if growth and progress:
+        print("probe: " + ", ".join(f"{rows} rows {share:.0%} noise" for rows, share in growth.checks)
+              + f": {growth.stopped}", file=sys.stderr)
     spectra_started = time.perf_counter()
-    layers = {
-        name: spectrum.layer_stats(name, types[name], accumulators[name], shapes[name], loss_tokens, tokens, num_rows)
-        for name in tqdm(targets, desc="spectra", unit="layer", disable=not progress)
-        if name in accumulators
-    }
+    layers = layer_statistics(accumulators, loss_tokens, tokens, num_rows)
     if compare_full_precision:
         full, _ = load_model(source, tokenizer=tokenizer, task=task, seed=config.seed)
         full = full.to(next(model.parameters()).device)  # where the quantized model runs
@@ -372,9 +481,12 @@ def probe(
         dataset_tokens=dataset_tokens,
         untargeted_modules=[name for name, _ in model.named_modules() if name and name not in targets],
         base_loss=summed_loss / sum(loss_tokens),
-        rows_drawn=None if is_batch_iterable(dataset) else min(config.num_samples, len(dataset)),
+        rows_drawn=(None if is_batch_iterable(dataset) or (growth and growth.stopped != "row cap")
+                    else min(config.max_samples if grows else config.num_samples, len(dataset))),
         config=config.to_dict(),
         layers=layers,
+        growth=growth.to_dict() if growth else None,
+        protocol_layers=protocol_layers or None,
     )
 
 
@@ -403,10 +515,11 @@ def _setup(model, dataset, tokenizer, config: ProbeConfig):
 
 
 def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task: str, make_accumulator, progress: bool,
-                loss_fn=None):
+                loss_fn=None, growth: Growth | None = None):
     """The data pass: per target layer, half sums of delta x^T over even and odd batches.
 
     ``loss_fn(logits, batch) -> (summed loss, count)``; None: :func:`_summed_loss` on the labels.
+    ``growth`` (one process only): asked after each batch whether to stop (a growing probe).
 
     Returns (accumulators by layer name, loss tokens per half [2], tokens seen, the summed loss
     over the loss tokens). The model is
@@ -455,6 +568,11 @@ def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task
             out_dim, in_dim = shapes[name]
             handles.append(module.register_forward_hook(forward_hook(name, in_dim, out_dim)))
         rank, world = _process_group()
+        if growth is not None and world > 1:
+            raise ValueError("a growing probe runs in one process: under torch.distributed give num_samples alone")
+        rows_before = [0]  # rows in the first i batches
+        for batch in batches:
+            rows_before.append(rows_before[-1] + batch.num_rows)
         try:
             device = embeddings.weight.device
             for index, batch in enumerate(tqdm(batches, desc="probe", unit="batch", disable=not progress or rank > 0)):
@@ -474,12 +592,14 @@ def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task
                         loss, count = _summed_loss(output.logits, batch.labels.to(device), task)
                     else:
                         loss, count = loss_fn(output.logits, batch)
-                    if count == 0:
-                        continue
-                    torch.autograd.grad(loss, embedding_outputs)
-                loss_tokens[current_half[0]] += count
-                tokens += int(batch.attention_mask.sum())
-                summed_loss += float(loss.detach())
+                    if count > 0:
+                        torch.autograd.grad(loss, embedding_outputs)
+                if count > 0:
+                    loss_tokens[current_half[0]] += count
+                    tokens += int(batch.attention_mask.sum())
+                    summed_loss += float(loss.detach())
+                if growth is not None and growth(index + 1, rows_before[index + 1], accumulators, loss_tokens, tokens):
+                    break
         finally:
             for handle in handles:
                 handle.remove()

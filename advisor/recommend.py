@@ -109,6 +109,8 @@ ALPHA_MODES = ("fixed", "scale", "rslora", "calibrated")
 UNIFORM_BASELINES = (4, 8, 16, 32)
 UNCALIBRATED_LABEL = "uncalibrated: rank = next power of two >= signal effective rank"
 MIN_RANK, MAX_RANK = 2, 64  # the advised ranks' default bounds
+# advise() with no num_samples grows its probe from the calibration's rows (ProbeConfig.max_samples) up to these
+DEFAULT_MAX_SAMPLES, DEFAULT_MAX_SECONDS = 256, 300.0
 PROBE_CALL_OPTIONS = ("tokenizer", "progress", "compare_full_precision", "loss_fn")  # probe() arguments, not settings
 
 
@@ -365,6 +367,8 @@ def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int
         top = max(gain_shares, key=gain_shares.get)
         reasons.append(f"{top} layers carry {gain_shares[top]:.0%} of the natural gain (gradient "
                        f"over each layer's Fisher scale; a diagnostic, it does not set the ranks)")
+    if result.growth and result.growth.get("checks"):
+        reasons.append(growth_text(result))
     unconverged = [s for s in result.layers.values() if not s.converged]
     if unconverged:
         needed = [s.samples_needed for s in unconverged if s.samples_needed]
@@ -380,6 +384,21 @@ def _reasons(result: ProbeResult, layers: dict[str, LayerAdvice], trainable: int
         reasons.append(f"{len(flagged)} layers' 4-bit gradients are mostly not their full-precision gradients "
                        "(see the q-share column)")
     return reasons
+
+
+def growth_text(result: ProbeResult) -> str:
+    """One line on how a growing probe ended (:class:`advisor.probe_pass.Growth`)."""
+    checks, stopped = result.growth["checks"], result.growth["stopped"]
+    (first, _), (rows, share) = checks[0], checks[-1]
+    path = f"the probe grew from {first} to {rows} rows" if rows > first else f"the probe stopped at {rows} rows"
+    why = {"converged": f"where the median layer's noise share fell to {share:.0%} (converged)",
+           "stopped falling": f"where the median layer's noise share stopped falling, at {share:.0%}: the rest is spread "
+                              "between rows that more rows of this data do not average away",
+           "row cap": f"its row cap, with the median layer's noise share at {share:.0%}",
+           "time cap": f"its time cap, with the median layer's noise share at {share:.0%}"}.get(stopped, stopped)
+    read = (f"; the calibration reads the statistics of the first {first} rows, as its cells were probed"
+            if result.protocol_layers else "")
+    return f"{path}, {why}{read}"
 
 
 def _rows_dropped(result: ProbeResult) -> str:
@@ -497,7 +516,8 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
     shapes = {name: stats.shape for name, stats in result.layers.items()}
     tokens_budget = parse_budget(budget, shapes)
     train_size = train_size or result.num_rows
-    layer_dicts = {name: asdict(stats) for name, stats in result.layers.items()} if calibration is not None else {}
+    layer_dicts = ({name: asdict(stats) for name, stats in result.calibration_layers.items()}
+                   if calibration is not None else {})
     declined = None
     if calibration is not None and calibration.automatic:
         gaps = domain_gaps(calibration, layer_dicts, train_size, result.quantization is not None, result.task)
@@ -622,7 +642,10 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     probed, and ``num_samples`` and ``max_length`` left unset default to how the calibration's cells
     were probed (its ``probe_protocol``, e.g. 32 rows x 128 tokens for the shipped causal-LM
     calibration), else (no calibration, one that does not record it, or "auto" with a
-    training-set size it will decline) to the probe's. ``tokenizer``, ``progress``,
+    training-set size it will decline) to the probe's. With ``num_samples`` unset the probe also
+    grows from there (``max_samples`` DEFAULT_MAX_SAMPLES rows, ``max_seconds`` DEFAULT_MAX_SECONDS
+    unless given; :class:`advisor.probe_pass.Growth`) until the layers' gradients converge; the
+    calibration then reads the statistics of its first rows (``ProbeResult.calibration_layers``). ``tokenizer``, ``progress``,
     ``compare_full_precision`` and ``loss_fn`` go to :func:`advisor.probe` as they are. ``return_advice=True``
     returns the :class:`Advice` (config, per-layer evidence, reasons) instead of the config.
     """
@@ -644,6 +667,9 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     protocol = {} if declined_early or probe_config is not None else probe_protocol(calibration)
     config = replace(config, **{setting: protocol[setting] for setting in ("num_samples", "max_length")
                                 if setting in protocol and setting not in given})
+    if probe_config is None and "num_samples" not in given:  # grow until converged
+        config = replace(config, max_samples=config.max_samples or max(DEFAULT_MAX_SAMPLES, config.num_samples),
+                         max_seconds=config.max_seconds or DEFAULT_MAX_SECONDS)
     result = probe(model, dataset, config, **passed)
     advice = advice_from_probe(result, budget=budget, train_size=train_size, alpha_mode=alpha_mode,
                                min_rank=min_rank, max_rank=max_rank, calibration=calibration)

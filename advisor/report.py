@@ -72,8 +72,11 @@ def signal_text(summary: dict) -> str:
 
 def probe_summary(result: ProbeResult) -> str:
     """One line: what was probed, how, and for how long."""
+    growth = result.growth or {}
+    grown = (f" (grown from {growth['checks'][0][0]}: {growth['stopped']})" if growth.get("checks") else "")
     return (
-        f"{result.model}{f' ({result.quantization})' if result.quantization else ''}: {len(result.layers)} layers, {result.num_rows} rows, {result.tokens} tokens "
+        f"{result.model}{f' ({result.quantization})' if result.quantization else ''}: {len(result.layers)} layers, "
+        f"{result.num_rows} rows{grown}, {result.tokens} tokens "
         f"({result.loss_tokens} with loss{'' if result.base_loss is None else f', base loss {result.base_loss:.2f} nats each'}), "
         f"method={result.method}, {result.seconds:.1f} s"
     )

@@ -356,3 +356,75 @@ def test_base_loss_is_the_frozen_models_own_mean_loss_on_the_probed_rows():
         expected = model(input_ids=ids, labels=ids).loss  # transformers' own shifted mean over 8 x 15 targets
     assert result.base_loss == pytest.approx(float(expected), rel=1e-5)
     assert ProbeResult.from_dict(result.to_dict()).base_loss == result.base_loss
+
+
+def partly_shared_rows(random_tokens: int, num_rows: int = 512) -> list[dict]:
+    """Rows of one 16-token sequence with ``random_tokens`` positions replaced at random: the more
+    are random, the more of each row's gradient is noise that only more rows average away."""
+    import random
+
+    base, rng = token_rows(1, 16)[0]["input_ids"], random.Random(0)
+    rows = []
+    for _ in range(num_rows):
+        ids = list(base)
+        for position in rng.sample(range(16), random_tokens):
+            ids[position] = rng.randrange(3, 50)
+        rows.append({"input_ids": ids})
+    return rows
+
+
+def test_the_cheap_noise_share_is_the_spectrum_s_noise_fraction():
+    """From Frobenius norms of the same half sums, the noise share the spectra report."""
+    from advisor.probe_config import ProbeConfig
+    from advisor.probe_pass import _accumulate, _setup, noise_share
+
+    rows = partly_shared_rows(10)
+    result = probe(tiny_llama(), rows, num_samples=32, batch_size=4, method="exact", progress=False)
+    model = tiny_llama()
+    task, targets, shapes, batches = _setup(model, rows, None, ProbeConfig(num_samples=32, batch_size=4))
+    accumulators, loss_tokens, _, _ = _accumulate(model, targets, batches, task,
+                                                  lambda name, device: _ExactAccumulator(shapes[name], device), False)
+    for name, stats in result.layers.items():
+        assert noise_share(accumulators[name], loss_tokens) == pytest.approx(stats.noise_fraction, rel=1e-4)
+
+
+def test_a_growing_probe_doubles_until_the_noise_share_converges_and_keeps_its_first_rows_statistics(tmp_path):
+    """Ten of sixteen tokens random: the median noise share falls about as 1/rows and reaches 20 %
+    at 256 rows; the statistics of the first 16 rows are those of a fixed probe of the same rows."""
+    import random
+    import statistics
+
+    rows = partly_shared_rows(10)
+    grown = probe(tiny_llama(), rows, num_samples=16, batch_size=4, max_samples=512, method="exact", progress=False)
+    assert grown.growth["stopped"] == "converged" and [r for r, _ in grown.growth["checks"]] == [16, 32, 64, 128, 256]
+    shares = [share for _, share in grown.growth["checks"]]
+    assert all(later < earlier for earlier, later in zip(shares, shares[1:])) and shares[-1] <= spectrum.NOISE_TARGET
+    assert grown.num_rows == 256 and statistics.median(s.noise_fraction for s in grown.layers.values()) <= 0.2
+    first = [rows[i] for i in random.Random(0).sample(range(512), 512)[:16]]  # the probe's first 16 rows
+    fixed = probe(tiny_llama(), first, num_samples=16, batch_size=4, method="exact", progress=False)
+    for name, stats in fixed.layers.items():
+        kept = grown.protocol_layers[name]
+        torch.testing.assert_close(torch.tensor(kept.singular_values), torch.tensor(stats.singular_values), rtol=1e-4,
+                                   atol=1e-6 * stats.singular_values[0])
+    assert grown.calibration_layers is grown.protocol_layers and fixed.calibration_layers is fixed.layers
+    grown.save(tmp_path / "probe.json")
+    assert ProbeResult.load(tmp_path / "probe.json") == grown
+    # a cap stops it first: rows, or seconds (checked after every batch); noise that does not average away stops it too
+    capped = probe(tiny_llama(), rows, num_samples=16, batch_size=4, max_samples=32, method="exact", progress=False)
+    assert capped.growth["stopped"] == "row cap" and capped.num_rows == 32 and capped.rows_drawn == 32
+    timed = probe(tiny_llama(), rows, num_samples=16, batch_size=4, max_samples=512, max_seconds=1e-9, method="exact",
+                  progress=False)
+    assert timed.growth == {"checks": [[8, timed.growth["checks"][0][1]]], "stopped": "time cap"} and timed.num_rows == 8
+    noise = probe(tiny_llama(), token_rows(512, 16), num_samples=16, batch_size=4, max_samples=512, method="exact",
+                  progress=False)  # every token random: nothing shared for more rows to find
+    assert noise.growth["stopped"] == "stopped falling" and noise.num_rows == 32
+    assert probe(tiny_llama(), rows, num_samples=16, batch_size=4, method="exact", progress=False).growth is None
+
+
+def test_growth_settings_are_checked():
+    from advisor.probe_config import ProbeConfig
+
+    with pytest.raises(ValueError, match="max_samples must be an integer >= num_samples"):
+        ProbeConfig(num_samples=64, max_samples=32)
+    with pytest.raises(ValueError, match="max_seconds must be a positive number"):
+        ProbeConfig(max_samples=128, max_seconds=0)

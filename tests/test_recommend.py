@@ -442,8 +442,10 @@ def test_advise_lets_auto_decline_a_calibration_that_does_not_cover_the_probe(tm
 
 def test_advise_probes_as_the_calibrations_cells_were_unless_told(tmp_path, monkeypatch):
     """advise() takes num_samples and max_length from the calibration's probe_protocol (the shipped
-    one for the model's kind under "auto", or an explicit file's); given values win, and without a
-    protocol (the uncalibrated rule) the probe's own defaults apply (64 rows, here all 40)."""
+    one for the model's kind under "auto", or an explicit file's) and, with num_samples not given,
+    grows from there until the spectra converge (here random tokens: the noise share stops falling
+    by the last of the 40 rows), the calibration reading the first rows' statistics; given values win,
+    and without a protocol (the uncalibrated rule) the probe's own defaults apply (64 rows, here all 40)."""
     from advisor import calibrated
     from advisor.recommend import advise
 
@@ -453,13 +455,16 @@ def test_advise_probes_as_the_calibrations_cells_were_unless_told(tmp_path, monk
     rows = token_rows(40, 16)
     options = dict(batch_size=4, progress=False, min_rank=1, return_advice=True, train_size=1000)
     auto = advise(tiny_llama(), rows, **options).probe
-    assert (auto.num_rows, auto.max_length, auto.tokens) == (12, 10, 120)
+    assert (auto.growth["stopped"], [rows for rows, _ in auto.growth["checks"]]) == ("stopped falling", [12, 24, 40])
+    assert (auto.num_rows, auto.max_length, auto.tokens) == (40, 10, 400)
+    assert {s.tokens for s in auto.calibration_layers.values()} == {120}  # the calibration reads the first 12 rows
+    assert (auto.config["max_samples"], auto.config["max_seconds"]) == (256, 300.0)
     explicit = advise(tiny_llama(), rows, calibration=tmp_path / "shipped.json", **options).probe
-    assert (explicit.num_rows, explicit.max_length) == (12, 10)
+    assert (explicit.growth["checks"][0][0], explicit.max_length) == (12, 10)
     told = advise(tiny_llama(), rows, num_samples=8, max_length=None, **options).probe
-    assert (told.num_rows, told.max_length) == (8, 10)
+    assert (told.num_rows, told.max_length, told.growth) == (8, 10, None)
     uncalibrated = advise(tiny_llama(), rows, calibration=None, **options).probe
-    assert (uncalibrated.num_rows, uncalibrated.max_length) == (40, 256)
+    assert (uncalibrated.num_rows, uncalibrated.max_length) == (40, 256)  # 64 rows asked, 40 there: one check
     # a whole ProbeConfig is used as given, the protocol left aside; a bad setting fails before the probe
     from advisor.probe_config import ProbeConfig
 
