@@ -28,17 +28,20 @@ import sys
 from pathlib import Path
 
 from calibration import read_results, script_parser
+from calibration.labels import CAPACITY_RANKS
 
 HERE = Path(__file__).resolve().parent
 RESULTS = [HERE / "results" / "smollm2-capacity.jsonl", HERE / "results" / "smollm2-scaling.jsonl"]
 PLOTS_DIR = HERE / "plots"
 
 
-def capacity_cells(records: list[dict]):
-    """The best-over-LR cells of the alpha / r runs (rsLoRA runs are the scaling grid's other arm)."""
+def capacity_cells(records: list[dict], ranks=CAPACITY_RANKS):
+    """The best-over-LR cells of the alpha / r runs (rsLoRA runs are the scaling grid's other arm)
+    at ``ranks`` (None: every rank trained), labelled or not."""
     from calibration.labels import best_over_lr_cells
 
-    return best_over_lr_cells([r for r in records if not r["config"].get("use_rslora")], min_ranks=2)
+    return best_over_lr_cells([r for r in records if not r["config"].get("use_rslora")
+                               and (ranks is None or r["config"].get("rank") in ranks)], min_ranks=2)
 
 
 def cell_row(cell) -> dict:

@@ -41,6 +41,9 @@ RANK_GRID_RULE = {"use_rslora": True, "alpha": 8.0, "alpha_over_r": None}  # the
 CELL_KEYS = ("model", "task", "train_size", "learning_rate", "steps", "batch_size", "max_length",
              "alpha", "alpha_over_r", "use_rslora", "data_seed", "eval_rows", "top_blocks")
 LR_FREE_CELL_KEYS = tuple(k for k in CELL_KEYS if k != "learning_rate")  # cells whose ranks take their best rate
+# the capacity grids' ranks, over which a capacity cell is labelled (the scaling grid shares their r = 1 and 64
+# runs; its r = 8 runs, one seed each, would keep a cell from ever being complete)
+CAPACITY_RANKS = (1, 4, 16, 64, 256)
 
 
 @dataclass

@@ -45,6 +45,7 @@ import sys
 from pathlib import Path
 
 from calibration import script_parser
+from calibration.labels import CAPACITY_RANKS
 
 PLOTS_DIR = Path(__file__).resolve().parent / "plots"
 HABITS = (1, 2, 4, 8, 16, 32, 64)
@@ -324,17 +325,19 @@ def plot(rows: list[dict], name: str = "levels") -> Path:
     return path
 
 
-def capacity_cells(records: list[dict]) -> list:
+def capacity_cells(records: list[dict], ranks=CAPACITY_RANKS) -> list:
     """The capacity grids' labelled cells: alpha = 32 with alpha / r, each rank at its best learning
-    rate (:func:`calibration.labels.best_over_lr_cells`), complete ones only."""
+    rate (:func:`calibration.labels.best_over_lr_cells`), over ``ranks`` (None: every rank trained),
+    complete ones only."""
     from advisor.allocation import FIXED_ALPHA
     from calibration.labels import best_over_lr_cells
 
-    runs = [r for r in records if not r["config"].get("use_rslora") and r["config"].get("alpha") == FIXED_ALPHA]
+    runs = [r for r in records if not r["config"].get("use_rslora") and r["config"].get("alpha") == FIXED_ALPHA
+            and (ranks is None or r["config"].get("rank") in ranks)]
     return [cell for cell in best_over_lr_cells(runs) if cell.optimal_rank is not None]
 
 
-def capacity_summary(records: list[dict]) -> dict | None:
+def capacity_summary(records: list[dict], ranks=CAPACITY_RANKS) -> dict | None:
     """What ``calibration.fit`` stores as a calibration's ``capacity`` (the advice's level when it
     has one, :func:`advisor.calibrated.capacity_level`): over the capacity cells of ``records`` (runs
     of one kind of model), each level's :func:`level_summary` held out by task, the tokens rule's
@@ -342,7 +345,7 @@ def capacity_summary(records: list[dict]) -> dict | None:
     None with fewer than two tasks' cells (nothing to hold out)."""
     from calibration.regression import training_table
 
-    cells = capacity_cells(records)
+    cells = capacity_cells(records, ranks)
     if len({cell.task for cell in cells}) < 2:
         return None
     cell_rows = training_table(records, cells)[0]

@@ -104,6 +104,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 from calibration import read_results, script_parser  # noqa: E402
+from calibration.labels import CAPACITY_RANKS  # noqa: E402
 from calibration.records import RESULTS_DIR  # noqa: E402
 from calibration.train import RunConfig  # noqa: E402  (after the thread settings)
 
@@ -275,7 +276,6 @@ def grid_smollm2_scaling() -> list[RunConfig]:
 
 CAPACITY_TASKS = ("health-source", "wordnet-defs", "debian-summary", "stdlib-code", "shakespeare", "brown-lm")
 CAPACITY_SIZES = (1000, 4000)
-CAPACITY_RANKS = (1, 4, 16, 64, 256)
 CAPACITY_LRS = (*SCALING_LRS, 1e-2)  # 1e-2: on shakespeare r = 64 was best at 3e-3, the scaling grid's edge
 
 

@@ -20,7 +20,7 @@ def capacity_records(tokens_by_task: dict[str, int]) -> list[dict]:
 
 def test_data_features_are_read_from_the_records():
     records = capacity_records({"a": 1000, "b": 4000, "c": 16000, "d": 2000})
-    (cell, *_) = capacity_cells(records)
+    (cell, *_) = capacity_cells(records, ranks=None)
     assert data_features(cell) == {"log2_loss_tokens": math.log2(1000), "log2_loss_tokens_per_row": 0.0,
                                    "base_loss": 2.0, "log2_loss_nats": math.log2(2000)}
 
@@ -30,7 +30,7 @@ def test_a_feature_that_tracks_the_optimal_rank_beats_the_constant_and_one_that_
     rank far better than the training folds' median; the probe's features (the same synthetic
     spectra up to the signal) and the base loss (2.0 everywhere) are reported for what they are."""
     cells_records = capacity_records({"a": 1000, "b": 4000, "c": 16000, "d": 2000})
-    cells = capacity_cells(cells_records)
+    cells = capacity_cells(cells_records, ranks=None)
     rows = feature_rows(training_table(cells_records, cells)[0])
     scores = {s["feature"]: s for s in single_feature_scores(rows)}
     tokens = scores["log2_loss_tokens"]

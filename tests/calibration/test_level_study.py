@@ -128,7 +128,7 @@ def test_capacity_labels_take_each_ranks_best_rate_and_are_scored_like_the_rank_
             run["config"].update(alpha=32.0, use_rslora=False, learning_rate=rate)
             run["eval_loss"] += worse
             records.append(run)
-    cells = capacity_cells(records)
+    cells = capacity_cells(records, ranks=None)
     assert len(cells) == 4 and all(set(cell.best_lr.values()) == {1e-3} for cell in cells)
     assert capacity_cells([r for r in synthetic_sweep()]) == []  # rsLoRA runs are not capacity runs
 
@@ -169,9 +169,9 @@ def test_the_fit_stores_the_capacity_cells_levels_and_the_fitted_ratio():
     for r in records:
         r["config"].update(alpha=32.0, use_rslora=False)
         r["train_loss_tokens"] = optimal[r["config"]["task"]] * 640 // 4
-    summary = capacity_summary(records)
+    summary = capacity_summary(records, ranks=None)
     assert summary["params_per_token"] == 4.0 and summary["tasks"] == ["a", "b", "c", "d"]
-    assert summary["levels"] == level_summary(level_rows(training_table(records, capacity_cells(records))[0]))
+    assert summary["levels"] == level_summary(level_rows(training_table(records, capacity_cells(records, ranks=None))[0]))
     assert summary["levels"][FITTED_TOKENS_RULE]["regret_noises_mean"] == 0
     assert [label["optimal_rank"] for label in summary["cell_labels"]] == [2, 8, 32, 4]
-    assert capacity_summary([r for r in records if r["config"]["task"] == "a"]) is None
+    assert capacity_summary([r for r in records if r["config"]["task"] == "a"], ranks=None) is None
