@@ -248,12 +248,16 @@ MIN_CAPACITY_TASKS = 3  # leave one task out over fewer would score each choice 
 def capacity_level(metadata: dict) -> dict | None:
     """What sets the rank level from the calibration's capacity cells (``capacity``, written by
     ``calibration.fit``: each rank trained at its best learning rate, where rank can be the
-    limit): the tokens rule at the fitted ``params_per_token`` when, leave one task out, its
-    mean regret in seed noises was :func:`required_gain` below the best users' baseline's
-    (:data:`CAPACITY_BASELINES`: Tinker's rule, axolotl's thresholds, the uniform habits); else
-    that best baseline (ties: fewer parameters). Returns {"level": the ``levels`` entry,
-    "beat": the baseline it beat or None, "params_per_token"}; None when the metadata has no
-    capacity levels over at least :data:`MIN_CAPACITY_TASKS` tasks."""
+    limit), by each choice's mean regret in seed noises and parameters with each task held out.
+
+    The users' best baseline is the label's rule applied to :data:`CAPACITY_BASELINES` (Tinker's
+    rule, axolotl's thresholds, the uniform habits): the one with the fewest parameters among those
+    whose mean regret is within one seed noise of the lowest. The calibrated tokens rule (the fitted
+    ``params_per_token``) replaces it when it did better: a mean regret :func:`required_gain` lower
+    with no more parameters, or one within one seed noise of it with :func:`required_gain` fewer
+    parameters. Returns {"level": the ``levels`` entry, "beat": the baseline it beat or None,
+    "params_per_token"}; None when the metadata has no capacity levels over at least
+    :data:`MIN_CAPACITY_TASKS` tasks."""
     capacity = metadata.get("capacity") or {}
     levels = capacity.get("levels") or {}
     if len(capacity.get("tasks") or ()) < MIN_CAPACITY_TASKS:
@@ -263,12 +267,17 @@ def capacity_level(metadata: dict) -> dict | None:
     baselines = [name for name in CAPACITY_BASELINES if name in scored]
     if not baselines:
         return None
-    best = min(baselines, key=lambda name: (scored[name]["regret_noises_mean"], scored[name]["params_vs_r16"]))
-    ratio = capacity.get("params_per_token")
-    if (FITTED_TOKENS_RULE in scored and isinstance(ratio, (int, float)) and ratio > 0
-            and beats_baseline({"model_mae": scored[FITTED_TOKENS_RULE]["regret_noises_mean"],
-                                "baseline_mae": scored[best]["regret_noises_mean"]}, required_gain(metadata))):
-        return {"level": FITTED_TOKENS_RULE, "beat": best, "params_per_token": ratio}
+    regret = {name: scored[name]["regret_noises_mean"] for name in scored}
+    params = {name: scored[name]["params_vs_r16"] for name in scored}
+    floor = min(regret[name] for name in baselines)
+    best = min((name for name in baselines if regret[name] <= floor + 1), key=lambda name: (params[name], regret[name]))
+    ratio, gain = capacity.get("params_per_token"), required_gain(metadata)
+    if FITTED_TOKENS_RULE in scored and isinstance(ratio, (int, float)) and ratio > 0:
+        fitted = FITTED_TOKENS_RULE
+        lower_loss = regret[fitted] < (1 - gain) * regret[best] and params[fitted] <= params[best]
+        fewer_params = regret[fitted] <= regret[best] + 1 and params[fitted] < (1 - gain) * params[best]
+        if lower_loss or fewer_params:
+            return {"level": fitted, "beat": best, "params_per_token": ratio}
     return {"level": best, "beat": None, "params_per_token": ratio}
 
 
@@ -289,11 +298,13 @@ def capacity_level_text(metadata: dict, choice: dict, rank: int) -> str:
                 f"{beaten['params_vs_r16']:.2f}x")
     text = (f"the rank level is {choice['level']}'s, uniform r = {rank} for your data: {where}, it cost "
             f"{_regret(ours, long=True)} above each cell's best rank with {ours['params_vs_r16']:.2f}x uniform r = 16's "
-            "parameters, the least of the rules you could apply by hand")
+            "parameters, the fewest of the rules you could apply by hand that came within one seed noise of the "
+            "best of them")
     fitted = levels.get(FITTED_TOKENS_RULE)
     if fitted and fitted.get("regret_noises_mean") is not None:
-        text += (f"; the calibrated tokens rule cost {_regret(fitted, long=False)}, not "
-                 f"{required_gain(metadata):.0%} less, so the advice does not use it")
+        text += (f"; the calibrated tokens rule cost {_regret(fitted, long=False)} with "
+                 f"{fitted['params_vs_r16']:.2f}x, neither {required_gain(metadata):.0%} less loss nor, within one seed "
+                 f"noise, {required_gain(metadata):.0%} fewer parameters, so the advice does not use it")
     return text
 
 
