@@ -253,9 +253,10 @@ def capacity_level(metadata: dict) -> dict | None:
     The users' best baseline is the label's rule applied to :data:`CAPACITY_BASELINES` (Tinker's
     rule, axolotl's thresholds, the uniform habits): the one with the fewest parameters among those
     whose mean regret is within one seed noise of the lowest. The calibrated tokens rule (the fitted
-    ``params_per_token``) replaces it when it did better: a mean regret :func:`required_gain` lower
-    with no more parameters, or one within one seed noise of it with :func:`required_gain` fewer
-    parameters. Returns {"level": the ``levels`` entry, "beat": the baseline it beat or None,
+    ``params_per_token``) replaces it when it did better on one count and tied on the other: a mean
+    regret :func:`required_gain` lower with parameters at most that share above (ranks are powers
+    of two, so parameter counts of equal intent differ by rounding), or a mean regret within one seed
+    noise with :func:`required_gain` fewer parameters. Returns {"level": the ``levels`` entry, "beat": the baseline it beat or None,
     "params_per_token"}; None when the metadata has no capacity levels over at least
     :data:`MIN_CAPACITY_TASKS` tasks."""
     capacity = metadata.get("capacity") or {}
@@ -274,7 +275,7 @@ def capacity_level(metadata: dict) -> dict | None:
     ratio, gain = capacity.get("params_per_token"), required_gain(metadata)
     if FITTED_TOKENS_RULE in scored and isinstance(ratio, (int, float)) and ratio > 0:
         fitted = FITTED_TOKENS_RULE
-        lower_loss = regret[fitted] < (1 - gain) * regret[best] and params[fitted] <= params[best]
+        lower_loss = regret[fitted] < (1 - gain) * regret[best] and params[fitted] <= (1 + gain) * params[best]
         fewer_params = regret[fitted] <= regret[best] + 1 and params[fitted] < (1 - gain) * params[best]
         if lower_loss or fewer_params:
             return {"level": fitted, "beat": best, "params_per_token": ratio}
@@ -302,9 +303,10 @@ def capacity_level_text(metadata: dict, choice: dict, rank: int) -> str:
             "best of them")
     fitted = levels.get(FITTED_TOKENS_RULE)
     if fitted and fitted.get("regret_noises_mean") is not None:
-        text += (f"; the calibrated tokens rule cost {_regret(fitted, long=False)} with "
-                 f"{fitted['params_vs_r16']:.2f}x, neither {required_gain(metadata):.0%} less loss nor, within one seed "
-                 f"noise, {required_gain(metadata):.0%} fewer parameters, so the advice does not use it")
+        gain = f"{required_gain(metadata):.0%}"
+        text += (f"; the calibrated tokens rule cost {_regret(fitted, long=False)} with {fitted['params_vs_r16']:.2f}x: "
+                 f"neither {gain} less loss with at most {gain} more parameters nor, within one seed noise, {gain} "
+                 "fewer parameters, so the advice does not use it")
     return text
 
 

@@ -12,7 +12,11 @@ training folds' median rank), each marked used or not by the rule the advice app
 pooled level (``pooled_level``, the uniform rank its cells support together) with the mean regret
 in seed noises, leave one task out, of that level and of the probe's rule (``levels``), used only
 when the rank model is not and it is ``min_gain`` below the rule's
-(:func:`advisor.calibrated.calibrated_level`). Standard library only: no model is loaded.
+(:func:`advisor.calibrated.calibrated_level`); and its capacity level (``capacity``: cells where rank
+can be the limit, each rank at its best learning rate), which sets the level with no budget when it
+covers enough tasks: the choice :func:`advisor.calibrated.capacity_level` makes, with its mean regret
+in seed noises and parameters (x uniform r = 16's), leave one task out, beside the best users'
+baseline's. No model is loaded.
 """
 
 from __future__ import annotations
@@ -65,17 +69,47 @@ def _pooled(meta: dict, rank_used: bool) -> str:
     if not isinstance(level, int) or isinstance(level, bool) or "regret_noises_mean" not in pooled \
             or "regret_noises_mean" not in rule:
         return "none"
+    from advisor.calibrated import FITTED_TOKENS_RULE, capacity_level
+
     ours, theirs = pooled["regret_noises_mean"], rule["regret_noises_mean"]
     used = not rank_used and _beats(ours, theirs, _min_gain(meta))
-    return f"r = {level}: {_fmt(ours, 2)} vs {_fmt(theirs, 2)} ({'used' if used else 'not used'})"
+    capacity = capacity_level(meta)
+    if used and capacity:  # a tokens rule needs the dataset's loss tokens: the pooled level stays for a DataLoader
+        where = ("used only for data whose tokens are not counted"
+                 if capacity["level"] in (FITTED_TOKENS_RULE, "Tinker tokens rule") else "not used")
+    else:
+        where = "used" if used else "not used"
+    return f"r = {level}: {_fmt(ours, 2)} vs {_fmt(theirs, 2)} ({where})"
+
+
+def _capacity(meta: dict) -> str:
+    """The capacity level's choice, its held-out regret and parameters beside the best baseline's."""
+    from advisor.calibrated import FITTED_TOKENS_RULE, capacity_level
+
+    capacity = meta.get("capacity") or {}
+    choice = capacity_level(meta)
+    if choice is None:
+        tasks = len(capacity.get("tasks") or ())
+        return f"not used ({tasks} tasks)" if capacity else "none"
+    levels = capacity["levels"]
+
+    def cost(name: str) -> str:
+        return f"{_fmt(levels[name]['regret_noises_mean'], 2)} at {_fmt(levels[name]['params_vs_r16'], 2)}x"
+
+    cells = f"{len(capacity.get('cell_labels') or [])} cells, {len(capacity['tasks'])} tasks"
+    if choice["level"] == FITTED_TOKENS_RULE:
+        return (f"{choice['params_per_token']:g} parameters per loss token: {cost(FITTED_TOKENS_RULE)} vs "
+                f"{choice['beat']} {cost(choice['beat'])} ({cells})")
+    return f"{choice['level']}, the best users' rule: {cost(choice['level'])} ({cells})"
 
 
 def trust_table(models_dir) -> str:
     """A markdown table with one row per calibration description (``*.json``) in ``models_dir``."""
     lines = [
         "| calibration | kind of model | fitted on | per-layer shape: error vs every layer the same | "
-        "rank model: error vs the median rank | pooled level: regret vs the probe's rule (seed noises) |",
-        "|---|---|---|---|---|---|",
+        "rank model: error vs the median rank | pooled level: regret vs the probe's rule (seed noises) | "
+        "capacity level: regret (seed noises) at parameters (x r = 16) vs the best users' rule |",
+        "|---|---|---|---|---|---|---|",
     ]
     for path in sorted(Path(models_dir).glob("*.json")):
         meta = json.loads(path.read_text())
@@ -85,7 +119,7 @@ def trust_table(models_dir) -> str:
         lines.append(
             f"| `{meta.get('name', path.stem)}` | {kinds} | {_fitted_on(meta)} | "
             f"{shape} ({'used' if shape_used else 'not used'}) | {rank} ({'used' if rank_used else 'not used'}) | "
-            f"{_pooled(meta, rank_used)} |")
+            f"{_pooled(meta, rank_used)} | {_capacity(meta)} |")
     return "\n".join(lines)
 
 

@@ -676,6 +676,10 @@ def test_capacity_cells_set_the_level_by_the_tokens_rule_that_beat_the_users_rul
     assert how_sure(tied.to_dict()).startswith("rough, since the size is r = 16's (r=16 for your data), the best of")
     _with_capacity(description, ratio=8.0, fitted=5.5, best=4.0, fitted_params=0.1)  # fewer parameters, more loss
     assert advice_from_probe(result, train_size=rows, calibration=description).decision.level == "best users' rule"
+    _with_capacity(description, ratio=8.0, fitted=2.0, best=4.0, fitted_params=1.09)  # less loss, parameters tied
+    assert advice_from_probe(result, train_size=rows, calibration=description).decision.level == "tokens rule"
+    _with_capacity(description, ratio=8.0, fitted=2.0, best=4.0, fitted_params=1.2)  # less loss, more parameters
+    assert advice_from_probe(result, train_size=rows, calibration=description).decision.level == "best users' rule"
     # fewer than three tasks behind the capacity cells, or a budget: not the capacity level
     _with_capacity(description, ratio=8.0, fitted=2.0, best=4.0, tasks=("a", "b"))
     assert advice_from_probe(result, train_size=rows, calibration=description).decision.level != "tokens rule"

@@ -12,3 +12,23 @@ def test_readme_quotes_the_generated_trust_table():
     assert table.count("\n") >= 2, "models/ holds no calibration description"
     assert table in README.read_text(encoding="utf-8"), (
         "README.md's trust table is stale: paste the output of `python -m calibration.trust_table`")
+
+
+def test_the_capacity_column_names_what_sets_the_level_and_what_it_beat(tmp_path):
+    """A description with capacity levels over three tasks: the tokens rule, 16 parameters per loss
+    token, beat r = 32 (the cheapest baseline within one seed noise of the lowest); two tasks: not used."""
+    import json
+
+    meta = json.loads((ROOT / "models" / "lora-rank-causal-lm.json").read_text())
+    summary = {"cells": 3, "regret_mean": 0.001, "within_noise": 1}
+    meta["capacity"] = {"tasks": ["a", "b", "c"], "params_per_token": 16.0, "cell_labels": [{}, {}, {}],
+                        "levels": {"tokens rule, fitted": {**summary, "regret_noises_mean": 1.22, "params_vs_r16": 1.04},
+                                   "r = 32": {**summary, "regret_noises_mean": 0.87, "params_vs_r16": 2.0},
+                                   "r = 64": {**summary, "regret_noises_mean": 0.2, "params_vs_r16": 4.0}}}
+    (tmp_path / "c.json").write_text(json.dumps(meta))
+    row = trust_table(tmp_path).splitlines()[-1]
+    assert row.endswith("| 16 parameters per loss token: 1.22 at 1.04x vs r = 32 0.87 at 2.00x (3 cells, 3 tasks) |")
+    assert "(used only for data whose tokens are not counted)" in row  # the pooled level, for a DataLoader
+    meta["capacity"]["tasks"] = ["a", "b"]
+    (tmp_path / "c.json").write_text(json.dumps(meta))
+    assert trust_table(tmp_path).splitlines()[-1].endswith("| not used (2 tasks) |")
