@@ -3,7 +3,9 @@ that changes it on purpose updates these figures, with its evidence, in the same
 
 The pin reads a committed sweep record's step-0 probe (SmolLM2 on stdlib-code, 1000 training
 rows, one of the shipped causal-LM calibration's cells) and the shipped calibration: no model
-runs, so the advice is the same on every machine."""
+runs, so the advice is the same on every machine. The record did not count its dataset's loss
+tokens (as for a DataLoader), so the calibration's tokens rule cannot apply and its pooled level
+sets the level; tests/test_smollm2.py pins the tokens rule's advice on the embedded default."""
 
 import dataclasses
 import json

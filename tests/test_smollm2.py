@@ -8,6 +8,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from test_probe_pass import assert_same_state, autograd_weight_gradients, model_state
 
+from advisor.baselines import tokens_rank
 from advisor.calibrated import resolve_calibration, training_rows_gap
 from advisor.cli import main
 from advisor.data import load_rows
@@ -64,9 +65,13 @@ def test_advised_config_is_applied_by_peft_with_the_advised_ranks(smollm2, tmp_p
         assert "training rows" not in (decision["declined"] or "")
     else:
         assert gap in decision["declined"] and decision["calibration"] is None
-    # today's advice on the embedded default, pinned (tests/test_advice_pin.py says when to update it)
-    assert (decision["level"], decision["shape"], decision["calibration"], advice["level_rank"],
-            advice["trainable_params"]) == ("pooled level", "calibration", "lora-rank-causal-lm", 32, 9_765_888)
+    # today's advice on the embedded default, pinned (tests/test_advice_pin.py says when to update it): the
+    # calibration's tokens rule on the dataset's loss tokens (cut at 64 tokens a row), within the rank bounds
+    rules, metadata = advice["users_rules"], resolve_calibration("auto", task="causal-lm").metadata
+    expected = tokens_rank(rules["loss_tokens"], rules["params_per_rank"], metadata["capacity"]["params_per_token"])
+    assert advice["level_rank"] == max(2, expected)
+    assert (decision["level"], decision["calibration"], advice["level_rank"], advice["trainable_params"]) == (
+        "tokens rule", "lora-rank-causal-lm", 2, 610_560)
     ranks = {name: layer["rank"] for name, layer in advice["layers"].items()}
     config = LoraConfig.from_pretrained(out)
     peft_model = get_peft_model(copy.deepcopy(model), config)
