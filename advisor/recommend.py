@@ -156,7 +156,10 @@ class Decision:
     per-layer model, or a level at a rank bound) or the ``probe`` (each layer's signal effective
     rank). ``calibration``: the calibration used (None:
     uncalibrated); ``declined``: why one was considered and not used; ``rank_model_unused``:
-    why its rank model was not used; ``outside``: the probe's features outside its fitted range.
+    why its rank model was not used; ``outside``: the probe's features outside its fitted range;
+    ``level_evidence`` (a level from the capacity cells): what it and the best users' rule cost
+    there, each task held out: {"level": {"regret_noises", "regret", "params_vs_r16"}, "beat": the
+    rule it beat (None: it is that rule), "baseline": the same figures for that rule}.
     """
 
     level: str
@@ -167,6 +170,7 @@ class Decision:
     declined: str | None = None
     rank_model_unused: str | None = None
     outside: list[str] = field(default_factory=list)
+    level_evidence: dict | None = None
 
     def __post_init__(self):
         if self.level not in LEVEL_SOURCES:
@@ -424,6 +428,18 @@ def users_rules(result: ProbeResult, train_size: int) -> dict | None:
             "tinker": tinker_rank(loss_tokens, per_rank), "axolotl": axolotl_rank(train_size)}
 
 
+def capacity_evidence(metadata: dict, choice: dict) -> dict:
+    """:attr:`Decision.level_evidence` of a :func:`advisor.calibrated.capacity_level` choice."""
+    levels = metadata["capacity"]["levels"]
+
+    def figures(name: str) -> dict:
+        return {"regret_noises": levels[name]["regret_noises_mean"], "regret": levels[name]["regret_mean"],
+                "params_vs_r16": levels[name]["params_vs_r16"]}
+
+    return {"level": figures(choice["level"]), "beat": choice["beat"],
+            "baseline": figures(choice["beat"]) if choice["beat"] else None}
+
+
 def capacity_rank(choice: dict, rules: dict | None, train_size: int) -> int | None:
     """The uniform rank a :func:`advisor.calibrated.capacity_level` choice gives this data
     (``rules``: :func:`users_rules`); None when it needs the loss tokens and they were not counted."""
@@ -609,6 +625,7 @@ def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | Non
         calibration=None if calibration is None else calibration.name, declined=declined,
         rank_model_unused=rank_model_unused,
         outside=outside,
+        level_evidence=capacity_evidence(calibration.metadata, capacity[0]) if capacity else None,
     )
     # names as short as PEFT's matching keeps exact over every module of the model
     known = None if result.untargeted_modules is None else [*result.layers, *result.untargeted_modules]
