@@ -309,12 +309,33 @@ def make_batches(
     are dropped. A DataLoader (any iterable of dict batches with ``input_ids`` [B, T]) is read
     in order, batch by batch, until ``num_samples`` rows.
     """
+    first, _ = sample_batches(data, tokenizer, task=task, num_samples=num_samples, batch_size=batch_size,
+                              max_length=max_length, seed=seed, split=split, label_names=label_names)
+    return first
+
+
+def sample_batches(
+    data,
+    tokenizer,
+    *,
+    task: str = "causal-lm",
+    num_samples: int = 64,
+    batch_size: int = 8,
+    max_length: int = 256,
+    seed: int = 0,
+    split: str | None = None,
+    label_names: list[str] | None = None,
+    extra_samples: int = 0,
+) -> tuple[list[ProbeBatch], list[ProbeBatch]]:
+    """(the batches of :func:`make_batches`, the batches of up to ``extra_samples`` more rows drawn
+    from the rest after them): a growing probe reads the first, then the others, and its first
+    batches are exactly those a probe of ``num_samples`` rows reads. A DataLoader has no extra rows."""
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}: use one of {', '.join(TASKS)}")
     for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("max_length", max_length)):
         _check_positive_int(name, value)
     if is_batch_iterable(data):
-        return _loader_batches(data, task, num_samples, max_length)
+        return _loader_batches(data, task, num_samples, max_length), []
 
     rows = load_rows(data, split=split)
     fmt = detect_format(rows)
@@ -329,21 +350,32 @@ def make_batches(
             )
         class_ids = _class_ids(rows, label_names)
 
-    picked = random.Random(seed).sample(range(len(rows)), min(num_samples, len(rows)))
-    examples = []
-    for i in picked:
-        ids, mask, labels = _encode(rows[i], i, fmt, tokenizer, task, max_length)
-        if task == "seq-cls":
-            labels = class_ids[i]
-        if ids and (task == "seq-cls" or any(t != IGNORE_INDEX for t in labels[1:])):
-            examples.append((ids, mask, labels))
-    if not examples:
+    generator = random.Random(seed)
+    picked = generator.sample(range(len(rows)), min(num_samples, len(rows)))
+    drawn = set(picked)
+    rest = [i for i in range(len(rows)) if i not in drawn] if extra_samples else []
+    more = generator.sample(rest, min(extra_samples, len(rest))) if rest else []
+
+    def encoded(indices: list[int]) -> list[tuple]:
+        examples = []
+        for i in indices:
+            ids, mask, labels = _encode(rows[i], i, fmt, tokenizer, task, max_length)
+            if task == "seq-cls":
+                labels = class_ids[i]
+            if ids and (task == "seq-cls" or any(t != IGNORE_INDEX for t in labels[1:])):
+                examples.append((ids, mask, labels))
+        return examples
+
+    first = encoded(picked)
+    if not first:
         raise ValueError(
             f"no sampled row has a token to compute the loss on within max_length={max_length} "
             "(the response starts too late or is empty)"
         )
     pad_id = _pad_id(tokenizer)
-    return [_collate(examples[k : k + batch_size], pad_id) for k in range(0, len(examples), batch_size)]
+    first_batches, extra_batches = ([_collate(examples[k : k + batch_size], pad_id)
+                                     for k in range(0, len(examples), batch_size)] for examples in (first, encoded(more)))
+    return first_batches, extra_batches
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from advisor import quantized, spectrum
-from advisor.data import ProbeBatch, count_tokens, is_batch_iterable, load_rows, make_batches
+from advisor.data import ProbeBatch, count_tokens, is_batch_iterable, load_rows, sample_batches
 from advisor.layers import find_target_layers, layer_shape, layer_types
 from advisor.loading import TASK_SEQ_CLS, load_model, model_task
 from advisor.probe_config import ProbeConfig
@@ -276,8 +276,9 @@ class _SketchAccumulator(_Accumulator):
         return [self.y, self.w, self.z]
 
     def energy(self, c_a: float, c_b: float) -> float:
-        """||c_a G_A + c_b G_B||_F^2 estimated from the test-vector sketch Z, without a spectrum."""
-        return float((c_a * self.z[0] + c_b * self.z[1]).double().square().sum()) / _TEST_VECTORS
+        """||c_a G_A + c_b G_B||_F^2 estimated from the range sketch Y = G Omega (E ||G Omega||_F^2 =
+        s ||G||_F^2 for Gaussian Omega [in, s]; relative error about sqrt(2 / s)), without a spectrum."""
+        return float((c_a * self.y[0] + c_b * self.y[1]).double().square().sum()) / self.s
 
     def spectrum(self, c_a: float, c_b: float, k: int, precise: bool = True) -> _Spectrum:
         """Of c_a G_A + c_b G_B, from the sketches (always in float64: they are small)."""
@@ -330,16 +331,19 @@ class Growth:
 
     def __call__(self, done: int, rows: int, accumulators: dict, loss_tokens: list[int], tokens: int) -> bool:
         """After ``done`` batches (``rows`` rows): whether to stop."""
-        timed_out = self.max_seconds is not None and time.perf_counter() - self.started >= self.max_seconds
         doublings, rest = divmod(done, self.first_batches)
         at_doubling = rest == 0 and doublings > 0 and doublings & (doublings - 1) == 0
+        # the caps never stop it before its first num_samples rows, which the calibration reads
+        timed_out = (done > self.first_batches and self.max_seconds is not None
+                     and time.perf_counter() - self.started >= self.max_seconds)
         if not (at_doubling or timed_out or done == self.last_batch) or min(loss_tokens) == 0:
             return False
         share = statistics.median(noise_share(a, loss_tokens) for a in accumulators.values())
         self.checks.append([rows, round(share, 4)])
         if share <= spectrum.NOISE_TARGET:
             self.stopped = "converged"
-        elif len(self.checks) >= 2 and _noise_ratio(share) > GROWTH_STALL * _noise_ratio(self.checks[-2][1]):
+        elif (at_doubling and len(self.checks) >= 2  # a doubling since the last check: the ratio should halve
+              and _noise_ratio(share) > GROWTH_STALL * _noise_ratio(self.checks[-2][1])):
             self.stopped = "stopped falling"
         elif done == self.last_batch:
             self.stopped = "row cap"
@@ -395,6 +399,9 @@ def probe(
     """
     config = ProbeConfig.build(config, **options)
     quantization = config.quantization
+    if config.max_samples is not None and _process_group()[1] > 1:
+        raise ValueError("a growing probe (max_samples) runs in one process: under torch.distributed give "
+                         "num_samples alone")
     if compare_full_precision and (quantization is None or isinstance(model, nn.Module)):
         raise ValueError("compare_full_precision needs a checkpoint path and load_in_4bit or load_in_8bit")
     source = model
@@ -407,8 +414,10 @@ def probe(
     if not is_batch_iterable(dataset):
         dataset = load_rows(dataset)  # read once: for the sampled batches and for the whole dataset's count
     grows = config.max_samples is not None and not is_batch_iterable(dataset)
-    task, targets, shapes, batches = _setup(model, dataset, tokenizer,
-                                            replace(config, num_samples=config.max_samples) if grows else config)
+    task, targets, shapes, batches, extra = _setup(model, dataset, tokenizer, config,
+                                                   config.max_samples - config.num_samples if grows else 0)
+    if extra:  # the first rows' batches as a probe of num_samples rows reads them, then the others
+        batches = _at_least_two_batches(batches) + extra
     dataset_tokens = _count_dataset(dataset, tokenizer, task, config.max_length, config.seed)
     method, sketch_size, accumulator_bytes = plan_memory(shapes, config.method, config.sketch_size,
                                                          config.memory_budget)
@@ -439,7 +448,7 @@ def probe(
         def first_check(accumulators, loss_tokens, tokens, rows):
             protocol_layers.update(layer_statistics(accumulators, loss_tokens, tokens, rows))
 
-        growth = Growth(first_batches=max(2, math.ceil(config.num_samples / config.batch_size)),
+        growth = Growth(first_batches=len(_at_least_two_batches(batches[:len(batches) - len(extra)])),
                         last_batch=len(_at_least_two_batches(batches)), max_seconds=config.max_seconds,
                         first_check=first_check)
         if progress:
@@ -481,13 +490,23 @@ def probe(
         dataset_tokens=dataset_tokens,
         untargeted_modules=[name for name, _ in model.named_modules() if name and name not in targets],
         base_loss=summed_loss / sum(loss_tokens),
-        rows_drawn=(None if is_batch_iterable(dataset) or (growth and growth.stopped != "row cap")
-                    else min(config.max_samples if grows else config.num_samples, len(dataset))),
+        rows_drawn=_rows_drawn(dataset, config, growth),
         config=config.to_dict(),
         layers=layers,
         growth=growth.to_dict() if growth else None,
         protocol_layers=protocol_layers or None,
     )
+
+
+def _rows_drawn(dataset, config: ProbeConfig, growth: Growth | None) -> int | None:
+    """Rows drawn from ``dataset`` for the batches the probe read: None for a DataLoader, or a
+    growing probe that stopped between its first check and its row cap (which rows of a later
+    draw had no loss token is not kept)."""
+    if is_batch_iterable(dataset):
+        return None
+    if growth is None or len(growth.checks) == 1:
+        return min(config.num_samples, len(dataset))
+    return min(config.max_samples, len(dataset)) if growth.stopped == "row cap" else None
 
 
 def _count_dataset(dataset, tokenizer, task: str, max_length: int, seed: int) -> dict | None:
@@ -503,15 +522,16 @@ def _count_dataset(dataset, tokenizer, task: str, max_length: int, seed: int) ->
         return None
 
 
-def _setup(model, dataset, tokenizer, config: ProbeConfig):
-    """(task, target layers by name, their (out, in) shapes, the probe's batches)."""
+def _setup(model, dataset, tokenizer, config: ProbeConfig, extra_samples: int = 0):
+    """(task, target layers by name, their (out, in) shapes, the probe's batches, the batches of up
+    to ``extra_samples`` more rows a growing probe may read after them)."""
     task = config.task or model_task(model)
     targets = find_target_layers(model, config.target_modules)
-    batches = make_batches(
+    batches, extra = sample_batches(
         dataset, tokenizer, task=task, num_samples=config.num_samples, batch_size=config.batch_size,
-        max_length=config.max_length, seed=config.seed,
+        max_length=config.max_length, seed=config.seed, extra_samples=extra_samples,
     )
-    return task, targets, {name: layer_shape(module) for name, module in targets.items()}, batches
+    return task, targets, {name: layer_shape(module) for name, module in targets.items()}, batches, extra
 
 
 def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task: str, make_accumulator, progress: bool,
@@ -568,8 +588,6 @@ def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task
             out_dim, in_dim = shapes[name]
             handles.append(module.register_forward_hook(forward_hook(name, in_dim, out_dim)))
         rank, world = _process_group()
-        if growth is not None and world > 1:
-            raise ValueError("a growing probe runs in one process: under torch.distributed give num_samples alone")
         rows_before = [0]  # rows in the first i batches
         for batch in batches:
             rows_before.append(rows_before[-1] + batch.num_rows)
@@ -661,7 +679,7 @@ def gradients(
     config = ProbeConfig.build(config, **options)
     if tokenizer is None:
         _, tokenizer = load_model(model)
-    task, targets, shapes, batches = _setup(model, dataset, tokenizer, config)
+    task, targets, shapes, batches, _ = _setup(model, dataset, tokenizer, config)
     accumulators, loss_tokens, _, _ = _accumulate(
         model, targets, batches, task, lambda name, device: _ExactAccumulator(shapes[name], device), progress, loss_fn
     )

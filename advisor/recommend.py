@@ -32,7 +32,8 @@ Each probed layer gets a *need*, a number of directions:
   that carries capacity cells (``capacity``: each rank at its best learning rate, where rank
   can be the limit; :func:`advisor.calibrated.capacity_level`) sets the level with no budget
   instead: its tokens rule (adapter parameters per loss token of the whole dataset) when, each
-  task held out, it beat every users' rule and uniform habit, else the best of those; the level
+  task held out, it beat the users' best baseline (Tinker's rule, axolotl's thresholds and the
+  uniform habits: the cheapest within one seed noise of the lowest regret), else that baseline; the level
   then depends on the dataset's counted tokens, not on the probe, so a 4-bit base and full
   precision get the same level.
 
@@ -146,8 +147,8 @@ class Decision:
 
     ``level`` (:data:`LEVEL_SOURCES`): what set how many parameters the adapter gets: the user's
     ``budget``; from the calibration's capacity cells, the calibrated ``tokens rule`` (adapter
-    parameters per loss token of the data) that beat every users' rule held out, or else the
-    ``best users' rule`` there (``level_rule`` names it); the calibration's ``rank model``; its
+    parameters per loss token of the data) where, held out, it beat the users' best baseline, or
+    else that ``best users' rule`` (``level_rule`` names it); the calibration's ``rank model``; its
     ``pooled level`` or a ``users' rule`` (``level_rule`` names it) that did better on its rank
     grids' cells; each level but the rank model's spends uniform ``level_rank``'s parameters; or
     the ``probe's rule`` (each layer's signal effective rank).
@@ -198,7 +199,8 @@ class Advice:
     loss_curve_error: float | None = None  # leave-one-task-out error of the curve's shape, as a factor (e.g. 1.03)
     level_rank: int | None = None  # no budget given: the uniform rank whose parameters the calibrated level spends
     # the ranks the users' rules give this dataset (advisor.baselines): {"rows", "loss_tokens",
-    # "max_length", "tinker", "axolotl"}; None when the dataset's loss tokens were not counted (a DataLoader)
+    # "max_length", "params_per_rank", "tinker", "axolotl"}; None when the dataset's loss tokens were
+    # not counted (a DataLoader)
     users_rules: dict | None = None
     decision: Decision | None = None
     # {"value": rate or None, "why": one line}: the learning rate for the advised alpha (see _learning_rate)
@@ -282,8 +284,10 @@ def _needs(result: ProbeResult, layers: dict[str, dict], calibration, train_size
     within the rank bounds, which the caller spends as a budget), ``level_source`` (that
     level's name and rank before the bounds; default the pooled level) and ``outside`` (the probe's
     features outside the calibration's range, :func:`features_outside`) only change the label."""
-    need = {n: signal_need(s.signal_effective_rank) for n, s in result.layers.items()}
-    high = {n: max(float(s.signal_rank), need[n]) for n, s in result.layers.items()}
+    # a calibration's rule level was measured on probes of its cells' size: those rows' statistics
+    stats = result.layers if calibration is None else result.calibration_layers
+    need = {n: signal_need(s.signal_effective_rank) for n, s in stats.items()}
+    high = {n: max(float(s.signal_rank), need[n]) for n, s in stats.items()}
     if calibration is None:
         return need, need, high, UNCALIBRATED_LABEL
     quantized = result.quantization is not None
@@ -684,13 +688,18 @@ def advise(model=None, dataset=None, *, budget=None, train_size: int | None = No
     protocol = {} if declined_early or probe_config is not None else probe_protocol(calibration)
     config = replace(config, **{setting: protocol[setting] for setting in ("num_samples", "max_length")
                                 if setting in protocol and setting not in given})
-    if probe_config is None and "num_samples" not in given:  # grow until converged
+    if probe_config is None and "num_samples" not in given and not _distributed():  # grow until converged
         config = replace(config, max_samples=config.max_samples or max(DEFAULT_MAX_SAMPLES, config.num_samples),
                          max_seconds=config.max_seconds or DEFAULT_MAX_SECONDS)
     result = probe(model, dataset, config, **passed)
     advice = advice_from_probe(result, budget=budget, train_size=train_size, alpha_mode=alpha_mode,
                                min_rank=min_rank, max_rank=max_rank, calibration=calibration)
     return advice if return_advice else advice.config
+
+
+def _distributed() -> bool:
+    """Whether a torch.distributed group is initialised (a growing probe runs in one process)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 def _rows_and_size(dataset) -> tuple[object, int | None]:

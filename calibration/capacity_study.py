@@ -35,7 +35,7 @@ RESULTS = [HERE / "results" / "smollm2-capacity.jsonl", HERE / "results" / "smol
 PLOTS_DIR = HERE / "plots"
 
 
-def capacity_cells(records: list[dict], ranks=CAPACITY_RANKS):
+def swept_cells(records: list[dict], ranks=CAPACITY_RANKS):
     """The best-over-LR cells of the alpha / r runs (rsLoRA runs are the scaling grid's other arm)
     at ``ranks`` (None: every rank trained), labelled or not."""
     from calibration.labels import best_over_lr_cells
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, nargs="+", default=RESULTS, help="results files to read")
     parser.add_argument("--no-plot", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
-    rows = [cell_row(cell) for cell in capacity_cells([r for path in args.results for r in read_results(path)])]
+    rows = [cell_row(cell) for cell in swept_cells([r for path in args.results for r in read_results(path)])]
     if not rows:
         print(f"error: no cell with two or more ranks in {', '.join(map(str, args.results))}", file=sys.stderr)
         return 2

@@ -44,13 +44,13 @@ import statistics
 import sys
 from pathlib import Path
 
+from advisor.calibrated import FITTED_TOKENS_RULE
 from calibration import script_parser
 from calibration.labels import CAPACITY_RANKS
 
 PLOTS_DIR = Path(__file__).resolve().parent / "plots"
 HABITS = (1, 2, 4, 8, 16, 32, 64)
 TOKEN_RATIOS = tuple(2.0**k for k in range(-4, 11))  # adapter parameters per loss token the fitted tokens rule tries
-FITTED_TOKENS_RULE = "tokens rule, fitted"
 KINDS = ("seq-cls", "causal-lm")
 
 

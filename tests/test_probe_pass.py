@@ -381,7 +381,7 @@ def test_the_cheap_noise_share_is_the_spectrum_s_noise_fraction():
     rows = partly_shared_rows(10)
     result = probe(tiny_llama(), rows, num_samples=32, batch_size=4, method="exact", progress=False)
     model = tiny_llama()
-    task, targets, shapes, batches = _setup(model, rows, None, ProbeConfig(num_samples=32, batch_size=4))
+    task, targets, shapes, batches, _ = _setup(model, rows, None, ProbeConfig(num_samples=32, batch_size=4))
     accumulators, loss_tokens, _, _ = _accumulate(model, targets, batches, task,
                                                   lambda name, device: _ExactAccumulator(shapes[name], device), False)
     for name, stats in result.layers.items():
@@ -390,8 +390,7 @@ def test_the_cheap_noise_share_is_the_spectrum_s_noise_fraction():
 
 def test_a_growing_probe_doubles_until_the_noise_share_converges_and_keeps_its_first_rows_statistics(tmp_path):
     """Ten of sixteen tokens random: the median noise share falls about as 1/rows and reaches 20 %
-    at 256 rows; the statistics of the first 16 rows are those of a fixed probe of the same rows."""
-    import random
+    at 256 rows; the statistics of the first 16 rows are those of a fixed probe of 16 rows."""
     import statistics
 
     rows = partly_shared_rows(10)
@@ -400,12 +399,12 @@ def test_a_growing_probe_doubles_until_the_noise_share_converges_and_keeps_its_f
     shares = [share for _, share in grown.growth["checks"]]
     assert all(later < earlier for earlier, later in zip(shares, shares[1:])) and shares[-1] <= spectrum.NOISE_TARGET
     assert grown.num_rows == 256 and statistics.median(s.noise_fraction for s in grown.layers.values()) <= 0.2
-    first = [rows[i] for i in random.Random(0).sample(range(512), 512)[:16]]  # the probe's first 16 rows
-    fixed = probe(tiny_llama(), first, num_samples=16, batch_size=4, method="exact", progress=False)
-    for name, stats in fixed.layers.items():
+    fixed = probe(tiny_llama(), rows, num_samples=16, batch_size=4, method="exact", progress=False)
+    for name, stats in fixed.layers.items():  # the same first rows in the same batches and halves
         kept = grown.protocol_layers[name]
         torch.testing.assert_close(torch.tensor(kept.singular_values), torch.tensor(stats.singular_values), rtol=1e-4,
                                    atol=1e-6 * stats.singular_values[0])
+        assert kept.noise_fraction == pytest.approx(stats.noise_fraction, rel=1e-4) and kept.tokens == stats.tokens
     assert grown.calibration_layers is grown.protocol_layers and fixed.calibration_layers is fixed.layers
     grown.save(tmp_path / "probe.json")
     assert ProbeResult.load(tmp_path / "probe.json") == grown
@@ -413,11 +412,12 @@ def test_a_growing_probe_doubles_until_the_noise_share_converges_and_keeps_its_f
     capped = probe(tiny_llama(), rows, num_samples=16, batch_size=4, max_samples=32, method="exact", progress=False)
     assert capped.growth["stopped"] == "row cap" and capped.num_rows == 32 and capped.rows_drawn == 32
     timed = probe(tiny_llama(), rows, num_samples=16, batch_size=4, max_samples=512, max_seconds=1e-9, method="exact",
-                  progress=False)
-    assert timed.growth == {"checks": [[8, timed.growth["checks"][0][1]]], "stopped": "time cap"} and timed.num_rows == 8
+                  progress=False)  # never stopped before its first 16 rows, which the calibration reads
+    assert [r for r, _ in timed.growth["checks"]] == [16, 20] and timed.growth["stopped"] == "time cap"
+    assert timed.num_rows == 20 and timed.rows_drawn is None
     noise = probe(tiny_llama(), token_rows(512, 16), num_samples=16, batch_size=4, max_samples=512, method="exact",
                   progress=False)  # every token random: nothing shared for more rows to find
-    assert noise.growth["stopped"] == "stopped falling" and noise.num_rows == 32
+    assert noise.growth["stopped"] == "stopped falling" and noise.num_rows <= 64
     assert probe(tiny_llama(), rows, num_samples=16, batch_size=4, method="exact", progress=False).growth is None
 
 
@@ -428,3 +428,39 @@ def test_growth_settings_are_checked():
         ProbeConfig(num_samples=64, max_samples=32)
     with pytest.raises(ValueError, match="max_seconds must be a positive number"):
         ProbeConfig(max_samples=128, max_seconds=0)
+
+
+def test_the_sketch_s_cheap_noise_share_follows_the_exact_one():
+    """From the range sketch Y = G Omega (16 columns here): each layer's noise share within 0.15 of the
+    exact half sums', their median within 10 %."""
+    import statistics
+
+    from advisor.probe_config import ProbeConfig
+    from advisor.probe_pass import _accumulate, _setup, noise_share
+
+    model = tiny_llama()
+    task, targets, shapes, batches, _ = _setup(model, partly_shared_rows(10), None, ProbeConfig(num_samples=64, batch_size=4))
+    exact, tokens, _, _ = _accumulate(model, targets, batches, task, lambda n, d: _ExactAccumulator(shapes[n], d), False)
+    sketch, _, _, _ = _accumulate(model, targets, batches, task, lambda n, d: _SketchAccumulator(shapes[n], d, 16, 0), False)
+    shares = {name: (noise_share(exact[name], tokens), noise_share(sketch[name], tokens)) for name in exact}
+    assert all(abs(a - b) <= 0.15 for a, b in shares.values())
+    medians = [statistics.median(pair[k] for pair in shares.values()) for k in (0, 1)]
+    assert medians[1] == pytest.approx(medians[0], rel=0.1)
+
+
+def test_a_growing_probe_is_refused_under_torch_distributed_before_the_model_is_touched(monkeypatch):
+    """It decides when to stop from its own sums, which a process group splits: refused at once,
+    no hook left behind; advise() then probes num_samples rows without growing."""
+    from advisor import probe_pass, recommend
+
+    model = tiny_llama()
+    before = model_state(model)
+    monkeypatch.setattr(probe_pass, "_process_group", lambda: (0, 2))
+    with pytest.raises(ValueError, match="a growing probe .* runs in one process"):
+        probe(model, token_rows(16, 16), num_samples=8, max_samples=16, progress=False)
+    assert_same_state(before, model_state(model))
+    monkeypatch.setattr(probe_pass, "_process_group", lambda: (0, 1))
+    monkeypatch.setattr(recommend, "_distributed", lambda: True)
+    advice = recommend.advise(model, token_rows(16, 16), calibration=None, batch_size=4, progress=False,
+                              return_advice=True)
+    assert advice.probe.growth is None and advice.probe.config["max_samples"] is None

@@ -444,7 +444,7 @@ def test_advise_probes_as_the_calibrations_cells_were_unless_told(tmp_path, monk
     """advise() takes num_samples and max_length from the calibration's probe_protocol (the shipped
     one for the model's kind under "auto", or an explicit file's) and, with num_samples not given,
     grows from there until the spectra converge (here random tokens: the noise share stops falling
-    by the last of the 40 rows), the calibration reading the first rows' statistics; given values win,
+    at the first doubling), the calibration reading the first rows' statistics; given values win,
     and without a protocol (the uncalibrated rule) the probe's own defaults apply (64 rows, here all 40)."""
     from advisor import calibrated
     from advisor.recommend import advise
@@ -455,8 +455,8 @@ def test_advise_probes_as_the_calibrations_cells_were_unless_told(tmp_path, monk
     rows = token_rows(40, 16)
     options = dict(batch_size=4, progress=False, min_rank=1, return_advice=True, train_size=1000)
     auto = advise(tiny_llama(), rows, **options).probe
-    assert (auto.growth["stopped"], [rows for rows, _ in auto.growth["checks"]]) == ("stopped falling", [12, 24, 40])
-    assert (auto.num_rows, auto.max_length, auto.tokens) == (40, 10, 400)
+    assert (auto.growth["stopped"], [rows for rows, _ in auto.growth["checks"]]) == ("stopped falling", [12, 24])
+    assert (auto.num_rows, auto.max_length, auto.tokens) == (24, 10, 240)
     assert {s.tokens for s in auto.calibration_layers.values()} == {120}  # the calibration reads the first 12 rows
     assert (auto.config["max_samples"], auto.config["max_seconds"]) == (256, 300.0)
     explicit = advise(tiny_llama(), rows, calibration=tmp_path / "shipped.json", **options).probe
@@ -689,6 +689,12 @@ def test_capacity_cells_set_the_level_by_the_tokens_rule_that_beat_the_users_rul
     assert advice_from_probe(result, train_size=rows, calibration=description).decision.level == "best users' rule"
     # fewer than three tasks behind the capacity cells, or a budget: not the capacity level
     _with_capacity(description, ratio=8.0, fitted=2.0, best=4.0, tasks=("a", "b"))
-    assert advice_from_probe(result, train_size=rows, calibration=description).decision.level != "tokens rule"
+    two_tasks = advice_from_probe(result, train_size=rows, calibration=description).decision
+    assert two_tasks.level_evidence is None and two_tasks.level not in ("tokens rule", "best users' rule")
+    # data whose tokens were not counted (a DataLoader): no tokens rule, the level the calibration gives otherwise
+    _with_capacity(description, ratio=8.0, fitted=2.0, best=4.0)
+    uncounted = advice_from_probe(replace(result, dataset_tokens=None), train_size=rows, calibration=description)
+    assert uncounted.users_rules is None and uncounted.decision.level_evidence is None
+    assert uncounted.decision.level not in ("tokens rule", "best users' rule")
     _with_capacity(description, ratio=8.0, fitted=2.0, best=4.0)
     assert advice_from_probe(result, train_size=rows, calibration=description, budget="r=4").decision.level == "budget"

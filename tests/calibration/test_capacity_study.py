@@ -2,7 +2,7 @@
 
 import pytest
 
-from calibration.capacity_study import capacity_cells, cell_row, markdown
+from calibration.capacity_study import cell_row, markdown, swept_cells
 
 
 def run(rank, lr, seed, loss, rslora=False):
@@ -17,8 +17,8 @@ def test_rows_take_each_ranks_best_rate_and_measure_r1_in_seed_noises():
                run(16, 1e-3, 0, 1.00), run(16, 1e-3, 1, 1.02), run(64, 1e-3, 0, 1.01), run(64, 1e-3, 1, 1.01),
                run(1, 1e-3, 0, 0.5, rslora=True), run(64, 1e-3, 0, 0.4, rslora=True),  # the other arm: left out
                run(8, 1e-3, 0, 0.9)]  # a rank the capacity grids do not train (the scaling grid's, one seed): left out
-    (cell,) = capacity_cells(records)
-    assert cell.ranks == [1, 16, 64] and capacity_cells(records, ranks=None)[0].ranks == [1, 8, 16, 64]
+    (cell,) = swept_cells(records)
+    assert cell.ranks == [1, 16, 64] and swept_cells(records, ranks=None)[0].ranks == [1, 8, 16, 64]
     row = cell_row(cell)
     assert row["best_lr"] == {1: 1e-3, 16: 1e-3, 64: 1e-3} and row["params_r1"] == 100
     noise = (0.02**2 / 2 * 2 / 3) ** 0.5  # pooled sample variance over r = 1, 16 (0.0002 each) and 64 (0)

@@ -162,7 +162,7 @@ def test_the_fitted_tokens_rule_finds_the_parameters_per_token_the_cells_need():
 def test_the_fit_stores_the_capacity_cells_levels_and_the_fitted_ratio():
     """capacity_summary over alpha / r runs of synthetic_sweep with loss tokens needing 4 parameters
     per token: the levels held out by task, the ratio fitted on all cells; one task: nothing."""
-    from calibration.level_study import FITTED_TOKENS_RULE, capacity_cells, capacity_summary
+    from calibration.level_study import FITTED_TOKENS_RULE, capacity_summary
 
     records = synthetic_sweep()
     optimal = {"a": 2, "b": 8, "c": 32, "d": 4}
@@ -171,7 +171,8 @@ def test_the_fit_stores_the_capacity_cells_levels_and_the_fitted_ratio():
         r["train_loss_tokens"] = optimal[r["config"]["task"]] * 640 // 4
     summary = capacity_summary(records, ranks=None)
     assert summary["params_per_token"] == 4.0 and summary["tasks"] == ["a", "b", "c", "d"]
-    assert summary["levels"] == level_summary(level_rows(training_table(records, capacity_cells(records, ranks=None))[0]))
+    assert set(summary["levels"]) >= {FITTED_TOKENS_RULE, "Tinker tokens rule", "axolotl thresholds", "r = 64"}
+    assert summary["levels"]["r = 64"]["regret_noises_mean"] == 0  # every optimal rank is at most 64
     assert summary["levels"][FITTED_TOKENS_RULE]["regret_noises_mean"] == 0
     assert [label["optimal_rank"] for label in summary["cell_labels"]] == [2, 8, 32, 4]
     assert capacity_summary([r for r in records if r["config"]["task"] == "a"], ranks=None) is None
