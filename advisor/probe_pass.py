@@ -416,8 +416,10 @@ def probe(
     grows = config.max_samples is not None and not is_batch_iterable(dataset)
     task, targets, shapes, batches, extra = _setup(model, dataset, tokenizer, config,
                                                    config.max_samples - config.num_samples if grows else 0)
-    if extra:  # the first rows' batches as a probe of num_samples rows reads them, then the others
-        batches = _at_least_two_batches(batches) + extra
+    if grows:  # the first rows' batches as a probe of num_samples rows reads them, then the others
+        batches = _at_least_two_batches(batches)
+        first_batches = len(batches)
+        batches = batches + extra
     dataset_tokens = _count_dataset(dataset, tokenizer, task, config.max_length, config.seed)
     method, sketch_size, accumulator_bytes = plan_memory(shapes, config.method, config.sketch_size,
                                                          config.memory_budget)
@@ -448,8 +450,7 @@ def probe(
         def first_check(accumulators, loss_tokens, tokens, rows):
             protocol_layers.update(layer_statistics(accumulators, loss_tokens, tokens, rows))
 
-        growth = Growth(first_batches=len(_at_least_two_batches(batches[:len(batches) - len(extra)])),
-                        last_batch=len(_at_least_two_batches(batches)), max_seconds=config.max_seconds,
+        growth = Growth(first_batches=first_batches, last_batch=len(batches), max_seconds=config.max_seconds,
                         first_check=first_check)
         if progress:
             cap = f", {config.max_seconds:g} s" if config.max_seconds else ""
