@@ -28,8 +28,6 @@ import sys
 
 from calibration import script_parser
 
-DATA_FEATURES = ("log2_loss_tokens", "log2_loss_tokens_per_row", "base_loss", "log2_loss_nats")
-
 
 def data_features(cell) -> dict[str, float] | None:
     """The dataset-side features of a cell (see the module docstring); None when its loss tokens
