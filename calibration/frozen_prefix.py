@@ -1,4 +1,5 @@
-"""Train the top blocks of a causal LM without running the frozen blocks below them at every step.
+"""Train the top blocks of a causal LM without running the frozen blocks below them at every step,
+nor its frozen output layer where no token is scored.
 
 When only the last ``top_blocks`` blocks carry adapters, the blocks below hold no trainable
 parameter: what they hand to the first adapted block is, for a given row, the same at every
@@ -9,6 +10,11 @@ runs from there: the blocks below are identities and the stored states come in a
 run exactly as in the full forward. The loss and the adapters' gradients are the full model's to
 float rounding (tests/calibration/test_frozen_prefix.py). With the top 4 of SmolLM2's 30 blocks
 adapted, a step costs 0.58x the full forward's on this CPU (``python bench/calibration_speed.py``).
+
+The output layer maps each position's hidden state to the vocabulary (576 x 49,152 weights on
+SmolLM2, 640 x 262,144 on Gemma 3: more than the 4 adapted blocks hold); an instruction task
+scores only its completion tokens. Inside :func:`scoring_only`, the head runs at the positions
+whose next token carries a label and nowhere else; the loss and gradients are unchanged.
 """
 
 from __future__ import annotations
@@ -110,3 +116,43 @@ def skipping_prefix(model, first_block: int):
     finally:
         for index, layer in enumerate(originals):
             layers[index] = layer
+
+
+class _HeadAt(nn.Module):
+    """An output layer applied at the positions of a [batch, tokens] bool mask only: [1, n, vocab]."""
+
+    def __init__(self, head: nn.Module, positions: torch.Tensor):
+        super().__init__()
+        self.head, self.positions = head, positions
+
+    def forward(self, hidden_states):
+        return self.head(hidden_states[self.positions.to(hidden_states.device)]).unsqueeze(0)
+
+
+def scored_positions(labels: torch.Tensor) -> torch.Tensor:
+    """[batch, tokens] bool: the positions whose next token carries a label (not -100)."""
+    positions = torch.zeros_like(labels, dtype=torch.bool)
+    positions[:, :-1] = labels[:, 1:] != -100
+    return positions
+
+
+def scored_labels(labels: torch.Tensor) -> torch.Tensor:
+    """[n]: the labels the positions of :func:`scored_positions` predict, in the same (row-major) order."""
+    shifted = labels[:, 1:]
+    return shifted[shifted != -100]
+
+
+@contextmanager
+def scoring_only(model, labels: torch.Tensor):
+    """Within the block, the causal LM's output layer maps only the positions of
+    :func:`scored_positions` (``labels``: the batch's [batch, tokens] next-token labels), and the
+    model's logits are [1, n, vocab] in the order of :func:`scored_labels`. The layer is put back
+    after, errors included."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    name = next(name for name, child in base.named_children() if child is head)
+    setattr(base, name, _HeadAt(head, scored_positions(labels)))
+    try:
+        yield
+    finally:
+        setattr(base, name, head)

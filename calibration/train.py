@@ -43,6 +43,9 @@ blocks below them once per row and trains from their stored output
 (:mod:`calibration.frozen_prefix`; the same loss and gradients to float rounding); the states
 are kept for the process's next runs of the same rows, and the record's ``frozen_prefix`` says
 from which block, how long the states took and whether they were reused (None: the full forward).
+A causal LM's output layer runs only at the positions whose next token is scored (the completion
+of an instruction row), the same loss to float rounding (:func:`calibration.frozen_prefix.scoring_only`;
+from 2026-12-04 on: earlier records ran it at every position).
 
 Device: a run trains on the first GPU when there is one, with bf16 autocast where the GPU
 supports it (weights and optimizer state stay fp32), else on the CPU in fp32; the record says
@@ -78,6 +81,8 @@ from calibration.frozen_prefix import (  # noqa: E402
     embedded_batch,
     first_adapted_block,
     prefix_states,
+    scored_labels,
+    scoring_only,
     skipping_prefix,
 )
 
@@ -530,16 +535,6 @@ def _epoch_batches(rows, tokenizer, kind, config: RunConfig, label_names):
         epoch += 1
 
 
-def _summed_loss(logits: torch.Tensor, labels: torch.Tensor, kind: str) -> tuple[torch.Tensor, int]:
-    """Summed cross-entropy and its count: per row (seq-cls) or per next-token label (causal LM)."""
-    labels = labels.to(logits.device)
-    if kind == "seq-cls":
-        return F.cross_entropy(logits.float(), labels, reduction="sum"), labels.numel()
-    shifted = labels[:, 1:]
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), shifted.flatten(), ignore_index=-100, reduction="sum")
-    return loss, int((shifted != -100).sum())
-
-
 def run_device() -> torch.device:
     """Where runs train: the first GPU when there is one, else the CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -550,22 +545,34 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
 
 
-def _forward(model, batch, kind: str, states=None):
-    """The logits of ``batch``; with ``states`` (:mod:`calibration.frozen_prefix`), from the stored
-    states of its rows, inside ``skipping_prefix``."""
-    kwargs = {} if kind == "seq-cls" else {"use_cache": False}
+def _scored(model, batch, kind: str, states=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, labels) of what ``batch`` scores: seq-cls [rows, classes] and [rows]; causal LM
+    [n, vocab] and [n] for its n labelled next tokens, the output layer run at those positions
+    only (:func:`calibration.frozen_prefix.scoring_only`). With ``states``
+    (:mod:`calibration.frozen_prefix`), from the stored states of its rows, inside ``skipping_prefix``."""
     device = next(model.parameters()).device
+    kwargs = {}
     if states is None:
         kwargs["input_ids"] = batch.input_ids.to(device)
     else:
         kwargs["inputs_embeds"] = embedded_batch(states, batch).to(device)
     dtype = autocast_dtype(device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        return model(attention_mask=batch.attention_mask.to(device), **kwargs).logits
+        if kind == "seq-cls":
+            return model(attention_mask=batch.attention_mask.to(device), **kwargs).logits, batch.labels.to(device)
+        with scoring_only(model, batch.labels):
+            logits = model(attention_mask=batch.attention_mask.to(device), use_cache=False, **kwargs).logits
+        return logits[0], scored_labels(batch.labels).to(device)
+
+
+def _summed_loss(model, batch, kind: str, states=None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """(summed cross-entropy, logits, count) of what ``batch`` scores (:func:`_scored`)."""
+    logits, labels = _scored(model, batch, kind, states)
+    return F.cross_entropy(logits.float(), labels, reduction="sum"), logits, labels.numel()
 
 
 def _mean_loss(model, batch, kind: str, states=None) -> torch.Tensor:
-    total, count = _summed_loss(_forward(model, batch, kind, states), batch.labels, kind)
+    total, _, count = _summed_loss(model, batch, kind, states)
     return total / max(count, 1)
 
 
@@ -606,12 +613,11 @@ def _frozen_prefix(config: RunConfig, peft_model, targets, kind, train_rows, tok
 @torch.no_grad()
 def evaluate(model, batches, kind: str, states=None) -> tuple[float, float | None]:
     """(mean loss, accuracy or None): token-weighted for causal LM, row-weighted for seq-cls;
-    ``states``: as in :func:`_forward`."""
+    ``states``: as in :func:`_scored`."""
     model.eval()
     total, count, correct = 0.0, 0, 0
     for batch in batches:
-        logits = _forward(model, batch, kind, states)
-        loss, n = _summed_loss(logits, batch.labels, kind)
+        loss, logits, n = _summed_loss(model, batch, kind, states)
         total += float(loss)
         count += n
         if kind == "seq-cls":

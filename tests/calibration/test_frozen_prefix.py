@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from peft import LoraConfig, get_peft_model
 
 from advisor.data import make_batches
@@ -10,9 +11,10 @@ from calibration.frozen_prefix import (
     embedded_batch,
     first_adapted_block,
     prefix_states,
+    scoring_only,
     skipping_prefix,
 )
-from calibration.train import _summed_loss
+from calibration.train import _mean_loss
 
 
 def tiny_llama_4():
@@ -35,6 +37,14 @@ def tiny_gemma3_4():
     return Gemma3ForCausalLM(config)
 
 
+def next_token_loss(logits, labels):
+    """The reference: summed cross-entropy of the full logits against the next-token labels (-100
+    ignored), and their count."""
+    shifted = labels[:, 1:]
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), shifted.flatten(), ignore_index=-100, reduction="sum")
+    return loss, int((shifted != -100).sum())
+
+
 def loss_and_gradients(model, batches, states=None):
     """The token-mean loss over ``batches`` and the adapters' gradients, by the full forward or from ``states``."""
     model.zero_grad(set_to_none=True)
@@ -45,7 +55,7 @@ def loss_and_gradients(model, batches, states=None):
         else:
             logits = model(inputs_embeds=embedded_batch(states, batch), attention_mask=batch.attention_mask,
                            use_cache=False).logits
-        loss, n = _summed_loss(logits, batch.labels, "causal-lm")
+        loss, n = next_token_loss(logits, batch.labels)
         total, count = total + loss, count + n
     (total / count).backward()
     return float((total / count).detach()), {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
@@ -90,3 +100,46 @@ def test_the_prefix_is_put_back_after_an_error():
     with pytest.raises(RuntimeError, match="boom"), skipping_prefix(model, 3):
         raise RuntimeError("boom")
     assert list(decoder_layers(model))[:3] == lower
+
+
+@pytest.mark.parametrize("build", [tiny_llama_4, tiny_gemma3_4], ids=["llama", "gemma3"])
+def test_the_head_run_at_scored_positions_only_gives_the_full_heads_loss_and_gradients(build):
+    model = build()
+    targets = [f"model.layers.{depth}.mlp.down_proj" for depth in (2, 3)]
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    generator = torch.Generator().manual_seed(2)
+    rows = [{"prompt_ids": torch.randint(3, 128, (prompt,), generator=generator).tolist(),
+             "completion_ids": torch.randint(3, 128, (completion,), generator=generator).tolist()}
+            for prompt, completion in ((6, 2), (11, 1), (4, 5), (9, 3))]
+    batches = make_batches([{"input_ids": r["prompt_ids"] + r["completion_ids"]} for r in rows], None,
+                           num_samples=len(rows), batch_size=4, max_length=32, seed=0)
+    batch = batches[0]
+    for row in range(batch.labels.shape[0]):  # score the completions only, as an instruction task does
+        length = int(batch.attention_mask[row].sum())
+        completion = next(len(r["completion_ids"]) for r in rows
+                          if r["prompt_ids"] + r["completion_ids"] == batch.input_ids[row, :length].tolist())
+        batch.labels[row, : length - completion] = -100
+    peft_model.train()
+    full_loss, full_gradients = loss_and_gradients(peft_model, [batch])
+
+    head = peft_model.get_output_embeddings()
+    seen = []
+    hook = head.register_forward_hook(lambda module, args, output: seen.append(args[0].shape))
+    peft_model.zero_grad(set_to_none=True)
+    loss = _mean_loss(peft_model, batch, "causal-lm")
+    loss.backward()
+    hook.remove()
+    assert seen == [torch.Size([11, 32])]  # the head saw the 11 scored positions only
+    assert peft_model.get_output_embeddings() is head  # put back
+    assert float(loss.detach()) == pytest.approx(full_loss, rel=1e-6)
+    for name, gradient in full_gradients.items():
+        torch.testing.assert_close(dict(peft_model.named_parameters())[name].grad, gradient, rtol=1e-4, atol=1e-7)
+
+
+def test_the_head_is_put_back_after_an_error():
+    model = tiny_llama_4()
+    head = model.get_output_embeddings()
+    with pytest.raises(RuntimeError, match="boom"), scoring_only(model, torch.full((2, 5), -100)):
+        assert model.get_output_embeddings() is not head
+        raise RuntimeError("boom")
+    assert model.get_output_embeddings() is head
