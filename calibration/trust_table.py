@@ -2,6 +2,7 @@
 
     python -m calibration.trust_table                 # the table README.md quotes ("How far to trust it")
     python -m calibration.trust_table --models DIR    # another folder of calibration descriptions
+    python -m calibration.trust_table --levels        # the level table calibration/README.md opens with
 
 Read from each calibration's JSON description (written by ``python -m calibration.fit``): the
 kind of model it serves (``probe_tasks``), the models, cells and tasks it was fitted on, and the
@@ -17,6 +18,11 @@ can be the limit, each rank at its best learning rate), which sets the level wit
 covers enough tasks: the choice :func:`advisor.calibrated.capacity_level` makes, with its mean regret
 in seed noises and parameters (x uniform r = 16's), leave one task out, beside the best users'
 baseline's. No model is loaded.
+
+``--levels`` prints, for each calibration with capacity cells, every level scored on them (the
+shipped one, the fitted alternatives and the rules users apply by hand) with its held-out mean
+regret in seed noises and in % of loss and its mean parameters: the table calibration/README.md
+opens with.
 """
 
 from __future__ import annotations
@@ -103,6 +109,55 @@ def _capacity(meta: dict) -> str:
     return f"{choice['level']}, the best users' rule: {cost(choice['level'])} ({cells})"
 
 
+LEVEL_NAMES = {  # a capacity summary's level -> what the level table calls it, in the table's order
+    "tokens rule, fitted": "tokens rule, fitted: {k:g} adapter parameters per loss token",
+    "rank model": "rank model: ridge on the probe's features",
+    "rule": "the probe's rule (uncalibrated)",
+    "constant": "constant: the other tasks' median optimal rank",
+    "pooled": "pooled level: the other tasks' cells pooled",
+    "Tinker tokens rule": "Tinker: adapter parameters >= loss tokens",
+    "axolotl thresholds": "axolotl: r = 8 / 16 / 32 / 64 by rows (1k / 10k / 100k)",
+    **{f"r = {rank}": f"uniform r = {rank}" for rank in (1, 2, 4, 8, 16, 32, 64)},
+}
+NOT_MEASURED = ("EVA at uniform r = 16's budget",)  # baselines the issue names that no capacity cell has trained
+
+
+def level_table(meta: dict) -> str | None:
+    """The levels a calibration's capacity cells scored (``capacity.levels``, each task held out),
+    as a markdown table: the one the advice ships marked, then the others; None without capacity."""
+    from advisor.calibrated import capacity_level
+
+    capacity = meta.get("capacity") or {}
+    levels = capacity.get("levels") or {}
+    if not levels:
+        return None
+    choice = capacity_level(meta)
+    shipped = choice["level"] if choice else None
+    labels = capacity.get("cell_labels") or []
+    models = sorted({MODEL_NAMES.get(label.get("model"), label.get("model")) for label in labels})
+    lines = [f"`{meta.get('name')}`: {len(labels)} cells, {len(capacity.get('tasks') or [])} tasks "
+             f"({', '.join(capacity.get('tasks') or [])}), models {', '.join(models)}; each task held out in turn.",
+             "",
+             "| level | mean regret (seed noises) | max | mean regret (% of loss) | cells within one seed noise | "
+             "mean parameters (x r = 16) |",
+             "|---|---:|---:|---:|---:|---:|"]
+    order = [name for name in LEVEL_NAMES if name in levels] + [name for name in levels if name not in LEVEL_NAMES]
+    if shipped in order:
+        order.remove(shipped)
+        order.insert(0, shipped)
+    for name in order:
+        s = levels[name]
+        label = LEVEL_NAMES.get(name, name).format(k=capacity.get("params_per_token") or 0)
+        if name == shipped:
+            label = f"**{label} (shipped)**"
+        noises = "-" if s.get("regret_noises_mean") is None else _fmt(s["regret_noises_mean"], 2)
+        worst = "-" if s.get("regret_noises_max") is None else _fmt(s["regret_noises_max"], 2)
+        lines.append(f"| {label} | {noises} | {worst} | {_fmt(100 * s['regret_mean'], 2)} % | "
+                     f"{s['within_noise']} of {s['cells']} | {_fmt(s['params_vs_r16'], 2)}x |")
+    lines += [f"| {name} | not measured | | | | |" for name in NOT_MEASURED]
+    return "\n".join(lines)
+
+
 def trust_table(models_dir) -> str:
     """A markdown table with one row per calibration description (``*.json``) in ``models_dir``."""
     lines = [
@@ -127,14 +182,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = script_parser("calibration.trust_table", __doc__, [
         "python -m calibration.trust_table",
         "python -m calibration.trust_table --models models",
+        "python -m calibration.trust_table --levels",
     ])
     parser.add_argument("--models", type=Path, default=MODELS_DIR,
                         help="folder of calibration descriptions (default: the repository's models/)")
+    parser.add_argument("--levels", action="store_true",
+                        help="print the level table of each calibration with capacity cells instead")
     args = parser.parse_args(argv)
     if not args.models.is_dir():
         print(f"error: {args.models} is not a folder", file=sys.stderr)
         return 2
-    print(trust_table(args.models))
+    if not args.levels:
+        print(trust_table(args.models))
+        return 0
+    tables = [level_table(json.loads(path.read_text())) for path in sorted(args.models.glob("*.json"))]
+    print("\n\n".join(table for table in tables if table) or "no calibration in the folder has capacity cells")
     return 0
 
 

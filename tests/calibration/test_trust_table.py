@@ -32,3 +32,17 @@ def test_the_capacity_column_names_what_sets_the_level_and_what_it_beat(tmp_path
     meta["capacity"]["tasks"] = ["a", "b"]
     (tmp_path / "c.json").write_text(json.dumps(meta))
     assert trust_table(tmp_path).splitlines()[-1].endswith("| not used (2 tasks) |")
+
+
+def test_calibration_readme_opens_with_the_generated_level_table():
+    import json
+
+    from calibration.trust_table import level_table
+
+    table = level_table(json.loads((ROOT / "models" / "lora-rank-causal-lm.json").read_text()))
+    assert table and "(shipped)**" in table and "EVA at uniform r = 16's budget | not measured" in table
+    text = (ROOT / "calibration" / "README.md").read_text(encoding="utf-8")
+    start = text.index("<!-- level table -->")
+    assert text.index("## Current state") < start < text.index("## Which parametrization")
+    assert table in text[start:text.index("<!-- /level table -->")], (
+        "calibration/README.md's level table is stale: paste the output of `python -m calibration.trust_table --levels`")
