@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "alpha = 2r (the habit); rslora: use_rslora with one alpha; calibrated: alpha = the "
                              "calibration's best scaling at each rank x r (needs a calibration with an alpha "
                              "model) (default: fixed)")
-    # the library's defaults (advisor.recommend.MIN_RANK / MAX_RANK), repeated here so that --help
+    # the library's defaults (advisor.rules.MIN_RANK / MAX_RANK), repeated here so that --help
     # need not import peft; tests/test_cli.py keeps the two equal
     advice.add_argument("--min-rank", type=int, default=2, help="smallest advised rank (default: %(default)s)")
     advice.add_argument("--max-rank", type=int, default=64, help="largest advised rank (default: %(default)s)")

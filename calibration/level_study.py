@@ -58,7 +58,7 @@ def rule_rank(layers: dict[str, dict]) -> float:
     """The uniform rank with the uncalibrated advice's adapter parameters (``layers``: a record's
     probe statistics by layer name, with ``shape`` and ``signal_effective_rank``)."""
     from advisor.allocation import allocate, uniform_params
-    from advisor.recommend import MAX_RANK, MIN_RANK, signal_need
+    from advisor.rules import MAX_RANK, MIN_RANK, signal_need
 
     shapes = {name: tuple(stats["shape"]) for name, stats in layers.items()}
     need = {name: signal_need(stats["signal_effective_rank"]) for name, stats in layers.items()}
@@ -92,7 +92,7 @@ def loss_tokens(record: dict) -> int | None:
 
 def within_bounds(rank: int) -> int:
     """A rank as the advice spends it: within its default bounds (2-64)."""
-    from advisor.recommend import MAX_RANK, MIN_RANK
+    from advisor.rules import MAX_RANK, MIN_RANK
 
     return min(max(rank, MIN_RANK), MAX_RANK)
 
@@ -154,7 +154,7 @@ def held_out_ranks(cell_rows: list[dict]) -> dict[str, list[float | None]]:
     fitted leave-one-task-out as :func:`calibration.fit.fit` scores them and rounded as the advice
     rounds a need (None: a fold fit skips, too few training rows for the model, so for both)."""
     from advisor.allocation import rounded_rank
-    from advisor.recommend import MAX_RANK, MIN_RANK
+    from advisor.rules import MAX_RANK, MIN_RANK
     from calibration.regression import held_out_predictions, median_baseline
 
     names = list(cell_rows[0]["features"])
