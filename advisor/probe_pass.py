@@ -439,11 +439,14 @@ def probe(
     types = layer_types(targets)
 
     def layer_statistics(accumulators, loss_tokens, tokens, num_rows) -> dict[str, LayerStats]:
-        return {
-            name: spectrum.layer_stats(name, types[name], accumulators[name], shapes[name], loss_tokens, tokens, num_rows)
-            for name in tqdm(targets, desc="spectra", unit="layer", disable=not progress)
-            if name in accumulators
-        }
+        names = [name for name in targets if name in accumulators]
+
+        def one_layer(name: str) -> LayerStats:
+            return spectrum.layer_stats(name, types[name], accumulators[name], shapes[name], loss_tokens, tokens, num_rows)
+
+        on_cpu = all(accumulators[name].energies.device.type == "cpu" for name in names)
+        return dict(zip(names, spectrum.map_over_cores(one_layer, names, on_cpu=on_cpu, desc="spectra",
+                                                       progress=progress), strict=True))
 
     growth, protocol_layers = None, {}
     if grows:

@@ -48,6 +48,26 @@ def singular_values_and_vectors(
     return eigenvalues.flip(0).clamp_min(0).sqrt().double(), vectors.flip(1)[:, :k]
 
 
+def map_over_cores(function, items: list, *, on_cpu: bool, desc: str = "", progress: bool = False) -> list:
+    """``[function(item) for item in items]``; on the CPU, ``torch.get_num_threads()`` calls at a time,
+    each on one thread (the eigen-solvers release the GIL, and one thread each avoids the spin-wait
+    that :func:`one_thread_on_cpu` describes), so a probe's spectra use every core; on a GPU one at a
+    time. Results in the order of ``items``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    workers = torch.get_num_threads() if on_cpu else 1
+    if workers <= 1:
+        return [function(item) for item in tqdm(items, desc=desc, unit="layer", disable=not progress)]
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(tqdm(pool.map(function, items), total=len(items), desc=desc, unit="layer", disable=not progress))
+    finally:
+        torch.set_num_threads(workers)
+
+
 @contextmanager
 def one_thread_on_cpu(tensor: torch.Tensor):
     """Run CPU eigen-solvers on one thread: measured here, a 576 x 576 ``eigh`` took 0.13 s on

@@ -50,3 +50,23 @@ def test_subspace_overlap_and_signal_spectrum():
     sv = torch.tensor([5.0, 3.0, 1.0, 0.5], dtype=torch.float64)
     torch.testing.assert_close(spectrum.signal_spectrum(sv, 2.0), torch.tensor([21.0, 5.0], dtype=torch.float64).sqrt())
 
+
+
+def test_map_over_cores_gives_the_sequential_results_in_order_and_restores_the_threads():
+    from advisor.spectrum import map_over_cores, singular_values_and_vectors
+
+    torch.manual_seed(0)
+    matrices = [torch.randn(40 + i, 30) for i in range(9)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        def values(m):
+            return singular_values_and_vectors(m, 0)[0]
+
+        parallel = map_over_cores(values, matrices, on_cpu=True)
+        assert torch.get_num_threads() == 2
+        for got, matrix in zip(parallel, matrices, strict=True):
+            torch.testing.assert_close(got, torch.linalg.svdvals(matrix.double()))
+        assert [v.tolist() for v in map_over_cores(values, matrices, on_cpu=False)] == [v.tolist() for v in parallel]
+    finally:
+        torch.set_num_threads(threads)
