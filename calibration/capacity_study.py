@@ -1,9 +1,9 @@
-"""Where rank becomes the limit: the capacity labels of the ``smollm2-capacity`` grid.
+"""Where rank becomes the limit: the capacity labels of the ``smollm2-capacity`` and ``gemma3-capacity`` grids.
 
 Under alpha = 32 with PEFT's alpha / r (the parametrization ``calibration.scaling_study``
 chose), each rank of a cell takes its best learning rate (:func:`calibration.labels.best_over_lr_cells`),
-so what is left between ranks is capacity, not step size. Per cell (SmolLM2, top 4 blocks
-adapted, one epoch over the training rows, 256 eval rows) this prints:
+so what is left between ranks is capacity, not step size. Per cell (a model with its top 4
+blocks adapted, one epoch over the training rows, 256 eval rows) this prints:
 
 - the training rows' loss tokens and the adapter parameters of r = 1;
 - each rank's mean eval loss at its best rate, the rate (``*`` at the edge of the rates tried,
@@ -31,7 +31,7 @@ from calibration import read_results, script_parser
 from calibration.labels import CAPACITY_RANKS
 
 HERE = Path(__file__).resolve().parent
-RESULTS = [HERE / "results" / "smollm2-capacity.jsonl", HERE / "results" / "smollm2-scaling.jsonl"]
+RESULTS = [HERE / "results" / name for name in ("smollm2-capacity.jsonl", "smollm2-scaling.jsonl", "gemma3-capacity.jsonl")]
 PLOTS_DIR = HERE / "plots"
 
 
@@ -55,7 +55,7 @@ def cell_row(cell) -> dict:
     per_rank_one = first["trainable_params"] // first["config"]["rank"]
     tokens = loss_tokens(first)  # counted with the tokenizer when the record does not carry it
     return {
-        "task": cell.task, "train_size": cell.train_size, "loss_tokens": tokens,
+        "model": cell.model, "task": cell.task, "train_size": cell.train_size, "loss_tokens": tokens,
         "params_r1": per_rank_one, "ranks": cell.ranks,
         "loss": {r: cell.mean_loss(r) for r in cell.ranks}, "seeds": {r: len(cell.losses[r]) for r in cell.ranks},
         "best_lr": dict(cell.best_lr), "edge": {r: cell.lr_at_edge(r) for r in cell.ranks},
@@ -69,9 +69,9 @@ def cell_row(cell) -> dict:
 
 def markdown(rows: list[dict]) -> str:
     ranks = sorted({r for row in rows for r in row["ranks"]})
-    lines = ["| task | rows | loss tokens | r = 1 params | " + " | ".join(f"r = {r}" for r in ranks)
+    lines = ["| model | task | rows | loss tokens | r = 1 params | " + " | ".join(f"r = {r}" for r in ranks)
              + " | seed noise | optimal rank | its parameters per loss token | r = 1 above best |",
-             "|---|---|---|---|" + "---|" * len(ranks) + "---|---|---|---|"]
+             "|---|---|---|---|---|" + "---|" * len(ranks) + "---|---|---|---|"]
     for row in rows:
         cells = []
         for r in ranks:
@@ -87,7 +87,7 @@ def markdown(rows: list[dict]) -> str:
         regret = "-" if row["regret_r1"] is None else f"{row['regret_r1']:.1f} noises"
         per_token = "-" if row["params_per_token"] is None else f"{row['params_per_token']:.2g}"
         tokens = "-" if row["loss_tokens"] is None else f"{row['loss_tokens']:,}"
-        lines.append(f"| {row['task']} | {row['train_size']} | {tokens} | {row['params_r1']:,} | "
+        lines.append(f"| {row['model']} | {row['task']} | {row['train_size']} | {tokens} | {row['params_r1']:,} | "
                      + " | ".join(cells) + f" | {noise} | {optimal} | {per_token} | {regret} |")
     lines += ["", "Each rank's mean eval loss at its best learning rate (`*`: the best rate is an edge of "
               "those tried); optimal rank: the smallest within one seed noise of the best; `-`: not "
@@ -105,7 +105,7 @@ def plot(rows: list[dict]) -> Path:
             continue
         x = [row["params_r1"] * r / row["loss_tokens"] for r in row["ranks"]]
         y = [100 * (row["loss"][r] / row["best_loss"] - 1) for r in row["ranks"]]
-        line, = ax.plot(x, y, marker="o", label=f"{row['task']} {row['train_size']}")
+        line, = ax.plot(x, y, marker="o", label=f"{row['model']} {row['task']} {row['train_size']}")
         if row["seed_noise"]:
             ax.axhline(100 * row["seed_noise"] / row["best_loss"], color=line.get_color(), lw=0.6, ls=":")
     ax.set_xscale("log")
@@ -124,11 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, nargs="+", default=RESULTS, help="results files to read")
     parser.add_argument("--no-plot", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
-    rows = [cell_row(cell) for cell in swept_cells([r for path in args.results for r in read_results(path)])]
+    rows = [cell_row(cell) for cell in swept_cells([r for path in args.results if path.exists()
+                                                    for r in read_results(path)])]
     if not rows:
         print(f"error: no cell with two or more ranks in {', '.join(map(str, args.results))}", file=sys.stderr)
         return 2
-    rows.sort(key=lambda row: (row["loss_tokens"] or 0, row["task"]))
+    rows.sort(key=lambda row: (row["model"], row["loss_tokens"] or 0, row["task"]))
     print(markdown(rows))
     labelled = [row for row in rows if row["optimal_rank"] is not None]
     if labelled:

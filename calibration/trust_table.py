@@ -36,7 +36,7 @@ from calibration import script_parser
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 KINDS = {"causal-lm": "causal LM", "seq-cls": "sequence classifier"}
-MODEL_NAMES = {"smollm2": "SmolLM2", "minilm": "MiniLM", "mpnet": "MPNet"}
+MODEL_NAMES = {"smollm2": "SmolLM2", "gemma3": "Gemma 3", "minilm": "MiniLM", "mpnet": "MPNet"}
 MIN_GAIN = 0.10  # as advisor.calibrated.MIN_GAIN, when a description records no min_gain
 
 
