@@ -74,7 +74,7 @@ class LayerAdvice:
     layer_type: str
     depth: int | None
     shape: tuple[int, int]  # (out, in)
-    need: float  # directions the layer needs (see the module docstring)
+    need: float  # directions the layer needs (advisor.rules)
     rank: int
     alpha: float
     rank_low: int
@@ -325,7 +325,8 @@ def _learning_rate(alpha_mode: str, calibration) -> dict:
 
 def advice_from_probe(result: ProbeResult, *, budget=None, train_size: int | None = None, alpha_mode: str = "fixed",
                       min_rank: int = MIN_RANK, max_rank: int = MAX_RANK, calibration="auto") -> Advice:
-    """Advice from a finished probe (see the module docstring for the rules)."""
+    """Advice from a finished probe: the Decision of :func:`advisor.rules.decide`, ranks allocated along its
+    need, alpha, the learning rate and the reasons."""
     _check_options(budget, train_size, alpha_mode, min_rank, max_rank)
     calibration = resolve_calibration(calibration, task=result.task)
     shapes = {name: stats.shape for name, stats in result.layers.items()}
