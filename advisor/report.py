@@ -259,12 +259,14 @@ def how_sure(advice: dict) -> str:
     elif level == "tokens rule":
         evidence = decision.get("level_evidence") or {}
         ours, theirs = evidence.get("level"), evidence.get("baseline")
+        traded = bool(ours and theirs and ours["regret_noises"] > theirs["regret_noises"])  # won on parameters only
         beat = (f"{evidence['beat']}, the best rule you could apply by hand ({ours['regret_noises']:.2f} seed noises above "
                 f"each task's best rank at {ours['params_vs_r16']:.2f}x r=16's parameters, against "
                 f"{theirs['regret_noises']:.2f} at {theirs['params_vs_r16']:.2f}x)" if ours and theirs
                 else "the rules you could apply by hand")
+        verb = "which traded a little more loss for fewer parameters than" if traded else "which beat"
         text = (f"measured on other data: the size is the calibrated tokens rule's (r={decision['level_rank']} for your "
-                f"data's loss tokens), which beat {beat} on the calibration's capacity sweeps, each task held out; "
+                f"data's loss tokens), {verb} {beat} on the calibration's capacity sweeps, each task held out; "
                 f"the ranks are {shape}")
     elif level == "best users' rule":
         text = (f"rough, since the size is {decision['level_rule']}'s (r={decision['level_rank']} for your data), the best "
