@@ -29,9 +29,10 @@ from pathlib import Path
 
 from calibration import read_results, script_parser
 from calibration.labels import CAPACITY_RANKS
+from calibration.records import EXPERIMENT_FILES, RESULTS_DIR
 
 HERE = Path(__file__).resolve().parent
-RESULTS = [HERE / "results" / name for name in ("smollm2-capacity.jsonl", "smollm2-scaling.jsonl", "gemma3-capacity.jsonl")]
+RESULTS = [RESULTS_DIR / name for name in EXPERIMENT_FILES]  # the scaling and capacity grids, as fit reads them
 PLOTS_DIR = HERE / "plots"
 
 
