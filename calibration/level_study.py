@@ -20,6 +20,10 @@ uniform-rank cell of the rank grids (rsLoRA alpha 8), beside the other ways a us
   (:func:`fitted_params_per_token`), leave one task out: Tinker's rule with its one parameter per
   token replaced by a measured number;
 - ``r = N``: the habit, one uniform rank for every task;
+- ``EVA at r = 16's budget`` (:data:`EVA_LEVEL`): PEFT's EVA initialisation redistributing uniform
+  r = 16's budget, trained in the cell (the capacity grids' ``CAPACITY_EVA`` runs, both seeds): its
+  measured mean loss, and as rank its adapter parameters over one uniform rank's; only cells that
+  trained it;
 - ``pooled``: the habit the label's rule picks on the other tasks' cells pooled (the smallest whose
   mean regret, counted in each cell's seed noises, is at most the lowest habit's + 1), leave one
   task out. ``calibration.fit`` stores the pick on all of a calibration's cells (``pooled_level``),
@@ -49,6 +53,7 @@ from calibration import script_parser
 from calibration.labels import CAPACITY_RANKS
 
 PLOTS_DIR = Path(__file__).resolve().parent / "plots"
+EVA_LEVEL = "EVA at r = 16's budget"
 HABITS = (1, 2, 4, 8, 16, 32, 64)
 TOKEN_RATIOS = tuple(2.0**k for k in range(-4, 11))  # adapter parameters per loss token the fitted tokens rule tries
 KINDS = ("seq-cls", "causal-lm")
@@ -169,10 +174,35 @@ def held_out_ranks(cell_rows: list[dict]) -> dict[str, list[float | None]]:
     return fitted
 
 
-def level_rows(cell_rows: list[dict]) -> list[dict]:
+def eva_runs(records: list[dict]) -> dict[tuple, tuple[float, float]]:
+    """The cells' EVA baselines among ``records``: (model, task, train size) -> (uniform-equivalent
+    rank: the runs' adapter parameters over one uniform rank's, mean eval loss), for runs of EVA at
+    uniform r = 16 with alpha = 32 and alpha / r, where at least two seeds finished."""
+    from advisor.allocation import FIXED_ALPHA
+
+    found: dict[tuple, list[dict]] = {}
+    for record in records:
+        config = record["config"]
+        if (config.get("eva_rho") is None or config.get("rank") != 16 or config.get("use_rslora")
+                or config.get("alpha") != FIXED_ALPHA or not isinstance(record.get("eval_loss"), (int, float))):
+            continue
+        found.setdefault((config["model"], config["task"], config["train_size"]), []).append(record)
+    baselines = {}
+    for key, runs in found.items():
+        if len({run["config"]["seed"] for run in runs}) < 2:
+            continue
+        layers = runs[0]["probe"]["layers"]
+        params = statistics.mean(sum(layer["r"] * sum(layers[layer["name"]]["shape"]) for layer in run["adapter_layers"])
+                                 for run in runs)
+        baselines[key] = (params / params_per_rank(runs[0]), statistics.mean(run["eval_loss"] for run in runs))
+    return baselines
+
+
+def level_rows(cell_rows: list[dict], measured: dict[tuple, tuple[float, float]] | None = None) -> list[dict]:
     """One row per (labelled cell, way of choosing the level): rank, log2 error, regret (``within_noise``:
     the loss at the rank is within one seed noise of the cell's best); ``cell_rows``: the labelled
-    cells' rows of :func:`calibration.regression.training_table`."""
+    cells' rows of :func:`calibration.regression.training_table`; ``measured``: the cells' EVA
+    baselines (:func:`eva_runs`), scored at their own loss."""
     from calibration.records import probe_task
 
     cells = [row["cell"] for row in cell_rows]
@@ -187,10 +217,11 @@ def level_rows(cell_rows: list[dict]) -> list[dict]:
                        if ratios.get(cell.task) is not None else {})
         levels = {"rule": rule_rank(cell.probe()["layers"]), **{k: v[index] for k, v in fitted.items()},
                   **users_rules(cell), **tokens_rule, **{f"r = {r}": r for r in HABITS}}
-        for level, rank in levels.items():
+        trained = (measured or {}).get((cell.model, cell.task, cell.train_size))
+        for level, rank in [*levels.items(), *([(EVA_LEVEL, trained[0])] if trained else [])]:
             if rank is None:
                 continue
-            loss, interpolated = loss_at(cell, rank)
+            loss, interpolated = (trained[1], False) if level == EVA_LEVEL else loss_at(cell, rank)
             rows.append({"kind": probe_task(cell.model), "model": cell.model, "task": cell.task,
                          "train_size": cell.train_size, "optimal_rank": cell.optimal_rank, "level": level,
                          "rank": rank, "log2_error": abs(math.log2(rank) - math.log2(cell.optimal_rank)),
@@ -273,7 +304,8 @@ def summary_table(rows: list[dict], kind: str) -> str:
 
 
 def cell_table(rows: list[dict], kind: str, levels=("rule", "constant", "rank model", "pooled", FITTED_TOKENS_RULE,
-                                                   "Tinker tokens rule", "axolotl thresholds", "r = 16", "r = 64")) -> str:
+                                                   "Tinker tokens rule", "axolotl thresholds", "r = 16", "r = 64",
+                                                   EVA_LEVEL)) -> str:
     """Per cell of a kind: its seed noise as a share of its best loss, and each level's rank and
     regret in seed noises (~: interpolated loss)."""
     lines = ["| model | task | train rows | optimal rank | seed noise / best loss | " + " | ".join(levels) + " |",
@@ -311,7 +343,8 @@ def plot(rows: list[dict], name: str = "levels") -> Path:
         for r, x, y in habits:
             ax.annotate(str(r), (x, y), textcoords="offset points", xytext=(3, 4), fontsize=7)
         for level, marker in (("rule", "s"), ("constant", "^"), ("rank model", "v"), ("pooled", "D"),
-                              (FITTED_TOKENS_RULE, "*"), ("Tinker tokens rule", "P"), ("axolotl thresholds", "X")):
+                              (FITTED_TOKENS_RULE, "*"), ("Tinker tokens rule", "P"), ("axolotl thresholds", "X"),
+                              (EVA_LEVEL, "h")):
             if level in summary and summary[level]["regret_noises_mean"] is not None:
                 x, y = point(level)
                 ax.plot([x], [y], marker=marker, linestyle="none", markersize=8, label=level)
@@ -349,7 +382,7 @@ def capacity_summary(records: list[dict], ranks=CAPACITY_RANKS) -> dict | None:
     if len({cell.task for cell in cells}) < 2:
         return None
     cell_rows = training_table(records, cells)[0]
-    return {"levels": level_summary(level_rows(cell_rows)),
+    return {"levels": level_summary(level_rows(cell_rows, eva_runs(records))),
             "params_per_token": fitted_params_per_token([row["cell"] for row in cell_rows]),
             "tasks": sorted({row["task"] for row in cell_rows}),
             "cell_labels": [row["label"] for row in cell_rows]}
@@ -372,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind in KINDS:  # the rank model and the constant are fitted within one kind, as shipped
         ours = [r for r in records if probe_task(r["model"]) == kind]
         cells = capacity_cells(ours) if args.labels == "capacity" else None
-        rows += level_rows(training_table(ours, cells)[0])
+        rows += level_rows(training_table(ours, cells)[0], eva_runs(ours) if args.labels == "capacity" else None)
     if not rows:
         print(f"error: no labelled cell in the results ({args.labels} labels)", file=sys.stderr)
         return 2

@@ -71,7 +71,7 @@ one: calibration/README.md, "Does the scale rule move the optimal rank?").
   grid chose (alpha = 32 with alpha / r, best over learning rates 3e-4, 1e-3, 3e-3, 1e-2):
   SmolLM2's top 4 blocks, r 1-256, nine tasks whose loss tokens span about 2k to 480k (three
   of them classifications answered in one or two tokens), 1000 and 4000 rows, one epoch, two
-  seeds (720 runs; on this CPU, with the frozen prefix
+  seeds, and in each cell PEFT's EVA at r = 16's budget (756 runs; on this CPU, with the frozen prefix
   stored and ``--threads 2``, a shakespeare run at 1000 rows takes about 6 minutes).
 - ``gemma3-capacity``: the same runs on a second causal-LM family, Gemma 3 270M (a
   pretrained base model, where SmolLM2 is instruction-tuned): the same tasks, ranks, rates,
@@ -279,6 +279,9 @@ CAPACITY_TASKS = ("spam-verdict", "passage-genre", "package-section", "health-so
                   "stdlib-code", "shakespeare", "brown-lm")
 CAPACITY_SIZES = (1000, 4000)
 CAPACITY_LRS = (*SCALING_LRS, 1e-2)  # 1e-2: on shakespeare r = 64 was best at 3e-3, the scaling grid's edge
+# the users' EVA baseline in each capacity cell: PEFT's EVA redistributing uniform r = 16's budget (rho 2, its
+# default), at the rate every rank did best at or near (1e-3), same alpha / r and seeds
+CAPACITY_EVA = {"rank": 16, "eva_rho": 2.0, "learning_rate": 1e-3}
 
 
 def capacity_grid(model: str) -> list[RunConfig]:
@@ -288,19 +291,20 @@ def capacity_grid(model: str) -> list[RunConfig]:
     0 and 1. Cells in order of cost (size, then task); within a cell the middle learning rate
     first, for every rank and both seeds: the scaling grid found it best at every rank, so an
     interrupted cell already has a capacity curve with its seed noise, and the edge rates then
-    check that it stayed best."""
+    check that it stayed best. Last in each cell, EVA at uniform r = 16's budget (``CAPACITY_EVA``),
+    both seeds."""
     configs = []
     for size in CAPACITY_SIZES:
         steps = epoch_steps(size, SMOLLM2_COMMON["batch_size"], 1)
+        common = dict(model=model, train_size=size, steps=steps, warmup_steps=max(1, steps // 10), eval_every=0,
+                      batch_size=SMOLLM2_COMMON["batch_size"], max_length=SMOLLM2_COMMON["max_length"],
+                      eval_rows=256, top_blocks=SCALING_TOP_BLOCKS, **SCALING_ARMS["alpha/r"])
         for task in CAPACITY_TASKS:
             for lr in CAPACITY_LRS:
                 for seed in SEEDS:
                     for rank in CAPACITY_RANKS:
-                        configs.append(RunConfig(
-                            model=model, task=task, train_size=size, learning_rate=lr, steps=steps,
-                            warmup_steps=max(1, steps // 10), eval_every=0, seed=seed,
-                            batch_size=SMOLLM2_COMMON["batch_size"], max_length=SMOLLM2_COMMON["max_length"],
-                            eval_rows=256, rank=rank, top_blocks=SCALING_TOP_BLOCKS, **SCALING_ARMS["alpha/r"]))
+                        configs.append(RunConfig(task=task, learning_rate=lr, seed=seed, rank=rank, **common))
+            configs += [RunConfig(task=task, seed=seed, **CAPACITY_EVA, **common) for seed in SEEDS]
     return _unique(configs)
 
 

@@ -38,7 +38,7 @@ The protocol (``PROTOCOL`` 1; bump it, and so every ``run_id``, whenever what fo
   ``eval_accuracy``). Also measured before training (``initial_eval_loss``, cached) and every
   ``eval_every`` steps (``eval_curve``; 0 = only at the end).
 
-Frozen prefix: a causal LM with only its top blocks adapted (``top_blocks``, no EVA) runs the
+Frozen prefix: a causal LM with only its top blocks adapted (``top_blocks``) runs the
 blocks below them once per row and trains from their stored output
 (:mod:`calibration.frozen_prefix`; the same loss and gradients to float rounding); the states
 are kept for the process's next runs of the same rows, and the record's ``frozen_prefix`` says
@@ -584,11 +584,11 @@ def _frozen_prefix(config: RunConfig, peft_model, targets, kind, train_rows, tok
     """For a causal LM with only its top blocks adapted: the first adapted block and every
     training and eval row's states entering it (:mod:`calibration.frozen_prefix`), computed once
     per process for the runs of a (model, task, rows, length, data seed); None otherwise (all
-    blocks adapted, a classifier, EVA's initialisation)."""
+    blocks adapted, a classifier). EVA's initialisation runs before, through the full model."""
     from advisor.data import make_batches
 
     first_block = 0
-    if config.top_blocks is not None and kind != "seq-cls" and config.eva_rho is None:
+    if config.top_blocks is not None and kind != "seq-cls":
         ranks = config.module_ranks(targets)
         first_block = first_adapted_block([name for name in targets if ranks[name] > 0])
     if first_block == 0:  # every block adapted, or a run the full forward serves

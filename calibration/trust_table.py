@@ -33,6 +33,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 from calibration import script_parser
+from calibration.level_study import EVA_LEVEL
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 KINDS = {"causal-lm": "causal LM", "seq-cls": "sequence classifier"}
@@ -118,8 +119,8 @@ LEVEL_NAMES = {  # a capacity summary's level -> what the level table calls it, 
     "Tinker tokens rule": "Tinker: adapter parameters >= loss tokens",
     "axolotl thresholds": "axolotl: r = 8 / 16 / 32 / 64 by rows (1k / 10k / 100k)",
     **{f"r = {rank}": f"uniform r = {rank}" for rank in (1, 2, 4, 8, 16, 32, 64)},
+    EVA_LEVEL: "EVA: PEFT's EVA init redistributing uniform r = 16's budget (cells that trained it)",
 }
-NOT_MEASURED = ("EVA at uniform r = 16's budget",)  # baselines the issue names that no capacity cell has trained
 
 
 def level_table(meta: dict) -> str | None:
@@ -154,7 +155,8 @@ def level_table(meta: dict) -> str | None:
         worst = "-" if s.get("regret_noises_max") is None else _fmt(s["regret_noises_max"], 2)
         lines.append(f"| {label} | {noises} | {worst} | {_fmt(100 * s['regret_mean'], 2)} % | "
                      f"{s['within_noise']} of {s['cells']} | {_fmt(s['params_vs_r16'], 2)}x |")
-    lines += [f"| {name} | not measured | | | | |" for name in NOT_MEASURED]
+    if EVA_LEVEL not in levels:
+        lines.append(f"| {LEVEL_NAMES[EVA_LEVEL]} | not measured | | | | |")
     return "\n".join(lines)
 
 

@@ -61,37 +61,66 @@ def loss_and_gradients(model, batches, states=None):
     return float((total / count).detach()), {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("build", [tiny_llama_4, tiny_gemma3_4], ids=["llama", "gemma3"])
-def test_stored_prefix_states_give_the_full_forwards_loss_and_adapter_gradients(build):
-    model = build()
-    targets = [f"model.layers.{depth}.{kind}" for depth in (2, 3)
-               for kind in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")]
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
-    assert first_adapted_block(targets) == 2
+TOP_TWO = [f"model.layers.{depth}.{kind}" for depth in (2, 3) for kind in ("self_attn.q_proj", "self_attn.v_proj", "mlp.down_proj")]
+
+
+def padded_batches():
     generator = torch.Generator().manual_seed(1)
     rows = [{"input_ids": torch.randint(3, 128, (length,), generator=generator).tolist()} for length in (5, 16, 9, 12, 7, 14)]
     batches = make_batches(rows, None, num_samples=len(rows), batch_size=3, max_length=32, seed=0)
     assert batches[0].attention_mask.sum(1).unique().numel() > 1  # padded rows in a batch
+    return rows, batches
+
+
+def assert_prefix_states_serve(peft_model, rows, batches, first_block: int) -> None:
+    """The adapters' loss and gradients from stored states entering ``first_block`` equal the full forward's,
+    and the blocks below it neither run nor stay removed."""
     peft_model.train()
     full_loss, full_gradients = loss_and_gradients(peft_model, batches)
-
-    states = prefix_states(peft_model, batches, 2)
+    states = prefix_states(peft_model, batches, first_block)
     assert peft_model.training and len(states) == len(rows)
     assert {tuple(v.shape) for v in states.values()} == {(len(r["input_ids"]), 32) for r in rows}
-    lower = list(decoder_layers(peft_model))[:2]
+    lower = list(decoder_layers(peft_model))[:first_block]
     calls = []
     hooks = [layer.register_forward_hook(lambda *args: calls.append(1)) for layer in lower]
-    with skipping_prefix(peft_model, 2):
+    with skipping_prefix(peft_model, first_block):
         stored_loss, stored_gradients = loss_and_gradients(peft_model, batches, states)
     assert not calls  # the frozen blocks did not run
     for hook in hooks:
         hook.remove()
-    assert list(decoder_layers(peft_model))[:2] == lower  # put back
+    assert list(decoder_layers(peft_model))[:first_block] == lower  # put back
     assert stored_loss == pytest.approx(full_loss, rel=1e-6)
-    assert stored_gradients.keys() == full_gradients.keys() and len(full_gradients) == 2 * len(targets)
+    assert stored_gradients.keys() == full_gradients.keys() and len(full_gradients) == 2 * len(TOP_TWO)
     for name, gradient in full_gradients.items():
         assert gradient.abs().max() > 0
         torch.testing.assert_close(stored_gradients[name], gradient, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("build", [tiny_llama_4, tiny_gemma3_4], ids=["llama", "gemma3"])
+def test_stored_prefix_states_give_the_full_forwards_loss_and_adapter_gradients(build):
+    peft_model = get_peft_model(build(), LoraConfig(r=4, lora_alpha=8, target_modules=TOP_TWO, init_lora_weights=False))
+    assert first_adapted_block(TOP_TWO) == 2
+    assert_prefix_states_serve(peft_model, *padded_batches(), 2)
+
+
+def test_prefix_states_serve_adapters_that_eva_initialised():
+    """PEFT's EVA initialises A from the full model's inputs and redistributes the ranks; training
+    from the stored states then gives the full forward's loss and gradients (B set non-zero so
+    that every adapter weight has a gradient)."""
+    from peft import EvaConfig, initialize_lora_eva_weights
+    from peft.tuners.lora import LoraLayer
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=TOP_TWO, init_lora_weights="eva", eva_config=EvaConfig(rho=2.0))
+    peft_model = get_peft_model(tiny_llama_4(), config)
+    rows, batches = padded_batches()
+    initialize_lora_eva_weights(peft_model, [{"input_ids": b.input_ids, "attention_mask": b.attention_mask} for b in batches],
+                                show_progress_bar=False)
+    layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer) and "default" in m.lora_A]
+    assert len({layer.r["default"] for layer in layers}) > 1  # EVA moved rank between layers
+    torch.manual_seed(2)
+    for layer in layers:
+        torch.nn.init.normal_(layer.lora_B["default"].weight, std=0.1)
+    assert_prefix_states_serve(peft_model, rows, batches, 2)
 
 
 def test_the_prefix_is_put_back_after_an_error():

@@ -176,3 +176,38 @@ def test_the_fit_stores_the_capacity_cells_levels_and_the_fitted_ratio():
     assert summary["levels"][FITTED_TOKENS_RULE]["regret_noises_mean"] == 0
     assert [label["optimal_rank"] for label in summary["cell_labels"]] == [2, 8, 32, 4]
     assert capacity_summary([r for r in records if r["config"]["task"] == "a"], ranks=None) is None
+
+
+def test_eva_runs_in_a_cell_are_scored_at_their_own_loss_and_parameters():
+    """A cell's EVA runs (two seeds, r = 16 redistributed): the EVA row's rank is their adapter
+    parameters over one uniform rank's, its regret their mean loss over the cell's best; a cell
+    with one EVA seed, or none, has no EVA row, and the summary counts only the cells that have one."""
+    from calibration.level_study import EVA_LEVEL, capacity_cells, capacity_summary, eva_runs
+    from calibration.synthetic import record
+
+    records = synthetic_sweep()
+    for r in records:
+        r["config"].update(alpha=32.0, use_rslora=False)
+        r["train_loss_tokens"] = 1000
+    layers = list(records[0]["probe"]["layers"])  # 64x64 and 64x128 layers: 128 and 192 parameters per unit rank
+    eva = []
+    for seed, loss in ((0, 1.02), (1, 1.06)):  # task b: best mean loss 1.005 (r = 8 and above)
+        run = record("b", 16, seed, loss)
+        run["config"].update(alpha=32.0, use_rslora=False, eva_rho=2.0)
+        run["adapter_layers"] = [{"name": name, "r": r} for name, r in zip(layers, (32, 8, 16, 8))]
+        eva.append(run)
+    lonely = record("c", 16, 0, 1.0)
+    lonely["config"].update(alpha=32.0, use_rslora=False, eva_rho=2.0)
+    lonely["adapter_layers"] = [{"name": name, "r": 16} for name in layers]
+    baselines = eva_runs(records + eva + [lonely])
+    assert list(baselines) == [("minilm", "b", 1000)]
+    expected_rank = (32 * 128 + 8 * 192 + 16 * 128 + 8 * 192) / (2 * 128 + 2 * 192)
+    assert baselines[("minilm", "b", 1000)] == (pytest.approx(expected_rank), pytest.approx(1.04))
+    cells = capacity_cells(records, ranks=None)
+    rows = [row for row in level_rows(training_table(records, cells)[0], baselines) if row["level"] == EVA_LEVEL]
+    assert [(row["task"], row["interpolated"]) for row in rows] == [("b", False)]
+    assert rows[0]["rank"] == pytest.approx(expected_rank)
+    noise = next(cell.seed_noise for cell in cells if cell.task == "b")
+    assert rows[0]["regret"] == pytest.approx(1.04 / 1.005 - 1) and rows[0]["regret_noises"] == pytest.approx(0.035 / noise)
+    summary = capacity_summary(records + eva + [lonely], ranks=None)
+    assert summary["levels"][EVA_LEVEL]["cells"] == 1 and summary["levels"]["r = 16"]["cells"] == 4

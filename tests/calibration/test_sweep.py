@@ -176,7 +176,8 @@ def test_task_and_size_filters_pick_the_grids_runs(capsys):
     assert sweep.main(["--grid", "smollm2-capacity", "--task", "brown-lm", "--train-size", "1000", "--rank", "1", "16",
                        "--learning-rate", "0.001", "--dry-run"]) == 0
     plan = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
-    assert len(plan) == 4 and all(" lr=0.001 " in line and (" r=1 " in line or " r=16 " in line) for line in plan)
+    assert len(plan) == 6 and all(" lr=0.001 " in line and (" r=1 " in line or " r=16 " in line) for line in plan)
+    assert sum(" eva rho=2 " in line for line in plan) == 2  # the cell's EVA baseline spends r = 16's budget
     with pytest.raises(SystemExit) as error:
         sweep.main(["--grid", "smollm2-capacity", "--rank", "2", "--dry-run"])
     assert error.value.code == 2 and "--rank 2: not in grid smollm2-capacity (1, 4, 16, 64, 256)" in capsys.readouterr().err
@@ -427,7 +428,7 @@ def test_the_gemma3_capacity_grid_is_smollm2s_on_the_second_causal_lm():
     from calibration.sweep import grid_gemma3_capacity, grid_smollm2_capacity
 
     gemma3, smollm2 = grid_gemma3_capacity(), grid_smollm2_capacity()
-    assert len(gemma3) == len(smollm2) == 2 * 9 * 4 * 2 * 5  # sizes x tasks x rates x seeds x ranks
+    assert len(gemma3) == len(smollm2) == 2 * 9 * (4 * 2 * 5 + 2)  # sizes x tasks x (rates x seeds x ranks + EVA's seeds)
     assert {c.model for c in gemma3} == {"gemma3"} and not {c.run_id for c in gemma3} & {c.run_id for c in smollm2}
     assert [replace(c, model="smollm2") for c in gemma3] == smollm2  # the same runs, in the same order
     assert sweep.estimated_seconds(gemma3[0]) > 0

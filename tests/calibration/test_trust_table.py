@@ -37,12 +37,30 @@ def test_the_capacity_column_names_what_sets_the_level_and_what_it_beat(tmp_path
 def test_calibration_readme_opens_with_the_generated_level_table():
     import json
 
-    from calibration.trust_table import level_table
+    from calibration.level_study import EVA_LEVEL
+    from calibration.trust_table import LEVEL_NAMES, level_table
 
     table = level_table(json.loads((ROOT / "models" / "lora-rank-causal-lm.json").read_text()))
-    assert table and "(shipped)**" in table and "EVA at uniform r = 16's budget | not measured" in table
+    assert table and "(shipped)**" in table and f"| {LEVEL_NAMES[EVA_LEVEL]} |" in table  # measured or marked not
     text = (ROOT / "calibration" / "README.md").read_text(encoding="utf-8")
     start = text.index("<!-- level table -->")
     assert text.index("## Current state") < start < text.index("## Which parametrization")
     assert table in text[start:text.index("<!-- /level table -->")], (
         "calibration/README.md's level table is stale: paste the output of `python -m calibration.trust_table --levels`")
+
+
+def test_the_level_table_scores_eva_where_cells_trained_it_and_marks_it_otherwise():
+    import json
+
+    from calibration.level_study import EVA_LEVEL
+    from calibration.trust_table import LEVEL_NAMES, level_table
+
+    meta = json.loads((ROOT / "models" / "lora-rank-causal-lm.json").read_text())
+    summary = {"cells": 3, "regret_mean": 0.001, "regret_noises_max": 2.0, "within_noise": 1}
+    levels = {"tokens rule, fitted": {**summary, "regret_noises_mean": 1.22, "params_vs_r16": 1.04},
+              "r = 32": {**summary, "regret_noises_mean": 0.87, "params_vs_r16": 2.0}}
+    meta["capacity"] = {"tasks": ["a", "b", "c"], "params_per_token": 16.0, "cell_labels": [{"model": "smollm2"}] * 3,
+                        "levels": levels}
+    assert f"| {LEVEL_NAMES[EVA_LEVEL]} | not measured | | | | |" in level_table(meta)
+    levels[EVA_LEVEL] = {**summary, "cells": 2, "within_noise": 0, "regret_noises_mean": 1.5, "params_vs_r16": 0.98}
+    assert f"| {LEVEL_NAMES[EVA_LEVEL]} | 1.50 | 2.00 | 0.10 % | 0 of 2 | 0.98x |" in level_table(meta)
