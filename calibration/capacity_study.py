@@ -12,7 +12,9 @@ blocks adapted, one epoch over the training rows, 256 eval rows) this prints:
   the largest rank tried), its adapter parameters per training loss token (where the cell's
   knee lies on the scale Tinker's rule reads: that rule asks for at least 1), and how far r = 1
   lies above the best, in seed noises: the sign that the data holds more than the smallest
-  adapter can take.
+  adapter can take;
+- where the cell trained it, PEFT's EVA at uniform r = 16's budget (both seeds at 1e-3,
+  :func:`calibration.level_study.eva_runs`): its mean eval loss and how far above the best it lies.
 
 Reads ``results/smollm2-scaling.jsonl`` too (its seed-0 alpha / r runs at r = 1 and 64 are
 runs of this grid). Writes ``calibration/plots/capacity.png``: each cell's loss above its best,
@@ -45,9 +47,10 @@ def swept_cells(records: list[dict], ranks=CAPACITY_RANKS):
                                and (ranks is None or r["config"].get("rank") in ranks)], min_ranks=2)
 
 
-def cell_row(cell) -> dict:
+def cell_row(cell, eva: tuple[float, float] | None = None) -> dict:
     """One cell's capacity summary (see the module docstring); ``regret_r1``: r = 1's mean loss
-    above the best rank's, in seed noises (None without r = 1 or a seed noise)."""
+    above the best rank's, in seed noises (None without r = 1 or a seed noise); ``eva``: the cell's
+    EVA baseline (uniform-equivalent rank, mean loss) or None."""
     from calibration.level_study import loss_tokens
 
     best = cell.mean_loss(cell.best_rank)
@@ -64,15 +67,15 @@ def cell_row(cell) -> dict:
         "regret_r1": ((cell.mean_loss(1) - best) / noise if 1 in cell.losses and noise else None),
         "params_per_token": (per_rank_one * cell.optimal_rank / tokens
                              if cell.optimal_rank is not None and tokens else None),
-        "best_loss": best,
+        "best_loss": best, "eva_loss": eva[1] if eva else None,
     }
 
 
 def markdown(rows: list[dict]) -> str:
     ranks = sorted({r for row in rows for r in row["ranks"]})
     lines = ["| model | task | rows | loss tokens | r = 1 params | " + " | ".join(f"r = {r}" for r in ranks)
-             + " | seed noise | optimal rank | its parameters per loss token | r = 1 above best |",
-             "|---|---|---|---|---|" + "---|" * len(ranks) + "---|---|---|---|"]
+             + " | EVA at r = 16's budget | seed noise | optimal rank | its parameters per loss token | r = 1 above best |",
+             "|---|---|---|---|---|" + "---|" * len(ranks) + "---|---|---|---|---|"]
     for row in rows:
         cells = []
         for r in ranks:
@@ -83,16 +86,20 @@ def markdown(rows: list[dict]) -> str:
             one = " (1 seed)" if row["seeds"][r] < 2 else ""
             cells.append(f"{row['loss'][r]:.4f} @{row['best_lr'][r]:g}{mark}{one}")
         noise = "-" if row["seed_noise"] is None else f"{row['seed_noise']:.4f}"
+        eva = "-" if row["eva_loss"] is None else f"{row['eva_loss']:.4f}"
+        if row["eva_loss"] is not None and row["seed_noise"]:
+            eva += f" ({(row['eva_loss'] - row['best_loss']) / row['seed_noise']:+.1f} noises)"
         optimal = ("-" if row["optimal_rank"] is None
                    else f"{row['optimal_rank']}{' (censored)' if row['censored'] else ''}")
         regret = "-" if row["regret_r1"] is None else f"{row['regret_r1']:.1f} noises"
         per_token = "-" if row["params_per_token"] is None else f"{row['params_per_token']:.2g}"
         tokens = "-" if row["loss_tokens"] is None else f"{row['loss_tokens']:,}"
         lines.append(f"| {row['model']} | {row['task']} | {row['train_size']} | {tokens} | {row['params_r1']:,} | "
-                     + " | ".join(cells) + f" | {noise} | {optimal} | {per_token} | {regret} |")
+                     + " | ".join(cells) + f" | {eva} | {noise} | {optimal} | {per_token} | {regret} |")
     lines += ["", "Each rank's mean eval loss at its best learning rate (`*`: the best rate is an edge of "
-              "those tried); optimal rank: the smallest within one seed noise of the best; `-`: not "
-              "trained yet, or fewer than two seeds."]
+              "those tried); EVA: PEFT's EVA initialisation redistributing r = 16's budget, at 1e-3 (in "
+              "brackets: above the best rank, in seed noises); optimal rank: the smallest within one seed "
+              "noise of the best; `-`: not trained yet, or fewer than two seeds."]
     return "\n".join(lines)
 
 
@@ -125,8 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, nargs="+", default=RESULTS, help="results files to read")
     parser.add_argument("--no-plot", action="store_true", help="print the table only")
     args = parser.parse_args(argv)
-    rows = [cell_row(cell) for cell in swept_cells([r for path in args.results if path.exists()
-                                                    for r in read_results(path)])]
+    from calibration.level_study import eva_runs
+
+    records = [r for path in args.results if path.exists() for r in read_results(path)]
+    eva = eva_runs(records)
+    rows = [cell_row(cell, eva.get((cell.model, cell.task, cell.train_size))) for cell in swept_cells(records)]
     if not rows:
         print(f"error: no cell with two or more ranks in {', '.join(map(str, args.results))}", file=sys.stderr)
         return 2
