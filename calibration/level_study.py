@@ -23,7 +23,7 @@ uniform-rank cell of the rank grids (rsLoRA alpha 8), beside the other ways a us
 - ``EVA at r = 16's budget`` (:data:`EVA_LEVEL`): PEFT's EVA initialisation redistributing uniform
   r = 16's budget, trained in the cell (the capacity grids' ``CAPACITY_EVA`` runs, both seeds): its
   measured mean loss, and as rank its adapter parameters over one uniform rank's; only cells that
-  trained it;
+  trained it (while some have not, ``r = 16 on EVA's cells`` scores uniform r = 16 on the same cells);
 - ``pooled``: the habit the label's rule picks on the other tasks' cells pooled (the smallest whose
   mean regret, counted in each cell's seed noises, is at most the lowest habit's + 1), leave one
   task out. ``calibration.fit`` stores the pick on all of a calibration's cells (``pooled_level``),
@@ -54,6 +54,7 @@ from calibration.labels import CAPACITY_RANKS
 
 PLOTS_DIR = Path(__file__).resolve().parent / "plots"
 EVA_LEVEL = "EVA at r = 16's budget"
+EVA_CELLS_R16 = "r = 16 on EVA's cells"  # uniform r = 16 scored on the cells that trained EVA, to compare like with like
 HABITS = (1, 2, 4, 8, 16, 32, 64)
 TOKEN_RATIOS = tuple(2.0**k for k in range(-4, 11))  # adapter parameters per loss token the fitted tokens rule tries
 KINDS = ("seq-cls", "causal-lm")
@@ -228,11 +229,16 @@ def level_rows(cell_rows: list[dict], measured: dict[tuple, tuple[float, float]]
                          "regret": loss / best - 1, "regret_noises": (loss - best) / noise if noise > 0 else None,
                          "within_noise": loss <= best + noise, "noise_share": noise / best,
                          "interpolated": interpolated})
+    with_eva = {(row["model"], row["task"], row["train_size"]) for row in rows if row["level"] == EVA_LEVEL}
+    if with_eva and len(with_eva) < len(cells):
+        rows += [{**row, "level": EVA_CELLS_R16} for row in rows
+                 if row["level"] == "r = 16" and (row["model"], row["task"], row["train_size"]) in with_eva]
     return rows + (pooled_rows(rows) if fitted else [])
 
 
 def _habit_rows(rows: list[dict]) -> list[dict]:
-    return [row for row in rows if row["level"].startswith("r = ") and row["regret_noises"] is not None]
+    habits = {f"r = {rank}" for rank in HABITS}
+    return [row for row in rows if row["level"] in habits and row["regret_noises"] is not None]
 
 
 def pooled_pick(habit_rows: list[dict]) -> int:

@@ -33,7 +33,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 from calibration import script_parser
-from calibration.level_study import EVA_LEVEL
+from calibration.level_study import EVA_CELLS_R16, EVA_LEVEL
 
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 KINDS = {"causal-lm": "causal LM", "seq-cls": "sequence classifier"}
@@ -120,6 +120,7 @@ LEVEL_NAMES = {  # a capacity summary's level -> what the level table calls it, 
     "axolotl thresholds": "axolotl: r = 8 / 16 / 32 / 64 by rows (1k / 10k / 100k)",
     **{f"r = {rank}": f"uniform r = {rank}" for rank in (1, 2, 4, 8, 16, 32, 64)},
     EVA_LEVEL: "EVA: PEFT's EVA init redistributing uniform r = 16's budget (cells that trained it)",
+    EVA_CELLS_R16: "uniform r = 16 on the same cells as EVA",
 }
 
 

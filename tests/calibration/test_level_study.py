@@ -182,7 +182,7 @@ def test_eva_runs_in_a_cell_are_scored_at_their_own_loss_and_parameters():
     """A cell's EVA runs (two seeds, r = 16 redistributed): the EVA row's rank is their adapter
     parameters over one uniform rank's, its regret their mean loss over the cell's best; a cell
     with one EVA seed, or none, has no EVA row, and the summary counts only the cells that have one."""
-    from calibration.level_study import EVA_LEVEL, capacity_cells, capacity_summary, eva_runs
+    from calibration.level_study import EVA_CELLS_R16, EVA_LEVEL, capacity_cells, capacity_summary, eva_runs
     from calibration.synthetic import record
 
     records = synthetic_sweep()
@@ -211,3 +211,5 @@ def test_eva_runs_in_a_cell_are_scored_at_their_own_loss_and_parameters():
     assert rows[0]["regret"] == pytest.approx(1.04 / 1.005 - 1) and rows[0]["regret_noises"] == pytest.approx(0.035 / noise)
     summary = capacity_summary(records + eva + [lonely], ranks=None)
     assert summary["levels"][EVA_LEVEL]["cells"] == 1 and summary["levels"]["r = 16"]["cells"] == 4
+    paired = summary["levels"][EVA_CELLS_R16]  # uniform r = 16 on b alone: b's best (r = 8 and above)
+    assert paired["cells"] == 1 and paired["regret_mean"] == 0
