@@ -321,6 +321,22 @@ def grid_gemma3_capacity() -> list[RunConfig]:
     return capacity_grid("gemma3")
 
 
+def grid_eva_step_control() -> list[RunConfig]:
+    """Is EVA's gain a step size? EVA's A has orthonormal rows where PEFT's default init draws rows of
+    norm about 1/sqrt(3), so under Adam the same steps of B move B A about sqrt(3) times as far:
+    uniform r = 16 with the default init at sqrt(3) x 1e-3 on the capacity cells where EVA at 1e-3
+    beat every uniform rank (stdlib-code, wordnet-defs; SmolLM2, 1000 rows, both seeds), otherwise as
+    :func:`capacity_grid`. Kept out of the capacity cells (its own results file): a rate off their grid."""
+    steps = epoch_steps(1000, SMOLLM2_COMMON["batch_size"], 1)
+    return _unique([
+        RunConfig(model="smollm2", task=task, train_size=1000, learning_rate=round(3**0.5 * 1e-3, 6), steps=steps,
+                  warmup_steps=max(1, steps // 10), eval_every=0, seed=seed, batch_size=SMOLLM2_COMMON["batch_size"],
+                  max_length=SMOLLM2_COMMON["max_length"], eval_rows=256, rank=16, top_blocks=SCALING_TOP_BLOCKS,
+                  **SCALING_ARMS["alpha/r"])
+        for task in ("stdlib-code", "wordnet-defs") for seed in SEEDS
+    ])
+
+
 GRIDS: dict[str, Callable[[], list[RunConfig]]] = {
     "encoder-rank": grid_encoder_rank,
     "encoder-layer-type": grid_encoder_layer_type,
@@ -332,6 +348,7 @@ GRIDS: dict[str, Callable[[], list[RunConfig]]] = {
     "smollm2-scaling": grid_smollm2_scaling,
     "smollm2-capacity": grid_smollm2_capacity,
     "gemma3-capacity": grid_gemma3_capacity,
+    "eva-step-control": grid_eva_step_control,
 }
 
 
