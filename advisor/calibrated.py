@@ -294,8 +294,9 @@ def capacity_level_text(metadata: dict, choice: dict, rank: int) -> str:
         beaten = levels[choice["beat"]]
         return (f"the rank level is the calibrated tokens rule, {choice['params_per_token']:g} adapter parameters per "
                 f"loss token of your data: uniform r = {rank}; {where}, it cost {_regret(ours, long=True)} above each "
-                f"cell's best rank with {ours['params_vs_r16']:.2f}x uniform r = 16's parameters, where the best rule "
-                f"you could apply by hand, {choice['beat']}, cost {_regret(beaten, long=False)} with "
+                f"cell's best rank with {ours['params_vs_r16']:.2f}x uniform r = 16's parameters, where the cheapest rule "
+                f"you could apply by hand within one seed noise of the best of them, {choice['beat']}, cost "
+                f"{_regret(beaten, long=False)} with "
                 f"{beaten['params_vs_r16']:.2f}x")
     text = (f"the rank level is {choice['level']}'s, uniform r = {rank} for your data: {where}, it cost "
             f"{_regret(ours, long=True)} above each cell's best rank with {ours['params_vs_r16']:.2f}x uniform r = 16's "

@@ -260,7 +260,8 @@ def how_sure(advice: dict) -> str:
         evidence = decision.get("level_evidence") or {}
         ours, theirs = evidence.get("level"), evidence.get("baseline")
         traded = bool(ours and theirs and ours["regret_noises"] > theirs["regret_noises"])  # won on parameters only
-        beat = (f"{evidence['beat']}, the best rule you could apply by hand ({ours['regret_noises']:.2f} seed noises above "
+        beat = (f"{evidence['beat']}, the cheapest rule you could apply by hand within one seed noise of the best of "
+                f"them ({ours['regret_noises']:.2f} seed noises above "
                 f"each task's best rank at {ours['params_vs_r16']:.2f}x r=16's parameters, against "
                 f"{theirs['regret_noises']:.2f} at {theirs['params_vs_r16']:.2f}x)" if ours and theirs
                 else "the rules you could apply by hand")

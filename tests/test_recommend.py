@@ -657,11 +657,13 @@ def test_capacity_cells_set_the_level_by_the_tokens_rule_that_beat_the_users_rul
     decision = advice.decision
     assert (decision.level, decision.level_rule, decision.level_rank) == ("tokens rule", "tokens rule, fitted", 32)
     assert any(r.startswith("the rank level is the calibrated tokens rule, 8 adapter parameters per loss token of your "
-                            "data: uniform r = 32") and r.endswith("the best rule you could apply by hand, r = 16, cost "
+                            "data: uniform r = 32") and r.endswith("the cheapest rule you could apply by hand within one "
+                                                                    "seed noise of the best of them, r = 16, cost "
                                                                     "1.00 % (4.00; 1 of 3) with 1.00x") for r in advice.reasons)
     assert how_sure(advice.to_dict()).startswith(
         "measured on other data: the size is the calibrated tokens rule's (r=32 for your data's loss tokens), which beat "
-        "r = 16, the best rule you could apply by hand (2.00 seed noises above each task's best rank at 0.50x r=16's "
+        "r = 16, the cheapest rule you could apply by hand within one seed noise of the best of them (2.00 seed noises "
+        "above each task's best rank at 0.50x r=16's "
         "parameters, against 4.00 at 1.00x) on the calibration's capacity sweeps")
     assert decision.level_evidence == {"level": {"regret_noises": 2.0, "regret": 0.01, "params_vs_r16": 0.5},
                                        "beat": "r = 16",
@@ -674,7 +676,7 @@ def test_capacity_cells_set_the_level_by_the_tokens_rule_that_beat_the_users_rul
     _with_capacity(description, ratio=8.0, fitted=4.8, best=4.0)
     traded = advice_from_probe(result, train_size=rows, calibration=description)
     assert traded.decision.level == "tokens rule"
-    assert "which traded a little more loss for fewer parameters than r = 16, the best rule" in how_sure(traded.to_dict())
+    assert "which traded a little more loss for fewer parameters than r = 16, the cheapest rule" in how_sure(traded.to_dict())
     # neither 10 % less loss nor 10 % fewer parameters: the best baseline (the cheaper of the two within one
     # seed noise of the lowest) sets the level, and says so
     _with_capacity(description, ratio=8.0, fitted=3.7, best=4.0, fitted_params=1.0)
