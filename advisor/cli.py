@@ -138,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     # it and the `kernels` package log warnings when the Hub is offline or the kernel missing
     for upstream in ("bitsandbytes", "kernels"):
         logging.getLogger(upstream).setLevel(logging.ERROR)
+    if not sys.stderr.isatty():  # a log file or a pipe: one line per stage, no progress bars (ours skip themselves)
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     try:
         return _run(args)
     except (ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, UnicodeDecodeError) as error:

@@ -597,7 +597,8 @@ def _accumulate(model: nn.Module, targets: dict, batches: list[ProbeBatch], task
             rows_before.append(rows_before[-1] + batch.num_rows)
         try:
             device = embeddings.weight.device
-            for index, batch in enumerate(tqdm(batches, desc="probe", unit="batch", disable=not progress or rank > 0)):
+            bar = tqdm(batches, desc="probe", unit="batch", disable=True if not progress or rank > 0 else None)
+            for index, batch in enumerate(bar):  # a bar where stderr is a terminal
                 if index % world != rank:
                     continue  # another process of the group probes this batch
                 current_half[0] = index % 2

@@ -52,18 +52,19 @@ def map_over_cores(function, items: list, *, on_cpu: bool, desc: str = "", progr
     """``[function(item) for item in items]``; on the CPU, ``torch.get_num_threads()`` calls at a time,
     each on one thread (the eigen-solvers release the GIL, and one thread each avoids the spin-wait
     that :func:`one_thread_on_cpu` describes), so a probe's spectra use every core; on a GPU one at a
-    time. Results in the order of ``items``."""
+    time. Results in the order of ``items``; with ``progress``, a bar where stderr is a terminal."""
     from concurrent.futures import ThreadPoolExecutor
 
     from tqdm.auto import tqdm
 
     workers = torch.get_num_threads() if on_cpu else 1
     if workers <= 1:
-        return [function(item) for item in tqdm(items, desc=desc, unit="layer", disable=not progress)]
+        return [function(item) for item in tqdm(items, desc=desc, unit="layer", disable=None if progress else True)]
     torch.set_num_threads(1)
     try:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(tqdm(pool.map(function, items), total=len(items), desc=desc, unit="layer", disable=not progress))
+            return list(tqdm(pool.map(function, items), total=len(items), desc=desc, unit="layer",
+                             disable=None if progress else True))
     finally:
         torch.set_num_threads(workers)
 

@@ -17,9 +17,11 @@ def run_cli(capsys, *argv):
 
 def test_advise_writes_a_config_peft_loads(tmp_path, capsys, tiny_checkpoint):
     out = tmp_path / "advice"
-    code, stdout, _ = run_cli(capsys, "advise", "--model", str(tiny_checkpoint), "--samples", "8",
-                              "--max-length", "64", "--calibration", "none", "--out", str(out))
+    code, stdout, stderr = run_cli(capsys, "advise", "--model", str(tiny_checkpoint), "--samples", "8",
+                                   "--max-length", "64", "--calibration", "none", "--out", str(out))
     assert code == 0
+    # stderr is not a terminal here: a line per stage, no progress bars
+    assert "probe: " in stderr and "%|" not in stderr and "\r" not in stderr
     assert "q_proj" in stdout and "uncalibrated" in stdout
     # the headline comes first: what to set, then how sure, read from the stored decision
     first, second = stdout.splitlines()[:2]
