@@ -284,6 +284,16 @@ CAPACITY_LRS = (*SCALING_LRS, 1e-2)  # 1e-2: on shakespeare r = 64 was best at 3
 CAPACITY_EVA = {"rank": 16, "eva_rho": 2.0, "learning_rate": 1e-3}
 
 
+def capacity_settings(model: str, size: int) -> dict:
+    """What every run of a capacity cell of causal LM ``model`` at ``size`` rows shares: one epoch,
+    SmolLM2's batch and length, 256 eval rows, the top ``SCALING_TOP_BLOCKS`` blocks adapted under
+    alpha = 32 with alpha / r; task, seed, rank and rate are each run's own."""
+    steps = epoch_steps(size, SMOLLM2_COMMON["batch_size"], 1)
+    return dict(model=model, train_size=size, steps=steps, warmup_steps=max(1, steps // 10), eval_every=0,
+                batch_size=SMOLLM2_COMMON["batch_size"], max_length=SMOLLM2_COMMON["max_length"],
+                eval_rows=256, top_blocks=SCALING_TOP_BLOCKS, **SCALING_ARMS["alpha/r"])
+
+
 def capacity_grid(model: str) -> list[RunConfig]:
     """The capacity grid of causal LM ``model``: its top ``SCALING_TOP_BLOCKS`` blocks adapted with
     alpha = 32 and PEFT's alpha / r, r in ``CAPACITY_RANKS`` x ``CAPACITY_LRS``, one epoch over
@@ -295,10 +305,7 @@ def capacity_grid(model: str) -> list[RunConfig]:
     both seeds."""
     configs = []
     for size in CAPACITY_SIZES:
-        steps = epoch_steps(size, SMOLLM2_COMMON["batch_size"], 1)
-        common = dict(model=model, train_size=size, steps=steps, warmup_steps=max(1, steps // 10), eval_every=0,
-                      batch_size=SMOLLM2_COMMON["batch_size"], max_length=SMOLLM2_COMMON["max_length"],
-                      eval_rows=256, top_blocks=SCALING_TOP_BLOCKS, **SCALING_ARMS["alpha/r"])
+        common = capacity_settings(model, size)
         for task in CAPACITY_TASKS:
             for lr in CAPACITY_LRS:
                 for seed in SEEDS:
@@ -326,13 +333,10 @@ def grid_eva_step_control() -> list[RunConfig]:
     norm about 1/sqrt(3), so under Adam the same steps of B move B A about sqrt(3) times as far:
     uniform r = 16 with the default init at sqrt(3) x 1e-3 on the capacity cells where EVA at 1e-3
     beat every uniform rank (stdlib-code, wordnet-defs; SmolLM2, 1000 rows, both seeds), otherwise as
-    :func:`capacity_grid`. Kept out of the capacity cells (its own results file): a rate off their grid."""
-    steps = epoch_steps(1000, SMOLLM2_COMMON["batch_size"], 1)
+    :func:`capacity_settings`. Kept out of the capacity cells (its own results file): a rate off their grid."""
     return _unique([
-        RunConfig(model="smollm2", task=task, train_size=1000, learning_rate=round(3**0.5 * 1e-3, 6), steps=steps,
-                  warmup_steps=max(1, steps // 10), eval_every=0, seed=seed, batch_size=SMOLLM2_COMMON["batch_size"],
-                  max_length=SMOLLM2_COMMON["max_length"], eval_rows=256, rank=16, top_blocks=SCALING_TOP_BLOCKS,
-                  **SCALING_ARMS["alpha/r"])
+        RunConfig(task=task, learning_rate=round(3**0.5 * 1e-3, 6), seed=seed, rank=16,
+                  **capacity_settings("smollm2", 1000))
         for task in ("stdlib-code", "wordnet-defs") for seed in SEEDS
     ])
 
