@@ -341,6 +341,25 @@ def grid_eva_step_control() -> list[RunConfig]:
     ])
 
 
+TRANSFER_RANKS = (1, 4, 16)
+TRANSFER_LRS = (1e-3, 3e-3)  # the capacity cells' best rates for shakespeare's ranks (1e-3 for r = 1, 3e-3 above)
+
+
+def grid_smollm2_transfer() -> list[RunConfig]:
+    """Does a capacity cell's need carry over from its top 4 blocks to every block? The advice's level
+    spends adapter parameters per loss token fitted on top-4-block cells; on a user's all-block adapter
+    that gives a rank about 7.5 times smaller (SmolLM2's r = 1 holds 40,704 parameters on its top 4
+    blocks, 304,128 on all 30). Shakespeare at 1000 rows (the cell whose r = 1 fell 21 seed noises
+    behind its best) with every block adapted, r in ``TRANSFER_RANKS`` x ``TRANSFER_LRS``, seeds in
+    ``SEEDS`` (seed 0 of every run first), otherwise as :func:`capacity_settings`. Kept out of the
+    capacity cells (its own results file): not the cells' protocol."""
+    common = {**capacity_settings("smollm2", 1000), "top_blocks": None}
+    return _unique([
+        RunConfig(task="shakespeare", learning_rate=lr, seed=seed, rank=rank, **common)
+        for seed in SEEDS for lr in TRANSFER_LRS for rank in TRANSFER_RANKS
+    ])
+
+
 GRIDS: dict[str, Callable[[], list[RunConfig]]] = {
     "encoder-rank": grid_encoder_rank,
     "encoder-layer-type": grid_encoder_layer_type,
@@ -353,6 +372,7 @@ GRIDS: dict[str, Callable[[], list[RunConfig]]] = {
     "smollm2-capacity": grid_smollm2_capacity,
     "gemma3-capacity": grid_gemma3_capacity,
     "eva-step-control": grid_eva_step_control,
+    "smollm2-transfer": grid_smollm2_transfer,
 }
 
 

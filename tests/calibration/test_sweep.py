@@ -432,3 +432,17 @@ def test_the_gemma3_capacity_grid_is_smollm2s_on_the_second_causal_lm():
     assert {c.model for c in gemma3} == {"gemma3"} and not {c.run_id for c in gemma3} & {c.run_id for c in smollm2}
     assert [replace(c, model="smollm2") for c in gemma3] == smollm2  # the same runs, in the same order
     assert sweep.estimated_seconds(gemma3[0]) > 0
+
+
+def test_the_transfer_grid_is_a_capacity_cell_with_every_block_adapted_kept_out_of_the_labels():
+    from dataclasses import replace
+
+    from calibration.records import EXPERIMENT_FILES, STUDY_FILES
+    from calibration.sweep import grid_smollm2_capacity, grid_smollm2_transfer
+
+    transfer, capacity = grid_smollm2_transfer(), {c.run_id: c for c in grid_smollm2_capacity()}
+    assert len(transfer) == 3 * 2 * 2 and {c.top_blocks for c in transfer} == {None}
+    assert [c.seed for c in transfer[:6]] == [0] * 6  # seed 0 of every run first
+    for c in transfer:  # the shakespeare cell's own run, but for the blocks adapted
+        assert replace(c, top_blocks=4).run_id in capacity and c.run_id not in capacity
+    assert "smollm2-transfer.jsonl" in STUDY_FILES and "smollm2-transfer.jsonl" not in EXPERIMENT_FILES
