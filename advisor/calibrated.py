@@ -241,6 +241,7 @@ def calibrated_level(metadata: dict) -> int | None:
 
 
 FITTED_TOKENS_RULE = "tokens rule, fitted"  # calibration.level_study's name for the calibrated tokens rule
+EVA_LEVEL = "EVA at r = 16's budget"  # calibration.level_study's name for PEFT's EVA trained at uniform r = 16's budget
 CAPACITY_BASELINES = ("Tinker tokens rule", "axolotl thresholds", "r = 8", "r = 16", "r = 32", "r = 64")
 MIN_CAPACITY_TASKS = 3  # leave one task out over fewer would score each choice on one or two folds
 
@@ -296,8 +297,7 @@ def capacity_level_text(metadata: dict, choice: dict, rank: int) -> str:
                 f"loss token of your data: uniform r = {rank}; {where}, it cost {_regret(ours, long=True)} above each "
                 f"cell's best rank with {ours['params_vs_r16']:.2f}x uniform r = 16's parameters, where the cheapest rule "
                 f"you could apply by hand within one seed noise of the best of them, {choice['beat']}, cost "
-                f"{_regret(beaten, long=False)} with "
-                f"{beaten['params_vs_r16']:.2f}x")
+                f"{_regret(beaten, long=False)} with {beaten['params_vs_r16']:.2f}x" + eva_text(levels, choice["level"]))
     text = (f"the rank level is {choice['level']}'s, uniform r = {rank} for your data: {where}, it cost "
             f"{_regret(ours, long=True)} above each cell's best rank with {ours['params_vs_r16']:.2f}x uniform r = 16's "
             "parameters, the fewest of the rules you could apply by hand that came within one seed noise of the "
@@ -308,7 +308,26 @@ def capacity_level_text(metadata: dict, choice: dict, rank: int) -> str:
         text += (f"; the calibrated tokens rule cost {_regret(fitted, long=False)} with {fitted['params_vs_r16']:.2f}x: "
                  f"neither {gain} less loss with at most {gain} more parameters nor, within one seed noise, {gain} "
                  "fewer parameters, so the advice does not use it")
-    return text
+    return text + eva_text(levels, choice["level"])
+
+
+def eva_text(levels: dict, ours: str) -> str:
+    """How PEFT's EVA at uniform r = 16's budget (``levels[EVA_LEVEL]``, trained in the capacity cells) compared
+    with the level ``ours`` on both of the table's measures, or "" when the calibration did not measure it. EVA
+    fixes the budget (r = 16's) and sets the initialisation and the spread over the layers: it is quoted beside
+    the level rules, not chosen among them."""
+    eva, level = levels.get(EVA_LEVEL) or {}, levels[ours]
+    if eva.get("regret_noises_mean") is None or level.get("regret_noises_mean") is None:
+        return ""
+
+    def compared(key: str) -> str:
+        return "less" if eva[key] < level[key] else "more"
+
+    params = "more" if eva["params_vs_r16"] > level["params_vs_r16"] else "no more"
+    return (f"; PEFT's EVA initialisation at uniform r = 16's budget (init_lora_weights=\"eva\"), trained on "
+            f"{eva['cells']} of these cells, cost {_regret(eva, long=False)} with {eva['params_vs_r16']:.2f}x: "
+            f"{compared('regret_noises_mean')} loss than this level in seed noises and {compared('regret_mean')} in % "
+            f"of the loss, with {params} parameters")
 
 
 USERS_RULES = {"Tinker tokens rule": "tinker", "axolotl thresholds": "axolotl"}  # levels entry -> Advice.users_rules key

@@ -48,12 +48,11 @@ import statistics
 import sys
 from pathlib import Path
 
-from advisor.calibrated import FITTED_TOKENS_RULE
+from advisor.calibrated import EVA_LEVEL, FITTED_TOKENS_RULE
 from calibration import script_parser
 from calibration.labels import CAPACITY_RANKS
 
 PLOTS_DIR = Path(__file__).resolve().parent / "plots"
-EVA_LEVEL = "EVA at r = 16's budget"
 EVA_CELLS_R16 = "r = 16 on EVA's cells"  # uniform r = 16 scored on the cells that trained EVA, to compare like with like
 HABITS = (1, 2, 4, 8, 16, 32, 64)
 TOKEN_RATIOS = tuple(2.0**k for k in range(-4, 11))  # adapter parameters per loss token the fitted tokens rule tries

@@ -702,3 +702,25 @@ def test_capacity_cells_set_the_level_by_the_tokens_rule_that_beat_the_users_rul
     assert uncounted.decision.level not in ("tokens rule", "best users' rule")
     _with_capacity(description, ratio=8.0, fitted=2.0, best=4.0)
     assert advice_from_probe(result, train_size=rows, calibration=description, budget="r=4").decision.level == "budget"
+
+
+def test_eva_at_r16s_budget_is_quoted_beside_the_capacity_level_and_never_chosen(probed, tmp_path):
+    """EVA fixes the budget (r = 16's): with the lowest regret in seed noises it still does not set
+    the level, and the reason says how it compared on both measures and on parameters."""
+    from advisor.calibrated import EVA_LEVEL
+
+    _, result = probed
+    description = fixture_calibration("smollm2-shape", tmp_path, "shape")
+    _with_capacity(description, ratio=8.0, fitted=2.0, best=4.0)
+    metadata = json.loads(description.read_text())
+    metadata["capacity"]["levels"][EVA_LEVEL] = {"cells": 3, "regret_mean": 0.02, "within_noise": 1,
+                                                 "regret_noises_mean": 0.1, "params_vs_r16": 0.97}
+    description.write_text(json.dumps(metadata))
+    per_rank = sum(sum(stats.shape) for stats in result.layers.values())
+    rows = int(3 * per_rank / (result.dataset_tokens["loss_tokens"] / result.dataset_tokens["rows"]))
+    advice = advice_from_probe(result, train_size=rows, calibration=description)
+    assert (advice.decision.level, advice.level_rank) == ("tokens rule", 32)
+    (reason,) = [r for r in advice.reasons if r.startswith("the rank level is the calibrated tokens rule")]
+    assert reason.endswith("; PEFT's EVA initialisation at uniform r = 16's budget (init_lora_weights=\"eva\"), trained "
+                           "on 3 of these cells, cost 2.00 % (0.10; 1 of 3) with 0.97x: less loss than this level in "
+                           "seed noises and more in % of the loss, with more parameters")

@@ -1,0 +1,126 @@
+"""Does a capacity cell's need carry over from its top 4 blocks to every block, as rank or as parameters?
+
+The capacity cells adapt a model's top 4 blocks; users adapt every block, which gives each unit of
+rank about 7.5 times the parameters on SmolLM2 (304,128 against 40,704). The advice's fitted tokens
+rule counts adapter parameters per loss token, so it assumes the need carries over as parameters:
+the rank an all-block adapter needs is the top-4 need divided by that factor. If it carries over as
+rank instead, the all-block adapter needs the top-4 rank itself.
+
+The ``smollm2-transfer`` grid trains a capacity cell again with every block adapted (the same
+rows, epoch, ranks, rates and seeds). Per rank trained there, at its best rate, this prints its
+mean eval loss beside two predictions from the top-4 cell (each rank at its best rate too):
+
+- ``as rank``: the top-4 cell's loss at the same rank;
+- ``as parameters``: the top-4 cell's loss at the same adapter parameters, interpolated linearly in
+  log2 rank between the ranks it trained (:func:`calibration.level_study.loss_at`; clipped to them);
+
+each as a difference in the top-4 cell's seed noises. Then the all-block gap between its smallest
+and largest rank beside what each hypothesis predicts for it. Adapting every block changes more
+than the parameter count (which layers move), so the levels may differ from both; the gaps, which
+need no common level, are the cleaner test.
+
+    python -m calibration.transfer_study
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+from calibration import read_results, script_parser
+from calibration.records import RESULTS_DIR, experiment_result_files, read_records
+
+TRANSFER_FILE = RESULTS_DIR / "smollm2-transfer.jsonl"
+
+
+def rank_losses(records: list[dict]) -> dict[int, dict]:
+    """Per rank of ``records`` (one cell's alpha / r runs): {"loss": mean eval loss at its best rate,
+    "rate", "seeds": runs at that rate, "params": adapter parameters}, each rank's best rate among
+    the rates trained with the most seeds (:func:`calibration.labels.best_over_lr_cells`)."""
+    from calibration.labels import best_over_lr_cells
+
+    cells = best_over_lr_cells(records, min_ranks=1)
+    if len(cells) != 1:
+        raise ValueError(f"expected the runs of one cell, found {len(cells)} cells")
+    cell = cells[0]
+    by_rank = {}
+    for rank in cell.ranks:
+        runs = [r for r in cell.records if r["config"]["rank"] == rank]
+        by_rank[rank] = {"loss": cell.mean_loss(rank), "rate": cell.best_lr[rank], "seeds": len(runs),
+                         "params": runs[0]["trainable_params"]}
+    return by_rank
+
+
+def top4_cell(records: list[dict], model: str, task: str, train_size: int):
+    """The capacity cell (top 4 blocks, alpha / r, best rate per rank) of ``model``, ``task`` and
+    ``train_size`` among ``records``, or None."""
+    from calibration.level_study import capacity_cells
+
+    cells = [c for c in capacity_cells(records, ranks=None)
+             if (c.model, c.task, c.train_size) == (model, task, train_size) and c.records[0]["config"].get("top_blocks")]
+    return cells[0] if cells else None
+
+
+def transfer_rows(all_block: dict[int, dict], cell) -> list[dict]:
+    """Per all-block rank (``all_block``: :func:`rank_losses`): its loss and the top-4 ``cell``'s
+    predictions as rank and as parameters, with their differences in the cell's seed noises."""
+    from calibration.level_study import loss_at
+
+    per_rank_top4 = cell.records[0]["trainable_params"] / cell.records[0]["config"]["rank"]
+    rows = []
+    for rank, found in sorted(all_block.items()):
+        same_params_rank = found["params"] / per_rank_top4
+        as_rank, as_params = loss_at(cell, rank)[0], loss_at(cell, same_params_rank)[0]
+        rows.append({**found, "rank": rank, "top4_rank_same_params": same_params_rank, "as_rank": as_rank,
+                     "as_params": as_params, "vs_rank_noises": (found["loss"] - as_rank) / cell.seed_noise,
+                     "vs_params_noises": (found["loss"] - as_params) / cell.seed_noise})
+    return rows
+
+
+def gaps(rows: list[dict], noise: float) -> dict[str, float]:
+    """The loss between the smallest and the largest all-block rank, measured and as each hypothesis
+    predicts it, in seed noises (``noise``: the top-4 cell's)."""
+    low, high = rows[0], rows[-1]
+    return {"measured": (low["loss"] - high["loss"]) / noise, "as_rank": (low["as_rank"] - high["as_rank"]) / noise,
+            "as_params": (low["as_params"] - high["as_params"]) / noise}
+
+
+def markdown(rows: list[dict], cell, gap: dict[str, float]) -> str:
+    lines = [f"{cell.model} on {cell.task}, {cell.train_size} rows: every block adapted against the top 4 (each rank at "
+             f"its best rate; the top-4 cell's seed noise {cell.seed_noise:.4f}):", "",
+             "| rank | parameters | all blocks: eval loss | rate | seeds | top 4, same rank | top 4, same parameters "
+             "(as its rank) | above same rank (noises) | above same parameters (noises) |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for row in rows:
+        lines.append(f"| {row['rank']} | {row['params']:,} | {row['loss']:.4f} | {row['rate']:g} | {row['seeds']} | "
+                     f"{row['as_rank']:.4f} | {row['as_params']:.4f} (r = {row['top4_rank_same_params']:.3g}) | "
+                     f"{row['vs_rank_noises']:+.1f} | {row['vs_params_noises']:+.1f} |")
+    low, high = rows[0]["rank"], rows[-1]["rank"]
+    lines += ["", f"r = {low} above r = {high} with every block adapted: {gap['measured']:.1f} seed noises measured; "
+              f"{gap['as_rank']:.1f} if the need carries over as rank, {gap['as_params']:.1f} if as parameters."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = script_parser("calibration.transfer_study", __doc__, ["python -m calibration.transfer_study"])
+    parser.add_argument("--results", type=Path, default=TRANSFER_FILE, help="the all-block runs (default: %(default)s)")
+    args = parser.parse_args(argv)
+    runs = [r for r in read_results(args.results) if not r["config"].get("use_rslora")
+            and r["config"].get("eva_rho") is None]
+    if not runs:
+        print(f"error: no all-block run in {args.results}", file=sys.stderr)
+        return 2
+    first = runs[0]["config"]
+    cell = top4_cell(read_records(experiment_result_files()), first["model"], first["task"], first["train_size"])
+    if cell is None or not cell.seed_noise or math.isnan(cell.seed_noise):
+        print(f"error: no top-4 capacity cell with a seed noise for {first['model']} {first['task']} "
+              f"{first['train_size']}", file=sys.stderr)
+        return 2
+    rows = transfer_rows(rank_losses(runs), cell)
+    print(markdown(rows, cell, gaps(rows, cell.seed_noise)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,22 @@
+"""The transfer study: an all-block cell against its top-4 cell, as rank and as parameters."""
+
+import pytest
+
+from calibration.labels import uniform_cells
+from calibration.synthetic import cell_records
+from calibration.transfer_study import gaps, transfer_rows
+
+
+def test_all_block_ranks_are_read_against_the_top4_cell_at_the_same_rank_and_at_the_same_parameters():
+    """A top-4 cell (1,000 parameters per rank) and an all-block adapter with 4x
+    the parameters per rank whose losses are exactly the top-4 losses at 4x its rank: 0 noises
+    from the parameters prediction, and the rank prediction off by the top-4 cell's own drop."""
+    (cell,) = uniform_cells(cell_records("t", {1: [1.0, 1.01], 4: [0.8, 0.81], 16: [0.7, 0.71], 64: [0.68, 0.69]}))
+    noise = cell.seed_noise
+    all_block = {1: {"loss": 0.805, "rate": 1e-3, "seeds": 1, "params": 4000},
+                 4: {"loss": 0.705, "rate": 3e-3, "seeds": 1, "params": 16000}}
+    rows = transfer_rows(all_block, cell)
+    assert [row["top4_rank_same_params"] for row in rows] == [4.0, 16.0]
+    assert [row["vs_params_noises"] for row in rows] == pytest.approx([0.0, 0.0])
+    assert [row["vs_rank_noises"] for row in rows] == pytest.approx([(0.805 - 1.005) / noise, (0.705 - 0.805) / noise])
+    assert gaps(rows, noise) == pytest.approx({"measured": 0.1 / noise, "as_rank": 0.2 / noise, "as_params": 0.1 / noise})
