@@ -341,7 +341,7 @@ def grid_eva_step_control() -> list[RunConfig]:
     ])
 
 
-TRANSFER_RANKS = (1, 4, 16)
+TRANSFER_RANKS = (1, 4, 16, 64)
 TRANSFER_LRS = (1e-3, 3e-3)  # the capacity cells' best rates for shakespeare's ranks (1e-3 for r = 1, 3e-3 above)
 
 
