@@ -17,7 +17,12 @@ mean eval loss beside two predictions from the top-4 cell (each rank at its best
 each as a difference in the top-4 cell's seed noises. Then the all-block gap between its smallest
 and largest rank beside what each hypothesis predicts for it. Adapting every block changes more
 than the parameter count (which layers move), so the levels may differ from both; the gaps, which
-need no common level, are the cleaner test.
+need no common level, are the cleaner test. Last, the shipped causal-LM calibration's tokens rule
+(its ``params_per_token``) read both ways on the all-block cell: as parameters (over every block's
+layers, what the advice does) and as rank (over the top-4 cell's parameters per rank), each rank
+within the advice's bounds and its loss above the all-block cell's best, interpolated in log2 rank
+between the ranks trained, in seed noises (the all-block cell's own when two seeds trained every
+rank, else the top-4 cell's).
 
     python -m calibration.transfer_study
 """
@@ -86,6 +91,34 @@ def gaps(rows: list[dict], noise: float) -> dict[str, float]:
             "as_params": (low["as_params"] - high["as_params"]) / noise}
 
 
+def tokens_rule_readings(all_block_cell, cell, params_per_token: float) -> dict[str, dict]:
+    """The tokens rule at ``params_per_token`` on the all-block cell, as parameters and as rank (see the
+    module docstring): {reading: {"rank", "regret_noises"}}."""
+    from advisor.baselines import tokens_rank
+    from calibration.level_study import loss_at, loss_tokens, within_bounds
+
+    first = all_block_cell.records[0]
+    tokens = loss_tokens(first)
+    per_rank = {"as parameters": first["trainable_params"] / first["config"]["rank"],
+                "as rank": cell.records[0]["trainable_params"] / cell.records[0]["config"]["rank"]}
+    noise = all_block_cell.seed_noise if all_block_cell.complete else cell.seed_noise
+    best = all_block_cell.mean_loss(all_block_cell.best_rank)
+    readings = {}
+    for reading, params in per_rank.items():
+        rank = within_bounds(tokens_rank(tokens, round(params), params_per_token))
+        readings[reading] = {"rank": rank, "regret_noises": (loss_at(all_block_cell, rank)[0] - best) / noise}
+    return readings
+
+
+def shipped_params_per_token() -> float | None:
+    """The causal-LM calibration's fitted tokens rule ratio (``capacity.params_per_token``), or None."""
+    from advisor.calibrated import load_calibration, shipped_calibration
+
+    path = shipped_calibration("causal-lm")
+    capacity = load_calibration(path).metadata.get("capacity") if path else None
+    return (capacity or {}).get("params_per_token")
+
+
 def markdown(rows: list[dict], cell, gap: dict[str, float]) -> str:
     lines = [f"{cell.model} on {cell.task}, {cell.train_size} rows: every block adapted against the top 4 (each rank at "
              f"its best rate; the top-4 cell's seed noise {cell.seed_noise:.4f}):", "",
@@ -119,6 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rows = transfer_rows(rank_losses(runs), cell)
     print(markdown(rows, cell, gaps(rows, cell.seed_noise)))
+    ratio = shipped_params_per_token()
+    if ratio:
+        from calibration.labels import best_over_lr_cells
+
+        (all_block_cell,) = best_over_lr_cells(runs, min_ranks=1)
+        readings = tokens_rule_readings(all_block_cell, cell, ratio)
+        print(f"\nThe shipped tokens rule ({ratio:g} adapter parameters per loss token) on the all-block cell: "
+              + "; ".join(f"{reading}, r = {found['rank']}, {found['regret_noises']:.1f} seed noises above its best rank"
+                          for reading, found in readings.items()) + ".")
     return 0
 
 

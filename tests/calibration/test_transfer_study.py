@@ -20,3 +20,23 @@ def test_all_block_ranks_are_read_against_the_top4_cell_at_the_same_rank_and_at_
     assert [row["vs_params_noises"] for row in rows] == pytest.approx([0.0, 0.0])
     assert [row["vs_rank_noises"] for row in rows] == pytest.approx([(0.805 - 1.005) / noise, (0.705 - 0.805) / noise])
     assert gaps(rows, noise) == pytest.approx({"measured": 0.1 / noise, "as_rank": 0.2 / noise, "as_params": 0.1 / noise})
+
+
+def test_the_tokens_rule_is_read_as_parameters_over_every_block_and_as_rank_over_the_top4_cells():
+    """8,000 loss tokens at 4 parameters each: 32,000 parameters, r = 8 at the all-block adapter's 4,000
+    per rank, r = 32 at the top-4 cell's 1,000; each scored on the all-block cell, whose own seeds
+    give the noise (0.01 apart at every rank)."""
+    from calibration.labels import best_over_lr_cells
+    from calibration.transfer_study import tokens_rule_readings
+
+    (top4,) = uniform_cells(cell_records("t", {1: [1.0, 1.01], 4: [0.8, 0.81], 16: [0.7, 0.71], 64: [0.68, 0.69]}))
+    records = cell_records("t", {1: [0.6, 0.61], 4: [0.5, 0.51], 16: [0.45, 0.46], 64: [0.44, 0.45]})
+    for record in records:
+        record.update(trainable_params=4000 * record["config"]["rank"], train_loss_tokens=8000)
+        record["config"].update(alpha=32.0, use_rslora=False)
+    (all_block,) = best_over_lr_cells(records, min_ranks=1)
+    noise = all_block.seed_noise
+    readings = tokens_rule_readings(all_block, top4, 4.0)
+    assert readings["as parameters"]["rank"] == 8 and readings["as rank"]["rank"] == 32
+    assert readings["as parameters"]["regret_noises"] == pytest.approx((0.48 - 0.445) / noise)  # halfway 4 to 16
+    assert readings["as rank"]["regret_noises"] == pytest.approx((0.45 - 0.445) / noise)  # halfway 16 to 64
