@@ -258,8 +258,10 @@ def capacity_level(metadata: dict) -> dict | None:
     regret :func:`required_gain` lower with parameters at most that share above (ranks are powers
     of two, so parameter counts of equal intent differ by rounding), or a mean regret within one seed
     noise with :func:`required_gain` fewer parameters. Returns {"level": the ``levels`` entry, "beat": the baseline it beat or None,
-    "params_per_token"}; None when the metadata has no capacity levels over at least
-    :data:`MIN_CAPACITY_TASKS` tasks."""
+    "params_per_token", "blocks"}; ``blocks``: when the capacity's ``transfer`` check found the
+    ratio carried over to an adapter on every block as rank, the blocks the cells adapted, over
+    which the ratio then counts parameters (:func:`transfer_blocks`), else None. None when the
+    metadata has no capacity levels over at least :data:`MIN_CAPACITY_TASKS` tasks."""
     capacity = metadata.get("capacity") or {}
     levels = capacity.get("levels") or {}
     if len(capacity.get("tasks") or ()) < MIN_CAPACITY_TASKS:
@@ -279,8 +281,19 @@ def capacity_level(metadata: dict) -> dict | None:
         lower_loss = regret[fitted] < (1 - gain) * regret[best] and params[fitted] <= (1 + gain) * params[best]
         fewer_params = regret[fitted] <= regret[best] + 1 and params[fitted] < (1 - gain) * params[best]
         if lower_loss or fewer_params:
-            return {"level": fitted, "beat": best, "params_per_token": ratio}
-    return {"level": best, "beat": None, "params_per_token": ratio}
+            return {"level": fitted, "beat": best, "params_per_token": ratio, "blocks": transfer_blocks(capacity)}
+    return {"level": best, "beat": None, "params_per_token": ratio, "blocks": transfer_blocks(capacity)}
+
+
+def transfer_blocks(capacity: dict) -> int | None:
+    """The blocks the capacity cells adapted, when the ``transfer`` check (``calibration.transfer_study``:
+    cells trained again with every block adapted) found the tokens rule's need carried over as rank,
+    not as parameters; then an adapter on more blocks spends the cells' rank, the ratio counted over
+    that many of its blocks. None when the check found parameters, or was not run."""
+    transfer = capacity.get("transfer") or {}
+    blocks = transfer.get("blocks")
+    usable = transfer.get("reading") == "as rank" and isinstance(blocks, int) and not isinstance(blocks, bool)
+    return blocks if usable and blocks > 0 else None
 
 
 def capacity_level_text(metadata: dict, choice: dict, rank: int) -> str:
@@ -293,8 +306,11 @@ def capacity_level_text(metadata: dict, choice: dict, rank: int) -> str:
     ours = levels[choice["level"]]
     if choice["level"] == FITTED_TOKENS_RULE:
         beaten = levels[choice["beat"]]
+        counted = "" if not choice.get("blocks") else (
+            f", counted over {choice['blocks']} of your model's blocks as the cells adapted them (trained again with "
+            "every block adapted, the need carried over as rank, not as parameters)")
         return (f"the rank level is the calibrated tokens rule, {choice['params_per_token']:g} adapter parameters per "
-                f"loss token of your data: uniform r = {rank}; {where}, it cost {_regret(ours, long=True)} above each "
+                f"loss token of your data{counted}: uniform r = {rank}; {where}, it cost {_regret(ours, long=True)} above each "
                 f"cell's best rank with {ours['params_vs_r16']:.2f}x uniform r = 16's parameters, where the cheapest rule "
                 f"you could apply by hand within one seed noise of the best of them, {choice['beat']}, cost "
                 f"{_regret(beaten, long=False)} with {beaten['params_vs_r16']:.2f}x" + eva_text(levels, choice["level"]))

@@ -32,7 +32,9 @@ Each probed layer gets a *need*, a number of directions:
   the advice never sets a level worse than a rule the user could apply by hand. A calibration
   that carries capacity cells (``capacity``: each rank at its best learning rate, where rank
   can be the limit; :func:`advisor.calibrated.capacity_level`) sets the level with no budget
-  instead: its tokens rule (adapter parameters per loss token of the whole dataset) when, each
+  instead: its tokens rule (adapter parameters per loss token of the whole dataset, counted over
+  every probed layer, or over as many of the probed blocks as the cells adapted when the
+  calibration's transfer check found the need carried over to every block as rank) when, each
   task held out, it beat the users' best baseline (Tinker's rule, axolotl's thresholds and the
   uniform habits: the cheapest within one seed noise of the lowest regret), else that baseline; the level
   then depends on the dataset's counted tokens, not on the probe, so a 4-bit base and full
@@ -65,6 +67,7 @@ from advisor.calibrated import (
     rank_model_extrapolates,
     why_unused,
 )
+from advisor.layers import block_depth
 from advisor.probe_pass import ProbeResult
 
 UNCALIBRATED_LABEL = "uncalibrated: rank = next power of two >= signal effective rank"
@@ -285,14 +288,16 @@ def users_rules(result: ProbeResult, train_size: int) -> dict | None:
     """The uniform ranks the users' rules (:mod:`advisor.baselines`) give ``train_size`` rows of the
     probed dataset: Tinker's tokens rule on its loss tokens (the counted whole, rows cut at the
     probe's ``max_length``, scaled to ``train_size`` rows) over the probed layers, axolotl's
-    thresholds on ``train_size``; None when the dataset was not counted."""
+    thresholds on ``train_size``; ``blocks``: the transformer blocks the probed layers sit in; None
+    when the dataset was not counted."""
     counted = result.dataset_tokens
     if not counted or not counted.get("rows"):
         return None
     loss_tokens = round(counted["loss_tokens"] * train_size / counted["rows"])
     per_rank = uniform_params(1, {name: stats.shape for name, stats in result.layers.items()})
+    blocks = len({depth for name in result.layers if (depth := block_depth(name)) is not None})
     return {"rows": train_size, "loss_tokens": loss_tokens, "max_length": result.max_length, "params_per_rank": per_rank,
-            "tinker": tinker_rank(loss_tokens, per_rank), "axolotl": axolotl_rank(train_size)}
+            "blocks": blocks, "tinker": tinker_rank(loss_tokens, per_rank), "axolotl": axolotl_rank(train_size)}
 
 
 def capacity_evidence(metadata: dict, choice: dict) -> dict:
@@ -309,7 +314,10 @@ def capacity_evidence(metadata: dict, choice: dict) -> dict:
 
 def capacity_rank(choice: dict, rules: dict | None, train_size: int) -> int | None:
     """The uniform rank a :func:`advisor.calibrated.capacity_level` choice gives this data
-    (``rules``: :func:`users_rules`); None when it needs the loss tokens and they were not counted."""
+    (``rules``: :func:`users_rules`); None when it needs the loss tokens and they were not counted.
+    The tokens rule counts its parameters per loss token over every probed layer, or, when the
+    choice's ``blocks`` says the need carried over as rank, over that many of the probed blocks
+    (the adapter's parameters per rank times ``blocks`` over its blocks)."""
     name = choice["level"]
     if name.startswith("r = "):
         return int(name.removeprefix("r = "))
@@ -318,5 +326,8 @@ def capacity_rank(choice: dict, rules: dict | None, train_size: int) -> int | No
     if rules is None:
         return None
     if name == FITTED_TOKENS_RULE:
-        return tokens_rank(rules["loss_tokens"], rules["params_per_rank"], choice["params_per_token"])
+        per_rank, cells_blocks = rules["params_per_rank"], choice.get("blocks")
+        if cells_blocks and rules.get("blocks", 0) > cells_blocks:  # the need carried over as rank: count per block
+            per_rank = max(1, round(per_rank * cells_blocks / rules["blocks"]))
+        return tokens_rank(rules["loss_tokens"], per_rank, choice["params_per_token"])
     return rules[USERS_RULES[name]]

@@ -45,7 +45,9 @@ level of advice with no budget when, leave one task out, it beat the probe's rul
 ``capacity``: how each way of choosing one rank fared on the capacity grids' cells (each rank at
 its best learning rate), each task held out, with the tokens rule's fitted parameters per loss
 token (:func:`calibration.level_study.capacity_summary`; None with fewer than two tasks' cells),
-which sets the advice's level when it has cells of enough tasks (:func:`advisor.calibrated.capacity_level`);
+and ``transfer``: whether that ratio carried over to an adapter on every block as parameters or as
+rank, on the cells trained both ways (:func:`calibration.transfer_study.transfer_evidence`), which
+sets the advice's level when it has cells of enough tasks (:func:`advisor.calibrated.capacity_level`);
 ``learning_rate``: the rate the parametrization experiment found best under alpha = 32 with
 alpha / r on the fit's kind of model (:func:`calibration.scaling_study.learning_rate_evidence`;
 None where none was trained), which ``advise`` states in its default alpha mode;
@@ -102,9 +104,13 @@ def capacity_of(task: str) -> dict | None:
     """The capacity cells' levels for models of probe ``task`` ("all": every model), which set the
     advice's level (:func:`calibration.level_study.capacity_summary` on the experiment files)."""
     from calibration.level_study import capacity_summary
+    from calibration.transfer_study import transfer_evidence
 
-    return capacity_summary([r for r in read_records(experiment_result_files())
-                             if task in ("all", probe_task(r["model"]))])
+    summary = capacity_summary([r for r in read_records(experiment_result_files())
+                                if task in ("all", probe_task(r["model"]))])
+    if summary is not None:
+        summary["transfer"] = transfer_evidence(summary["params_per_token"])
+    return summary
 
 
 def fit(records: list[dict]) -> tuple[dict, dict]:

@@ -110,6 +110,36 @@ def tokens_rule_readings(all_block_cell, cell, params_per_token: float) -> dict[
     return readings
 
 
+def transfer_evidence(params_per_token: float | None, path: Path = TRANSFER_FILE) -> dict | None:
+    """What ``calibration.fit`` stores as the capacity's ``transfer``: per all-block cell of ``path``
+    with a top-4 capacity cell, the tokens rule at ``params_per_token`` read as parameters and as rank
+    (:func:`tokens_rule_readings`), and the ``reading`` with the lower mean regret over those cells
+    ("as parameters" on a tie), with ``blocks``, the top-4 cells' adapted blocks; None without such
+    a cell or a ratio."""
+    from calibration.labels import best_over_lr_cells
+
+    runs = [r for r in read_results(path) if not r["config"].get("use_rslora") and r["config"].get("eva_rho") is None
+            and r["config"].get("top_blocks") is None]
+    if not params_per_token or not runs:
+        return None
+    top4 = read_records(experiment_result_files())
+    cells = []
+    for all_block in best_over_lr_cells(runs, min_ranks=2):
+        cell = top4_cell(top4, all_block.model, all_block.task, all_block.train_size)
+        if cell is None or not cell.seed_noise:
+            continue
+        readings = tokens_rule_readings(all_block, cell, params_per_token)
+        cells.append({"model": all_block.model, "task": all_block.task, "train_size": all_block.train_size,
+                      "ranks": all_block.ranks, "seeds": min(map(len, all_block.losses.values())),
+                      **{reading: {k: round(v, 3) for k, v in found.items()} for reading, found in readings.items()}})
+    if not cells:
+        return None
+    mean = {reading: sum(c[reading]["regret_noises"] for c in cells) / len(cells) for reading in ("as parameters", "as rank")}
+    blocks = top4_cell(top4, cells[0]["model"], cells[0]["task"], cells[0]["train_size"]).records[0]["config"]["top_blocks"]
+    return {"cells": cells, "reading": "as rank" if mean["as rank"] < mean["as parameters"] else "as parameters",
+            "blocks": blocks}
+
+
 def shipped_params_per_token() -> float | None:
     """The causal-LM calibration's fitted tokens rule ratio (``capacity.params_per_token``), or None."""
     from advisor.calibrated import load_calibration, shipped_calibration

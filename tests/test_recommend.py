@@ -724,3 +724,32 @@ def test_eva_at_r16s_budget_is_quoted_beside_the_capacity_level_and_never_chosen
     assert reason.endswith("; PEFT's EVA initialisation at uniform r = 16's budget (init_lora_weights=\"eva\"), trained "
                            "on 3 of these cells, cost 2.00 % (0.10; 1 of 3) with 0.97x: less loss than this level in "
                            "seed noises and more in % of the loss, with more parameters")
+
+
+def test_a_tokens_rule_that_carried_over_as_rank_counts_its_parameters_over_the_cells_blocks(probed, tmp_path):
+    """When the calibration's transfer check found the need carried over to every block as rank, the
+    ratio counts parameters over as many of the probed blocks as the cells adapted: on a probe of B
+    blocks with cells of one block, the same tokens need B times the rank (within the bounds)."""
+    from advisor.layers import block_depth
+
+    _, result = probed
+    blocks = len({block_depth(name) for name in result.layers})
+    assert blocks >= 2
+    description = fixture_calibration("smollm2-shape", tmp_path, "shape")
+    _with_capacity(description, ratio=8.0, fitted=2.0, best=4.0)
+    per_rank = sum(sum(stats.shape) for stats in result.layers.values())
+    rows = int(0.3 * per_rank / (result.dataset_tokens["loss_tokens"] / result.dataset_tokens["rows"]))
+    as_parameters = advice_from_probe(result, train_size=rows, calibration=description)
+    assert as_parameters.users_rules["blocks"] == blocks
+    metadata = json.loads(description.read_text())
+    metadata["capacity"]["transfer"] = {"reading": "as rank", "blocks": 1, "cells": []}
+    description.write_text(json.dumps(metadata))
+    as_rank = advice_from_probe(result, train_size=rows, calibration=description)
+    tokens = as_rank.users_rules["loss_tokens"]
+    expected = next(r for r in (1, 2, 4, 8, 16, 32, 64, 128) if r * round(per_rank / blocks) >= 8 * tokens)
+    assert as_parameters.level_rank < expected == as_rank.level_rank <= 64
+    (reason,) = [r for r in as_rank.reasons if r.startswith("the rank level is the calibrated tokens rule")]
+    assert "per loss token of your data, counted over 1 of your model's blocks as the cells adapted them" in reason
+    metadata["capacity"]["transfer"]["reading"] = "as parameters"  # the check found parameters: every layer counts
+    description.write_text(json.dumps(metadata))
+    assert advice_from_probe(result, train_size=rows, calibration=description).level_rank == as_parameters.level_rank
