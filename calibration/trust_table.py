@@ -158,7 +158,29 @@ def level_table(meta: dict) -> str | None:
                      f"{s['within_noise']} of {s['cells']} | {_fmt(s['params_vs_r16'], 2)}x |")
     if EVA_LEVEL not in levels:
         lines.append(f"| {LEVEL_NAMES[EVA_LEVEL]} | not measured | | | | |")
-    return "\n".join(lines)
+    transfer = transfer_text(capacity)
+    return "\n".join(lines + ([] if transfer is None else ["", transfer]))
+
+
+def transfer_text(capacity: dict) -> str | None:
+    """One paragraph on the capacity's ``transfer`` check (``calibration.transfer_study``): how the
+    fitted ratio, read as parameters and as rank, did on the cells trained with every block
+    adapted, and which reading the advice uses; "not measured" without the check."""
+    transfer = capacity.get("transfer")
+    if not transfer:
+        return ("With every block adapted (the advice's adapter; the cells adapt the top 4): not measured, so the "
+                "ratio is read as parameters over every adapted layer.")
+    cells = "; ".join(
+        f"{MODEL_NAMES.get(c['model'], c['model'])} {c['task']} at {c['train_size']} rows (ranks "
+        f"{', '.join(map(str, c['ranks']))}, {c['seeds']} seed{'s' if c['seeds'] > 1 else ''}): as parameters r = "
+        f"{c['as parameters']['rank']}, {_fmt(c['as parameters']['regret_noises'], 1)} seed noises above the cell's "
+        f"best rank; as rank r = {c['as rank']['rank']}, {_fmt(c['as rank']['regret_noises'], 1)}"
+        for c in transfer["cells"])
+    return (f"With every block adapted (`python -m calibration.transfer_study`), the ratio read two ways on "
+            f"{len(transfer['cells'])} cell{'s' if len(transfer['cells']) > 1 else ''} trained again so: {cells}. "
+            f"The advice reads it {transfer['reading']}"
+            + (f", counted over {transfer['blocks']} of the adapter's blocks." if transfer["reading"] == "as rank"
+               else ", over every adapted layer."))
 
 
 def trust_table(models_dir) -> str:

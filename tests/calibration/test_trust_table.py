@@ -64,3 +64,12 @@ def test_the_level_table_scores_eva_where_cells_trained_it_and_marks_it_otherwis
     assert f"| {LEVEL_NAMES[EVA_LEVEL]} | not measured | | | | |" in level_table(meta)
     levels[EVA_LEVEL] = {**summary, "cells": 2, "within_noise": 0, "regret_noises_mean": 1.5, "params_vs_r16": 0.98}
     assert f"| {LEVEL_NAMES[EVA_LEVEL]} | 1.50 | 2.00 | 0.10 % | 0 of 2 | 0.98x |" in level_table(meta)
+    # the transfer check to every block: said as measured, or marked not measured
+    assert level_table(meta).endswith("not measured, so the ratio is read as parameters over every adapted layer.")
+    meta["capacity"]["transfer"] = {"reading": "as rank", "blocks": 4, "cells": [
+        {"model": "smollm2", "task": "t", "train_size": 1000, "ranks": [1, 16], "seeds": 1,
+         "as parameters": {"rank": 2, "regret_noises": 8.04}, "as rank": {"rank": 16, "regret_noises": 0.0}}]}
+    assert level_table(meta).endswith(
+        "on 1 cell trained again so: SmolLM2 t at 1000 rows (ranks 1, 16, 1 seed): as parameters r = 2, 8.0 seed "
+        "noises above the cell's best rank; as rank r = 16, 0.0. The advice reads it as rank, counted over 4 of the "
+        "adapter's blocks.")
