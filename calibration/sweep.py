@@ -342,7 +342,7 @@ def grid_eva_step_control() -> list[RunConfig]:
 
 
 TRANSFER_RANKS = (1, 4, 16, 64)
-TRANSFER_LRS = (1e-3, 3e-3)  # the capacity cells' best rates for shakespeare's ranks (1e-3 for r = 1, 3e-3 above)
+TRANSFER_LRS = (1e-3, 3e-3, 3e-4)  # the top-4 cell's best rates (1e-3 at r = 1, 3e-3 above), then 3e-4 below them
 
 
 def grid_smollm2_transfer() -> list[RunConfig]:

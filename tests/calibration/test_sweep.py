@@ -441,8 +441,8 @@ def test_the_transfer_grid_is_a_capacity_cell_with_every_block_adapted_kept_out_
     from calibration.sweep import grid_smollm2_capacity, grid_smollm2_transfer
 
     transfer, capacity = grid_smollm2_transfer(), {c.run_id: c for c in grid_smollm2_capacity()}
-    assert len(transfer) == 4 * 2 * 2 and {c.top_blocks for c in transfer} == {None}
-    assert [c.seed for c in transfer[:8]] == [0] * 8  # seed 0 of every run first
+    assert len(transfer) == 4 * 3 * 2 and {c.top_blocks for c in transfer} == {None}
+    assert [c.seed for c in transfer[:12]] == [0] * 12  # seed 0 of every run first
     for c in transfer:  # the shakespeare cell's own run, but for the blocks adapted
         assert replace(c, top_blocks=4).run_id in capacity and c.run_id not in capacity
     assert "smollm2-transfer.jsonl" in STUDY_FILES and "smollm2-transfer.jsonl" not in EXPERIMENT_FILES
