@@ -15,7 +15,7 @@ mean eval loss beside two predictions from the top-4 cell (each rank at its best
   log2 rank between the ranks it trained (:func:`calibration.level_study.loss_at`; clipped to them);
 
 each as a difference in the top-4 cell's seed noises. Then the all-block gap between its smallest
-and largest rank beside what each hypothesis predicts for it. Adapting every block changes more
+rank and its best one beside what each hypothesis predicts for it. Adapting every block changes more
 than the parameter count (which layers move), so the levels may differ from both; the gaps, which
 need no common level, are the cleaner test. Last, the shipped causal-LM calibration's tokens rule
 (its ``params_per_token``) read both ways on the all-block cell: as parameters (over every block's
@@ -84,11 +84,11 @@ def transfer_rows(all_block: dict[int, dict], cell) -> list[dict]:
 
 
 def gaps(rows: list[dict], noise: float) -> dict[str, float]:
-    """The loss between the smallest and the largest all-block rank, measured and as each hypothesis
-    predicts it, in seed noises (``noise``: the top-4 cell's)."""
-    low, high = rows[0], rows[-1]
+    """The loss between the smallest all-block rank and the best one, measured and as each hypothesis
+    predicts it, in seed noises (``noise``: the top-4 cell's); also ``best_rank``, that best rank."""
+    low, high = rows[0], min(rows, key=lambda row: row["loss"])
     return {"measured": (low["loss"] - high["loss"]) / noise, "as_rank": (low["as_rank"] - high["as_rank"]) / noise,
-            "as_params": (low["as_params"] - high["as_params"]) / noise}
+            "as_params": (low["as_params"] - high["as_params"]) / noise, "best_rank": high["rank"]}
 
 
 def tokens_rule_readings(all_block_cell, cell, params_per_token: float) -> dict[str, dict]:
@@ -159,8 +159,9 @@ def markdown(rows: list[dict], cell, gap: dict[str, float]) -> str:
         lines.append(f"| {row['rank']} | {row['params']:,} | {row['loss']:.4f} | {row['rate']:g} | {row['seeds']} | "
                      f"{row['as_rank']:.4f} | {row['as_params']:.4f} (r = {row['top4_rank_same_params']:.3g}) | "
                      f"{row['vs_rank_noises']:+.1f} | {row['vs_params_noises']:+.1f} |")
-    low, high = rows[0]["rank"], rows[-1]["rank"]
-    lines += ["", f"r = {low} above r = {high} with every block adapted: {gap['measured']:.1f} seed noises measured; "
+    low, high = rows[0]["rank"], gap["best_rank"]
+    lines += ["", f"r = {low} above r = {high}, the best, with every block adapted: {gap['measured']:.1f} seed noises "
+              "measured; "
               f"{gap['as_rank']:.1f} if the need carries over as rank, {gap['as_params']:.1f} if as parameters."]
     return "\n".join(lines)
 

@@ -19,7 +19,10 @@ def test_all_block_ranks_are_read_against_the_top4_cell_at_the_same_rank_and_at_
     assert [row["top4_rank_same_params"] for row in rows] == [4.0, 16.0]
     assert [row["vs_params_noises"] for row in rows] == pytest.approx([0.0, 0.0])
     assert [row["vs_rank_noises"] for row in rows] == pytest.approx([(0.805 - 1.005) / noise, (0.705 - 0.805) / noise])
-    assert gaps(rows, noise) == pytest.approx({"measured": 0.1 / noise, "as_rank": 0.2 / noise, "as_params": 0.1 / noise})
+    assert gaps(rows, noise) == pytest.approx({"measured": 0.1 / noise, "as_rank": 0.2 / noise, "as_params": 0.1 / noise,
+                                               "best_rank": 4})
+    worse_at_the_top = transfer_rows({**all_block, 16: {**all_block[4], "loss": 0.75, "params": 64000}}, cell)
+    assert gaps(worse_at_the_top, noise)["best_rank"] == 4  # the gap runs to the best rank, not the largest
 
 
 def test_the_tokens_rule_is_read_as_parameters_over_every_block_and_as_rank_over_the_top4_cells():
