@@ -41,7 +41,7 @@ TRANSFER_FILE = RESULTS_DIR / "smollm2-transfer.jsonl"
 
 def rank_losses(records: list[dict]) -> dict[int, dict]:
     """Per rank of ``records`` (one cell's alpha / r runs): {"loss": mean eval loss at its best rate,
-    "rate", "seeds": runs at that rate, "params": adapter parameters}, each rank's best rate among
+    "rate", "rates": those tried, "seeds": runs at that rate, "params": adapter parameters}, each rank's best rate among
     the rates trained with the most seeds (:func:`calibration.labels.best_over_lr_cells`)."""
     from calibration.labels import best_over_lr_cells
 
@@ -52,8 +52,8 @@ def rank_losses(records: list[dict]) -> dict[int, dict]:
     by_rank = {}
     for rank in cell.ranks:
         runs = [r for r in cell.records if r["config"]["rank"] == rank]
-        by_rank[rank] = {"loss": cell.mean_loss(rank), "rate": cell.best_lr[rank], "seeds": len(runs),
-                         "params": runs[0]["trainable_params"]}
+        by_rank[rank] = {"loss": cell.mean_loss(rank), "rate": cell.best_lr[rank], "rates": cell.rates[rank],
+                         "seeds": len(runs), "params": runs[0]["trainable_params"]}
     return by_rank
 
 
@@ -149,14 +149,19 @@ def shipped_params_per_token() -> float | None:
     return (capacity or {}).get("params_per_token")
 
 
+def _of(rates: list[float] | None) -> str:
+    return f" (of {', '.join(f'{rate:g}' for rate in rates)})" if rates and len(rates) > 1 else ""
+
+
 def markdown(rows: list[dict], cell, gap: dict[str, float]) -> str:
     lines = [f"{cell.model} on {cell.task}, {cell.train_size} rows: every block adapted against the top 4 (each rank at "
              f"its best rate; the top-4 cell's seed noise {cell.seed_noise:.4f}):", "",
-             "| rank | parameters | all blocks: eval loss | rate | seeds | top 4, same rank | top 4, same parameters "
+             "| rank | parameters | all blocks: eval loss | best rate | seeds | top 4, same rank | top 4, same parameters "
              "(as its rank) | above same rank (noises) | above same parameters (noises) |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
-        lines.append(f"| {row['rank']} | {row['params']:,} | {row['loss']:.4f} | {row['rate']:g} | {row['seeds']} | "
+        lines.append(f"| {row['rank']} | {row['params']:,} | {row['loss']:.4f} | {row['rate']:g}{_of(row.get('rates'))} | "
+                     f"{row['seeds']} | "
                      f"{row['as_rank']:.4f} | {row['as_params']:.4f} (r = {row['top4_rank_same_params']:.3g}) | "
                      f"{row['vs_rank_noises']:+.1f} | {row['vs_params_noises']:+.1f} |")
     low, high = rows[0]["rank"], gap["best_rank"]
