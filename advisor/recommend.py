@@ -306,12 +306,16 @@ def _learning_rate(alpha_mode: str, calibration) -> dict:
             which = f"the best single rate at every rank tried ({', '.join(map(str, measured['ranks']))})"
         else:  # a calibration written before each rank's best was recorded
             which = f"the lowest mean loss above each run's best over the ranks tried ({', '.join(map(str, measured['ranks']))})"
-        return {"value": measured["learning_rate"], "by_rank": by_rank or None, "why": (
+        every_block = measured.get("every_block") or []  # each (all-block cell, rank)'s own best rate
+        return {"value": measured["learning_rate"], "by_rank": by_rank or None, "top_blocks": blocks,
+                "every_block": {str(found["rank"]): found["best"] for found in every_block} or None, "why": (
             f"learning rate {measured['learning_rate']:g}: under alpha = {FIXED_ALPHA:g} with alpha / r {which}, in "
             f"{calibration.name}'s parametrization experiment ({', '.join(measured['models'])} with its top {blocks} "
             f"blocks adapted, {len(measured['tasks'])} tasks, batch {'/'.join(map(str, measured['batch_size']))}, "
             f"{'/'.join(f'{e:g}' for e in measured['epochs'])} epoch; mean loss above each run's best "
-            f"{regret[best]:.1%}, against {others})")}
+            f"{regret[best]:.1%}, against {others})" + "".join(
+                f"; with every block adapted, on {found['task']}, r={found['rank']} did best at {found['best']:g} of "
+                f"{', '.join(f'{rate:g}' for rate in found['rates'])}" for found in every_block))}
     if alpha_mode == "fixed":
         return {"value": None, "why": (
             f"learning rate: not measured for this model; under alpha = {FIXED_ALPHA:g} with alpha / r the best rate "

@@ -233,7 +233,12 @@ def headline(advice: dict) -> list[str]:
     rate = advice.get("learning_rate") or {}
     if rate.get("value") is not None:
         others = sorted({r for r in (rate.get("by_rank") or {}).values() if r != rate["value"]})
-        if others:
+        every_block = set((rate.get("every_block") or {}).values())
+        if others and every_block == {rate["value"]}:
+            what += (f" Train at learning rate {rate['value']:g} (measured: the best on average over ranks, and at each "
+                     f"rank tried with every block adapted; with the top {rate.get('top_blocks')} blocks some did best at "
+                     f"{', '.join(f'{r:g}' for r in others)}).")
+        elif others:
             what += (f" Train at learning rate {rate['value']:g} (measured: the best on average over ranks; some did "
                      f"best at {', '.join(f'{r:g}' for r in others)}).")
         elif rate.get("by_rank"):

@@ -93,11 +93,17 @@ from calibration.regression import (
 
 def learning_rate_of(task: str) -> dict | None:
     """The rate ``advise`` states under alpha = 32 with alpha / r for models of probe ``task`` ("all":
-    every model): :func:`calibration.scaling_study.learning_rate_evidence` on the experiment files."""
+    every model): :func:`calibration.scaling_study.learning_rate_evidence` on the experiment files, with
+    ``every_block``: each rank's best rate on the cells trained with every block adapted
+    (:func:`calibration.transfer_study.every_block_rates`)."""
     from calibration.scaling_study import learning_rate_evidence
+    from calibration.transfer_study import every_block_rates
 
-    return learning_rate_evidence([r for r in read_records(experiment_result_files())
-                                   if task in ("all", probe_task(r["model"]))])
+    evidence = learning_rate_evidence([r for r in read_records(experiment_result_files())
+                                       if task in ("all", probe_task(r["model"]))])
+    if evidence is not None:
+        evidence["every_block"] = every_block_rates()
+    return evidence
 
 
 def capacity_of(task: str) -> dict | None:

@@ -140,6 +140,19 @@ def transfer_evidence(params_per_token: float | None, path: Path = TRANSFER_FILE
             "blocks": blocks}
 
 
+def every_block_rates(path: Path = TRANSFER_FILE) -> list[dict] | None:
+    """Each rank's best learning rate on the all-block cells of ``path`` (alpha / r), among the rates
+    it tried with the most seeds: one {"model", "task", "rank", "best", "rates"} per (cell, rank)
+    that tried at least two rates; None without such a rank."""
+    from calibration.labels import best_over_lr_cells
+
+    runs = [r for r in read_results(path) if not r["config"].get("use_rslora") and r["config"].get("eva_rho") is None
+            and r["config"].get("top_blocks") is None]
+    found = [{"model": cell.model, "task": cell.task, "rank": rank, "best": cell.best_lr[rank], "rates": cell.rates[rank]}
+             for cell in best_over_lr_cells(runs, min_ranks=1) for rank in cell.ranks if len(cell.rates[rank]) > 1]
+    return found or None
+
+
 def shipped_params_per_token() -> float | None:
     """The causal-LM calibration's fitted tokens rule ratio (``capacity.params_per_token``), or None."""
     from advisor.calibrated import load_calibration, shipped_calibration

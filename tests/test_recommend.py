@@ -183,6 +183,17 @@ def test_a_calibration_that_measured_a_rate_states_it_in_the_advice_and_its_expo
         "did best at 0.001" in advice.learning_rate["why"]
     assert "Train at learning rate 0.001 (measured: the best on average over ranks; some did best at 0.003)." in \
         headline(advice.to_dict())[0]
+    # cells trained with every block adapted, whose ranks each did best at the stated rate: said in both places
+    every_block = [{"model": "smollm2", "task": "t", "rank": rank, "best": 1e-3, "rates": [3e-4, 1e-3, 3e-3]}
+                   for rank in (1, 16)]
+    fixture_calibration("encoders", tmp_path, "all", learning_rate={**LEARNING_RATE_EVIDENCE, "every_block": every_block})
+    both = advice_from_probe(result, train_size=1000, min_rank=1, calibration=tmp_path / "all.json")
+    assert both.learning_rate["why"].endswith("; with every block adapted, on t, r=1 did best at 0.001 of 0.0003, 0.001, "
+                                              "0.003; with every block adapted, on t, r=16 did best at 0.001 of 0.0003, "
+                                              "0.001, 0.003")
+    assert (f"Train at learning rate 0.001 (measured: the best on average over ranks, and at each rank tried with every "
+            f"block adapted; with the top {both.learning_rate['top_blocks']} blocks some did best at 0.003).") in \
+        headline(both.to_dict())[0]
     agreeing = {**LEARNING_RATE_EVIDENCE, "best_by_rank": {"1": 0.001, "64": 0.001}}
     fixture_calibration("encoders", tmp_path, "agree", learning_rate=agreeing)
     agreed = advice_from_probe(result, train_size=1000, min_rank=1, calibration=tmp_path / "agree.json")
