@@ -271,8 +271,10 @@ def how_sure(advice: dict) -> str:
                 f"{theirs['regret_noises']:.2f} at {theirs['params_vs_r16']:.2f}x)" if ours and theirs
                 else "the rules you could apply by hand")
         verb = "which traded a little more loss for fewer parameters than" if traded else "which beat"
+        counted = (f", its parameters counted per {evidence['blocks']} blocks as the sweeps adapted them"
+                   if evidence.get("blocks") else "")
         text = (f"measured on other data: the size is the calibrated tokens rule's (r={decision['level_rank']} for your "
-                f"data's loss tokens), {verb} {beat} on the calibration's capacity sweeps, each task held out; "
+                f"data's loss tokens{counted}), {verb} {beat} on the calibration's capacity sweeps, each task held out; "
                 f"the ranks are {shape}")
     elif level == "best users' rule":
         text = (f"rough, since the size is {decision['level_rule']}'s (r={decision['level_rank']} for your data), the best "

@@ -309,7 +309,7 @@ def capacity_evidence(metadata: dict, choice: dict) -> dict:
                 "params_vs_r16": levels[name]["params_vs_r16"]}
 
     return {"level": figures(choice["level"]), "beat": choice["beat"],
-            "baseline": figures(choice["beat"]) if choice["beat"] else None}
+            "baseline": figures(choice["beat"]) if choice["beat"] else None, "blocks": choice.get("blocks")}
 
 
 def capacity_rank(choice: dict, rules: dict | None, train_size: int) -> int | None:

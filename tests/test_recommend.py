@@ -532,8 +532,8 @@ def test_the_advice_states_the_ranks_the_users_rules_give_its_dataset():
     per_rank = sum(out + inp for out, inp in (stats.shape for stats in result.layers.values()))
     tokens = 4000 * 11  # 11 loss tokens a row, scaled from the 40 counted rows to the 4,000 trained on
     tinker = advice.users_rules["tinker"]
-    assert advice.users_rules == {"rows": 4000, "loss_tokens": tokens, "max_length": result.max_length, "params_per_rank": per_rank,
-                                  "tinker": tinker, "axolotl": 16}
+    assert advice.users_rules == {"rows": 4000, "loss_tokens": tokens, "max_length": result.max_length,
+                                  "params_per_rank": per_rank, "blocks": 2, "tinker": tinker, "axolotl": 16}
     assert tinker * per_rank >= tokens > tinker // 2 * per_rank
     assert any(reason.startswith(f"your data: 4,000 rows, 44,000 loss tokens within {result.max_length} tokens a row")
                and f"r = {tinker}" in reason
@@ -678,7 +678,8 @@ def test_capacity_cells_set_the_level_by_the_tokens_rule_that_beat_the_users_rul
         "parameters, against 4.00 at 1.00x) on the calibration's capacity sweeps")
     assert decision.level_evidence == {"level": {"regret_noises": 2.0, "regret": 0.01, "params_vs_r16": 0.5},
                                        "beat": "r = 16",
-                                       "baseline": {"regret_noises": 4.0, "regret": 0.01, "params_vs_r16": 1.0}}
+                                       "baseline": {"regret_noises": 4.0, "regret": 0.01, "params_vs_r16": 1.0},
+                                       "blocks": None}
     assert Advice.from_dict(json.loads(advice.to_json()), advice.probe).decision == decision  # round trip
     # a 4-bit probe of the same data reads the same tokens: the same level whatever its gradients
     quantized = replace(result, quantization={"load_in_4bit": True})
@@ -742,6 +743,7 @@ def test_a_tokens_rule_that_carried_over_as_rank_counts_its_parameters_over_the_
     ratio counts parameters over as many of the probed blocks as the cells adapted: on a probe of B
     blocks with cells of one block, the same tokens need B times the rank (within the bounds)."""
     from advisor.layers import block_depth
+    from advisor.report import how_sure
 
     _, result = probed
     blocks = len({block_depth(name) for name in result.layers})
@@ -761,6 +763,9 @@ def test_a_tokens_rule_that_carried_over_as_rank_counts_its_parameters_over_the_
     assert as_parameters.level_rank < expected == as_rank.level_rank <= 64
     (reason,) = [r for r in as_rank.reasons if r.startswith("the rank level is the calibrated tokens rule")]
     assert "per loss token of your data, counted over 1 of your model's blocks as the cells adapted them" in reason
+    assert as_rank.decision.level_evidence["blocks"] == 1
+    assert "(r=" + str(expected) + " for your data's loss tokens, its parameters counted per 1 blocks as the sweeps " \
+        "adapted them)" in how_sure(as_rank.to_dict())
     metadata["capacity"]["transfer"]["reading"] = "as parameters"  # the check found parameters: every layer counts
     description.write_text(json.dumps(metadata))
     assert advice_from_probe(result, train_size=rows, calibration=description).level_rank == as_parameters.level_rank

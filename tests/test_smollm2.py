@@ -68,7 +68,11 @@ def test_advised_config_is_applied_by_peft_with_the_advised_ranks(smollm2, tmp_p
     # today's advice on the embedded default, pinned (tests/test_advice_pin.py says when to update it): the
     # calibration's tokens rule on the dataset's loss tokens (cut at 64 tokens a row), within the rank bounds
     rules, metadata = advice["users_rules"], resolve_calibration("auto", task="causal-lm").metadata
-    expected = tokens_rank(rules["loss_tokens"], rules["params_per_rank"], metadata["capacity"]["params_per_token"])
+    transfer = metadata["capacity"].get("transfer") or {}  # counted over the cells' blocks when the need carried as rank
+    per_rank = (round(rules["params_per_rank"] * transfer["blocks"] / 30) if transfer.get("reading") == "as rank"
+                else rules["params_per_rank"])
+    assert rules["blocks"] == 30
+    expected = tokens_rank(rules["loss_tokens"], per_rank, metadata["capacity"]["params_per_token"])
     assert advice["level_rank"] == max(2, expected)
     assert (decision["level"], decision["calibration"], advice["level_rank"], advice["trainable_params"]) == (
         "tokens rule", "lora-rank-causal-lm", 2, 610_560)
