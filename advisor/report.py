@@ -235,8 +235,9 @@ def headline(advice: dict) -> list[str]:
         others = sorted({r for r in (rate.get("by_rank") or {}).values() if r != rate["value"]})
         every_block = set((rate.get("every_block") or {}).values())
         if others and every_block == {rate["value"]}:
-            what += (f" Train at learning rate {rate['value']:g} (measured: the best on average over ranks, and at each "
-                     f"rank tried with every block adapted; with the top {rate.get('top_blocks')} blocks some did best at "
+            ranks = ", ".join(sorted(rate["every_block"], key=int))
+            what += (f" Train at learning rate {rate['value']:g} (measured: the best on average over ranks, and at r = "
+                     f"{ranks} with every block adapted; with the top {rate.get('top_blocks')} blocks some did best at "
                      f"{', '.join(f'{r:g}' for r in others)}).")
         elif others:
             what += (f" Train at learning rate {rate['value']:g} (measured: the best on average over ranks; some did "

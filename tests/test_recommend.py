@@ -191,7 +191,7 @@ def test_a_calibration_that_measured_a_rate_states_it_in_the_advice_and_its_expo
     assert both.learning_rate["why"].endswith("; with every block adapted, on t, r=1 did best at 0.001 of 0.0003, 0.001, "
                                               "0.003; with every block adapted, on t, r=16 did best at 0.001 of 0.0003, "
                                               "0.001, 0.003")
-    assert (f"Train at learning rate 0.001 (measured: the best on average over ranks, and at each rank tried with every "
+    assert (f"Train at learning rate 0.001 (measured: the best on average over ranks, and at r = 1, 16 with every "
             f"block adapted; with the top {both.learning_rate['top_blocks']} blocks some did best at 0.003).") in \
         headline(both.to_dict())[0]
     agreeing = {**LEARNING_RATE_EVIDENCE, "best_by_rank": {"1": 0.001, "64": 0.001}}
