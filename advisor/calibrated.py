@@ -276,13 +276,14 @@ def capacity_level(metadata: dict) -> dict | None:
     floor = min(regret[name] for name in baselines)
     best = min((name for name in baselines if regret[name] <= floor + 1), key=lambda name: (params[name], regret[name]))
     ratio, gain = capacity.get("params_per_token"), required_gain(metadata)
+    choice = {"level": best, "beat": None, "params_per_token": ratio, "blocks": transfer_blocks(capacity)}
     if FITTED_TOKENS_RULE in scored and isinstance(ratio, (int, float)) and ratio > 0:
         fitted = FITTED_TOKENS_RULE
         lower_loss = regret[fitted] < (1 - gain) * regret[best] and params[fitted] <= (1 + gain) * params[best]
         fewer_params = regret[fitted] <= regret[best] + 1 and params[fitted] < (1 - gain) * params[best]
         if lower_loss or fewer_params:
-            return {"level": fitted, "beat": best, "params_per_token": ratio, "blocks": transfer_blocks(capacity)}
-    return {"level": best, "beat": None, "params_per_token": ratio, "blocks": transfer_blocks(capacity)}
+            return {**choice, "level": fitted, "beat": best}
+    return choice
 
 
 def transfer_blocks(capacity: dict) -> int | None:

@@ -39,16 +39,16 @@ from calibration.records import RESULTS_DIR, experiment_result_files, read_recor
 TRANSFER_FILE = RESULTS_DIR / "smollm2-transfer.jsonl"
 
 
-def rank_losses(records: list[dict]) -> dict[int, dict]:
-    """Per rank of ``records`` (one cell's alpha / r runs): {"loss": mean eval loss at its best rate,
-    "rate", "rates": those tried, "seeds": runs at that rate, "params": adapter parameters}, each rank's best rate among
-    the rates trained with the most seeds (:func:`calibration.labels.best_over_lr_cells`)."""
-    from calibration.labels import best_over_lr_cells
+def all_block_runs(path: Path = TRANSFER_FILE) -> list[dict]:
+    """The uniform-rank runs of ``path`` with every block adapted (alpha / r, not EVA, no ``top_blocks``)."""
+    return [r for r in read_results(path) if not r["config"].get("use_rslora") and r["config"].get("eva_rho") is None
+            and r["config"].get("top_blocks") is None]
 
-    cells = best_over_lr_cells(records, min_ranks=1)
-    if len(cells) != 1:
-        raise ValueError(f"expected the runs of one cell, found {len(cells)} cells")
-    cell = cells[0]
+
+def rank_losses(cell) -> dict[int, dict]:
+    """Per rank of an all-block ``cell`` (:func:`calibration.labels.best_over_lr_cells`: each rank at its
+    best rate among the rates trained with the most seeds): {"loss": mean eval loss at that rate, "rate",
+    "rates": those tried, "seeds": runs at that rate, "params": adapter parameters}."""
     by_rank = {}
     for rank in cell.ranks:
         runs = [r for r in cell.records if r["config"]["rank"] == rank]
@@ -118,16 +118,16 @@ def transfer_evidence(params_per_token: float | None, path: Path = TRANSFER_FILE
     a cell or a ratio."""
     from calibration.labels import best_over_lr_cells
 
-    runs = [r for r in read_results(path) if not r["config"].get("use_rslora") and r["config"].get("eva_rho") is None
-            and r["config"].get("top_blocks") is None]
+    runs = all_block_runs(path)
     if not params_per_token or not runs:
         return None
     top4 = read_records(experiment_result_files())
-    cells = []
+    cells, blocks = [], None
     for all_block in best_over_lr_cells(runs, min_ranks=2):
         cell = top4_cell(top4, all_block.model, all_block.task, all_block.train_size)
         if cell is None or not cell.seed_noise:
             continue
+        blocks = blocks or cell.records[0]["config"]["top_blocks"]
         readings = tokens_rule_readings(all_block, cell, params_per_token)
         cells.append({"model": all_block.model, "task": all_block.task, "train_size": all_block.train_size,
                       "ranks": all_block.ranks, "seeds": min(map(len, all_block.losses.values())),
@@ -135,7 +135,6 @@ def transfer_evidence(params_per_token: float | None, path: Path = TRANSFER_FILE
     if not cells:
         return None
     mean = {reading: sum(c[reading]["regret_noises"] for c in cells) / len(cells) for reading in ("as parameters", "as rank")}
-    blocks = top4_cell(top4, cells[0]["model"], cells[0]["task"], cells[0]["train_size"]).records[0]["config"]["top_blocks"]
     return {"cells": cells, "reading": "as rank" if mean["as rank"] < mean["as parameters"] else "as parameters",
             "blocks": blocks}
 
@@ -146,10 +145,8 @@ def every_block_rates(path: Path = TRANSFER_FILE) -> list[dict] | None:
     that tried at least two rates; None without such a rank."""
     from calibration.labels import best_over_lr_cells
 
-    runs = [r for r in read_results(path) if not r["config"].get("use_rslora") and r["config"].get("eva_rho") is None
-            and r["config"].get("top_blocks") is None]
     found = [{"model": cell.model, "task": cell.task, "rank": rank, "best": cell.best_lr[rank], "rates": cell.rates[rank]}
-             for cell in best_over_lr_cells(runs, min_ranks=1) for rank in cell.ranks if len(cell.rates[rank]) > 1]
+             for cell in best_over_lr_cells(all_block_runs(path), min_ranks=1) for rank in cell.ranks if len(cell.rates[rank]) > 1]
     return found or None
 
 
@@ -188,24 +185,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = script_parser("calibration.transfer_study", __doc__, ["python -m calibration.transfer_study"])
     parser.add_argument("--results", type=Path, default=TRANSFER_FILE, help="the all-block runs (default: %(default)s)")
     args = parser.parse_args(argv)
-    runs = [r for r in read_results(args.results) if not r["config"].get("use_rslora")
-            and r["config"].get("eva_rho") is None]
-    if not runs:
+    from calibration.labels import best_over_lr_cells
+
+    all_block_cells = best_over_lr_cells(all_block_runs(args.results), min_ranks=1)
+    if not all_block_cells:
         print(f"error: no all-block run in {args.results}", file=sys.stderr)
         return 2
-    first = runs[0]["config"]
-    cell = top4_cell(read_records(experiment_result_files()), first["model"], first["task"], first["train_size"])
-    if cell is None or not cell.seed_noise or math.isnan(cell.seed_noise):
-        print(f"error: no top-4 capacity cell with a seed noise for {first['model']} {first['task']} "
-              f"{first['train_size']}", file=sys.stderr)
+    if len(all_block_cells) > 1:
+        print(f"error: expected the all-block runs of one cell in {args.results}, found {len(all_block_cells)} cells",
+              file=sys.stderr)
         return 2
-    rows = transfer_rows(rank_losses(runs), cell)
+    (all_block_cell,) = all_block_cells
+    model, task, size = all_block_cell.model, all_block_cell.task, all_block_cell.train_size
+    cell = top4_cell(read_records(experiment_result_files()), model, task, size)
+    if cell is None or not cell.seed_noise or math.isnan(cell.seed_noise):
+        print(f"error: no top-4 capacity cell with a seed noise for {model} {task} {size}", file=sys.stderr)
+        return 2
+    rows = transfer_rows(rank_losses(all_block_cell), cell)
     print(markdown(rows, cell, gaps(rows, cell.seed_noise)))
     ratio = shipped_params_per_token()
     if ratio:
-        from calibration.labels import best_over_lr_cells
-
-        (all_block_cell,) = best_over_lr_cells(runs, min_ranks=1)
         readings = tokens_rule_readings(all_block_cell, cell, ratio)
         print(f"\nThe shipped tokens rule ({ratio:g} adapter parameters per loss token) on the all-block cell: "
               + "; ".join(f"{reading}, r = {found['rank']}, {found['regret_noises']:.1f} seed noises above its best rank"

@@ -158,11 +158,10 @@ def level_table(meta: dict) -> str | None:
                      f"{s['within_noise']} of {s['cells']} | {_fmt(s['params_vs_r16'], 2)}x |")
     if EVA_LEVEL not in levels:
         lines.append(f"| {LEVEL_NAMES[EVA_LEVEL]} | not measured | | | | |")
-    transfer = transfer_text(capacity)
-    return "\n".join(lines + ([] if transfer is None else ["", transfer]))
+    return "\n".join([*lines, "", transfer_text(capacity)])
 
 
-def transfer_text(capacity: dict) -> str | None:
+def transfer_text(capacity: dict) -> str:
     """One paragraph on the capacity's ``transfer`` check (``calibration.transfer_study``): how the
     fitted ratio, read as parameters and as rank, did on the cells trained with every block
     adapted, and which reading the advice uses; "not measured" without the check."""
