@@ -6,8 +6,8 @@ rule counts adapter parameters per loss token, so it assumes the need carries ov
 the rank an all-block adapter needs is the top-4 need divided by that factor. If it carries over as
 rank instead, the all-block adapter needs the top-4 rank itself.
 
-The ``smollm2-transfer`` grid trains a capacity cell again with every block adapted (the same
-rows, epoch, ranks, rates and seeds). Per rank trained there, at its best rate, this prints its
+The ``smollm2-transfer`` grid trains capacity cells again with every block adapted (the same
+rows, epoch, ranks, rates and seeds). Per cell and rank trained there, at its best rate, this prints its
 mean eval loss beside two predictions from the top-4 cell (each rank at its best rate too):
 
 - ``as rank``: the top-4 cell's loss at the same rank;
@@ -191,24 +191,21 @@ def main(argv: list[str] | None = None) -> int:
     if not all_block_cells:
         print(f"error: no all-block run in {args.results}", file=sys.stderr)
         return 2
-    if len(all_block_cells) > 1:
-        print(f"error: expected the all-block runs of one cell in {args.results}, found {len(all_block_cells)} cells",
-              file=sys.stderr)
-        return 2
-    (all_block_cell,) = all_block_cells
-    model, task, size = all_block_cell.model, all_block_cell.task, all_block_cell.train_size
-    cell = top4_cell(read_records(experiment_result_files()), model, task, size)
-    if cell is None or not cell.seed_noise or math.isnan(cell.seed_noise):
-        print(f"error: no top-4 capacity cell with a seed noise for {model} {task} {size}", file=sys.stderr)
-        return 2
-    rows = transfer_rows(rank_losses(all_block_cell), cell)
-    print(markdown(rows, cell, gaps(rows, cell.seed_noise)))
+    top4 = read_records(experiment_result_files())
     ratio = shipped_params_per_token()
-    if ratio:
-        readings = tokens_rule_readings(all_block_cell, cell, ratio)
-        print(f"\nThe shipped tokens rule ({ratio:g} adapter parameters per loss token) on the all-block cell: "
-              + "; ".join(f"{reading}, r = {found['rank']}, {found['regret_noises']:.1f} seed noises above its best rank"
-                          for reading, found in readings.items()) + ".")
+    for number, all_block_cell in enumerate(all_block_cells):
+        model, task, size = all_block_cell.model, all_block_cell.task, all_block_cell.train_size
+        cell = top4_cell(top4, model, task, size)
+        if cell is None or not cell.seed_noise or math.isnan(cell.seed_noise):
+            print(f"error: no top-4 capacity cell with a seed noise for {model} {task} {size}", file=sys.stderr)
+            return 2
+        rows = transfer_rows(rank_losses(all_block_cell), cell)
+        print(("\n" if number else "") + markdown(rows, cell, gaps(rows, cell.seed_noise)))
+        if ratio:
+            readings = tokens_rule_readings(all_block_cell, cell, ratio)
+            print(f"\nThe shipped tokens rule ({ratio:g} adapter parameters per loss token) on the all-block cell: "
+                  + "; ".join(f"{reading}, r = {found['rank']}, {found['regret_noises']:.1f} seed noises above its "
+                              "best rank" for reading, found in readings.items()) + ".")
     return 0
 
 
