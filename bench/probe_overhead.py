@@ -9,9 +9,14 @@ memory every 10 ms during the pass; reported are that peak and the resident memo
 before the pass (model and batches loaded); their difference is what the pass costs.
 ``--load-in-4bit``: the same on SmolLM2 quantized to NF4 while loading (QLoRA's base); its
 plain pass sends gradients to the input embeddings, as QLoRA's backward does.
+``--grow``: the probe as ``advise`` runs it by default (from ``--samples`` rows, doubling up to
+``DEFAULT_MAX_SAMPLES`` rows or ``DEFAULT_MAX_SECONDS`` until the layers' gradients converge, the
+spectra of its first rows kept for the calibration); a first probe finds where it stops, and the
+plain pass then reads the same batches. ``--samples 32 --max-length 128 --grow`` is advise's
+default on the embedded data (the causal-LM calibration's probe protocol).
 
     python bench/probe_overhead.py [--samples 64] [--batch-size 8] [--max-length 256] [--repeats 2]
-        [--load-in-4bit] [--append bench/results/probe_overhead.jsonl --machine "what it ran on"]
+        [--grow] [--load-in-4bit] [--append bench/results/probe_overhead.jsonl --machine "what it ran on"]
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ import torch
 import torch.nn.functional as F
 from records import add_record_arguments, emit  # bench/records.py
 
-from advisor.data import make_batches
+from advisor.data import load_rows, make_batches, sample_batches
 from advisor.loading import load_model
 from advisor.probe_pass import probe
 from advisor.quantized import Quantization
+from advisor.recommend import DEFAULT_MAX_SAMPLES, DEFAULT_MAX_SECONDS
 
 
 def plain_forward_backward(model, batches) -> None:
@@ -48,10 +54,33 @@ def plain_forward_backward(model, batches) -> None:
         model.zero_grad(set_to_none=True)
 
 
-def run_probe(model, tokenizer, args) -> float:
-    result = probe(model, None, tokenizer=tokenizer, num_samples=args.samples, batch_size=args.batch_size,
-                   max_length=args.max_length, seed=0, progress=False)
-    return result.spectra_seconds
+def run_probe(model, tokenizer, args):
+    """The probe's :class:`advisor.probe_pass.ProbeResult` on the embedded data (growing with ``--grow``)."""
+    growth = {"max_samples": DEFAULT_MAX_SAMPLES, "max_seconds": DEFAULT_MAX_SECONDS} if args.grow else {}
+    return probe(model, None, tokenizer=tokenizer, num_samples=args.samples, batch_size=args.batch_size,
+                 max_length=args.max_length, seed=0, progress=False, **growth)
+
+
+def plain_batches(tokenizer, args, probed_rows: int | None = None):
+    """The batches the probe reads: its ``--samples`` rows, or (``--grow``) its first batches and then
+    the extra ones up to ``probed_rows`` rows, the rows a growing probe read before it stopped."""
+    if not args.grow:
+        return make_batches(None, tokenizer, num_samples=args.samples, batch_size=args.batch_size,
+                            max_length=args.max_length, seed=0)
+    first, extra = sample_batches(load_rows(None), tokenizer, num_samples=args.samples, batch_size=args.batch_size,
+                                  max_length=args.max_length, seed=0, extra_samples=DEFAULT_MAX_SAMPLES - args.samples)
+    batches, rows = [], 0
+    for batch in first + extra:
+        if rows >= probed_rows:
+            break
+        batches.append(batch)
+        rows += batch.num_rows
+    return batches
+
+
+def probed_rows(result) -> int | None:
+    """Rows a growing probe read before it stopped (its last check's), else None."""
+    return result.growth["checks"][-1][0] if result.growth and result.growth["checks"] else None
 
 
 def rss_mb() -> float:
@@ -93,8 +122,7 @@ def load(args):
 
 def child(mode: str, args) -> None:
     model, tokenizer = load(args)
-    batches = make_batches(None, tokenizer, num_samples=args.samples, batch_size=args.batch_size,
-                           max_length=args.max_length, seed=0)
+    batches = plain_batches(tokenizer, args, args.probed_rows)
     before = rss_mb()
     with PeakResidentMemory() as memory:
         if mode == "plain":
@@ -111,16 +139,18 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--load-in-4bit", action="store_true", help="the NF4-quantized SmolLM2 (QLoRA's base)")
+    parser.add_argument("--grow", action="store_true", help="grow the probe as advise does by default")
     add_record_arguments(parser)
     parser.add_argument("--child", choices=("plain", "probe"), help=argparse.SUPPRESS)
+    parser.add_argument("--probed-rows", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args.child, args)
         return
 
     model, tokenizer = load(args)
-    batches = make_batches(None, tokenizer, num_samples=args.samples, batch_size=args.batch_size,
-                           max_length=args.max_length, seed=0)
+    grown = probed_rows(run_probe(model, tokenizer, args)) if args.grow else None  # where it stops; a warm-up too
+    batches = plain_batches(tokenizer, args, grown)
     tokens = sum(int(b.attention_mask.sum()) for b in batches)
     plain_times, probe_times, spectra_times = [], [], []
     for _ in range(args.repeats):
@@ -128,8 +158,11 @@ def main() -> None:
         plain_forward_backward(model, batches)
         plain_times.append(time.perf_counter() - started)
         started = time.perf_counter()
-        spectra_times.append(run_probe(model, tokenizer, args))
+        result = run_probe(model, tokenizer, args)
         probe_times.append(time.perf_counter() - started)
+        spectra_times.append(result.spectra_seconds)
+        if probed_rows(result) != grown:
+            raise SystemExit(f"the growing probe stopped at {probed_rows(result)} rows, before at {grown}")
     del model, batches  # the children below measure memory; this process should not crowd them out
     gc.collect()
 
@@ -138,13 +171,15 @@ def main() -> None:
         command = [sys.executable, __file__, "--child", mode, "--samples", str(args.samples),
                    "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
         command += ["--load-in-4bit"] if args.load_in_4bit else []
+        command += ["--grow", "--probed-rows", str(grown)] if args.grow else []
         memory[mode] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
     plain, full = min(plain_times), min(probe_times)
     spectra = spectra_times[probe_times.index(full)]
     report = {
         "model": f"SmolLM2-135M-Instruct ({'NF4 4-bit' if args.load_in_4bit else 'fp32'}, CPU)",
-        "rows": args.samples, "batch_size": args.batch_size, "max_length": args.max_length, "tokens": tokens,
+        "rows": grown or args.samples, "batch_size": args.batch_size, "max_length": args.max_length, "tokens": tokens,
+        **({"grown_from_rows": args.samples, "growth": result.growth} if args.grow else {}),
         "threads": torch.get_num_threads(),
         "plain_forward_backward_s": round(plain, 2),
         "probe_s": round(full, 2),
