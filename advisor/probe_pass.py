@@ -321,7 +321,7 @@ class Growth:
     which sampling noise alone would halve ("stopped falling": the rest is spread that more rows of
     this data do not average away); after ``max_seconds`` of data pass ("time cap"); or when the
     rows drawn run out ("row cap"). ``first_check(accumulators, loss_tokens, tokens, rows)`` is
-    called at the first check when the probe goes on past it."""
+    called at the first check when the probe goes on past it (``first_check_seconds``: its time)."""
 
     first_batches: int
     last_batch: int
@@ -329,6 +329,7 @@ class Growth:
     first_check: object = None
     checks: list = field(default_factory=list)
     stopped: str | None = None
+    first_check_seconds: float | None = None
     started: float = field(default_factory=time.perf_counter)
 
     def __call__(self, done: int, rows: int, accumulators: dict, loss_tokens: list[int], tokens: int) -> bool:
@@ -352,11 +353,13 @@ class Growth:
         elif timed_out:
             self.stopped = "time cap"
         if self.stopped is None and len(self.checks) == 1 and self.first_check is not None:
+            first_check_started = time.perf_counter()
             self.first_check(accumulators, loss_tokens, tokens, rows)
+            self.first_check_seconds = round(time.perf_counter() - first_check_started, 2)
         return self.stopped is not None
 
     def to_dict(self) -> dict:
-        return {"checks": self.checks, "stopped": self.stopped}
+        return {"checks": self.checks, "stopped": self.stopped, "first_check_seconds": self.first_check_seconds}
 
 
 def _noise_ratio(share: float) -> float:

@@ -1,7 +1,9 @@
 """Probe cost against a plain forward + backward over the same batches, on the embedded default.
 
 Time: both are run in this one process, interleaved (plain, probe, plain, probe, ...), and the
-ratio of the fastest repetitions is reported, so machine noise hits both alike. The plain pass
+ratio of the fastest repetitions is reported, so machine noise hits both alike; beside it the
+probe's parts outside the data pass: its spectra (of its first rows too, when it grew) and the
+count of the whole dataset's loss tokens. The plain pass
 is what a training step's gradient computation costs: the model as loaded (every weight
 requires grad), mean token loss, ``loss.backward()``, gradients dropped.
 Memory: each mode runs once in a fresh child process, where a thread samples the resident
@@ -36,9 +38,9 @@ import torch
 import torch.nn.functional as F
 from records import add_record_arguments, emit  # bench/records.py
 
-from advisor.data import load_rows, make_batches, sample_batches
+from advisor.data import count_tokens, load_rows, make_batches, sample_batches
 from advisor.loading import load_model
-from advisor.probe_pass import probe
+from advisor.probe_pass import COUNT_TOKENS_MAX_ROWS, probe
 from advisor.quantized import Quantization
 from advisor.recommend import DEFAULT_MAX_SAMPLES, DEFAULT_MAX_SECONDS
 
@@ -152,7 +154,7 @@ def main() -> None:
     grown = probed_rows(run_probe(model, tokenizer, args)) if args.grow else None  # where it stops; a warm-up too
     batches = plain_batches(tokenizer, args, grown)
     tokens = sum(int(b.attention_mask.sum()) for b in batches)
-    plain_times, probe_times, spectra_times = [], [], []
+    plain_times, probe_times, spectra_times, first_spectra_times = [], [], [], []
     for _ in range(args.repeats):
         started = time.perf_counter()
         plain_forward_backward(model, batches)
@@ -161,8 +163,12 @@ def main() -> None:
         result = run_probe(model, tokenizer, args)
         probe_times.append(time.perf_counter() - started)
         spectra_times.append(result.spectra_seconds)
+        first_spectra_times.append((result.growth or {}).get("first_check_seconds") or 0.0)
         if probed_rows(result) != grown:
             raise SystemExit(f"the growing probe stopped at {probed_rows(result)} rows, before at {grown}")
+    started = time.perf_counter()  # what the probe spends counting the whole dataset's loss tokens
+    count_tokens(load_rows(None), tokenizer, max_length=args.max_length, max_rows=COUNT_TOKENS_MAX_ROWS)
+    count_seconds = time.perf_counter() - started
     del model, batches  # the children below measure memory; this process should not crowd them out
     gc.collect()
 
@@ -175,7 +181,7 @@ def main() -> None:
         memory[mode] = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
 
     plain, full = min(plain_times), min(probe_times)
-    spectra = spectra_times[probe_times.index(full)]
+    spectra, first_spectra = spectra_times[probe_times.index(full)], first_spectra_times[probe_times.index(full)]
     report = {
         "model": f"SmolLM2-135M-Instruct ({'NF4 4-bit' if args.load_in_4bit else 'fp32'}, CPU)",
         "rows": grown or args.samples, "batch_size": args.batch_size, "max_length": args.max_length, "tokens": tokens,
@@ -184,8 +190,10 @@ def main() -> None:
         "plain_forward_backward_s": round(plain, 2),
         "probe_s": round(full, 2),
         "probe_spectra_s": round(spectra, 2),
+        **({"probe_first_rows_spectra_s": first_spectra} if args.grow else {}),
         "time_ratio": round(full / plain, 3),
-        "time_ratio_without_spectra": round((full - spectra) / plain, 3),
+        "dataset_count_s": round(count_seconds, 2),
+        "time_ratio_without_spectra": round((full - spectra - first_spectra) / plain, 3),
         "plain_peak_mb": round(memory["plain"]["peak_mb"]),
         "probe_peak_mb": round(memory["probe"]["peak_mb"]),
         "plain_pass_mb": round(memory["plain"]["peak_mb"] - memory["plain"]["rss_before_mb"]),
