@@ -19,7 +19,7 @@ from calibration.models import MODELS
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 VALIDATION_FILE = "validate.jsonl"  # calibration.validate's trainings of the advice
 STUDY_FILES = ("quantization.jsonl", "planted.jsonl", VALIDATION_FILE, "gain.jsonl",  # studies' results, not sweeps'
-               "eva-step-control.jsonl", "smollm2-transfer.jsonl")
+               "eva-step-control.jsonl", "smollm2-transfer.jsonl", "eva-advised-budget.jsonl")
 LR_CHECK_SUFFIX = "-lr.jsonl"  # the learning-rate checks train off the grids' settings
 # trainings off the rank grids' protocol (another scale rule, learning-rate grids), not labelled by labels.py yet
 EXPERIMENT_FILES = ("smollm2-scaling.jsonl", "smollm2-capacity.jsonl", "gemma3-capacity.jsonl")

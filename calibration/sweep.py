@@ -341,6 +341,30 @@ def grid_eva_step_control() -> list[RunConfig]:
     ])
 
 
+# the uniform rank the shipped tokens rule (4 adapter parameters per loss token, each cell's top-4
+# parameters per rank, the next power of two within the advice's bounds 2-64) gives each capacity
+# cell, as of 2026-12-05: (model, task, rows) -> rank; brown-lm and shakespeare (r = 16) are left
+# out, their cells train EVA at r = 16's budget already
+ADVISED_RANKS = {("smollm2", "spam-verdict", 1000): 2, ("smollm2", "passage-genre", 1000): 2,
+                 ("smollm2", "package-section", 1000): 2, ("smollm2", "health-source", 1000): 2,
+                 ("smollm2", "wordnet-defs", 1000): 2, ("smollm2", "stdlib-code", 1000): 8,
+                 ("gemma3", "spam-verdict", 1000): 2, ("gemma3", "package-section", 1000): 2,
+                 ("gemma3", "passage-genre", 1000): 2, ("gemma3", "health-source", 1000): 2,
+                 ("smollm2", "package-section", 4000): 2}
+
+
+def grid_eva_advised_budget() -> list[RunConfig]:
+    """Would EVA help on top of the advised level? PEFT's EVA redistributing the advised uniform
+    rank's budget (``ADVISED_RANKS``; rho 2, 1e-3, as ``CAPACITY_EVA``) in each capacity cell, both
+    seeds, otherwise as :func:`capacity_settings`; SmolLM2's cells first, cheapest first. Kept out of
+    the capacity cells (its own results file): their EVA row stays at r = 16's budget."""
+    return _unique([
+        RunConfig(task=task, seed=seed, rank=rank, eva_rho=CAPACITY_EVA["eva_rho"],
+                  learning_rate=CAPACITY_EVA["learning_rate"], **capacity_settings(model, size))
+        for (model, task, size), rank in ADVISED_RANKS.items() for seed in SEEDS
+    ])
+
+
 TRANSFER_RANKS = (1, 4, 16, 64)
 TRANSFER_LRS = (1e-3, 3e-3, 3e-4)  # the top-4 cell's best rates (1e-3 at r = 1, 3e-3 above), then 3e-4 below them
 
@@ -376,6 +400,7 @@ GRIDS: dict[str, Callable[[], list[RunConfig]]] = {
     "gemma3-capacity": grid_gemma3_capacity,
     "eva-step-control": grid_eva_step_control,
     "smollm2-transfer": grid_smollm2_transfer,
+    "eva-advised-budget": grid_eva_advised_budget,
 }
 
 
