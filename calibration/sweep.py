@@ -354,15 +354,18 @@ ADVISED_RANKS = {("smollm2", "spam-verdict", 1000): 2, ("smollm2", "passage-genr
 
 
 def grid_eva_advised_budget() -> list[RunConfig]:
-    """Would EVA help on top of the advised level? PEFT's EVA redistributing the advised uniform
-    rank's budget (``ADVISED_RANKS``; rho 2, 1e-3, as ``CAPACITY_EVA``) in each capacity cell, both
-    seeds, otherwise as :func:`capacity_settings`; SmolLM2's cells first, cheapest first. Kept out of
-    the capacity cells (its own results file): their EVA row stays at r = 16's budget."""
-    return _unique([
-        RunConfig(task=task, seed=seed, rank=rank, eva_rho=CAPACITY_EVA["eva_rho"],
-                  learning_rate=CAPACITY_EVA["learning_rate"], **capacity_settings(model, size))
-        for (model, task, size), rank in ADVISED_RANKS.items() for seed in SEEDS
-    ])
+    """Would EVA help on top of the advised level? In each capacity cell, PEFT's EVA redistributing
+    the advised uniform rank's budget (``ADVISED_RANKS``; rho 2, as ``CAPACITY_EVA``) and that
+    uniform rank itself (the capacity cells train 1, 4, 16, ...), both at 1e-3 (where r = 1 and 4
+    did best in every cell) and both seeds, otherwise as :func:`capacity_settings`; SmolLM2's
+    cells first, cheapest first. Kept out of the capacity cells (its own results file): their EVA
+    row stays at r = 16's budget."""
+    configs = []
+    for (model, task, size), rank in ADVISED_RANKS.items():
+        common = {**capacity_settings(model, size), "task": task, "rank": rank, "learning_rate": CAPACITY_EVA["learning_rate"]}
+        configs += [RunConfig(seed=seed, eva_rho=CAPACITY_EVA["eva_rho"], **common) for seed in SEEDS]
+        configs += [RunConfig(seed=seed, **common) for seed in SEEDS]
+    return _unique(configs)
 
 
 TRANSFER_RANKS = (1, 4, 16, 64)
