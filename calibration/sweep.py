@@ -376,7 +376,7 @@ def grid_smollm2_transfer() -> list[RunConfig]:
     """Does a capacity cell's need carry over from its top 4 blocks to every block? The advice's level
     spends adapter parameters per loss token fitted on top-4-block cells; on a user's all-block adapter
     that gives a rank about 7.5 times smaller (SmolLM2's r = 1 holds 40,704 parameters on its top 4
-    blocks, 304,128 on all 30). Two cells at 1000 rows with every block adapted, r in ``TRANSFER_RANKS``,
+    blocks, 305,280 on all 30). Two cells at 1000 rows with every block adapted, r in ``TRANSFER_RANKS``,
     otherwise as :func:`capacity_settings`: shakespeare (whose r = 1 fell 21 seed noises behind its
     best), ``TRANSFER_LRS`` x ``SEEDS`` (seed 0 of every run first); then brown-lm (19.5 noises), at
     1e-3, where every shakespeare rank did best with every block adapted, both seeds first, then the

@@ -1,7 +1,7 @@
 """Does a capacity cell's need carry over from its top 4 blocks to every block, as rank or as parameters?
 
 The capacity cells adapt a model's top 4 blocks; users adapt every block, which gives each unit of
-rank about 7.5 times the parameters on SmolLM2 (304,128 against 40,704). The advice's fitted tokens
+rank about 7.5 times the parameters on SmolLM2 (305,280 against 40,704). The advice's fitted tokens
 rule counts adapter parameters per loss token, so it assumes the need carries over as parameters:
 the rank an all-block adapter needs is the top-4 need divided by that factor. If it carries over as
 rank instead, the all-block adapter needs the top-4 rank itself.
