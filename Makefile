@@ -36,7 +36,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PY) bench/probe_overhead.py
+	$(PY) bench/probe_overhead.py --samples 32 --max-length 128 --grow  # advise's default size on the embedded data
 
 clean:
 	rm -rf $(VENV) advice

@@ -406,6 +406,7 @@ def test_a_growing_probe_doubles_until_the_noise_share_converges_and_keeps_its_f
                                    atol=1e-6 * stats.singular_values[0])
         assert kept.noise_fraction == pytest.approx(stats.noise_fraction, rel=1e-4) and kept.tokens == stats.tokens
     assert grown.calibration_layers is grown.protocol_layers and fixed.calibration_layers is fixed.layers
+    assert grown.growth["first_check_seconds"] > 0  # the first rows' spectra, timed apart from the final ones
     grown.save(tmp_path / "probe.json")
     assert ProbeResult.load(tmp_path / "probe.json") == grown
     # a cap stops it first: rows, or seconds (checked after every batch); noise that does not average away stops it too
