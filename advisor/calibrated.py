@@ -314,7 +314,8 @@ def capacity_level_text(metadata: dict, choice: dict, rank: int) -> str:
                 f"loss token of your data{counted}: uniform r = {rank}; {where}, it cost {_regret(ours, long=True)} above each "
                 f"cell's best rank with {ours['params_vs_r16']:.2f}x uniform r = 16's parameters, where the cheapest rule "
                 f"you could apply by hand within one seed noise of the best of them, {choice['beat']}, cost "
-                f"{_regret(beaten, long=False)} with {beaten['params_vs_r16']:.2f}x" + eva_text(levels, choice["level"]))
+                f"{_regret(beaten, long=False)} with {beaten['params_vs_r16']:.2f}x" + eva_text(levels, choice["level"])
+                + eva_at_level_text(capacity))
     text = (f"the rank level is {choice['level']}'s, uniform r = {rank} for your data: {where}, it cost "
             f"{_regret(ours, long=True)} above each cell's best rank with {ours['params_vs_r16']:.2f}x uniform r = 16's "
             "parameters, the fewest of the rules you could apply by hand that came within one seed noise of the "
@@ -345,6 +346,18 @@ def eva_text(levels: dict, ours: str) -> str:
             f"{eva['cells']} of these cells, cost {_regret(eva, long=False)} with {eva['params_vs_r16']:.2f}x: "
             f"{compared('regret_noises_mean')} loss than this level in seed noises and {compared('regret_mean')} in % "
             f"of the loss, with {params} parameters")
+
+
+def eva_at_level_text(capacity: dict) -> str:
+    """How PEFT's EVA at the tokens rule's own budget did against that uniform rank (the capacity's
+    ``eva_at_level``, ``calibration.eva_advised_study``), or "" when the calibration did not measure it."""
+    eva = capacity.get("eva_at_level")
+    if not eva or not eva.get("cells"):
+        return ""
+    return (f"; at this level's own rank, EVA's initialisation (same budget, {eva['params_ratio']:.2f}x its parameters, "
+            f"rate {eva['learning_rate']:g}) against uniform, trained on {eva['cells']} cells: "
+            f"{eva['eva_minus_uniform_noises']:+.1f} seed noises ({eva['eva_minus_uniform_percent']:+.1f} % of the loss) "
+            f"on average, more than one seed noise lower on {eva['better']} and higher on {eva['worse']}")
 
 
 USERS_RULES = {"Tinker tokens rule": "tinker", "axolotl thresholds": "axolotl"}  # levels entry -> Advice.users_rules key

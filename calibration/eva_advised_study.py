@@ -76,6 +76,26 @@ def eva_advised_rows(params_per_token: float, study: Path = EVA_ADVISED_FILE) ->
     return rows
 
 
+def eva_advised_summary(params_per_token: float | None, study: Path = EVA_ADVISED_FILE) -> dict | None:
+    """What ``calibration.fit`` stores as the capacity's ``eva_at_level``: over the cells of
+    :func:`eva_advised_rows` where both arms trained, the means of EVA minus uniform (seed noises,
+    %) and of EVA's parameters over uniform's, the cells where EVA did more than one noise better
+    or worse, and the rate; None without a ratio or such a cell."""
+    if not params_per_token:
+        return None
+    scored = [row for row in eva_advised_rows(params_per_token, study) if "eva_minus_uniform_noises" in row]
+    if not scored:
+        return None
+
+    def mean(key: str) -> float:
+        return round(statistics.mean(row[key] for row in scored), 3)
+
+    return {"cells": len(scored), "eva_minus_uniform_noises": mean("eva_minus_uniform_noises"),
+            "eva_minus_uniform_percent": mean("eva_minus_uniform_percent"), "params_ratio": mean("params_ratio"),
+            "better": sum(row["eva_minus_uniform_noises"] < -1 for row in scored),
+            "worse": sum(row["eva_minus_uniform_noises"] > 1 for row in scored), "learning_rate": RATE}
+
+
 def markdown(rows: list[dict], params_per_token: float) -> str:
     lines = [f"EVA at the advised rank's budget against that uniform rank (the tokens rule at {params_per_token:g} "
              f"parameters per loss token; both at {RATE:g}, two seeds; `-`: not trained yet):", "",

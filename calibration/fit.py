@@ -47,7 +47,9 @@ its best learning rate), each task held out, with the tokens rule's fitted param
 token (:func:`calibration.level_study.capacity_summary`; None with fewer than two tasks' cells),
 and ``transfer``: whether that ratio carried over to an adapter on every block as parameters or as
 rank, on the cells trained both ways (:func:`calibration.transfer_study.transfer_evidence`), which
-sets the advice's level when it has cells of enough tasks (:func:`advisor.calibrated.capacity_level`);
+sets the advice's level when it has cells of enough tasks (:func:`advisor.calibrated.capacity_level`),
+and ``eva_at_level``: PEFT's EVA against uniform at the tokens rule's rank, both at its budget
+(:func:`calibration.eva_advised_study.eva_advised_summary`), which the advice quotes;
 ``learning_rate``: the rate the parametrization experiment found best under alpha = 32 with
 alpha / r on the fit's kind of model (:func:`calibration.scaling_study.learning_rate_evidence`;
 None where none was trained), which ``advise`` states in its default alpha mode;
@@ -109,6 +111,7 @@ def learning_rate_of(task: str) -> dict | None:
 def capacity_of(task: str) -> dict | None:
     """The capacity cells' levels for models of probe ``task`` ("all": every model), which set the
     advice's level (:func:`calibration.level_study.capacity_summary` on the experiment files)."""
+    from calibration.eva_advised_study import eva_advised_summary
     from calibration.level_study import capacity_summary
     from calibration.transfer_study import transfer_evidence
 
@@ -116,6 +119,7 @@ def capacity_of(task: str) -> dict | None:
                                 if task in ("all", probe_task(r["model"]))])
     if summary is not None:
         summary["transfer"] = transfer_evidence(summary["params_per_token"])
+        summary["eva_at_level"] = eva_advised_summary(summary["params_per_token"])
     return summary
 
 

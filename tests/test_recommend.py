@@ -738,6 +738,34 @@ def test_eva_at_r16s_budget_is_quoted_beside_the_capacity_level_and_never_chosen
                            "seed noises and more in % of the loss, with more parameters")
 
 
+def test_eva_at_the_levels_own_budget_is_quoted_after_the_tokens_rule_and_only_there(probed, tmp_path):
+    """The capacity's ``eva_at_level`` (EVA against uniform at the tokens rule's rank) ends the tokens
+    rule's reason with its figures; without it, or when a users' rule sets the level, nothing is said."""
+    _, result = probed
+    description = fixture_calibration("smollm2-shape", tmp_path, "shape")
+    per_rank = sum(sum(stats.shape) for stats in result.layers.values())
+    rows = int(3 * per_rank / (result.dataset_tokens["loss_tokens"] / result.dataset_tokens["rows"]))
+
+    def level_reason(fitted: float) -> str:
+        _with_capacity(description, ratio=8.0, fitted=fitted, best=4.0)
+        metadata = json.loads(description.read_text())
+        metadata["capacity"]["eva_at_level"] = {"cells": 6, "eva_minus_uniform_noises": -1.7, "eva_minus_uniform_percent": 0.04,
+                                                "params_ratio": 0.95, "better": 2, "worse": 1, "learning_rate": 0.001}
+        description.write_text(json.dumps(metadata))
+        advice = advice_from_probe(result, train_size=rows, calibration=description)
+        (reason,) = [r for r in advice.reasons if r.startswith("the rank level is")]
+        return reason
+
+    assert level_reason(2.0).endswith(
+        "; at this level's own rank, EVA's initialisation (same budget, 0.95x its parameters, rate 0.001) against "
+        "uniform, trained on 6 cells: -1.7 seed noises (+0.0 % of the loss) on average, more than one seed noise "
+        "lower on 2 and higher on 1")
+    assert "EVA" not in level_reason(5.5)  # the users' best rule sets the level: the figures are not about it
+    _with_capacity(description, ratio=8.0, fitted=2.0, best=4.0)  # not measured: not said
+    advice = advice_from_probe(result, train_size=rows, calibration=description)
+    assert not any("at this level's own rank" in reason for reason in advice.reasons)
+
+
 def test_a_tokens_rule_that_carried_over_as_rank_counts_its_parameters_over_the_cells_blocks(probed, tmp_path):
     """When the calibration's transfer check found the need carried over to every block as rank, the
     ratio counts parameters over as many of the probed blocks as the cells adapted: on a probe of B

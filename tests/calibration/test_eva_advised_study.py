@@ -5,7 +5,7 @@ import statistics
 
 import pytest
 
-from calibration.eva_advised_study import eva_advised_rows, markdown
+from calibration.eva_advised_study import eva_advised_rows, eva_advised_summary, markdown
 from calibration.records import RESULTS_DIR
 
 
@@ -29,3 +29,9 @@ def test_cells_advised_r16_read_their_own_eva_and_uniform_runs_at_1e3(tmp_path):
         assert row["eva_minus_uniform_noises"] == pytest.approx((row["eva"] - row["uniform"]) / row["noise"])
     assert rows[("smollm2", "spam-verdict", 1000)]["rank"] == 2 and rows[("smollm2", "spam-verdict", 1000)]["eva"] is None
     assert "Over 2 cells" in markdown(list(rows.values()), 4.0)
+    summary = eva_advised_summary(4.0, tmp_path / "none.jsonl")
+    scored = [rows[("smollm2", task, 1000)] for task in ("shakespeare", "brown-lm")]
+    assert summary["cells"] == 2 and summary["eva_minus_uniform_noises"] == pytest.approx(
+        statistics.mean(row["eva_minus_uniform_noises"] for row in scored), abs=1e-3)
+    assert summary["better"] + summary["worse"] <= 2 and summary["learning_rate"] == 1e-3
+    assert eva_advised_summary(None) is None
