@@ -190,8 +190,8 @@ class _Accumulator:
     def add(self, half: int, delta: torch.Tensor, x: torch.Tensor, keep: torch.Tensor | None = None) -> None:
         """delta [T, out], x [T, in], both float32; ``keep`` [T] bool: the non-padding tokens (None: all)."""
         self.add_gradient(half, delta, x)
-        # per-token norms in float32 (relative error ~3e-7), summed in float64: a float64 square-sum of
-        # x and delta cost about a third of the probe's own delta x^T products on CPU
+        # per-token norms in float32 (float32's rounding per token), summed over tokens in float64:
+        # cheaper than casting every element to float64 to square and sum it
         x_energy, delta_energy = (torch.linalg.vector_norm(t, dim=1).double().square() for t in (x, delta))
         if keep is not None:
             keep = keep.to(x.device)  # a model spread over devices: the mask lives with the embeddings
