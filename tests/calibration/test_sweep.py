@@ -441,8 +441,28 @@ def test_the_transfer_grid_is_a_capacity_cell_with_every_block_adapted_kept_out_
     from calibration.sweep import grid_smollm2_capacity, grid_smollm2_transfer
 
     transfer, capacity = grid_smollm2_transfer(), {c.run_id: c for c in grid_smollm2_capacity()}
-    assert len(transfer) == 4 * 3 * 2 and {c.top_blocks for c in transfer} == {None}
-    assert [c.seed for c in transfer[:12]] == [0] * 12  # seed 0 of every run first
-    for c in transfer:  # the shakespeare cell's own run, but for the blocks adapted
+    assert len(transfer) == 2 * 4 * 3 * 2 and {c.top_blocks for c in transfer} == {None}
+    assert [c.task for c in transfer] == ["shakespeare"] * 24 + ["brown-lm"] * 24
+    assert [c.seed for c in transfer[:12]] == [0] * 12  # shakespeare: seed 0 of every run first
+    assert [(c.learning_rate, c.seed) for c in transfer[24:32]] == [(1e-3, 0)] * 4 + [(1e-3, 1)] * 4  # brown-lm: 1e-3
+    for c in transfer:  # each capacity cell's own run, but for the blocks adapted
         assert replace(c, top_blocks=4).run_id in capacity and c.run_id not in capacity
     assert "smollm2-transfer.jsonl" in STUDY_FILES and "smollm2-transfer.jsonl" not in EXPERIMENT_FILES
+
+
+def test_the_eva_advised_grid_trains_eva_and_the_uniform_rank_of_the_same_capacity_cell():
+    """Per advised cell, EVA at its rank's budget and that uniform rank at 1e-3, both seeds, each the
+    capacity cell's own run but for the rank (and EVA); a study file, out of the labels."""
+    from dataclasses import replace
+
+    from calibration.records import EXPERIMENT_FILES, STUDY_FILES
+    from calibration.sweep import ADVISED_RANKS, grid_eva_advised_budget, grid_gemma3_capacity, grid_smollm2_capacity
+
+    grid = grid_eva_advised_budget()
+    capacity = {c.run_id for c in grid_smollm2_capacity() + grid_gemma3_capacity()}
+    assert len(grid) == 4 * len(ADVISED_RANKS)
+    for c in grid:
+        assert c.rank == ADVISED_RANKS[(c.model, c.task, c.train_size)] and c.learning_rate == 1e-3
+        assert replace(c, rank=16, eva_rho=2.0).run_id in capacity  # the cell's EVA at r = 16's budget
+    assert sum(c.eva_rho is not None for c in grid) == len(grid) // 2
+    assert "eva-advised-budget.jsonl" in STUDY_FILES and "eva-advised-budget.jsonl" not in EXPERIMENT_FILES
