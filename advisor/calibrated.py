@@ -354,7 +354,7 @@ def eva_at_level_text(capacity: dict) -> str:
     eva = capacity.get("eva_at_level")
     if not eva or not eva.get("cells"):
         return ""
-    return (f"; at this level's own rank, EVA's initialisation (same budget, {eva['params_ratio']:.2f}x its parameters, "
+    return (f"; at this level's own rank, EVA's initialisation (its budget redistributed: {eva['params_ratio']:.2f}x its parameters, "
             f"rate {eva['learning_rate']:g}) against uniform, trained on {eva['cells']} cells: "
             f"{eva['eva_minus_uniform_noises']:+.1f} seed noises ({eva['eva_minus_uniform_percent']:+.1f} % of the loss) "
             f"on average, more than one seed noise lower on {eva['better']} and higher on {eva['worse']}")

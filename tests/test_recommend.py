@@ -757,7 +757,7 @@ def test_eva_at_the_levels_own_budget_is_quoted_after_the_tokens_rule_and_only_t
         return reason
 
     assert level_reason(2.0).endswith(
-        "; at this level's own rank, EVA's initialisation (same budget, 0.95x its parameters, rate 0.001) against "
+        "; at this level's own rank, EVA's initialisation (its budget redistributed: 0.95x its parameters, rate 0.001) against "
         "uniform, trained on 6 cells: -1.7 seed noises (+0.0 % of the loss) on average, more than one seed noise "
         "lower on 2 and higher on 1")
     assert "EVA" not in level_reason(5.5)  # the users' best rule sets the level: the figures are not about it
