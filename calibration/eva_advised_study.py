@@ -39,18 +39,12 @@ def _arm_runs(records: list[dict], key: tuple, rank: int, eva: bool) -> list[dic
             and isinstance(r.get("eval_loss"), (int, float))]
 
 
-def _params(run: dict) -> int:
-    """A run's adapter parameters, from its adapted layers' ranks and shapes."""
-    layers = run["probe"]["layers"]
-    return sum(layer["r"] * sum(layers[layer["name"]]["shape"]) for layer in run["adapter_layers"])
-
-
 def eva_advised_rows(params_per_token: float, study: Path = EVA_ADVISED_FILE) -> list[dict]:
     """Per capacity cell (top-4 blocks, each rank at its best rate): the advised rank at
     ``params_per_token``, and where both arms have two seeds at it, their mean losses, EVA's minus
     uniform's in the cell's seed noises and in %, each above the cell's best rank in seed noises,
     and EVA's parameters over uniform's ("uniform" / "eva" None where an arm has fewer seeds)."""
-    from calibration.level_study import capacity_cells, tokens_rule_rank
+    from calibration.level_study import adapter_params, capacity_cells, tokens_rule_rank
 
     capacity = read_records(experiment_result_files())
     records = capacity + read_results(study)
@@ -71,29 +65,39 @@ def eva_advised_rows(params_per_token: float, study: Path = EVA_ADVISED_FILE) ->
                        eva_minus_uniform_percent=100 * (row["eva"] - row["uniform"]) / row["uniform"],
                        uniform_above_best_noises=(row["uniform"] - best) / cell.seed_noise,
                        eva_above_best_noises=(row["eva"] - best) / cell.seed_noise,
-                       params_ratio=statistics.mean(map(_params, arms["eva"])) / statistics.mean(map(_params, arms["uniform"])))
+                       params_ratio=statistics.mean(map(adapter_params, arms["eva"]))
+                       / statistics.mean(map(adapter_params, arms["uniform"])))
         rows.append(row)
     return rows
 
 
-def eva_advised_summary(params_per_token: float | None, study: Path = EVA_ADVISED_FILE) -> dict | None:
-    """What ``calibration.fit`` stores as the capacity's ``eva_at_level``: over the cells of
-    :func:`eva_advised_rows` where both arms trained, the means of EVA minus uniform (seed noises,
-    %) and of EVA's parameters over uniform's, the cells where EVA did more than one noise better
-    or worse, and the rate; None without a ratio or such a cell."""
-    if not params_per_token:
-        return None
-    scored = [row for row in eva_advised_rows(params_per_token, study) if "eva_minus_uniform_noises" in row]
+MEANS = ("eva_minus_uniform_noises", "eva_minus_uniform_percent", "uniform_above_best_noises", "eva_above_best_noises",
+         "params_ratio")
+
+
+def summary(rows: list[dict]) -> dict | None:
+    """Over the ``rows`` (:func:`eva_advised_rows`) where both arms trained: ``cells``, the mean of each
+    of ``MEANS``, and ``better`` / ``worse``, the cells where EVA did more than one seed noise better
+    or worse than uniform; None without such a row."""
+    scored = [row for row in rows if "eva_minus_uniform_noises" in row]
     if not scored:
         return None
-
-    def mean(key: str) -> float:
-        return round(statistics.mean(row[key] for row in scored), 3)
-
-    return {"cells": len(scored), "eva_minus_uniform_noises": mean("eva_minus_uniform_noises"),
-            "eva_minus_uniform_percent": mean("eva_minus_uniform_percent"), "params_ratio": mean("params_ratio"),
+    return {"cells": len(scored), **{key: statistics.mean(row[key] for row in scored) for key in MEANS},
             "better": sum(row["eva_minus_uniform_noises"] < -1 for row in scored),
-            "worse": sum(row["eva_minus_uniform_noises"] > 1 for row in scored), "learning_rate": RATE}
+            "worse": sum(row["eva_minus_uniform_noises"] > 1 for row in scored)}
+
+
+def eva_advised_summary(params_per_token: float | None, study: Path = EVA_ADVISED_FILE) -> dict | None:
+    """What ``calibration.fit`` stores as the capacity's ``eva_at_level``: the :func:`summary` of
+    EVA minus uniform (seed noises, %), EVA's parameters over uniform's and the cells better or
+    worse, with the rate; None without a ratio or a cell where both arms trained."""
+    found = summary(eva_advised_rows(params_per_token, study)) if params_per_token else None
+    if found is None:
+        return None
+    return {"cells": found["cells"],
+            **{key: round(found[key], 3) for key in ("eva_minus_uniform_noises", "eva_minus_uniform_percent",
+                                                     "params_ratio")},
+            "better": found["better"], "worse": found["worse"], "learning_rate": RATE}
 
 
 def markdown(rows: list[dict], params_per_token: float) -> str:
@@ -110,18 +114,13 @@ def markdown(rows: list[dict], params_per_token: float) -> str:
                    f"{row['uniform_above_best_noises']:.1f}", f"{row['eva_above_best_noises']:.1f}",
                    f"{row['params_ratio']:.2f}"] if both else ["-"] * 5)
         lines.append(f"| {row['model']} | {row['task']} | {row['train_size']} | {row['rank']} | " + " | ".join(cells) + " |")
-    scored = [row for row in rows if "eva_minus_uniform_noises" in row]
-    if scored:
-        def mean(key: str) -> float:
-            return statistics.mean(row[key] for row in scored)
-
-        better = sum(row["eva_minus_uniform_noises"] < -1 for row in scored)
-        worse = sum(row["eva_minus_uniform_noises"] > 1 for row in scored)
-        lines += ["", f"Over {len(scored)} cells: EVA {mean('eva_minus_uniform_noises'):+.1f} seed noises "
-                      f"({mean('eva_minus_uniform_percent'):+.1f} %) against uniform at the advised rank, at "
-                      f"{mean('params_ratio'):.2f}x its parameters; more than one noise better on {better}, worse on "
-                      f"{worse}; above the best rank: uniform {mean('uniform_above_best_noises'):.2f}, EVA "
-                      f"{mean('eva_above_best_noises'):.2f} seed noises."]
+    found = summary(rows)
+    if found:
+        lines += ["", f"Over {found['cells']} cells: EVA {found['eva_minus_uniform_noises']:+.1f} seed noises "
+                      f"({found['eva_minus_uniform_percent']:+.1f} %) against uniform at the advised rank, at "
+                      f"{found['params_ratio']:.2f}x its parameters; more than one noise better on {found['better']}, "
+                      f"worse on {found['worse']}; above the best rank: uniform "
+                      f"{found['uniform_above_best_noises']:.2f}, EVA {found['eva_above_best_noises']:.2f} seed noises."]
     return "\n".join(lines)
 
 

@@ -77,6 +77,12 @@ def params_per_rank(record: dict) -> int:
     return sum(sum(layers[layer["name"]]["shape"]) for layer in record["adapter_layers"])
 
 
+def adapter_params(record: dict) -> int:
+    """Adapter parameters of a run as trained: each adapted layer's rank times its in + out."""
+    layers = record["probe"]["layers"]
+    return sum(layer["r"] * sum(layers[layer["name"]]["shape"]) for layer in record["adapter_layers"])
+
+
 def loss_tokens(record: dict) -> int | None:
     """The loss tokens of a run's training rows: the record's ``train_loss_tokens``, else counted
     (:func:`calibration.train.training_loss_tokens`; a seq-cls row is one); None for a task that
@@ -191,9 +197,7 @@ def eva_runs(records: list[dict]) -> dict[tuple, tuple[float, float]]:
     for key, runs in found.items():
         if len({run["config"]["seed"] for run in runs}) < 2:
             continue
-        layers = runs[0]["probe"]["layers"]
-        params = statistics.mean(sum(layer["r"] * sum(layers[layer["name"]]["shape"]) for layer in run["adapter_layers"])
-                                 for run in runs)
+        params = statistics.mean(map(adapter_params, runs))
         baselines[key] = (params / params_per_rank(runs[0]), statistics.mean(run["eval_loss"] for run in runs))
     return baselines
 
